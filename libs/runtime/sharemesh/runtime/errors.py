@@ -1,0 +1,182 @@
+"""The project's one exception hierarchy and its one table of gRPC status codes.
+
+Servicers, drivers and the coordination layer raise these; the server interceptor and
+the operation runner turn them into `google.rpc.Status` with an `ErrorInfo` (and a
+`BadRequest` for field violations), so no handler maps errors by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+DOMAIN = "sharemesh"
+
+
+class ShareMeshError(Exception):
+    """Base of every error the mesh reports to a caller.
+
+    `reason` is a stable UPPER_SNAKE identifier for machines (AIP-193); the message is
+    for people.
+    """
+
+    default_reason = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        field_violations: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata = dict(metadata or {})
+        self.field_violations = list(field_violations)
+
+
+class InvalidArgument(ShareMeshError):
+    """The request is malformed; `field_violations` names the fields."""
+
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, description: str, **kwargs: object) -> None:
+        super().__init__(
+            f"{field}: {description}",
+            field_violations=[(field, description)],
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+class NotFound(ShareMeshError):
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(ShareMeshError):
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(ShareMeshError):
+    default_reason = "FAILED_PRECONDITION"
+
+
+class Aborted(ShareMeshError):
+    """A compare failed: stale etag, lost race, or a busy resource. Retry after a re-read."""
+
+    default_reason = "ABORTED"
+
+
+class Unauthenticated(ShareMeshError):
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ShareMeshError):
+    default_reason = "PERMISSION_DENIED"
+
+
+class ResourceExhausted(ShareMeshError):
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(ShareMeshError):
+    default_reason = "UNAVAILABLE"
+
+
+class FencedOut(Aborted):
+    """A write made under a lock or leadership that this process no longer holds."""
+
+    default_reason = "FENCED_OUT"
+
+
+class Internal(ShareMeshError):
+    default_reason = "INTERNAL"
+
+
+# The one table. Subclasses resolve through the MRO, so FencedOut maps as Aborted.
+_STATUS_OF: dict[type[ShareMeshError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Aborted: grpc.StatusCode.ABORTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Internal: grpc.StatusCode.INTERNAL,
+}
+
+_ERROR_OF_CODE: dict[grpc.StatusCode, type[ShareMeshError]] = {
+    code: cls for cls, code in _STATUS_OF.items()
+}
+
+
+def status_code_of(error: BaseException) -> grpc.StatusCode:
+    """The gRPC code for any exception; anything not ours is INTERNAL."""
+    if isinstance(error, ShareMeshError):
+        for cls in type(error).__mro__:
+            if cls in _STATUS_OF:
+                return _STATUS_OF[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
+
+
+def to_status(error: BaseException) -> status_pb2.Status:
+    """A rich `google.rpc.Status` for an exception, with ErrorInfo and BadRequest."""
+    code = status_code_of(error)
+    if isinstance(error, ShareMeshError):
+        message, reason, metadata = error.message, error.reason, error.metadata
+        violations = error.field_violations
+    else:
+        message, reason, metadata, violations = "internal error", "INTERNAL", {}, []
+    status = status_pb2.Status(code=code.value[0], message=message)
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
+    status.details.append(info)
+    if violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                for f, d in violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad)
+        status.details.append(packed)
+    return status
+
+
+def from_status(status: status_pb2.Status) -> ShareMeshError:
+    """The exception a `google.rpc.Status` stands for (e.g. a failed Operation's error)."""
+    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), None)
+    cls = _ERROR_OF_CODE.get(code, Internal) if code else Internal  # type: ignore[arg-type]
+    reason = None
+    violations: list[tuple[str, str]] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations = [(v.field, v.description) for v in bad.field_violations]
+    error = ShareMeshError.__new__(cls)
+    ShareMeshError.__init__(error, status.message, reason=reason, field_violations=violations)
+    return error
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError) -> ShareMeshError:
+    """The exception behind a failed call to another sharemesh service."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            return from_status(status_pb2.Status.FromString(value))
+    cls = _ERROR_OF_CODE.get(error.code(), Unavailable)
+    message = error.details() or error.code().name
+    if cls is InvalidArgument:
+        return InvalidArgument("request", message)
+    return cls(message)
