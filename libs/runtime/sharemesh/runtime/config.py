@@ -1,0 +1,173 @@
+"""Typed configuration: one TOML file for the whole mesh, plus environment overrides.
+
+Every process reads the same file and takes its own section. An environment variable
+`SHAREMESH__SECTION__FIELD=value` overrides `[section] field`; the launcher uses that to
+hand each child the etcd endpoint it started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidArgument
+
+ENV_PREFIX = "SHAREMESH__"
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    endpoint: str = "http://127.0.0.1:2379"
+    """Client URL of the etcd cluster that holds all state."""
+    prefix: str = "/sharemesh/"
+    """Root of every key the mesh writes, so meshes can share one etcd."""
+    lease_ttl_seconds: int = 10
+    """TTL of registration, election and lock leases; a dead process's keys vanish after it."""
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    token: str
+    """The bearer key a caller presents in `authorization: Bearer <key>`."""
+    project: str = ""
+    """The project the key acts in; empty for an admin key."""
+    admin: bool = False
+    """An admin key may act in any project and call admin methods."""
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    listen: str = "127.0.0.1:8470"
+    """Address of the public API."""
+    tokens: tuple[TokenConfig, ...] = ()
+    """Static credentials; key management is a later feature."""
+    operation_retention_days: int = 7
+    """How long finished Operations and request ids are kept."""
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    listen: str = "127.0.0.1:0"
+    """Address of the scheduler's internal service."""
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    name: str
+    """Backend name, unique in the mesh; pools are named `backends/{name}/pools/{pool}`."""
+    driver: str = "local"
+    """Driver module under `sharemesh.driver_host.drivers`."""
+    listen: str = "127.0.0.1:0"
+    """Address of this backend's driver-host."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Driver-specific settings, checked by the driver's own config type."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    host: str = "localhost"
+    """Name of the hypervisor host this gateway serves."""
+    listen: str = "127.0.0.1:0"
+    """Address of the gateway's internal service."""
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    etcd: EtcdConfig = EtcdConfig()
+    api: ApiConfig = ApiConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    backends: tuple[BackendConfig, ...] = ()
+    gateway: GatewayConfig = GatewayConfig()
+    reconcile_interval_seconds: float = 30.0
+    """How often each service re-reads etcd for work a crash may have dropped."""
+    log_level: str = "INFO"
+    """Root log level of every service."""
+
+    def backend(self, name: str) -> BackendConfig:
+        for backend in self.backends:
+            if backend.name == name:
+                return backend
+        raise InvalidArgument("backend", f"no backend named {name!r} in the config")
+
+
+def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> MeshConfig:
+    """Reads the file (if any), applies `SHAREMESH__…` overrides, and type-checks it all."""
+    raw: dict[str, Any] = {}
+    if path:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    for key, value in (os.environ if env is None else env).items():
+        if key.startswith(ENV_PREFIX):
+            _set_path(raw, key[len(ENV_PREFIX):].lower().split("__"), value)
+    return from_mapping(MeshConfig, raw)
+
+
+def from_mapping(cls: type, raw: Mapping[str, Any], where: str = "") -> Any:
+    """Builds dataclass `cls` from plain data, naming the field that is wrong."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise InvalidArgument(f"{where}{key}", "unknown setting")
+    values = {name: _coerce(hints[name], raw[name], f"{where}{name}") for name in raw}
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise InvalidArgument(where.rstrip(".") or "config", str(e)) from None
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise InvalidArgument(where, "must be a table")
+        return from_mapping(hint, value, f"{where}.")
+    if origin is tuple:
+        (item,) = typing.get_args(hint)[:1]
+        if not isinstance(value, list | tuple):
+            raise InvalidArgument(where, "must be a list")
+        return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is bool:
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise InvalidArgument(where, "must be true or false")
+            return value.lower() in ("true", "1")
+        if not isinstance(value, bool):
+            raise InvalidArgument(where, "must be true or false")
+        return value
+    if hint in (int, float):
+        try:
+            return hint(value)
+        except (TypeError, ValueError):
+            raise InvalidArgument(where, f"must be a {hint.__name__}") from None
+    if hint is str and not isinstance(value, str):
+        raise InvalidArgument(where, "must be a string")
+    return value
+
+
+def _set_path(raw: dict[str, Any], path: list[str], value: str) -> None:
+    node = raw
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise InvalidArgument(".".join(path), "cannot override inside a list")
+    node[path[-1]] = value
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` into its parts."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidArgument("listen", f"{address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
