@@ -8,6 +8,7 @@ hand each child the etcd endpoint it started.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import types
@@ -48,6 +49,8 @@ class ApiConfig:
     """Address of the public API."""
     tokens: tuple[TokenConfig, ...] = ()
     """Static credentials; key management is a later feature."""
+    admin_token_file: str = ""
+    """A file holding one admin key (the launcher writes `DIR/admin.token`)."""
     operation_retention_days: int = 7
     """How long finished Operations and request ids are kept."""
 
@@ -76,6 +79,8 @@ class GatewayConfig:
     """Name of the hypervisor host this gateway serves."""
     listen: str = "127.0.0.1:0"
     """Address of the gateway's internal service."""
+    state_dir: str = "/var/lib/sharemesh/gateway"
+    """Where the gateway keeps its Ganesha instances' configs, pidfiles and logs."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,8 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> MeshC
     raw: dict[str, Any] = {}
     if path:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            # JSON for files the launcher resolves and writes, TOML for people.
+            raw = json.load(f) if str(path).endswith(".json") else tomllib.load(f)
     for key, value in (os.environ if env is None else env).items():
         if key.startswith(ENV_PREFIX):
             _set_path(raw, key[len(ENV_PREFIX):].lower().split("__"), value)

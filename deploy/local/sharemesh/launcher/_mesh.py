@@ -1,0 +1,166 @@
+"""The local mesh: etcd plus every service on one machine, from one config file.
+
+The launcher resolves the user's config into `DIR/mesh.json` (ports, paths, the etcd
+endpoint), which every child reads, so operators can see exactly what runs.
+Ports chosen once are kept in `DIR/ports.json`, so export locations survive a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from sharemesh.runtime import config as mesh_config
+from sharemesh.runtime.health import wait_serving
+from sharemesh.runtime.ports import free_port
+
+from ._children import Child
+from .etcd_server import EtcdServer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_PORT = 8470
+DEFAULT_CAPACITY_GIB = 50
+
+
+class LocalMesh:
+    """`async with LocalMesh(...) as mesh:` runs the whole mesh until the block ends."""
+
+    def __init__(self, state_dir: Path, config_file: Path | None = None,
+                 api_port: int = DEFAULT_API_PORT, lease_ttl_seconds: int | None = None) -> None:
+        self.state_dir = state_dir.resolve()
+        self._config_file = config_file
+        self._api_port = api_port
+        self._lease_ttl = lease_ttl_seconds
+        self.etcd: EtcdServer | None = None
+        self.children: dict[str, Child] = {}
+        self.config: mesh_config.MeshConfig | None = None
+
+    @property
+    def api_address(self) -> str:
+        assert self.config is not None
+        return self.config.api.listen
+
+    @property
+    def admin_token(self) -> str:
+        return (self.state_dir / "admin.token").read_text().strip()
+
+    async def __aenter__(self) -> "LocalMesh":
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        for sub in ("etcd", "logs", "pools"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._ensure_admin_token()
+        raw = self._resolve()
+        self.etcd = EtcdServer(self.state_dir / "etcd", client_port=self.etcd_ports[0],
+                               peer_port=self.etcd_ports[1],
+                               log_path=self.state_dir / "logs" / "etcd.log")
+        await self.etcd.start()
+        raw["etcd"]["endpoint"] = self.etcd.endpoint
+        resolved = self.state_dir / "mesh.json"
+        tmp = resolved.with_suffix(".tmp")
+        tmp.write_text(json.dumps(raw, indent=2))
+        tmp.replace(resolved)
+        self.config = mesh_config.load(resolved, env={})
+        self.children = self._children(resolved)
+        # The api goes last, so that when it answers the services it nudges are there.
+        for child in self.children.values():
+            await child.start()
+        await asyncio.gather(*(wait_serving(address, timeout=60)
+                               for address in self._addresses().values()))
+
+    async def stop(self) -> None:
+        """Stops the api first (no new work), then the services, then etcd."""
+        for name in ["api", *[n for n in self.children if n != "api"]]:
+            if name in self.children:
+                await self.children[name].stop()
+        if self.etcd:
+            await self.etcd.stop()
+
+    def _addresses(self) -> dict[str, str]:
+        assert self.config is not None
+        addresses = {"api": self.config.api.listen, "scheduler": self.config.scheduler.listen,
+                     "gateway": self.config.gateway.listen}
+        for backend in self.config.backends:
+            addresses[f"driver-host-{backend.name}"] = backend.listen
+        return addresses
+
+    def _children(self, resolved: Path) -> dict[str, Child]:
+        assert self.config is not None
+        logs = self.state_dir / "logs"
+        py = sys.executable
+        cfg = ["--config", str(resolved)]
+        children = {"scheduler": Child("scheduler", [py, "-m", "sharemesh.scheduler", *cfg],
+                                       logs / "scheduler.log")}
+        for backend in self.config.backends:
+            name = f"driver-host-{backend.name}"
+            children[name] = Child(name, [py, "-m", "sharemesh.driver_host", *cfg,
+                                          "--backend", backend.name, "--own-servers"],
+                                   logs / f"{name}.log")
+        children["gateway"] = Child("gateway", [py, "-m", "sharemesh.gateway", *cfg,
+                                                "--own-servers"], logs / "gateway.log")
+        children["api"] = Child("api", [py, "-m", "sharemesh.api", *cfg], logs / "api.log")
+        return children
+
+    def _ensure_admin_token(self) -> None:
+        token = self.state_dir / "admin.token"
+        if not token.exists():
+            fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+
+    def _resolve(self) -> dict[str, Any]:
+        """The user's config with every port and path filled in; ports kept from the last run."""
+        raw: dict[str, Any] = {}
+        if self._config_file:
+            with open(self._config_file, "rb") as f:
+                raw = tomllib.load(f)
+        ports_file = self.state_dir / "ports.json"
+        kept = json.loads(ports_file.read_text()) if ports_file.exists() else {}
+
+        def port(key: str) -> int:
+            if key not in kept:
+                kept[key] = free_port()
+            return int(kept[key])
+
+        raw.setdefault("etcd", {})
+        if self._lease_ttl:
+            raw["etcd"]["lease_ttl_seconds"] = self._lease_ttl
+        api_port = self._api_port or port("api")
+        raw.setdefault("api", {})["listen"] = f"127.0.0.1:{api_port}"
+        raw["api"]["admin_token_file"] = str(self.state_dir / "admin.token")
+        raw.setdefault("scheduler", {})["listen"] = f"127.0.0.1:{free_port()}"
+        raw.setdefault("gateway", {})["listen"] = f"127.0.0.1:{free_port()}"
+        raw["gateway"].setdefault("state_dir", str(self.state_dir / "gateway"))
+        backends = raw.setdefault("backends", [])
+        if not backends:
+            backends.append({"name": "local", "driver": "local",
+                             "options": {"capacity_gib": DEFAULT_CAPACITY_GIB}})
+        for backend in backends:
+            backend["listen"] = f"127.0.0.1:{free_port()}"
+            options = backend.setdefault("options", {})
+            if backend.get("driver", "local") == "local":
+                home = self.state_dir / "pools" / backend["name"]
+                options.setdefault("pool_dir", str(home))
+                options.setdefault("state_dir", str(home / "ganesha"))
+                options.setdefault("nfs_port", port(f"{backend['name']}_nfs"))
+                options.setdefault("mount_port", port(f"{backend['name']}_mount"))
+        self.etcd_ports = (port("etcd_client"), port("etcd_peer"))
+        ports_file.write_text(json.dumps(kept, indent=2))
+        return raw

@@ -1,0 +1,287 @@
+"""The etcd client: `connect()` plus the raw KV/lease calls the rest of the package uses.
+
+aetcd's convenience methods lack range limits, revisions and create-revision filters, so
+this module calls its generated stubs directly and maps gRPC failures onto the project's
+errors (UNAVAILABLE/DEADLINE_EXCEEDED -> `Unavailable`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aetcd
+import grpc
+from aetcd import rpc
+
+from sharemesh.runtime.errors import Internal, InvalidArgument, Unavailable
+
+DEFAULT_TIMEOUT = 10.0
+
+
+def _host_port(endpoint: str) -> tuple[str, int]:
+    text = endpoint if "://" in endpoint else f"http://{endpoint}"
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "") or not parts.hostname:
+        raise InvalidArgument("endpoint", f"{endpoint!r} is not http://HOST:PORT")
+    return parts.hostname, parts.port or 2379
+
+
+@contextlib.asynccontextmanager
+async def connect(endpoint: str, *, timeout: float | None = DEFAULT_TIMEOUT) -> AsyncIterator[aetcd.Client]:
+    """A connected `aetcd.Client` for `http://HOST:PORT` (or `HOST:PORT`), closed on exit.
+
+    `timeout` bounds every unary call (seconds)."""
+    host, port = _host_port(endpoint)
+    client = aetcd.Client(host=host, port=port, timeout=timeout)
+    try:
+        await client.connect()
+    except Exception as error:
+        raise Unavailable(f"etcd at {endpoint}: {error}") from error
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+class Compacted(Exception):
+    """The requested revision was compacted away (internal; callers map it)."""
+
+
+class FutureRevision(Exception):
+    """The requested revision is newer than the store's (internal; callers map it)."""
+
+
+def map_rpc_error(error: BaseException) -> BaseException:
+    """The project error for a gRPC/aetcd failure."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        code, details = error.code(), error.details() or ""
+        if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
+            return Compacted(details)
+        if code == grpc.StatusCode.OUT_OF_RANGE and "future" in details:
+            return FutureRevision(details)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.CANCELLED):
+            return Unavailable(f"etcd: {details or code.name}")
+        return Internal(f"etcd: {code.name}: {details}")
+    if isinstance(error, aetcd.RevisionCompactedError):
+        return Compacted(str(error))
+    if isinstance(error, (aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError,
+                          aetcd.WatchTimeoutError)):
+        return Unavailable(f"etcd: {error}")
+    if isinstance(error, aetcd.ClientError):
+        return Internal(f"etcd: {error}")
+    return error
+
+
+def _timeout(client: aetcd.Client) -> float | None:
+    return client._timeout  # noqa: SLF001 - aetcd keeps it private; we honour it
+
+
+def b(key: str | bytes) -> bytes:
+    return key.encode() if isinstance(key, str) else key
+
+
+def prefix_end(prefix: str | bytes) -> bytes:
+    return aetcd.utils.prefix_range_end(b(prefix))
+
+
+# ---- compares -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Compare:
+    """One compare of an etcd transaction: `target(key) op value`.
+
+    `target` is "create", "mod" or "version"; `op` is "==", "!=", "<" or ">"."""
+
+    key: bytes
+    target: str
+    op: str
+    value: int
+
+    def to_proto(self) -> rpc.Compare:
+        result = {"==": rpc.Compare.EQUAL, "!=": rpc.Compare.NOT_EQUAL,
+                  "<": rpc.Compare.LESS, ">": rpc.Compare.GREATER}[self.op]
+        cmp = rpc.Compare(key=self.key, result=result)
+        if self.target == "create":
+            cmp.target, cmp.create_revision = rpc.Compare.CREATE, self.value
+        elif self.target == "mod":
+            cmp.target, cmp.mod_revision = rpc.Compare.MOD, self.value
+        elif self.target == "version":
+            cmp.target, cmp.version = rpc.Compare.VERSION, self.value
+        else:
+            raise ValueError(f"unknown compare target {self.target!r}")
+        return cmp
+
+    def holds(self, kv: rpc.KeyValue | None) -> bool:
+        """Evaluate this compare client-side against a read of its key."""
+        actual = 0
+        if kv is not None:
+            actual = {"create": kv.create_revision, "mod": kv.mod_revision,
+                      "version": kv.version}[self.target]
+        return {"==": actual == self.value, "!=": actual != self.value,
+                "<": actual < self.value, ">": actual > self.value}[self.op]
+
+
+class Fence(Compare):
+    """The owner compare of a lock or leadership: `create_revision(owner key) == rev`.
+
+    Put it in every transaction made under that lock or leadership; the transaction
+    fails (FencedOut) once the owner key is gone, e.g. after the lease expired."""
+
+    def __init__(self, key: str | bytes, create_revision: int) -> None:
+        object.__setattr__(self, "key", b(key))
+        object.__setattr__(self, "target", "create")
+        object.__setattr__(self, "op", "==")
+        object.__setattr__(self, "value", int(create_revision))
+
+    @property
+    def create_revision(self) -> int:
+        return self.value
+
+    def as_aetcd(self) -> aetcd.transactions.Create:
+        """The same compare as an aetcd compare object, for `client.transaction()`."""
+        return aetcd.transactions.Create(self.key) == self.value
+
+
+# ---- raw calls ----------------------------------------------------------------------
+
+
+def range_request(
+    key: str | bytes,
+    range_end: bytes | None = None,
+    *,
+    limit: int = 0,
+    revision: int = 0,
+    sort_target: str = "key",
+    descend: bool = False,
+    max_create_revision: int = 0,
+    keys_only: bool = False,
+) -> rpc.RangeRequest:
+    request = rpc.RangeRequest(key=b(key), limit=limit, revision=revision, keys_only=keys_only,
+                               max_create_revision=max_create_revision)
+    if range_end is not None:
+        request.range_end = range_end
+    request.sort_target = {"key": rpc.RangeRequest.KEY, "create": rpc.RangeRequest.CREATE,
+                           "mod": rpc.RangeRequest.MOD}[sort_target]
+    if descend:
+        request.sort_order = rpc.RangeRequest.DESCEND
+    elif sort_target != "key" or limit:
+        request.sort_order = rpc.RangeRequest.ASCEND
+    return request
+
+
+async def range_(client: aetcd.Client, request: rpc.RangeRequest) -> rpc.RangeResponse:
+    try:
+        await client.connect()
+        return await client.kvstub.Range(request, timeout=_timeout(client), metadata=client.metadata)
+    except Exception as error:
+        raise map_rpc_error(error) from error
+
+
+async def get_kv(client: aetcd.Client, key: str | bytes) -> tuple[rpc.KeyValue | None, int]:
+    """One key and the read revision."""
+    response = await range_(client, range_request(key))
+    return (response.kvs[0] if response.kvs else None), response.header.revision
+
+
+def op_put(key: str | bytes, value: bytes, lease: int = 0) -> rpc.RequestOp:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=b(key), value=value, lease=lease))
+
+
+def op_delete(key: str | bytes, range_end: bytes | None = None) -> rpc.RequestOp:
+    request = rpc.DeleteRangeRequest(key=b(key))
+    if range_end is not None:
+        request.range_end = range_end
+    return rpc.RequestOp(request_delete_range=request)
+
+
+def op_range(request: rpc.RangeRequest) -> rpc.RequestOp:
+    return rpc.RequestOp(request_range=request)
+
+
+async def txn(
+    client: aetcd.Client,
+    compares: Iterable[Compare],
+    success: Sequence[rpc.RequestOp] = (),
+    failure: Sequence[rpc.RequestOp] = (),
+) -> rpc.TxnResponse:
+    request = rpc.TxnRequest(compare=[c.to_proto() for c in compares],
+                             success=list(success), failure=list(failure))
+    try:
+        await client.connect()
+        return await client.kvstub.Txn(request, timeout=_timeout(client), metadata=client.metadata)
+    except Exception as error:
+        raise map_rpc_error(error) from error
+
+
+async def lease_grant(client: aetcd.Client, ttl: int) -> tuple[int, int]:
+    """A new lease: (id, granted ttl)."""
+    try:
+        await client.connect()
+        response = await client.leasestub.LeaseGrant(
+            rpc.LeaseGrantRequest(TTL=ttl), timeout=_timeout(client), metadata=client.metadata)
+    except Exception as error:
+        raise map_rpc_error(error) from error
+    if response.error:
+        raise Unavailable(f"etcd lease grant: {response.error}")
+    return response.ID, response.TTL
+
+
+async def lease_keepalive_once(client: aetcd.Client, lease_id: int, timeout: float) -> int:
+    """Refresh a lease once; the new TTL (<= 0: the lease is gone)."""
+    try:
+        await client.connect()
+        call = client.leasestub.LeaseKeepAlive(
+            iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=timeout, metadata=client.metadata)
+        async for reply in call:
+            return int(reply.TTL)
+    except Exception as error:
+        raise map_rpc_error(error) from error
+    raise Unavailable("etcd lease keep-alive: stream ended without an answer")
+
+
+async def lease_revoke(client: aetcd.Client, lease_id: int, timeout: float | None = None) -> None:
+    try:
+        await client.connect()
+        await client.leasestub.LeaseRevoke(
+            rpc.LeaseRevokeRequest(ID=lease_id), timeout=timeout or _timeout(client),
+            metadata=client.metadata)
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND or "not found" in (error.details() or ""):
+            return
+        raise map_rpc_error(error) from error
+    except Exception as error:
+        raise map_rpc_error(error) from error
+
+
+async def wait_deleted(client: aetcd.Client, key: bytes, revision: int) -> None:
+    """Return once `key` is deleted at or after `revision` (watch from that revision).
+
+    A compacted start revision means history moved on: the caller re-checks by reading."""
+    try:
+        await client.connect()
+        watch = await client.watch(key, start_revision=revision, kind=aetcd.EventKind.DELETE)
+    except Exception as error:
+        mapped = map_rpc_error(error)
+        if isinstance(mapped, Compacted):
+            return
+        raise mapped from error
+    try:
+        async for event in watch:
+            if event.kind == aetcd.EventKind.DELETE:
+                return
+    except Exception as error:
+        mapped = map_rpc_error(error)
+        if isinstance(mapped, Compacted):
+            return
+        raise mapped from error
+    finally:
+        try:
+            await watch.cancel()
+        except Exception:  # noqa: BLE001 - the stream may already be gone
+            pass
+    raise Unavailable("etcd watch ended")

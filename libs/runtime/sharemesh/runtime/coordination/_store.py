@@ -1,0 +1,328 @@
+"""Store: typed protobuf records in etcd with revision-compared, fenced transactions."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import aetcd
+from aetcd import rpc
+from google.protobuf.message import DecodeError, Message
+
+from sharemesh.runtime.errors import (
+    Aborted,
+    AlreadyExists,
+    FencedOut,
+    Internal,
+    InvalidArgument,
+    NotFound,
+)
+
+from . import _client, _keys
+from ._client import Compacted, Compare, Fence, FutureRevision
+
+M = TypeVar("M", bound=Message)
+
+DEFAULT_ROOT = "/sharemesh/"
+
+
+@dataclass(frozen=True)
+class Versioned(Generic[M]):
+    """A record with its etcd revisions (the etag derives from `mod_revision`)."""
+
+    value: M
+    mod_revision: int
+    create_revision: int
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change under a watched prefix. `value` is the decoded record for a PUT when a
+    message type was given (raw bytes otherwise); None for a DELETE."""
+
+    kind: str  # "PUT" or "DELETE"
+    key: str
+    value: object
+    mod_revision: int
+    create_revision: int
+
+
+def _as_fence(fence: object) -> Compare:
+    """A Fence/Compare, or anything with a `fence()` method (Leadership, Mutex)."""
+    if isinstance(fence, Compare):
+        return fence
+    method = getattr(fence, "fence", None)
+    if callable(method):
+        result = method()
+        if isinstance(result, Compare):
+            return result
+    raise TypeError(f"not a fence: {fence!r}")
+
+
+def _decode(key: bytes | str, data: bytes, msg_type: type[M]) -> M:
+    message = msg_type()
+    try:
+        message.ParseFromString(data)
+    except DecodeError as error:
+        raise Internal(f"record {key!r} is not a {msg_type.__name__}: {error}") from error
+    return message
+
+
+def _versioned(kv: rpc.KeyValue, msg_type: type[M]) -> Versioned[M]:
+    return Versioned(_decode(kv.key, kv.value, msg_type), kv.mod_revision, kv.create_revision,
+                     kv.key.decode())
+
+
+class Txn:
+    """One atomic write of several records, built then `await commit()`ed.
+
+    Every compare is evaluated in the same transaction; on failure its else-branch reads
+    each compared key, so the error says exactly which key failed, at that revision:
+    a fence -> FencedOut, a create -> AlreadyExists, a missing record -> NotFound,
+    a stale mod_revision -> Aborted."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._compares: list[tuple[str, Compare]] = []  # (role, compare)
+        self._ops: list[rpc.RequestOp] = []
+        self._keys: set[str] = set()
+        self._committed = False
+
+    def _key(self, key: str) -> str:
+        key = self._store.check_key(key)
+        if key in self._keys:
+            raise InvalidArgument("key", f"{key} appears twice in one transaction")
+        self._keys.add(key)
+        return key
+
+    def create(self, key: str, msg: Message, *, lease: int = 0) -> Txn:
+        key = self._key(key)
+        self._compares.append(("create", Compare(key.encode(), "create", "==", 0)))
+        self._ops.append(_client.op_put(key, msg.SerializeToString(), lease))
+        return self
+
+    def put(self, key: str, msg: Message, expected_mod_revision: int | None = None, *,
+            lease: int = 0) -> Txn:
+        """Write a record; with `expected_mod_revision` only if it is unchanged."""
+        key = self._key(key)
+        if expected_mod_revision is not None:
+            self._compares.append(("mod", Compare(key.encode(), "mod", "==", expected_mod_revision)))
+        self._ops.append(_client.op_put(key, msg.SerializeToString(), lease))
+        return self
+
+    def delete(self, key: str, expected_mod_revision: int | None = None) -> Txn:
+        key = self._key(key)
+        if expected_mod_revision is not None:
+            self._compares.append(("mod", Compare(key.encode(), "mod", "==", expected_mod_revision)))
+        self._ops.append(_client.op_delete(key))
+        return self
+
+    def check(self, key: str, mod_revision: int) -> Txn:
+        """Compare only: the record at `key` still has `mod_revision` (0: absent)."""
+        key = self._store.check_key(key)
+        self._compares.append(("check", Compare(key.encode(), "mod", "==", mod_revision)))
+        return self
+
+    def fence(self, compare: object) -> Txn:
+        """Add a lock/leadership owner compare (a Fence, Leadership or Mutex)."""
+        self._compares.append(("fence", _as_fence(compare)))
+        return self
+
+    async def commit(self) -> int:
+        """Apply atomically; the revision of the write, or raise naming the failed key."""
+        if self._committed:
+            raise InvalidArgument("txn", "already committed")
+        self._committed = True
+        compares = [c for _, c in self._compares]
+        compared_keys = list(dict.fromkeys(c.key for c in compares))
+        failure = [_client.op_range(_client.range_request(k)) for k in compared_keys]
+        response = await _client.txn(self._store.client, compares, self._ops, failure)
+        if response.succeeded:
+            return response.header.revision
+        read: dict[bytes, rpc.KeyValue | None] = {}
+        for key, resp in zip(compared_keys, response.responses):
+            kvs = resp.response_range.kvs
+            read[key] = kvs[0] if kvs else None
+        raise self._explain(read)
+
+    def _explain(self, read: dict[bytes, rpc.KeyValue | None]) -> Exception:
+        failed = [(role, c) for role, c in self._compares if not c.holds(read.get(c.key))]
+        order = {"fence": 0, "create": 1, "mod": 2, "check": 3}
+        failed.sort(key=lambda item: order[item[0]])
+        if not failed:  # cannot happen: etcd failed a compare we evaluate as holding
+            return Aborted("transaction compare failed")
+        role, cmp = failed[0]
+        key = cmp.key.decode()
+        kv = read.get(cmp.key)
+        meta = {"key": key}
+        if role == "fence":
+            return FencedOut(f"lock or leadership {key} (revision {cmp.value}) is no longer held",
+                             metadata=meta)
+        if role == "create":
+            return AlreadyExists(f"{key} already exists", metadata=meta)
+        if kv is None and role == "mod":
+            return NotFound(f"{key} not found", metadata=meta)
+        actual = kv.mod_revision if kv is not None else 0
+        return Aborted(f"{key} changed: expected revision {cmp.value}, found {actual}",
+                       metadata=meta)
+
+
+class Store:
+    """Typed protobuf records under `root` (keys are full keys, see `key_of`/`prefix_of`)."""
+
+    def __init__(self, client: aetcd.Client, root: str = DEFAULT_ROOT) -> None:
+        _keys._check_root(root)  # noqa: SLF001
+        self.client = client
+        self.root = root
+
+    # key helpers bound to this root
+    def key_of(self, name: str) -> str:
+        return _keys.key_of(self.root, name)
+
+    def prefix_of(self, parent: str, collection: str) -> str:
+        return _keys.prefix_of(self.root, parent, collection)
+
+    def name_of(self, key: str | bytes) -> str:
+        return _keys.name_of(self.root, key)
+
+    def check_key(self, key: str) -> str:
+        if not isinstance(key, str) or not key.startswith(self.root) or key == self.root:
+            raise InvalidArgument("key", f"{key!r} is not a key under {self.root!r}")
+        return key
+
+    async def get(self, key: str, msg_type: type[M]) -> Versioned[M] | None:
+        kv, _ = await _client.get_kv(self.client, self.check_key(key))
+        return None if kv is None else _versioned(kv, msg_type)
+
+    def txn(self) -> Txn:
+        return Txn(self)
+
+    async def create(self, key: str, msg: Message, fences: Iterable[object] = (), *,
+                     lease: int = 0) -> int:
+        """Create a record; AlreadyExists if present. Returns its (create) revision."""
+        txn = self.txn().create(key, msg, lease=lease)
+        for fence in fences:
+            txn.fence(fence)
+        return await txn.commit()
+
+    async def update(self, key: str, msg: Message, expected_mod_revision: int,
+                     fences: Iterable[object] = ()) -> int:
+        """Replace a record if unchanged since `expected_mod_revision`: Aborted if stale,
+        NotFound if gone, FencedOut if a fence failed. Returns the new mod_revision."""
+        txn = self.txn().put(key, msg, expected_mod_revision)
+        for fence in fences:
+            txn.fence(fence)
+        return await txn.commit()
+
+    async def put(self, key: str, msg: Message, fences: Iterable[object] = (), *,
+                  lease: int = 0) -> int:
+        """Write unconditionally (registrations, stats); still fenced if asked."""
+        txn = self.txn().put(key, msg, lease=lease)
+        for fence in fences:
+            txn.fence(fence)
+        return await txn.commit()
+
+    async def delete(self, key: str, expected_mod_revision: int | None = None,
+                     fences: Iterable[object] = ()) -> bool:
+        """Delete a record; with `expected_mod_revision` only if unchanged (Aborted /
+        NotFound otherwise). Returns whether a key was deleted."""
+        key = self.check_key(key)
+        compares: list[Compare] = [_as_fence(f) for f in fences]
+        if expected_mod_revision is not None:
+            compares.append(Compare(key.encode(), "mod", "==", expected_mod_revision))
+        if not compares:
+            response = await _client.txn(self.client, [], [_client.op_delete(key)])
+            return response.responses[0].response_delete_range.deleted > 0
+        txn = self.txn().delete(key, expected_mod_revision)
+        for fence in fences:
+            txn.fence(fence)
+        await txn.commit()
+        return True
+
+    async def list(
+        self,
+        prefix: str,
+        msg_type: type[M],
+        start_after: str | None = None,
+        limit: int = 100,
+        revision: int | None = None,
+    ) -> tuple[list[Versioned[M]], int, bool]:
+        """One page of the records directly under `prefix`, in key order.
+
+        Reads at `revision` (the first page's read revision, carried in the page token)
+        or now; returns (items, read_revision, more). A compacted revision raises
+        InvalidArgument("page_token", "expired; list again")."""
+        if not prefix.endswith("/"):
+            raise InvalidArgument("prefix", f"{prefix!r} must end with '/'")
+        self.check_key(prefix)
+        if limit < 1:
+            raise InvalidArgument("page_size", "must be positive")
+        start = prefix
+        if start_after is not None:
+            if not start_after.startswith(prefix):
+                raise InvalidArgument("page_token", "does not belong to this list")
+            start = start_after + "\0"
+        request = _client.range_request(start, _client.prefix_end(prefix), limit=limit,
+                                        revision=revision or 0)
+        try:
+            response = await _client.range_(self.client, request)
+        except Compacted as error:
+            raise InvalidArgument("page_token", "expired; list again") from error
+        except FutureRevision as error:
+            raise InvalidArgument("page_token", "invalid revision") from error
+        plen = len(prefix.encode())
+        items = [_versioned(kv, msg_type) for kv in response.kvs if b"/" not in kv.key[plen:]]
+        return items, response.header.revision, bool(response.more)
+
+    async def list_all(self, prefix: str, msg_type: type[M],
+                       page: int = 500) -> tuple[list[Versioned[M]], int]:
+        """Every record under `prefix` at one revision (for reconcilers)."""
+        items: list[Versioned[M]] = []
+        start_after, revision = None, None
+        while True:
+            batch, revision, more = await self.list(prefix, msg_type, start_after, page, revision)
+            items.extend(batch)
+            if not more:
+                return items, revision
+            start_after = batch[-1].key if batch else None
+            if start_after is None:  # a page of only nested keys: continue after the raw last key
+                raw = await _client.range_(self.client, _client.range_request(
+                    prefix, _client.prefix_end(prefix), limit=page, revision=revision, keys_only=True))
+                start_after = raw.kvs[-1].key.decode()
+
+    async def watch_prefix(self, prefix: str, start_revision: int | None = None,
+                           msg_type: type[M] | None = None) -> AsyncIterator[WatchEvent]:
+        """Events under `prefix` from `start_revision` (inclusive; default: from now).
+
+        A compacted start revision raises InvalidArgument("start_revision", ...): list
+        again and watch from the list's read revision + 1. A broken stream raises
+        Unavailable; resume from the last event's mod_revision + 1."""
+        self.check_key(prefix)
+        try:
+            await self.client.connect()
+            watch = await self.client.watch(prefix.encode(), range_end=_client.prefix_end(prefix),
+                                            start_revision=start_revision)
+        except Exception as error:
+            mapped = _client.map_rpc_error(error)
+            if isinstance(mapped, Compacted):
+                raise InvalidArgument("start_revision", "compacted; list again") from error
+            raise mapped from error
+        try:
+            async for event in watch:
+                kv = event.kv
+                kind = str(event.kind)
+                value: object = None
+                if kind == "PUT":
+                    value = kv.value if msg_type is None else _decode(kv.key, kv.value, msg_type)
+                yield WatchEvent(kind, kv.key.decode(), value, kv.mod_revision, kv.create_revision)
+        except Exception as error:
+            mapped = _client.map_rpc_error(error)
+            if isinstance(mapped, Compacted):
+                raise InvalidArgument("start_revision", "compacted; list again") from error
+            raise mapped from error
+        finally:
+            with contextlib.suppress(Exception):
+                await watch.cancel()

@@ -1,0 +1,33 @@
+"""Client side of `grpc.health.v1`: wait until a service answers SERVING."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .errors import Unavailable
+
+
+async def check(address: str, service: str = "", timeout: float = 1.0) -> int:
+    """The serving status of `service` at `address` (a HealthCheckResponse status)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        return int(response.status)
+
+
+async def wait_serving(address: str, timeout: float = 30.0, service: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            if await check(address, service) == health_pb2.HealthCheckResponse.SERVING:
+                return
+            last = "not serving"
+        except grpc.aio.AioRpcError as e:
+            last = e.code().name
+        await asyncio.sleep(0.1)
+    raise Unavailable(f"{address} not SERVING after {timeout:.0f}s ({last})")

@@ -1,0 +1,77 @@
+"""Long-running operations (AIP-151): records kept in etcd, completed by whichever
+service finishes the work, in the same transaction as the resource they change."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+from google.longrunning import operations_pb2
+from google.protobuf import any_pb2, message, timestamp_pb2
+
+from sharemesh.state.v1 import records_pb2
+from sharemesh.v1 import operation_metadata_pb2
+
+from . import names
+from .errors import to_status
+
+API_VERSION = "v1"
+
+
+def now() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+def request_hash(request: message.Message) -> str:
+    """Fingerprint of a request, so a reused request_id with another body is refused."""
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+
+
+def new(project: str, target: str, verb: str, request_id: str = "",
+        fingerprint: str = "") -> records_pb2.OperationRecord:
+    name = names.OPERATION.format(project=project, operation=f"op-{uuid.uuid4().hex}")
+    metadata = operation_metadata_pb2.OperationMetadata(
+        create_time=now(), target=target, verb=verb, api_version=API_VERSION,
+        request_id=request_id, status_detail="queued")
+    op = operations_pb2.Operation(name=name, done=False)
+    op.metadata.Pack(metadata)
+    return records_pb2.OperationRecord(operation=op, project=project, request_id=request_id,
+                                       request_hash=fingerprint)
+
+
+def metadata_of(record: records_pb2.OperationRecord) -> operation_metadata_pb2.OperationMetadata:
+    metadata = operation_metadata_pb2.OperationMetadata()
+    record.operation.metadata.Unpack(metadata)
+    return metadata
+
+
+def set_progress(record: records_pb2.OperationRecord, detail: str, percent: int) -> None:
+    metadata = metadata_of(record)
+    metadata.status_detail = detail
+    metadata.progress_percent = percent
+    record.operation.metadata.Pack(metadata)
+
+
+def finish(record: records_pb2.OperationRecord, *, response: message.Message | None = None,
+           error: BaseException | None = None) -> None:
+    """Marks the operation done with its response or error; a done one is left as it is."""
+    if record.operation.done:
+        return
+    metadata = metadata_of(record)
+    metadata.end_time.CopyFrom(now())
+    metadata.progress_percent = 100
+    metadata.status_detail = "failed" if error else "done"
+    record.operation.metadata.Pack(metadata)
+    record.operation.done = True
+    if error is not None:
+        record.operation.error.CopyFrom(to_status(error))
+    else:
+        packed = any_pb2.Any()
+        if response is not None:
+            packed.Pack(response)
+        else:
+            from google.protobuf import empty_pb2
+            packed.Pack(empty_pb2.Empty())
+        record.operation.response.CopyFrom(packed)

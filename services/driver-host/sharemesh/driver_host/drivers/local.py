@@ -1,0 +1,268 @@
+"""The local driver: each share an XFS image file on a loop device, served by one Ganesha.
+
+The image's size is a hard limit (a full share answers NOSPC), grows online, and never
+shrinks (XFS cannot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sharemesh.ganesha import ClientRule, Export, GaneshaInstance
+from sharemesh.runtime.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+
+from . import _loopfs
+from ._loopfs import GIB
+from .base import AccessRuleSpec, BackendStats, ExportLocation, PoolStats, ShareSpec
+
+log = logging.getLogger("sharemesh.driver_host.local")
+
+_SHARE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+CAPABILITIES = {
+    "snapshot_support": "false",
+    "shrink_support": "false",
+    "thin_provisioning": "true",
+    "driver_handles_share_servers": "false",
+    "storage_protocol": "NFS",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalDriverConfig:
+    pool_dir: Path
+    """Holds `images/` (one sparse image per share) and `mnt/` (their mountpoints)."""
+    pool_name: str = "default"
+    capacity_gib: int
+    """What the pool offers; shares' sizes add up to at most this."""
+    host: str = "127.0.0.1"
+    """The address clients use, in export locations."""
+    nfs_port: int
+    mount_port: int
+    state_dir: Path
+    """The Ganesha instance's state: config, export files, pidfiles, log, bus."""
+    grace_seconds: int = 0
+    bind_address: str | None = None
+
+
+@dataclass
+class _Locks:
+    by_share: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def of(self, share_id: str) -> asyncio.Lock:
+        return self.by_share.setdefault(share_id, asyncio.Lock())
+
+
+class LocalDriver:
+    """Implements `Driver` on loop-mounted XFS images in `config.pool_dir`."""
+
+    def __init__(self, config: LocalDriverConfig) -> None:
+        self.config = config
+        self.images = Path(config.pool_dir) / "images"
+        self.mounts = Path(config.pool_dir) / "mnt"
+        self.ganesha = GaneshaInstance(
+            Path(config.state_dir) / "ganesha",
+            config.nfs_port,
+            config.mount_port,
+            grace_seconds=config.grace_seconds,
+            bind_address=config.bind_address,
+        )
+        self._locks = _Locks()
+        self._capacity = asyncio.Lock()
+        self._stopping = asyncio.Event()
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        self.images.mkdir(parents=True, exist_ok=True)
+        self.mounts.mkdir(parents=True, exist_ok=True)
+        # Mount every share before a fresh Ganesha reads its export files: an export of an
+        # empty mountpoint would put clients' writes on the pool's own filesystem.
+        for image in sorted(self.images.glob("*.img")):
+            await self._mount(image.stem)
+        if not self.ganesha.adopt():
+            await self.ganesha.start()
+
+    async def stop(self, stop_servers: bool) -> None:
+        self._stopping.set()
+        if stop_servers:
+            await self.ganesha.stop()
+
+    async def supervise(self) -> None:
+        await self.ganesha.supervise(self._reexport, until=self._stopping)
+
+    async def _reexport(self) -> None:
+        for export in self.ganesha.known_exports():
+            await self.ganesha.apply(export)
+
+    # ---- stats -----------------------------------------------------------------------
+
+    def _provisioned_bytes(self) -> int:
+        if not self.images.is_dir():
+            return 0
+        return sum(_loopfs.image_size(p) for p in self.images.glob("*.img"))
+
+    async def stats(self) -> BackendStats:
+        total = float(self.config.capacity_gib)
+        provisioned = self._provisioned_bytes() / GIB
+        pool = PoolStats(
+            name=self.config.pool_name,
+            total_gib=total,
+            free_gib=max(0.0, total - provisioned),
+            provisioned_gib=provisioned,
+            capabilities=dict(CAPABILITIES),
+        )
+        return BackendStats(pools=(pool,))
+
+    # ---- shares ----------------------------------------------------------------------
+
+    def _image(self, share: ShareSpec | str) -> Path:
+        share_id = share if isinstance(share, str) else share.share_id
+        return self.images / f"{share_id}.img"
+
+    def _mountpoint(self, share: ShareSpec | str) -> Path:
+        share_id = share if isinstance(share, str) else share.share_id
+        return self.mounts / share_id
+
+    def _check(self, share: ShareSpec) -> None:
+        if not _SHARE_ID.match(share.share_id):
+            raise InvalidArgument("share_id", "letters, digits, '-' and '_' only, at most 128")
+        if share.size_gib < 1:
+            raise InvalidArgument("size_gib", "must be at least 1")
+        if share.pool != self.config.pool_name:
+            raise InvalidArgument("pool", f"this backend has pool {self.config.pool_name!r} only")
+
+    def _locations(self, share: ShareSpec) -> list[ExportLocation]:
+        return [
+            ExportLocation(
+                path=f"{self.config.host}:{self._pseudo(share)}",
+                nfs_port=self.config.nfs_port,
+                mount_port=self.config.mount_port,
+            )
+        ]
+
+    @staticmethod
+    def _pseudo(share: ShareSpec) -> str:
+        return f"/shares/{share.share_id}"
+
+    def _export(self, share: ShareSpec, rules: Sequence[AccessRuleSpec]) -> Export:
+        return Export(
+            export_id=share.export_id,
+            path=str(self._mountpoint(share)),
+            pseudo=self._pseudo(share),
+            clients=_client_rules(rules),
+        )
+
+    async def _mount(self, share_id: str) -> None:
+        device = await _loopfs.attach(self._image(share_id))
+        await _loopfs.mount(device, self._mountpoint(share_id))
+
+    async def create_share(self, share: ShareSpec) -> list[ExportLocation]:
+        self._check(share)
+        started = time.monotonic()
+        async with self._locks.of(share.share_id):
+            image = self._image(share)
+            if not image.exists():
+                async with self._capacity:
+                    wanted = self._provisioned_bytes() + share.size_gib * GIB
+                    if wanted > self.config.capacity_gib * GIB:
+                        raise ResourceExhausted(
+                            f"pool {self.config.pool_name} has {self.config.capacity_gib} GiB, "
+                            f"{self._provisioned_bytes() / GIB:.0f} GiB provisioned; "
+                            f"{share.size_gib} GiB more do not fit"
+                        )
+                    await _loopfs.create_image(image, share.size_gib * GIB)
+            await self._mount(share.share_id)
+            # A repeat must not reset the clients that update_access set since.
+            if share.export_id not in await self.ganesha.live_export_ids():
+                await self.ganesha.apply(self._export(share, ()))
+        log.info("created share %s (%s GiB) in %.2fs", share.name, share.size_gib,
+                 time.monotonic() - started)
+        return self._locations(share)
+
+    async def delete_share(self, share: ShareSpec) -> None:
+        async with self._locks.of(share.share_id):
+            await self.ganesha.remove(share.export_id)
+            mountpoint = self._mountpoint(share)
+            await _loopfs.unmount(mountpoint)
+            await _loopfs.detach(self._image(share))
+            _loopfs.delete_image(self._image(share))
+            _loopfs.remove_mountpoint(mountpoint)
+        self._locks.by_share.pop(share.share_id, None)
+        log.info("deleted share %s", share.name)
+
+    async def resize_share(self, share: ShareSpec, new_size_gib: int) -> None:
+        self._check(share)
+        async with self._locks.of(share.share_id):
+            image = self._image(share)
+            if not image.exists():
+                raise NotFound(f"share {share.name} has no image on this backend")
+            current = _loopfs.image_size(image)
+            new = new_size_gib * GIB
+            if new < current:
+                raise FailedPrecondition(
+                    f"cannot shrink share {share.name} from {current // GIB} to "
+                    f"{new_size_gib} GiB: backend capability shrink_support is false",
+                    reason="SHRINK_NOT_SUPPORTED",
+                    metadata={"capability": "shrink_support"},
+                )
+            if new > current:
+                async with self._capacity:
+                    if self._provisioned_bytes() - current + new > self.config.capacity_gib * GIB:
+                        raise ResourceExhausted(
+                            f"pool {self.config.pool_name} cannot grow {share.name} to "
+                            f"{new_size_gib} GiB: capacity {self.config.capacity_gib} GiB"
+                        )
+                    await _loopfs.grow_image(image, new)
+            # Always, so a repeat after a crash between the steps completes the grow.
+            await self._mount(share.share_id)
+            await _loopfs.refresh_size(await _loopfs.attach(image))
+            await _loopfs.grow_filesystem(self._mountpoint(share))
+        log.info("resized share %s to %s GiB", share.name, new_size_gib)
+
+    async def update_access(self, share: ShareSpec, rules: Sequence[AccessRuleSpec]) -> None:
+        await self.ensure_share(share, rules)
+
+    async def ensure_share(
+        self, share: ShareSpec, rules: Sequence[AccessRuleSpec]
+    ) -> list[ExportLocation]:
+        self._check(share)
+        export = self._export(share, rules)  # validates the rules before touching anything
+        async with self._locks.of(share.share_id):
+            if not self._image(share).exists():
+                raise NotFound(f"share {share.name} has no image on this backend")
+            await self._mount(share.share_id)
+            await self.ganesha.apply(export)
+        return self._locations(share)
+
+
+def _client_rules(rules: Sequence[AccessRuleSpec]) -> tuple[ClientRule, ...]:
+    """One CLIENT block per network, most specific first: Ganesha grants the first match,
+    so a host's own rule beats its subnet's. A network named twice gets the lesser level."""
+    levels: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, str] = {}
+    for rule in rules:
+        try:
+            net = ipaddress.ip_network(rule.access_to, strict=False)
+        except ValueError:
+            raise InvalidArgument(
+                "access_to", f"not an IP address or CIDR: {rule.access_to!r}"
+            ) from None
+        if rule.access_level not in ("READ_WRITE", "READ_ONLY"):
+            raise InvalidArgument("access_level", f"unknown level {rule.access_level!r}")
+        access = "RW" if rule.access_level == "READ_WRITE" else "RO"
+        levels[net] = "RO" if levels.get(net) == "RO" else access
+    ordered = sorted(levels, key=lambda n: (-n.prefixlen, n.version, int(n.network_address)))
+    return tuple(ClientRule((str(net),), levels[net]) for net in ordered)  # type: ignore[arg-type]
