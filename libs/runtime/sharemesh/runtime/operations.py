@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterable
 
 from google.longrunning import operations_pb2
-from google.protobuf import any_pb2, message, timestamp_pb2
+from google.protobuf import any_pb2, empty_pb2, message, timestamp_pb2
 
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import operation_metadata_pb2
 
 from . import names
+from .coordination import Store, Txn
 from .errors import to_status
 
 API_VERSION = "v1"
@@ -69,9 +71,17 @@ def finish(record: records_pb2.OperationRecord, *, response: message.Message | N
         record.operation.error.CopyFrom(to_status(error))
     else:
         packed = any_pb2.Any()
-        if response is not None:
-            packed.Pack(response)
-        else:
-            from google.protobuf import empty_pb2
-            packed.Pack(empty_pb2.Empty())
+        packed.Pack(response if response is not None else empty_pb2.Empty())
         record.operation.response.CopyFrom(packed)
+
+
+async def finish_pending(store: Store, txn: Txn, pending: Iterable[str], *,
+                         response: message.Message | None = None,
+                         error: BaseException | None = None) -> None:
+    """Adds to `txn` the completion of each pending operation, so operations finish in
+    the same transaction as the change they report."""
+    for name in pending:
+        found = await store.get(store.key_of(name), records_pb2.OperationRecord)
+        if found is not None and not found.value.operation.done:
+            finish(found.value, response=response, error=error)
+            txn.put(found.key, found.value, found.mod_revision)

@@ -37,7 +37,7 @@ async def connect(endpoint: str, *, timeout: float | None = DEFAULT_TIMEOUT) -> 
     host, port = _host_port(endpoint)
     client = aetcd.Client(host=host, port=port, timeout=timeout)
     try:
-        await client.connect()
+        await client.connect()  # opens the channel; the first call reaches the server
     except Exception as error:
         raise Unavailable(f"etcd at {endpoint}: {error}") from error
     try:
@@ -74,6 +74,17 @@ def map_rpc_error(error: BaseException) -> BaseException:
     if isinstance(error, aetcd.ClientError):
         return Internal(f"etcd: {error}")
     return error
+
+
+def is_closed(client: aetcd.Client) -> bool:
+    """Whether the client was closed (or never connected): use `connect()`."""
+    return client.kvstub is None
+
+
+def _ready(client: aetcd.Client) -> None:
+    # Never reconnect a closed client behind its owner's back (aetcd's own methods would).
+    if is_closed(client):
+        raise Unavailable("etcd client is closed (open it with coordination.connect())")
 
 
 def _timeout(client: aetcd.Client) -> float | None:
@@ -176,7 +187,7 @@ def range_request(
 
 async def range_(client: aetcd.Client, request: rpc.RangeRequest) -> rpc.RangeResponse:
     try:
-        await client.connect()
+        _ready(client)
         return await client.kvstub.Range(request, timeout=_timeout(client), metadata=client.metadata)
     except Exception as error:
         raise map_rpc_error(error) from error
@@ -212,7 +223,7 @@ async def txn(
     request = rpc.TxnRequest(compare=[c.to_proto() for c in compares],
                              success=list(success), failure=list(failure))
     try:
-        await client.connect()
+        _ready(client)
         return await client.kvstub.Txn(request, timeout=_timeout(client), metadata=client.metadata)
     except Exception as error:
         raise map_rpc_error(error) from error
@@ -221,7 +232,7 @@ async def txn(
 async def lease_grant(client: aetcd.Client, ttl: int) -> tuple[int, int]:
     """A new lease: (id, granted ttl)."""
     try:
-        await client.connect()
+        _ready(client)
         response = await client.leasestub.LeaseGrant(
             rpc.LeaseGrantRequest(TTL=ttl), timeout=_timeout(client), metadata=client.metadata)
     except Exception as error:
@@ -234,7 +245,7 @@ async def lease_grant(client: aetcd.Client, ttl: int) -> tuple[int, int]:
 async def lease_keepalive_once(client: aetcd.Client, lease_id: int, timeout: float) -> int:
     """Refresh a lease once; the new TTL (<= 0: the lease is gone)."""
     try:
-        await client.connect()
+        _ready(client)
         call = client.leasestub.LeaseKeepAlive(
             iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=timeout, metadata=client.metadata)
         async for reply in call:
@@ -246,7 +257,7 @@ async def lease_keepalive_once(client: aetcd.Client, lease_id: int, timeout: flo
 
 async def lease_revoke(client: aetcd.Client, lease_id: int, timeout: float | None = None) -> None:
     try:
-        await client.connect()
+        _ready(client)
         await client.leasestub.LeaseRevoke(
             rpc.LeaseRevokeRequest(ID=lease_id), timeout=timeout or _timeout(client),
             metadata=client.metadata)
@@ -263,7 +274,7 @@ async def wait_deleted(client: aetcd.Client, key: bytes, revision: int) -> None:
 
     A compacted start revision means history moved on: the caller re-checks by reading."""
     try:
-        await client.connect()
+        _ready(client)
         watch = await client.watch(key, start_revision=revision, kind=aetcd.EventKind.DELETE)
     except Exception as error:
         mapped = map_rpc_error(error)

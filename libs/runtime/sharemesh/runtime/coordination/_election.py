@@ -91,6 +91,8 @@ async def _wait_predecessors(session: Session, queue: str, my_rev: int) -> None:
                 f"waiting in {queue}",
             )
         except Unavailable as error:
+            if _client.is_closed(client):
+                raise
             log.info("waiting in %s: %s; retrying", queue, error)
             await asyncio.sleep(_RETRY_DELAY)
 
@@ -223,7 +225,7 @@ async def observe(client: aetcd.Client, prefix: str) -> AsyncIterator[bytes | No
     """Yield the leader value now and on every change (None: nobody leads).
 
     Reads, then watches the queue from the next revision, re-reading on each event,
-    and resumes after a broken watch stream."""
+    and resumes after a broken watch stream; ends when the client is closed."""
     queue = _queue_prefix(prefix)
     last: object = object()
     while True:
@@ -233,6 +235,8 @@ async def observe(client: aetcd.Client, prefix: str) -> AsyncIterator[bytes | No
             if current != last:
                 last = current
                 yield current
+            if _client.is_closed(client):
+                return
             watch = await client.watch(
                 queue.encode(), range_end=_client.prefix_end(queue), start_revision=revision + 1)
             try:
@@ -245,6 +249,10 @@ async def observe(client: aetcd.Client, prefix: str) -> AsyncIterator[bytes | No
             finally:
                 with contextlib.suppress(Exception):
                     await watch.cancel()
+            if _client.is_closed(client):
+                return  # the watch ended because the client was closed
         except (Unavailable, aetcd.ClientError) as error:
+            if _client.is_closed(client):
+                return
             log.info("observing %s: %s; re-reading", queue, error)
             await asyncio.sleep(_RETRY_DELAY)

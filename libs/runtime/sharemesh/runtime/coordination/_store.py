@@ -275,7 +275,8 @@ class Store:
             raise InvalidArgument("page_token", "invalid revision") from error
         plen = len(prefix.encode())
         items = [_versioned(kv, msg_type) for kv in response.kvs if b"/" not in kv.key[plen:]]
-        return items, response.header.revision, bool(response.more)
+        # The header carries the store's current revision; the read was at `revision`.
+        return items, revision or response.header.revision, bool(response.more)
 
     async def list_all(self, prefix: str, msg_type: type[M],
                        page: int = 500) -> tuple[list[Versioned[M]], int]:
@@ -302,7 +303,7 @@ class Store:
         Unavailable; resume from the last event's mod_revision + 1."""
         self.check_key(prefix)
         try:
-            await self.client.connect()
+            _client._ready(self.client)  # noqa: SLF001
             watch = await self.client.watch(prefix.encode(), range_end=_client.prefix_end(prefix),
                                             start_revision=start_revision)
         except Exception as error:

@@ -9,6 +9,8 @@ from .base import (
     PoolStats,
     ShareSpec,
 )
+from .local import CAPABILITIES as LOCAL_CAPABILITIES
+from .local import LocalDriver, LocalDriverConfig
 
 __all__ = [
     "AccessLevel",
@@ -16,6 +18,9 @@ __all__ = [
     "BackendStats",
     "Driver",
     "ExportLocation",
+    "LOCAL_CAPABILITIES",
+    "LocalDriver",
+    "LocalDriverConfig",
     "PoolStats",
     "ShareSpec",
 ]

@@ -93,8 +93,7 @@ class LocalDriver:
         # empty mountpoint would put clients' writes on the pool's own filesystem.
         for image in sorted(self.images.glob("*.img")):
             await self._mount(image.stem)
-        if not self.ganesha.adopt():
-            await self.ganesha.start()
+        await self.ganesha.start()  # adopts a running one
 
     async def stop(self, stop_servers: bool) -> None:
         self._stopping.set()

@@ -1,0 +1,184 @@
+"""EtcdServer: Debian's etcd 3.4 as a child process (local launcher and tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from sharemesh.runtime.errors import Unavailable
+from sharemesh.runtime.ports import free_port
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class EtcdServer:
+    """One single-member etcd on 127.0.0.1.
+
+    `async with EtcdServer(data_dir) as etcd:` starts it (free ports unless given),
+    waits until a real KV read succeeds, and stops it on exit. The log goes to
+    `{data_dir.parent}/{data_dir.name}.log`. The child is killed if this process dies.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        client_port: int | None = None,
+        peer_port: int | None = None,
+        name: str = "sharemesh",
+        binary: str | None = None,
+        compaction_retention: str = "1h",
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.name = name
+        self.binary = binary or shutil.which("etcd") or "/usr/bin/etcd"
+        self._fixed_ports = client_port is not None or peer_port is not None
+        self.client_port = client_port
+        self.peer_port = peer_port
+        self.compaction_retention = compaction_retention
+        self.extra_args = tuple(extra_args)
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        if self.client_port is None:
+            raise RuntimeError("etcd not started")
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _command(self) -> list[str]:
+        client = f"http://127.0.0.1:{self.client_port}"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        return [
+            self.binary,
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", client,
+            "--advertise-client-urls", client,
+            "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{self.name}={peer}",
+            "--auto-compaction-mode=periodic",
+            f"--auto-compaction-retention={self.compaction_retention}",
+            "--logger=zap",
+            "--log-outputs=stderr",
+            *self.extra_args,
+        ]
+
+    def _log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    async def start(self, timeout: float = 30.0) -> EtcdServer:
+        """Start etcd and wait until healthy; retries on fresh ports if a port was taken."""
+        if self.running:
+            return self
+        attempts = 1 if self._fixed_ports else 3
+        for attempt in range(attempts):
+            if not self._fixed_ports:
+                self.client_port, self.peer_port = free_port(), free_port()
+                while self.peer_port == self.client_port:
+                    self.peer_port = free_port()
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "ab") as log:
+                self._process = subprocess.Popen(
+                    self._command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    preexec_fn=_die_with_parent, close_fds=True,
+                )
+            try:
+                await self._wait_healthy(timeout)
+                return self
+            except _Exited:
+                tail = self._log_tail()
+                self._process = None
+                if attempt + 1 < attempts and "address already in use" in tail:
+                    continue
+                raise Unavailable(f"etcd exited during start; log {self.log_path}:\n{tail}") from None
+            except BaseException:
+                await self.kill()
+                raise
+        raise AssertionError("unreachable")
+
+    async def _wait_healthy(self, timeout: float) -> None:
+        from sharemesh.runtime.coordination import connect  # the one etcd client stack
+
+        deadline = time.monotonic() + timeout
+        last: BaseException | None = None
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                raise _Exited()
+            try:
+                async with connect(self.endpoint, timeout=2.0) as client:
+                    await client.get(b"/__health")
+                return
+            except Exception as error:  # noqa: BLE001 - retried until the deadline
+                last = error
+                await asyncio.sleep(0.1)
+        raise Unavailable(f"etcd at {self.endpoint} not healthy after {timeout}s: {last}; "
+                          f"log {self.log_path}:\n{self._log_tail()}")
+
+    async def _reap(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        assert self._process is not None
+        while self._process.poll() is None:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds; always reaps. Idempotent."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.send_signal(signal.SIGTERM)
+            if not await self._reap(timeout):
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.kill()
+                await self._reap(timeout)
+        self._process.wait()
+        self._process = None
+
+    async def kill(self) -> None:
+        """SIGKILL and reap at once (tests: simulate a crash)."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+        self._process.wait()
+        self._process = None
+
+    async def __aenter__(self) -> EtcdServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class _Exited(Exception):
+    pass

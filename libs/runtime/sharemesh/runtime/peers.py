@@ -1,0 +1,86 @@
+"""Finding and nudging the other services: the scheduler's leader, a backend's
+driver-host, a host's gateway. Endpoints come from etcd registrations; channels are
+kept per endpoint. A nudge is the fast path only: if it is lost, a reconciler finds
+the work in etcd, so a failed nudge is logged, never raised."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from sharemesh.driver.v1 import driver_service_pb2, driver_service_pb2_grpc
+from sharemesh.scheduler.v1 import scheduler_service_pb2, scheduler_service_pb2_grpc
+from sharemesh.state.v1 import records_pb2
+
+from .coordination import Store, keys, leader
+
+log = logging.getLogger(__name__)
+
+NUDGE_TIMEOUT = 30.0
+
+
+class Peers:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def channel(self, endpoint: str) -> grpc.aio.Channel:
+        if endpoint not in self._channels:
+            self._channels[endpoint] = grpc.aio.insecure_channel(endpoint)
+        return self._channels[endpoint]
+
+    async def scheduler_endpoint(self) -> str | None:
+        value = await leader(self._store.client, keys.election_prefix(self._store.root, "scheduler"))
+        return value.decode() if value else None
+
+    async def backend(self, backend: str) -> records_pb2.BackendRecord | None:
+        """The live registration of `backends/{name}` (None when its driver-host is down)."""
+        found = await self._store.get(keys.backend_key(self._store.root, backend.split("/")[-1]),
+                                      records_pb2.BackendRecord)
+        return found.value if found else None
+
+    async def backends(self) -> list[records_pb2.BackendRecord]:
+        found, _ = await self._store.list_all(keys.backends_prefix(self._store.root),
+                                              records_pb2.BackendRecord)
+        return [item.value for item in found]
+
+    async def place_share(self, name: str) -> None:
+        endpoint = await self.scheduler_endpoint()
+        if not endpoint:
+            raise ConnectionError("no scheduler leads")
+        stub = scheduler_service_pb2_grpc.SchedulerServiceStub(self.channel(endpoint))
+        await stub.PlaceShare(scheduler_service_pb2.PlaceShareRequest(name=name),
+                              timeout=NUDGE_TIMEOUT)
+
+    async def sync_share(self, backend: str, name: str) -> None:
+        record = await self.backend(backend)
+        if record is None:
+            raise ConnectionError(f"{backend} is not registered")
+        stub = driver_service_pb2_grpc.DriverServiceStub(self.channel(record.endpoint))
+        await stub.SyncShare(driver_service_pb2.SyncShareRequest(name=name),
+                             timeout=NUDGE_TIMEOUT)
+
+    def nudge(self, what: str, call: Callable[[], Awaitable[None]]) -> None:
+        """Runs `call` in the background; a failure waits for the reconciler."""
+
+        async def attempt() -> None:
+            try:
+                await call()
+            except (grpc.aio.AioRpcError, ConnectionError) as error:
+                detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else error
+                log.info("nudge %s not delivered (%s); the reconciler will pick it up",
+                         what, detail)
+
+        task = asyncio.create_task(attempt(), name=f"nudge {what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for channel in self._channels.values():
+            await channel.close()

@@ -1,0 +1,77 @@
+"""The life of every service process: etcd session, gRPC server, background work,
+and an orderly stop (drain calls, cancel work, revoke the lease).
+
+A process whose lease is lost exits non-zero: its registrations and locks are gone,
+so it must start over with a fresh session (its supervisor restarts it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import aetcd
+
+from . import logs
+from .config import MeshConfig
+from .coordination import Session, Store, connect
+from .server import Binding, GrpcServer
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(SystemExit):
+    def __init__(self) -> None:
+        super().__init__(3)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a service gets to build itself from."""
+
+    config: MeshConfig
+    client: aetcd.Client
+    store: Store
+    session: Session
+
+
+class App(Protocol):
+    bindings: Sequence[Binding]
+
+    async def run(self, endpoint: str) -> None:
+        """Background work (registration, elections, reconcilers) until cancelled."""
+
+    async def close(self) -> None:
+        """Releases what `run` holds; called after the server has drained."""
+
+
+async def serve(name: str, config: MeshConfig, listen: str,
+                build: Callable[[Context], Awaitable[App]], stop: asyncio.Event) -> None:
+    logs.configure(name, config.log_level)
+    async with connect(config.etcd.endpoint) as client:
+        async with Session(client, ttl=config.etcd.lease_ttl_seconds) as session:
+            app = await build(Context(config, client, Store(client, config.etcd.prefix), session))
+            server = GrpcServer(listen, app.bindings)
+            port = await server.start()
+            host = listen.rpartition(":")[0]
+            endpoint = f"{host}:{port}"
+            log.info("%s serving on %s", name, endpoint)
+            work = asyncio.create_task(app.run(endpoint), name=f"{name}-run")
+            lost = asyncio.create_task(session.done.wait())
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait([work, lost, stopped], return_when=asyncio.FIRST_COMPLETED)
+            await server.stop()
+            for task in (work, lost, stopped):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await app.close()
+            if work.done() and not work.cancelled() and work.exception():
+                raise work.exception()  # type: ignore[misc]
+            if session.done.is_set() and not stop.is_set():
+                log.error("%s lost its etcd lease; exiting so it restarts clean", name)
+                raise LeaseLost()
+    log.info("%s stopped", name)

@@ -1,0 +1,152 @@
+"""Access-rule methods of `sharemesh.v1.ShareService`. The driver-host applies a
+share's whole rule set at once (`update_access`), so every change here is a nudge to
+sync the share."""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+
+from sharemesh.runtime import names, operations, validation
+from sharemesh.runtime.coordination import Txn, Versioned
+from sharemesh.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from sharemesh.state.v1 import records_pb2
+from sharemesh.v1 import access_rule_pb2, share_pb2, share_service_pb2
+
+from . import _paging
+from ._base import Base, check_etag
+
+AccessRule = access_rule_pb2.AccessRule
+_LEVELS = (AccessRule.READ_WRITE, AccessRule.READ_ONLY)
+
+
+def rule_view(found: Versioned[records_pb2.AccessRuleRecord]) -> AccessRule:
+    rule = AccessRule()
+    rule.CopyFrom(found.value.rule)
+    rule.etag = str(found.mod_revision)
+    return rule
+
+
+def _check_access_to(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise InvalidArgument("access_rule.access_to",
+                              f"{value!r} is not an IPv4 or IPv6 address or CIDR") from None
+
+
+class AccessRules(Base):
+    async def _rule(self, name: str, field: str) -> Versioned[records_pb2.AccessRuleRecord]:
+        names.ACCESS_RULE.parse(field, name)
+        found = await self.store.get(self.store.key_of(name), records_pb2.AccessRuleRecord)
+        if found is None:
+            raise NotFound(f"{name} not found")
+        return found
+
+    async def GetAccessRule(self, request, context):  # noqa: N802
+        validation.check_request(request)
+        self.caller(context).check_resource(request.name)
+        return rule_view(await self._rule(request.name, "name"))
+
+    async def ListAccessRules(self, request, context):  # noqa: N802
+        validation.check_request(request)
+        names.SHARE.parse("parent", request.parent)
+        self.caller(context).check_resource(request.parent)
+        await self.share_record(request.parent, "parent")
+        start_after, revision = _paging.decode(request.page_token)
+        items, revision, more = await self.store.list(
+            self.store.prefix_of(request.parent, "accessRules"), records_pb2.AccessRuleRecord,
+            start_after, _paging.page_size(request.page_size), revision)
+        response = share_service_pb2.ListAccessRulesResponse(
+            access_rules=[rule_view(i) for i in items])
+        if more and items:
+            response.next_page_token = _paging.encode(items[-1].key, revision)
+        return response
+
+    async def CreateAccessRule(self, request, context):  # noqa: N802
+        validation.check_request(request, "access_rule")
+        names.SHARE.parse("parent", request.parent)
+        self.caller(context).check_resource(request.parent)
+        rule_id = request.access_rule_id or f"rule-{uuid.uuid4().hex[:12]}"
+        names.check_id("access_rule_id", rule_id)
+        access_to = _check_access_to(request.access_rule.access_to)
+        if request.access_rule.access_level not in _LEVELS:
+            raise InvalidArgument("access_rule.access_level", "must be READ_WRITE or READ_ONLY")
+        name = f"{request.parent}/accessRules/{rule_id}"
+
+        async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
+            share = await self.share_record(request.parent, "parent")
+            if share.value.share.state in (share_pb2.Share.DELETING, share_pb2.Share.ERROR):
+                raise FailedPrecondition(
+                    f"the share is {share_pb2.Share.State.Name(share.value.share.state)}",
+                    reason="SHARE_NOT_USABLE")
+            for other in await self.rule_records(request.parent):
+                if (other.value.rule.access_to == access_to
+                        and not other.value.delete_requested):
+                    raise AlreadyExists(f"{other.value.rule.name} already grants {access_to}")
+            record = records_pb2.AccessRuleRecord(pending_operations=[op.operation.name])
+            record.rule.CopyFrom(request.access_rule)
+            record.rule.name = name
+            record.rule.access_to = access_to
+            record.rule.state = AccessRule.CREATING
+            record.rule.create_time.CopyFrom(operations.now())
+            record.rule.update_time.CopyFrom(record.rule.create_time)
+            operations.set_progress(op, "applying the export's client list", 10)
+            # The share must still be what we read, so a concurrent delete cannot orphan us.
+            txn.check(share.key, share.mod_revision)
+            txn.create(self.store.key_of(name), record)
+
+        op = await self.recorder.record(names.project_of(name), name, "create", request,
+                                        request.request_id, write)
+        await self.nudge_backend(request.parent)
+        return op
+
+    async def UpdateAccessRule(self, request, context):  # noqa: N802
+        validation.check_request(request)
+        name = request.access_rule.name
+        names.ACCESS_RULE.parse("access_rule.name", name)
+        self.caller(context).check_resource(name)
+        paths = validation.check_update_mask(AccessRule.DESCRIPTOR, request.update_mask)
+        if paths != ["access_level"]:
+            raise InvalidArgument("update_mask", "only access_level can be changed")
+        if request.access_rule.access_level not in _LEVELS:
+            raise InvalidArgument("access_rule.access_level", "must be READ_WRITE or READ_ONLY")
+
+        async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
+            found = await self._rule(name, "access_rule.name")
+            check_etag(request.access_rule.etag, found, "access_rule.etag")
+            record = found.value
+            if record.delete_requested:
+                raise FailedPrecondition("the rule is being deleted", reason="RULE_DELETING")
+            record.rule.access_level = request.access_rule.access_level
+            record.rule.state = AccessRule.UPDATING
+            record.rule.update_time.CopyFrom(operations.now())
+            record.pending_operations.append(op.operation.name)
+            operations.set_progress(op, "applying the export's client list", 10)
+            txn.put(found.key, record, found.mod_revision)
+
+        op = await self.recorder.record(names.project_of(name), name, "update", request,
+                                        request.request_id, write)
+        await self.nudge_backend(name.rsplit("/accessRules/", 1)[0])
+        return op
+
+    async def DeleteAccessRule(self, request, context):  # noqa: N802
+        validation.check_request(request)
+        names.ACCESS_RULE.parse("name", request.name)
+        self.caller(context).check_resource(request.name)
+
+        async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
+            found = await self._rule(request.name, "name")
+            check_etag(request.etag, found, "etag")
+            record = found.value
+            record.delete_requested = True
+            record.rule.state = AccessRule.DELETING
+            record.rule.update_time.CopyFrom(operations.now())
+            record.pending_operations.append(op.operation.name)
+            operations.set_progress(op, "removing the client from the export", 10)
+            txn.put(found.key, record, found.mod_revision)
+
+        op = await self.recorder.record(names.project_of(request.name), request.name, "delete",
+                                        request, request.request_id, write)
+        await self.nudge_backend(request.name.rsplit("/accessRules/", 1)[0])
+        return op

@@ -1,0 +1,48 @@
+"""The api process: public services over one etcd session."""
+
+from __future__ import annotations
+
+from google.longrunning import operations_pb2_grpc, operations_proto_pb2
+
+from sharemesh.runtime.peers import Peers
+from sharemesh.runtime.process import Context
+from sharemesh.runtime.server import Binding
+from sharemesh.v1 import share_service_pb2, share_service_pb2_grpc
+
+from ._access_rules import AccessRules
+from ._auth import Authenticator
+from ._operations import Operations
+from ._shares import Shares
+
+
+class ShareService(Shares, AccessRules, share_service_pb2_grpc.ShareServiceServicer):
+    """`sharemesh.v1.ShareService`; snapshot methods answer UNIMPLEMENTED until a
+    backend supports them."""
+
+
+def _service_name(module, name: str) -> str:  # type: ignore[no-untyped-def]
+    return module.DESCRIPTOR.services_by_name[name].full_name
+
+
+class ApiApp:
+    def __init__(self, context: Context) -> None:
+        self.peers = Peers(context.store)
+        auth = Authenticator(context.config.api)
+        self.bindings = [
+            Binding(_service_name(share_service_pb2, "ShareService"),
+                    share_service_pb2_grpc.add_ShareServiceServicer_to_server,
+                    ShareService(context.store, self.peers, auth)),
+            Binding(_service_name(operations_proto_pb2, "Operations"),
+                    operations_pb2_grpc.add_OperationsServicer_to_server,
+                    Operations(context.store, auth)),
+        ]
+
+    async def run(self, endpoint: str) -> None:
+        """The api is stateless: nothing runs in the background."""
+
+    async def close(self) -> None:
+        await self.peers.close()
+
+
+async def build(context: Context) -> ApiApp:
+    return ApiApp(context)

@@ -1,0 +1,51 @@
+"""What every public servicer shares: the caller, records, and nudges."""
+
+from __future__ import annotations
+
+import grpc
+
+from sharemesh.runtime import names
+from sharemesh.runtime.coordination import Store, Versioned
+from sharemesh.runtime.errors import Aborted, NotFound
+from sharemesh.runtime.peers import Peers
+from sharemesh.state.v1 import records_pb2
+
+from ._auth import Authenticator, Caller
+from ._mutations import Recorder
+
+
+def check_etag(etag: str, found: Versioned, field: str) -> None:  # type: ignore[type-arg]
+    """An etag, when given, must match the record's current revision (AIP-154)."""
+    if etag and etag != str(found.mod_revision):
+        raise Aborted(f"{field} is stale: the resource changed since it was read",
+                      reason="ETAG_MISMATCH")
+
+
+class Base:
+    def __init__(self, store: Store, peers: Peers, auth: Authenticator) -> None:
+        self.store = store
+        self.peers = peers
+        self.auth = auth
+        self.recorder = Recorder(store)
+
+    def caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        return self.auth.caller(context)
+
+    async def share_record(self, name: str, field: str) -> Versioned[records_pb2.ShareRecord]:
+        names.SHARE.parse(field, name)
+        found = await self.store.get(self.store.key_of(name), records_pb2.ShareRecord)
+        if found is None:
+            raise NotFound(f"{name} not found")
+        return found
+
+    async def rule_records(self, share: str) -> list[Versioned[records_pb2.AccessRuleRecord]]:
+        found, _ = await self.store.list_all(self.store.prefix_of(share, "accessRules"),
+                                             records_pb2.AccessRuleRecord)
+        return found
+
+    async def nudge_backend(self, share: str) -> None:
+        found = await self.store.get(self.store.key_of(share), records_pb2.ShareRecord)
+        if found and found.value.backend:
+            backend = found.value.backend
+            self.peers.nudge(f"sync {share}", lambda: self.peers.sync_share(backend, share))
+

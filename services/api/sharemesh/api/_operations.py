@@ -1,0 +1,83 @@
+"""`google.longrunning.Operations` over the operation records in etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf import empty_pb2
+
+from sharemesh.runtime import names
+from sharemesh.runtime.coordination import Store
+from sharemesh.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from sharemesh.state.v1 import records_pb2
+
+from . import _paging
+from ._auth import Authenticator
+
+DEFAULT_WAIT_SECONDS = 60.0
+MAX_WAIT_SECONDS = 300.0
+
+
+class Operations(operations_pb2_grpc.OperationsServicer):
+    def __init__(self, store: Store, auth: Authenticator) -> None:
+        self._store = store
+        self._auth = auth
+
+    async def _get(self, name: str, context) -> records_pb2.OperationRecord:  # type: ignore[no-untyped-def]
+        names.OPERATION.parse("name", name)
+        self._auth.caller(context).check_resource(name)
+        found = await self._store.get(self._store.key_of(name), records_pb2.OperationRecord)
+        if found is None:
+            raise NotFound(f"{name} not found")
+        return found.value
+
+    async def GetOperation(self, request, context):  # noqa: N802
+        return (await self._get(request.name, context)).operation
+
+    async def ListOperations(self, request, context):  # noqa: N802
+        # `name` is the collection's parent, `projects/{project}`.
+        project = names.PROJECT.parse("name", request.name)["project"]
+        self._auth.caller(context).check_parent(project)
+        if request.filter not in ("", "done=false", "done=true"):
+            raise InvalidArgument("filter", "only done=true or done=false is supported")
+        start_after, revision = _paging.decode(request.page_token)
+        items, revision, more = await self._store.list(
+            self._store.prefix_of(request.name, "operations"), records_pb2.OperationRecord,
+            start_after, _paging.page_size(request.page_size), revision)
+        response = operations_pb2.ListOperationsResponse(operations=[
+            i.value.operation for i in items
+            if not request.filter or str(i.value.operation.done).lower() == request.filter[5:]])
+        if more and items:
+            response.next_page_token = _paging.encode(items[-1].key, revision)
+        return response
+
+    async def WaitOperation(self, request, context):  # noqa: N802
+        record = await self._get(request.name, context)
+        timeout = DEFAULT_WAIT_SECONDS
+        if request.HasField("timeout"):
+            timeout = min(request.timeout.ToTimedelta().total_seconds(), MAX_WAIT_SECONDS)
+        if record.operation.done or timeout <= 0:
+            return record.operation
+        key = self._store.key_of(request.name)
+        found = await self._store.get(key, records_pb2.OperationRecord)
+        assert found is not None
+        with contextlib.suppress(asyncio.TimeoutError):
+            async with asyncio.timeout(timeout):
+                async for event in self._store.watch_prefix(
+                        key, found.mod_revision + 1, records_pb2.OperationRecord):
+                    if event.key == key and event.kind == "PUT" and event.value.operation.done:
+                        return event.value.operation
+        return (await self._get(request.name, context)).operation
+
+    async def DeleteOperation(self, request, context):  # noqa: N802
+        await self._get(request.name, context)
+        await self._store.delete(self._store.key_of(request.name))
+        return empty_pb2.Empty()
+
+    async def CancelOperation(self, request, context):  # noqa: N802
+        await self._get(request.name, context)
+        raise FailedPrecondition("sharemesh operations cannot be cancelled; delete the "
+                                 "resource instead", reason="NOT_CANCELLABLE")
+

@@ -1,0 +1,34 @@
+"""Opaque page tokens (AIP-158): the last key returned plus the read revision, so every
+page of one listing reads the same snapshot."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from sharemesh.runtime.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode(last_key: str, revision: int) -> str:
+    raw = json.dumps({"k": last_key, "r": revision}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode(token: str) -> tuple[str | None, int | None]:
+    if not token:
+        return None, None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+        return str(data["k"]), int(data["r"])
+    except (ValueError, KeyError, TypeError):
+        raise InvalidArgument("page_token", "is not a token this API issued") from None

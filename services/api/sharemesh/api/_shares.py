@@ -1,0 +1,224 @@
+"""Share methods of `sharemesh.v1.ShareService`: validate, authorize, record the intent
+with its Operation, and nudge the service that acts (DESIGN §2)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from google.protobuf import empty_pb2
+
+from sharemesh.runtime import names, operations, validation
+from sharemesh.runtime.coordination import Txn, Versioned, keys
+from sharemesh.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from sharemesh.state.v1 import records_pb2
+from sharemesh.v1 import share_pb2, share_service_pb2
+
+from . import _paging
+from ._base import Base, check_etag
+
+Share = share_pb2.Share
+MAX_SHARE_GIB = 16 * 1024
+DEFAULT_SHARE_TYPE = "shareTypes/default"
+_STATE_FILTER = re.compile(r"^\s*state\s*=\s*\"?([A-Z_]+)\"?\s*$")
+
+
+def share_view(found: Versioned[records_pb2.ShareRecord]) -> Share:
+    share = Share()
+    share.CopyFrom(found.value.share)
+    share.etag = str(found.mod_revision)
+    share.pool = found.value.pool
+    return share
+
+
+def _check_size(size_gib: int, field: str) -> None:
+    if not 0 < size_gib <= MAX_SHARE_GIB:
+        raise InvalidArgument(field, f"must be between 1 and {MAX_SHARE_GIB} GiB")
+
+
+class Shares(Base):
+    async def GetShare(self, request, context):  # noqa: N802
+        validation.check_request(request)
+        self.caller(context).check_resource(request.name)
+        return share_view(await self.share_record(request.name, "name"))
+
+    async def ListShares(self, request, context):  # noqa: N802
+        validation.check_request(request)
+        project = names.PROJECT.parse("parent", request.parent)["project"]
+        self.caller(context).check_parent(project)
+        wanted = None
+        if request.filter:
+            match = _STATE_FILTER.match(request.filter)
+            if not match or match.group(1) not in Share.State.keys():
+                raise InvalidArgument("filter", "only `state=STATE` is supported, e.g. state=ACTIVE")
+            wanted = Share.State.Value(match.group(1))
+        start_after, revision = _paging.decode(request.page_token)
+        items, revision, more = await self.store.list(
+            self.store.prefix_of(request.parent, "shares"), records_pb2.ShareRecord,
+            start_after, _paging.page_size(request.page_size), revision)
+        response = share_service_pb2.ListSharesResponse(
+            shares=[share_view(i) for i in items
+                    if wanted is None or i.value.share.state == wanted])
+        if more and items:
+            response.next_page_token = _paging.encode(items[-1].key, revision)
+        return response
+
+    async def CreateShare(self, request, context):  # noqa: N802
+        validation.check_request(request, "share")
+        project = names.PROJECT.parse("parent", request.parent)["project"]
+        self.caller(context).check_parent(project)
+        names.check_id("share_id", request.share_id)
+        share = request.share
+        _check_size(share.size_gib, "share.size_gib")
+        if share.protocol not in (Share.PROTOCOL_UNSPECIFIED, Share.NFS):
+            raise InvalidArgument("share.protocol", "only NFS is supported")
+        if share.share_network:
+            names.SHARE_NETWORK.parse("share.share_network", share.share_network)
+            raise FailedPrecondition("share networks are not available yet",
+                                     reason="SHARE_NETWORKS_UNAVAILABLE")
+        if share.source_snapshot:
+            raise FailedPrecondition("creating a share from a snapshot is not available yet",
+                                     reason="SNAPSHOTS_UNAVAILABLE")
+        share_type = share.share_type or DEFAULT_SHARE_TYPE
+        names.SHARE_TYPE.parse("share.share_type", share_type)
+        name = names.SHARE.format(project=project, share=request.share_id)
+
+        async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
+            record = records_pb2.ShareRecord(project=project,
+                                             pending_operations=[op.operation.name])
+            record.share.CopyFrom(share)
+            record.share.name = name
+            record.share.uid = uuid.uuid4().hex
+            record.share.protocol = Share.NFS
+            record.share.share_type = share_type
+            record.share.state = Share.CREATING
+            record.share.create_time.CopyFrom(operations.now())
+            record.share.update_time.CopyFrom(record.share.create_time)
+            operations.set_progress(op, "waiting for placement", 5)
+            txn.create(self.store.key_of(name), record)
+
+        op = await self.recorder.record(project, name, "create", request, request.request_id, write)
+        self.peers.nudge(f"place {name}", lambda: self.peers.place_share(name))
+        return op
+
+    async def UpdateShare(self, request, context):  # noqa: N802
+        validation.check_request(request)
+        name = request.share.name
+        names.SHARE.parse("share.name", name)
+        self.caller(context).check_resource(name)
+        paths = validation.check_update_mask(Share.DESCRIPTOR, request.update_mask)
+        if "size_gib" in paths:
+            raise InvalidArgument("update_mask", "size_gib changes through ResizeShare")
+
+        async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
+            found = await self.share_record(name, "share.name")
+            check_etag(request.share.etag, found, "share.etag")
+            record = found.value
+            if "labels" in paths:
+                record.share.labels.clear()
+                record.share.labels.update(request.share.labels)
+            record.share.update_time.CopyFrom(operations.now())
+            txn.put(found.key, record, found.mod_revision)
+            operations.finish(op, response=record.share)
+
+        return await self.recorder.record(names.project_of(name), name, "update", request,
+                                          request.request_id, write)
+
+    async def DeleteShare(self, request, context):  # noqa: N802
+        validation.check_request(request)
+        names.SHARE.parse("name", request.name)
+        self.caller(context).check_resource(request.name)
+        unplaced = False
+
+        async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
+            nonlocal unplaced
+            found = await self.share_record(request.name, "name")
+            check_etag(request.etag, found, "etag")
+            record = found.value
+            unplaced = not record.backend
+            if unplaced:
+                # Nothing exists on any backend: the record and its rules just go.
+                txn.delete(found.key, found.mod_revision)
+                for rule in await self.rule_records(request.name):
+                    txn.delete(rule.key, rule.mod_revision)
+                await operations.finish_pending(self.store, txn, record.pending_operations,
+                                                error=FailedPrecondition(
+                                                    "the share was deleted before it was placed"))
+                operations.finish(op, response=empty_pb2.Empty())
+                return
+            record.share.state = Share.DELETING
+            record.share.state_message = ""
+            record.share.update_time.CopyFrom(operations.now())
+            record.delete_requested = True
+            record.force_delete = request.force
+            record.pending_operations.append(op.operation.name)
+            operations.set_progress(op, "deleting on the backend", 10)
+            txn.put(found.key, record, found.mod_revision)
+
+        op = await self.recorder.record(names.project_of(request.name), request.name, "delete",
+                                        request, request.request_id, write)
+        if not unplaced:
+            await self.nudge_backend(request.name)
+        return op
+
+    async def ResizeShare(self, request, context):  # noqa: N802
+        validation.check_request(request)
+        names.SHARE.parse("name", request.name)
+        self.caller(context).check_resource(request.name)
+        _check_size(request.size_gib, "size_gib")
+
+        async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
+            found = await self.share_record(request.name, "name")
+            record = found.value
+            if record.share.state != Share.ACTIVE:
+                raise FailedPrecondition(
+                    f"the share is {Share.State.Name(record.share.state)}; only an ACTIVE "
+                    "share can be resized", reason="SHARE_NOT_ACTIVE")
+            delta = request.size_gib - record.share.size_gib
+            if delta == 0:
+                operations.finish(op, response=record.share)
+                return
+            pool = await self.pool_capacity(record)
+            if delta < 0 and pool.capabilities.get("shrink_support", "false") != "true":
+                raise FailedPrecondition(
+                    f"pool {record.pool} cannot shrink shares (capability shrink_support "
+                    "is false)", reason="SHRINK_NOT_SUPPORTED",
+                    metadata={"capability": "shrink_support"})
+            allocation_key = keys.allocation_key(self.store.root, *_pool_parts(record.pool))
+            allocation = await self.store.get(allocation_key, records_pb2.PoolAllocation)
+            allocated = allocation.value.allocated_gib if allocation else 0
+            if delta > 0 and allocated + delta > pool.total_gib:
+                raise ResourceExhausted(
+                    f"pool {record.pool} has {pool.total_gib - allocated} GiB unallocated; "
+                    f"growing by {delta} GiB does not fit", reason="POOL_FULL")
+            txn.put(allocation_key, records_pb2.PoolAllocation(allocated_gib=allocated + delta),
+                    allocation.mod_revision if allocation else None)
+            if allocation is None:
+                txn.check(allocation_key, 0)
+            record.share.size_gib = request.size_gib
+            record.allocated_gib += delta
+            record.share.state = Share.UPDATING
+            record.share.update_time.CopyFrom(operations.now())
+            record.pending_operations.append(op.operation.name)
+            operations.set_progress(op, f"resizing to {request.size_gib} GiB", 10)
+            txn.put(found.key, record, found.mod_revision)
+
+        op = await self.recorder.record(names.project_of(request.name), request.name, "resize",
+                                        request, request.request_id, write)
+        if not op.done:
+            await self.nudge_backend(request.name)
+        return op
+
+    async def pool_capacity(self, record: records_pb2.ShareRecord) -> records_pb2.PoolCapacity:
+        backend = await self.peers.backend(record.backend)
+        for pool in backend.pools if backend else ():
+            if pool.name == record.pool:
+                return pool
+        raise FailedPrecondition(f"the backend of {record.pool} is not reachable now; retry later",
+                                 reason="BACKEND_DOWN")
+
+
+def _pool_parts(pool: str) -> tuple[str, str]:
+    parts = names.POOL.parse("pool", pool)
+    return parts["backend"], parts["pool"]
+

@@ -1,0 +1,39 @@
+"""Generic fixtures: one real etcd per test module on random ports, and a client with a
+unique root prefix per test so tests never see each other's keys."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from sharemesh.launcher.etcd_server import EtcdServer
+from sharemesh.runtime.coordination import connect
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EtcdServer]:
+    server = EtcdServer(tmp_path_factory.mktemp("etcd") / "data")
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def etcd_root() -> str:
+    """A root prefix no other test uses, e.g. `/t-1a2b3c4d5e6f/`."""
+    return f"/t-{uuid.uuid4().hex[:12]}/"
+
+
+@pytest_asyncio.fixture
+async def etcd_client(etcd_server: EtcdServer, etcd_root: str):  # type: ignore[no-untyped-def]
+    """A connected aetcd client (default loop scope, as the tests); the test's root prefix is deleted after."""
+    async with connect(etcd_server.endpoint) as client:
+        try:
+            yield client
+        finally:
+            await client.delete_prefix(etcd_root.encode())

@@ -1,0 +1,301 @@
+"""The local driver end to end: XFS images on loop devices, a real Ganesha, nfs-cp."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from sharemesh.driver_host.drivers import (
+    AccessRuleSpec,
+    Driver,
+    LocalDriver,
+    LocalDriverConfig,
+    ShareSpec,
+)
+from sharemesh.driver_host.drivers import _loopfs
+from sharemesh.runtime.errors import FailedPrecondition, ResourceExhausted
+from sharemesh.runtime.ports import free_port
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        os.geteuid() != 0
+        or not shutil.which("ganesha.nfsd")
+        or not shutil.which("nfs-cp")
+        or not shutil.which("mkfs.xfs"),
+        reason="needs root, nfs-ganesha, libnfs-utils and xfsprogs",
+    ),
+]
+
+RW = [AccessRuleSpec("127.0.0.1", "READ_WRITE")]
+RO = [AccessRuleSpec("127.0.0.1", "READ_ONLY")]
+_ids = itertools.count(1)
+
+
+def _ensure_rpcbind() -> None:
+    if subprocess.run(["pgrep", "-x", "rpcbind"], capture_output=True).returncode != 0:
+        subprocess.run(["rpcbind", "-w"], check=True)
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", text], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+async def _run(*argv: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+@dataclass
+class Backend:
+    config: LocalDriverConfig
+    driver: LocalDriver
+
+    def url(self, share: ShareSpec, name: str, version: int) -> str:
+        c = self.config
+        ports = f"nfsport={c.nfs_port}" + (f"&mountport={c.mount_port}" if version == 3 else "")
+        return f"nfs://127.0.0.1/shares/{share.share_id}/{name}?version={version}&{ports}"
+
+    async def write(self, share: ShareSpec, src: Path, name: str) -> tuple[int, str]:
+        return await _run("nfs-cp", str(src), self.url(share, name, 3))
+
+    async def read(self, share: ShareSpec, name: str, dst: Path) -> tuple[int, str]:
+        dst.unlink(missing_ok=True)
+        return await _run("nfs-cp", self.url(share, name, 4), str(dst))
+
+    async def ls(self, share: ShareSpec) -> tuple[int, str]:
+        c = self.config
+        return await _run(
+            "nfs-ls",
+            f"nfs://127.0.0.1/shares/{share.share_id}?version=3"
+            f"&nfsport={c.nfs_port}&mountport={c.mount_port}",
+        )
+
+
+@pytest.fixture(scope="module")
+async def backend(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Backend]:
+    _ensure_rpcbind()
+    root = tmp_path_factory.mktemp("local")
+    config = LocalDriverConfig(
+        pool_dir=root / "pool",
+        capacity_gib=6,
+        nfs_port=free_port(),
+        mount_port=free_port(),
+        state_dir=root / "state",
+    )
+    b = Backend(config, LocalDriver(config))
+    try:
+        await b.driver.start()
+        yield b
+    finally:
+        await b.driver.stop(stop_servers=True)
+        # Last resort if a test died between steps: nothing may outlive the module.
+        for image in (config.pool_dir / "images").glob("*.img"):
+            await _loopfs.unmount(config.pool_dir / "mnt" / image.stem)
+            await _loopfs.detach(image)
+        assert not _processes_mentioning(str(root)), "a test process survived"
+
+
+@pytest.fixture
+async def share(backend: Backend) -> AsyncIterator[ShareSpec]:
+    n = next(_ids)
+    spec = ShareSpec(
+        share_id=f"share-{n}-{os.getpid()}",
+        name=f"projects/p/locations/l/shares/s{n}",
+        size_gib=1,
+        pool="default",
+        export_id=100 + n,
+    )
+    try:
+        started = time.monotonic()
+        locations = await backend.driver.create_share(spec)
+        print(f"\n[local] create_share 1 GiB: {time.monotonic() - started:.3f}s")
+        assert locations[0].path == f"127.0.0.1:/shares/{spec.share_id}"
+        assert locations[0].nfs_port == backend.config.nfs_port
+        yield spec
+    finally:
+        await backend.driver.delete_share(spec)
+
+
+@pytest.fixture
+def payload(tmp_path: Path) -> Path:
+    path = tmp_path / "payload"
+    path.write_bytes(os.urandom(1 << 20))
+    return path
+
+
+async def _allow_and_time(backend: Backend, share: ShareSpec, rules: list[AccessRuleSpec]) -> None:
+    started = time.monotonic()
+    await backend.driver.update_access(share, rules)
+    rc, out = await backend.ls(share)
+    assert rc == 0, out
+    print(f"[local] update_access to mountable: {time.monotonic() - started:.3f}s")
+
+
+def _fill(mountpoint: Path, leave_bytes: int) -> None:
+    st = os.statvfs(mountpoint)
+    free = st.f_bavail * st.f_frsize
+    subprocess.run(
+        ["fallocate", "-l", str(free - leave_bytes), str(mountpoint / "filler")], check=True
+    )
+
+
+def test_is_a_driver(backend: Backend) -> None:
+    assert isinstance(backend.driver, Driver)
+
+
+async def test_stats(backend: Backend, share: ShareSpec) -> None:
+    (pool,) = (await backend.driver.stats()).pools
+    assert pool.name == "default" and pool.total_gib == 6
+    assert pool.provisioned_gib == 1 and pool.free_gib == 5
+    assert pool.capabilities["shrink_support"] == "false"
+    assert pool.capabilities["thin_provisioning"] == "true"
+    with pytest.raises(ResourceExhausted):
+        await backend.driver.create_share(replace(share, share_id="too-big", size_gib=6))
+    assert not (backend.config.pool_dir / "images" / "too-big.img").exists()
+
+
+async def test_write_v3_read_v4_and_nospc(
+    backend: Backend, share: ShareSpec, tmp_path: Path, payload: Path
+) -> None:
+    # Created, the share is exported to nobody.
+    rc, out = await backend.ls(share)
+    assert rc != 0, out
+    # Repeating create does not reset the rules given since.
+    await _allow_and_time(backend, share, RW)
+    await backend.driver.create_share(share)
+    rc, out = await backend.write(share, payload, "one")
+    assert rc == 0, out
+    rc, out = await backend.read(share, "one", tmp_path / "back")
+    assert rc == 0, out
+    assert (tmp_path / "back").read_bytes() == payload.read_bytes()
+
+    # The image size is a hard limit.
+    _fill(backend.config.pool_dir / "mnt" / share.share_id, leave_bytes=512 << 10)
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(4 << 20))
+    rc, out = await backend.write(share, big, "big")
+    # nfs-cp prints no NFS status here, only the failure (the server answers NOSPC).
+    assert rc != 0 and "Failed to write" in out, out
+    stored = backend.config.pool_dir / "mnt" / share.share_id / "big"
+    assert stored.stat().st_size < big.stat().st_size
+
+    # Grown while mounted, the same write now fits.
+    await backend.driver.resize_share(share, 2)
+    await backend.driver.resize_share(share, 2)  # a repeat is harmless
+    st = os.statvfs(backend.config.pool_dir / "mnt" / share.share_id)
+    assert st.f_blocks * st.f_frsize > int(1.9 * (1 << 30))
+    rc, out = await backend.write(share, big, "big2")  # nfs-cp never overwrites
+    assert rc == 0, out
+    rc, out = await backend.read(share, "big2", tmp_path / "big-back")
+    assert rc == 0 and (tmp_path / "big-back").read_bytes() == big.read_bytes(), out
+    (pool,) = (await backend.driver.stats()).pools
+    assert pool.provisioned_gib == 2
+
+    with pytest.raises(FailedPrecondition, match="shrink_support") as caught:
+        await backend.driver.resize_share(share, 1)
+    assert caught.value.metadata == {"capability": "shrink_support"}
+
+
+async def test_read_only_and_no_rules(
+    backend: Backend, share: ShareSpec, tmp_path: Path, payload: Path
+) -> None:
+    await backend.driver.update_access(share, RW)
+    assert (await backend.write(share, payload, "one"))[0] == 0
+
+    await _allow_and_time(backend, share, RO)
+    rc, out = await backend.write(share, payload, "two")
+    assert rc != 0 and "ROFS" in out, out
+    rc, out = await backend.read(share, "one", tmp_path / "back")
+    assert rc == 0 and (tmp_path / "back").read_bytes() == payload.read_bytes(), out
+
+    await backend.driver.update_access(share, [])
+    rc, out = await backend.read(share, "one", tmp_path / "back")
+    assert rc != 0, out
+    rc, out = await backend.ls(share)
+    assert rc != 0 and "ACCES" in out, out
+
+    # A host's own rule wins over its subnet's, whatever the order given.
+    await backend.driver.update_access(
+        share,
+        [AccessRuleSpec("127.0.0.0/8", "READ_ONLY"), AccessRuleSpec("127.0.0.1", "READ_WRITE")],
+    )
+    assert (await backend.write(share, payload, "three"))[0] == 0
+
+
+async def test_supervise_brings_back_killed_ganesha(
+    backend: Backend, share: ShareSpec, tmp_path: Path, payload: Path
+) -> None:
+    await backend.driver.update_access(share, RW)
+    assert (await backend.write(share, payload, "one"))[0] == 0
+    task = asyncio.create_task(backend.driver.supervise())
+    try:
+        pid = int(backend.driver.ganesha.pid_file.read_text())
+        killed = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        while (await backend.read(share, "one", tmp_path / "back"))[0] != 0:
+            assert time.monotonic() - killed < 30, "ganesha did not come back"
+            await asyncio.sleep(0.05)
+        print(f"[local] kill -9 ganesha to first read: {time.monotonic() - killed:.2f}s")
+        assert (tmp_path / "back").read_bytes() == payload.read_bytes()
+        assert int(backend.driver.ganesha.pid_file.read_text()) != pid
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_driver_host_restart_adopts_ganesha(
+    backend: Backend, share: ShareSpec, tmp_path: Path, payload: Path
+) -> None:
+    await backend.driver.update_access(share, RW)
+    assert (await backend.write(share, payload, "one"))[0] == 0
+    pid = int(backend.driver.ganesha.pid_file.read_text())
+    task = asyncio.create_task(backend.driver.supervise())
+
+    await backend.driver.stop(stop_servers=False)
+    await asyncio.wait_for(task, 5)  # stop ends supervision, not the server
+    assert (await backend.read(share, "one", tmp_path / "back"))[0] == 0
+
+    backend.driver = LocalDriver(backend.config)  # the restarted driver host
+    started = time.monotonic()
+    await backend.driver.start()
+    assert int(backend.driver.ganesha.pid_file.read_text()) == pid
+    locations = await backend.driver.ensure_share(share, RO)
+    print(f"[local] restart: start (adopt) + ensure_share: {time.monotonic() - started:.3f}s")
+    assert locations[0].path.endswith(f"/shares/{share.share_id}")
+    rc, out = await backend.write(share, payload, "two")
+    assert rc != 0 and "ROFS" in out, out
+    assert (await backend.read(share, "one", tmp_path / "back"))[0] == 0
+
+
+async def test_delete_leaves_nothing(backend: Backend, share: ShareSpec, payload: Path) -> None:
+    await backend.driver.update_access(share, RW)
+    assert (await backend.write(share, payload, "one"))[0] == 0
+    image = backend.config.pool_dir / "images" / f"{share.share_id}.img"
+    mountpoint = backend.config.pool_dir / "mnt" / share.share_id
+    assert await _loopfs.loop_devices(image)
+
+    await backend.driver.delete_share(share)
+    await backend.driver.delete_share(share)  # missing is success
+
+    assert not await _loopfs.loop_devices(image)
+    assert subprocess.run(["losetup", "-j", str(image)], capture_output=True).stdout == b""
+    assert str(mountpoint) not in Path("/proc/mounts").read_text()
+    assert not image.exists() and not mountpoint.exists()
+    assert share.export_id not in await backend.driver.ganesha.live_export_ids()
+    rc, out = await backend.ls(share)
+    assert rc != 0, out
