@@ -61,10 +61,10 @@ class _Candidate:
         self.proc, self.name = proc, name
 
     @classmethod
-    async def start(cls, endpoint: str, prefix: str, name: str) -> _Candidate:
+    async def start(cls, endpoint: str, prefix: str, name: str, *record: str) -> _Candidate:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(CANDIDATE), endpoint, prefix, name, str(TTL),
+            sys.executable, str(CANDIDATE), endpoint, prefix, name, str(TTL), *record,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)
         return cls(proc, name)
 
@@ -81,6 +81,8 @@ class _Candidate:
 
     async def stop(self) -> None:
         if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGCONT)
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
         await self.proc.wait()
@@ -106,6 +108,7 @@ async def test_leader_process_killed_successor_takes_over_within_ttl(etcd_server
         os.kill(a.proc.pid, signal.SIGKILL)
         await b.expect("LEADER b", timeout=TTL + 5)
         took = time.monotonic() - killed
+        print(f"successor elected {took:.2f}s after SIGKILL (ttl {TTL}s)")
         assert took <= TTL + 2, f"successor took {took:.2f}s"
         assert await leader(etcd_client, prefix) == b"b"
     finally:
@@ -204,6 +207,39 @@ async def test_expired_leader_write_is_fenced_out(etcd_client, etcd_root):  # ty
 
         await store.update(key, S(value="v2"), record.mod_revision, fences=[second.fence()])
         assert (await store.get(key, S)).value.value == "v2"
+
+
+async def test_frozen_leader_process_is_fenced_out(etcd_server, etcd_client, etcd_root):  # type: ignore[no-untyped-def]
+    """SIGSTOP the leader past its lease: after SIGCONT its next fenced write is refused."""
+    prefix = keys.election_prefix(etcd_root, "frozen")
+    store = Store(etcd_client, etcd_root)
+    record = store.key_of("projects/p1/shares/s1")
+    candidates: list[_Candidate] = []
+    try:
+        a = await _Candidate.start(etcd_server.endpoint, prefix, "a", record)
+        candidates.append(a)
+        await a.expect("LEADER a", timeout=15)
+        await _wait_for(lambda: _value_is(store, record, "a"), what="a writing")
+        os.kill(a.proc.pid, signal.SIGSTOP)
+        frozen = await store.get(record, S)
+
+        async with Session(etcd_client, TTL) as session:
+            new = await asyncio.wait_for(Election(session, prefix).campaign(b"test"), TTL + 3)
+            await store.update(record, S(value="new leader"), frozen.mod_revision, fences=[new])
+            written = await store.get(record, S)
+
+            os.kill(a.proc.pid, signal.SIGCONT)
+            await a.expect("FENCED a", timeout=10)
+            assert await asyncio.wait_for(a.proc.wait(), 10) == 2
+            assert await store.get(record, S) == written  # the stale leader changed nothing
+    finally:
+        for candidate in candidates:
+            await candidate.stop()
+
+
+async def _value_is(store: Store, key: str, value: str) -> bool:
+    record = await store.get(key, S)
+    return record is not None and record.value.value == value
 
 
 async def test_session_lost_sets_done(etcd_client):  # type: ignore[no-untyped-def]

@@ -69,8 +69,7 @@ class LocalMesh:
         self._ensure_admin_token()
         raw = self._resolve()
         self.etcd = EtcdServer(self.state_dir / "etcd", client_port=self.etcd_ports[0],
-                               peer_port=self.etcd_ports[1],
-                               log_path=self.state_dir / "logs" / "etcd.log")
+                               peer_port=self.etcd_ports[1])
         await self.etcd.start()
         raw["etcd"]["endpoint"] = self.etcd.endpoint
         resolved = self.state_dir / "mesh.json"

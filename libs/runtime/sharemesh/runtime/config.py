@@ -157,6 +157,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             return hint(value)
         except (TypeError, ValueError):
             raise InvalidArgument(where, f"must be a {hint.__name__}") from None
+    if hint is Path:
+        return Path(value)
     if hint is str and not isinstance(value, str):
         raise InvalidArgument(where, "must be a string")
     return value

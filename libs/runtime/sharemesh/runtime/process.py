@@ -6,6 +6,7 @@ so it must start over with a fresh session (its supervisor restarts it)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -15,8 +16,9 @@ from typing import Protocol
 
 import aetcd
 
-from . import logs
+from . import logs, server
 from .config import MeshConfig
+from .config import load as load_config
 from .coordination import Session, Store, connect
 from .server import Binding, GrpcServer
 
@@ -62,7 +64,12 @@ async def serve(name: str, config: MeshConfig, listen: str,
             work = asyncio.create_task(app.run(endpoint), name=f"{name}-run")
             lost = asyncio.create_task(session.done.wait())
             stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait([work, lost, stopped], return_when=asyncio.FIRST_COMPLETED)
+            ends = {work, lost, stopped}
+            while ends:
+                done, _ = await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+                if done != {work} or work.exception() is not None:
+                    break
+                ends.discard(work)  # background work finished cleanly: keep serving
             await server.stop()
             for task in (work, lost, stopped):
                 task.cancel()
@@ -75,3 +82,23 @@ async def serve(name: str, config: MeshConfig, listen: str,
                 log.error("%s lost its etcd lease; exiting so it restarts clean", name)
                 raise LeaseLost()
     log.info("%s stopped", name)
+
+
+def main(name: str, doc: str | None,
+         build: Callable[[Context, argparse.Namespace], Awaitable[App]],
+         listen_of: Callable[[MeshConfig, argparse.Namespace], str],
+         add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """The entry point of a service process: flags, config, then `serve` on uvloop."""
+    parser = argparse.ArgumentParser(prog=f"sharemesh-{name}", description=doc)
+    parser.add_argument("--config", help="mesh config (TOML, or the launcher's JSON)")
+    parser.add_argument("--listen", help="HOST:PORT to serve on, instead of the config's")
+    if add_arguments:
+        add_arguments(parser)
+    args = parser.parse_args()
+    config = load_config(args.config)
+
+    async def run(stop: asyncio.Event) -> None:
+        await serve(name, config, args.listen or listen_of(config, args),
+                    lambda context: build(context, args), stop)
+
+    server.run(run)

@@ -21,7 +21,7 @@ def _behaviors(field: descriptor.FieldDescriptor) -> set[int]:
 
 
 def _is_set(msg: message.Message, field: descriptor.FieldDescriptor) -> bool:
-    if field.label == descriptor.FieldDescriptor.LABEL_REPEATED:
+    if field.is_repeated:
         return len(getattr(msg, field.name)) > 0
     if field.message_type is not None or field.has_presence:
         return msg.HasField(field.name)
@@ -34,7 +34,7 @@ def check_required(msg: message.Message, prefix: str = "") -> None:
         path = f"{prefix}{field.name}"
         if FB.REQUIRED in _behaviors(field) and not _is_set(msg, field):
             raise InvalidArgument(path, "is required")
-        if (field.message_type is not None and field.label != field.LABEL_REPEATED
+        if (field.message_type is not None and not field.is_repeated
                 and not field.message_type.GetOptions().map_entry and msg.HasField(field.name)):
             check_required(getattr(msg, field.name), f"{path}.")
 
@@ -44,7 +44,7 @@ def clear_output_only(msg: message.Message) -> None:
     for field in msg.DESCRIPTOR.fields:
         if FB.OUTPUT_ONLY in _behaviors(field):
             msg.ClearField(field.name)
-        elif (field.message_type is not None and field.label != field.LABEL_REPEATED
+        elif (field.message_type is not None and not field.is_repeated
               and msg.HasField(field.name)):
             clear_output_only(getattr(msg, field.name))
 

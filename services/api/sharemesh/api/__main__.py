@@ -1,26 +1,11 @@
-"""`python -m sharemesh.api --config FILE`: the public API process (stateless; run N)."""
+"""`python -m sharemesh.api --config FILE`: the public API (stateless; run N of them)."""
 
-from __future__ import annotations
-
-import argparse
-import asyncio
-
-from sharemesh.runtime import config, process, server
+from sharemesh.runtime import process
 
 from ._app import build
 
-
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="sharemesh-api", description=__doc__)
-    parser.add_argument("--config", help="mesh config (TOML, or the launcher's JSON)")
-    parser.add_argument("--listen", help="override [api] listen")
-    args = parser.parse_args()
-    cfg = config.load(args.config)
-
-    async def run(stop: asyncio.Event) -> None:
-        await process.serve("api", cfg, args.listen or cfg.api.listen, build, stop)
-
-    server.run(run)
+    process.main("api", __doc__, build, lambda config, args: config.api.listen)
 
 
 if __name__ == "__main__":

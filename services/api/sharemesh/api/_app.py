@@ -44,5 +44,5 @@ class ApiApp:
         await self.peers.close()
 
 
-async def build(context: Context) -> ApiApp:
+async def build(context: Context, args: object = None) -> ApiApp:
     return ApiApp(context)

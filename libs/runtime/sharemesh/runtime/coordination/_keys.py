@@ -170,3 +170,8 @@ def request_ids_prefix(root: str, project: str | None = None) -> str:
     if project is None:
         return f"{_check_root(root)}requestIds/"
     return f"{_check_root(root)}requestIds/{check_segment(project, 'project')}/"
+
+
+def export_ids_key(root: str, backend: str) -> str:
+    """The durable counter of export ids handed out on one backend's Ganesha."""
+    return f"{_check_root(root)}exportIds/{check_segment(backend, 'backend')}"

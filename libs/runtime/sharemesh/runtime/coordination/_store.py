@@ -294,6 +294,23 @@ class Store:
                     prefix, _client.prefix_end(prefix), limit=page, revision=revision, keys_only=True))
                 start_after = raw.kvs[-1].key.decode()
 
+    async def scan(self, prefix: str, msg_type: type[M],
+                   page: int = 500) -> list[Versioned[M]]:
+        """Every record anywhere below `prefix` (e.g. all projects' shares), in key
+        order at one revision; for reconcilers, not for public listings."""
+        self.check_key(prefix)
+        items: list[Versioned[M]] = []
+        start, end, revision = prefix.encode(), _client.prefix_end(prefix), 0
+        while True:
+            response = await _client.range_(self.client, _client.range_request(
+                start, end, limit=page, revision=revision))
+            # The header carries the current revision, not the one read at: keep the first.
+            revision = revision or response.header.revision
+            items.extend(_versioned(kv, msg_type) for kv in response.kvs)
+            if not response.more or not response.kvs:
+                return items
+            start = response.kvs[-1].key + b"\0"
+
     async def watch_prefix(self, prefix: str, start_revision: int | None = None,
                            msg_type: type[M] | None = None) -> AsyncIterator[WatchEvent]:
         """Events under `prefix` from `start_revision` (inclusive; default: from now).

@@ -1,5 +1,11 @@
 """Storage drivers and the contract they implement."""
 
+from collections.abc import Mapping
+from typing import Any
+
+from sharemesh.runtime.config import from_mapping
+from sharemesh.runtime.errors import InvalidArgument
+
 from .base import (
     AccessLevel,
     AccessRuleSpec,
@@ -23,4 +29,12 @@ __all__ = [
     "LocalDriverConfig",
     "PoolStats",
     "ShareSpec",
+    "create",
 ]
+
+
+def create(driver: str, options: Mapping[str, Any]) -> Driver:
+    """The driver named in a backend's config, built from its typed options."""
+    if driver == "local":
+        return LocalDriver(from_mapping(LocalDriverConfig, options, "options."))
+    raise InvalidArgument("driver", f"unknown driver {driver!r}; known: local")

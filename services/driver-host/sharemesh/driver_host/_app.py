@@ -1,0 +1,152 @@
+"""The driver-host process: one backend's driver, registered under this process's
+lease, kept true to etcd by nudges (`SyncShare`) and by a periodic reconcile."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+
+from sharemesh.driver.v1 import driver_service_pb2, driver_service_pb2_grpc
+from sharemesh.runtime import names, operations
+from sharemesh.runtime.coordination import keys
+from sharemesh.runtime.process import Context
+from sharemesh.runtime.server import Binding
+from sharemesh.state.v1 import records_pb2
+from sharemesh.v1 import access_rule_pb2, share_pb2
+
+from . import drivers
+from ._sync import ShareSync
+
+log = logging.getLogger(__name__)
+
+Share = share_pb2.Share
+_WAITING = (Share.CREATING, Share.UPDATING, Share.DELETING)
+
+
+class DriverService(driver_service_pb2_grpc.DriverServiceServicer):
+    def __init__(self, app: DriverHostApp) -> None:
+        self._app = app
+
+    async def SyncShare(self, request, context):  # noqa: N802
+        names.SHARE.parse("name", request.name)
+        # Shielded: a caller that gives up must not cancel a half-made change.
+        await asyncio.shield(self._app.sync(request.name))
+        return driver_service_pb2.SyncShareResponse()
+
+    async def GetBackend(self, request, context):  # noqa: N802
+        return driver_service_pb2.GetBackendResponse(backend=await self._app.registration())
+
+
+class DriverHostApp:
+    def __init__(self, context: Context, backend_name: str, own_servers: bool) -> None:
+        self._context = context
+        self._store = context.store
+        self._config = context.config.backend(backend_name)
+        self.backend = f"backends/{backend_name}"
+        self._own_servers = own_servers
+        self.driver = drivers.create(self._config.driver, self._config.options)
+        self._sync = ShareSync(context.store, context.session, self.driver, self.backend)
+        self._syncs: dict[str, asyncio.Task[None]] = {}
+        self._endpoint = ""
+        self.bindings = [Binding(
+            driver_service_pb2.DESCRIPTOR.services_by_name["DriverService"].full_name,
+            driver_service_pb2_grpc.add_DriverServiceServicer_to_server, DriverService(self))]
+
+    def sync(self, name: str) -> asyncio.Task[None]:
+        """One sync per share at a time here; a nudge during one queues behind it."""
+        previous = self._syncs.get(name)
+
+        async def run() -> None:
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous
+            await self._sync.sync(name)
+
+        task = asyncio.create_task(run(), name=f"sync {name}")
+        self._syncs[name] = task
+        task.add_done_callback(lambda t: self._syncs.get(name) is t and self._syncs.pop(name))
+        return task
+
+    async def registration(self) -> records_pb2.BackendRecord:
+        stats = await self.driver.stats()
+        record = records_pb2.BackendRecord(
+            name=self.backend, endpoint=self._endpoint, driver=self._config.driver,
+            host=self._context.config.gateway.host, update_time=operations.now())
+        for pool in stats.pools:
+            capacity = record.pools.add(
+                name=f"{self.backend}/pools/{pool.name}", total_gib=int(pool.total_gib),
+                free_gib=int(pool.free_gib), provisioned_gib=int(pool.provisioned_gib))
+            capacity.capabilities.update(pool.capabilities)
+        return record
+
+    async def run(self, endpoint: str) -> None:
+        self._endpoint = endpoint
+        key = keys.backend_key(self._store.root, self.backend.split("/")[-1])
+        await self._ensure_active()
+        await self._store.put(key, await self.registration(), lease=self._context.session.lease_id)
+        log.info("registered %s at %s", self.backend, endpoint)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.driver.supervise())
+            group.create_task(self._refresh(key))
+            group.create_task(self._reconcile_forever())
+
+    async def _ensure_active(self) -> None:
+        """After a restart, every ACTIVE share of this backend serves again, with its rules."""
+        for found in await self._mine():
+            if found.value.share.state == Share.ACTIVE:
+                try:
+                    await self._sync.ensure(found)
+                except Exception:
+                    log.exception("could not re-export %s", found.value.share.name)
+
+    async def _mine(self):  # type: ignore[no-untyped-def]
+        shares = await self._store.scan(self._store.root + "shares/", records_pb2.ShareRecord)
+        return [s for s in shares if s.value.backend == self.backend]
+
+    async def _refresh(self, key: str) -> None:
+        interval = max(self._context.config.etcd.lease_ttl_seconds / 2, 1)
+        while True:
+            await asyncio.sleep(interval)
+            await self._store.put(key, await self.registration(),
+                                  lease=self._context.session.lease_id)
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._context.config.reconcile_interval_seconds)
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("reconcile failed; trying again next round")
+
+    async def reconcile(self) -> None:
+        """Finishes work a lost nudge or a crash left behind."""
+        rules = await self._store.scan(self._store.root + "accessRules/",
+                                       records_pb2.AccessRuleRecord)
+        pending_rules = {r.value.rule.name.rsplit("/accessRules/", 1)[0] for r in rules
+                         if r.value.rule.state != access_rule_pb2.AccessRule.ACTIVE}
+        for found in await self._mine():
+            name = found.value.share.name
+            if found.value.share.state in _WAITING or name in pending_rules:
+                if name not in self._syncs:
+                    self.sync(name)
+
+    async def close(self) -> None:
+        for task in list(self._syncs.values()):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(task, 30)
+        await self.driver.stop(stop_servers=self._own_servers)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", required=True, help="which [[backends]] entry to host")
+    parser.add_argument("--own-servers", action="store_true",
+                        help="stop this backend's Ganesha on an orderly exit (the launcher "
+                             "sets it); without it Ganesha keeps serving across restarts")
+
+
+async def build(context: Context, args: argparse.Namespace) -> DriverHostApp:
+    app = DriverHostApp(context, args.backend, args.own_servers)
+    await app.driver.start()
+    return app

@@ -1,0 +1,193 @@
+"""Making a share on this backend true to its etcd record: create, grow, apply the
+whole rule set, or delete, then record the result and finish the waiting operations
+in one transaction fenced by the share's lock."""
+
+from __future__ import annotations
+
+import logging
+
+from sharemesh.runtime import operations
+from sharemesh.runtime.coordination import Mutex, Session, Store, Txn, Versioned, keys
+from sharemesh.runtime.errors import Aborted, ShareMeshError
+from sharemesh.state.v1 import records_pb2
+from sharemesh.v1 import access_rule_pb2, share_pb2
+
+from .drivers import AccessRuleSpec, Driver, ExportLocation, ShareSpec
+
+log = logging.getLogger(__name__)
+
+Share = share_pb2.Share
+AccessRule = access_rule_pb2.AccessRule
+_ATTEMPTS = 8
+
+
+def spec_of(record: records_pb2.ShareRecord) -> ShareSpec:
+    return ShareSpec(share_id=record.share.uid, name=record.share.name,
+                     size_gib=record.share.size_gib, pool=record.pool.rsplit("/", 1)[-1],
+                     export_id=record.export_id)
+
+
+def rules_of(rules: list[Versioned[records_pb2.AccessRuleRecord]]) -> list[AccessRuleSpec]:
+    return [AccessRuleSpec(r.value.rule.access_to, AccessRule.AccessLevel.Name(
+        r.value.rule.access_level)) for r in rules if not r.value.delete_requested]  # type: ignore[arg-type]
+
+
+class ShareSync:
+    def __init__(self, store: Store, session: Session, driver: Driver, backend: str) -> None:
+        self._store = store
+        self._session = session
+        self._driver = driver
+        self.backend = backend  # `backends/{name}`
+
+    async def sync(self, name: str) -> None:
+        async with Mutex(self._session, keys.lock_prefix(self._store.root, name)).lock() as lock:
+            for _ in range(_ATTEMPTS):
+                try:
+                    await self._sync_once(name, lock)
+                    return
+                except Aborted as race:  # a rule or the share changed meanwhile: again
+                    log.debug("sync of %s raced (%s); again", name, race)
+            log.warning("sync of %s kept racing; the reconciler will finish it", name)
+
+    async def _sync_once(self, name: str, lock: Mutex) -> None:
+        found = await self._store.get(self._store.key_of(name), records_pb2.ShareRecord)
+        if found is None or found.value.backend != self.backend:
+            return
+        if found.value.export_id == 0:
+            found = await self._assign_export_id(found, lock)
+        record = found.value
+        if record.share.state == Share.ERROR and not record.delete_requested:
+            return  # only a delete (or an admin's reset) moves a share out of ERROR
+        rules, _ = await self._store.list_all(self._store.prefix_of(name, "accessRules"),
+                                              records_pb2.AccessRuleRecord)
+        spec = spec_of(record)
+        if record.delete_requested:
+            await self._delete(found, rules, spec, lock)
+            return
+        try:
+            locations = await self._realize(record, spec, rules)
+        except ShareMeshError as error:
+            await self._fail(found, rules, spec, error, lock)
+            return
+        txn = self._store.txn().fence(lock)
+        record.share.state = Share.ACTIVE
+        record.share.state_message = ""
+        record.realized_size_gib = record.share.size_gib
+        if locations:
+            del record.share.export_locations[:]
+            record.share.export_locations.extend(share_pb2.ExportLocation(
+                path=l.path, nfs_port=l.nfs_port, mount_port=l.mount_port) for l in locations)
+        await self._settle_rules(txn, rules)
+        await self._finish(txn, found, response=record.share)
+        await txn.commit()
+
+    async def _realize(self, record: records_pb2.ShareRecord, spec: ShareSpec,
+                       rules: list[Versioned[records_pb2.AccessRuleRecord]]
+                       ) -> list[ExportLocation]:
+        locations: list[ExportLocation] = []
+        if record.realized_size_gib == 0:
+            locations = await self._driver.create_share(spec)
+        elif record.share.size_gib > record.realized_size_gib:
+            await self._driver.resize_share(spec, record.share.size_gib)
+        if record.realized_size_gib and not record.share.export_locations:
+            locations = await self._driver.ensure_share(spec, rules_of(rules))
+        await self._driver.update_access(spec, rules_of(rules))
+        return locations
+
+    async def ensure(self, found: Versioned[records_pb2.ShareRecord]) -> None:
+        """After a restart: mount and export an ACTIVE share again, with its rules."""
+        rules, _ = await self._store.list_all(
+            self._store.prefix_of(found.value.share.name, "accessRules"),
+            records_pb2.AccessRuleRecord)
+        await self._driver.ensure_share(spec_of(found.value), rules_of(rules))
+
+    async def _assign_export_id(self, found: Versioned[records_pb2.ShareRecord],
+                                lock: Mutex) -> Versioned[records_pb2.ShareRecord]:
+        key = keys.export_ids_key(self._store.root, self.backend.rsplit("/", 1)[-1])
+        counter = await self._store.get(key, records_pb2.ExportIdCounter)
+        last = counter.value.last_export_id if counter else 0
+        found.value.export_id = last + 1
+        txn = self._store.txn().fence(lock)
+        txn.put(key, records_pb2.ExportIdCounter(last_export_id=last + 1),
+                counter.mod_revision if counter else None)
+        if counter is None:
+            txn.check(key, 0)
+        txn.put(found.key, found.value, found.mod_revision)
+        revision = await txn.commit()
+        return Versioned(found.value, revision, found.create_revision, found.key)
+
+    async def _settle_rules(self, txn: Txn,
+                            rules: list[Versioned[records_pb2.AccessRuleRecord]]) -> None:
+        for rule in rules:
+            pending = list(rule.value.pending_operations)
+            if rule.value.delete_requested:
+                txn.delete(rule.key, rule.mod_revision)
+                await operations.finish_pending(self._store, txn, pending)
+            elif pending or rule.value.rule.state != AccessRule.ACTIVE:
+                rule.value.rule.state = AccessRule.ACTIVE
+                rule.value.rule.state_message = ""
+                rule.value.rule.update_time.CopyFrom(operations.now())
+                del rule.value.pending_operations[:]
+                txn.put(rule.key, rule.value, rule.mod_revision)
+                await operations.finish_pending(self._store, txn, pending, response=rule.value.rule)
+
+    async def _finish(self, txn: Txn, found: Versioned[records_pb2.ShareRecord], *,
+                      response: Share | None = None, error: Exception | None = None) -> None:
+        record = found.value
+        pending = list(record.pending_operations)
+        del record.pending_operations[:]
+        record.share.update_time.CopyFrom(operations.now())
+        txn.put(found.key, record, found.mod_revision)
+        await operations.finish_pending(self._store, txn, pending, response=response, error=error)
+
+    async def _delete(self, found: Versioned[records_pb2.ShareRecord],
+                      rules: list[Versioned[records_pb2.AccessRuleRecord]], spec: ShareSpec,
+                      lock: Mutex) -> None:
+        record = found.value
+        await self._driver.delete_share(spec)
+        txn = self._store.txn().fence(lock)
+        for rule in rules:
+            txn.delete(rule.key, rule.mod_revision)
+            await operations.finish_pending(self._store, txn, rule.value.pending_operations)
+        await self._release(txn, record)
+        txn.delete(found.key, found.mod_revision)
+        await operations.finish_pending(self._store, txn, record.pending_operations)
+        await txn.commit()
+        log.info("deleted %s", record.share.name)
+
+    async def _release(self, txn: Txn, record: records_pb2.ShareRecord) -> None:
+        """Gives the share's reservation back to its pool."""
+        if not record.allocated_gib:
+            return
+        backend, pool = record.pool.split("/")[1], record.pool.split("/")[3]
+        key = keys.allocation_key(self._store.root, backend, pool)
+        allocation = await self._store.get(key, records_pb2.PoolAllocation)
+        if allocation is None:
+            return
+        left = max(allocation.value.allocated_gib - record.allocated_gib, 0)
+        txn.put(key, records_pb2.PoolAllocation(allocated_gib=left), allocation.mod_revision)
+        record.allocated_gib = 0
+
+    async def _fail(self, found: Versioned[records_pb2.ShareRecord],
+                    rules: list[Versioned[records_pb2.AccessRuleRecord]], spec: ShareSpec,
+                    error: ShareMeshError, lock: Mutex) -> None:
+        """A create that failed is undone on the backend and gives its capacity back;
+        a later change that failed leaves the share in ERROR with the reason."""
+        record = found.value
+        log.warning("%s failed on the backend: %s", record.share.name, error.message)
+        txn = self._store.txn().fence(lock)
+        if record.realized_size_gib == 0:
+            await self._driver.delete_share(spec)
+            await self._release(txn, record)
+        record.share.state = Share.ERROR
+        record.share.state_message = error.message
+        for rule in rules:
+            if rule.value.pending_operations:
+                await operations.finish_pending(self._store, txn, rule.value.pending_operations,
+                                                error=error)
+                del rule.value.pending_operations[:]
+                rule.value.rule.state = AccessRule.ERROR
+                rule.value.rule.state_message = error.message
+                txn.put(rule.key, rule.value, rule.mod_revision)
+        await self._finish(txn, found, error=error)
+        await txn.commit()

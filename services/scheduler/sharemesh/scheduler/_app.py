@@ -1,0 +1,97 @@
+"""The scheduler process: active/standby through an etcd election. Only the leader
+places; the others wait in the queue and take over when its lease ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sharemesh.runtime.coordination import Election, keys
+from sharemesh.runtime.errors import Unavailable
+from sharemesh.runtime.peers import Peers
+from sharemesh.runtime.process import Context
+from sharemesh.runtime.server import Binding
+from sharemesh.scheduler.v1 import scheduler_service_pb2, scheduler_service_pb2_grpc
+from sharemesh.state.v1 import records_pb2
+from sharemesh.v1 import share_pb2
+
+from ._placer import Placer
+
+log = logging.getLogger(__name__)
+
+
+class SchedulerService(scheduler_service_pb2_grpc.SchedulerServiceServicer):
+    def __init__(self, app: SchedulerApp) -> None:
+        self._app = app
+
+    async def PlaceShare(self, request, context):  # noqa: N802
+        placer = self._app.placer
+        if placer is None:
+            raise Unavailable("this scheduler is standing by; ask the leader")
+        # Placement runs on even if the caller goes away: it is the leader's work.
+        self._app.spawn(placer.place(request.name))
+        return scheduler_service_pb2.PlaceShareResponse()
+
+
+class SchedulerApp:
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self._store = context.store
+        self._peers = Peers(context.store)
+        self.placer: Placer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.bindings = [Binding(
+            scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,
+            scheduler_service_pb2_grpc.add_SchedulerServiceServicer_to_server,
+            SchedulerService(self))]
+
+    def spawn(self, work) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.create_task(self._logged(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _logged(work) -> None:  # type: ignore[no-untyped-def]
+        try:
+            await work
+        except Exception:
+            log.exception("placement failed; the reconciler will retry")
+
+    async def run(self, endpoint: str) -> None:
+        election = Election(self._context.session,
+                            keys.election_prefix(self._store.root, "scheduler"))
+        log.info("standing for leadership")
+        leadership = await election.campaign(endpoint.encode())
+        log.info("leading; placing shares")
+        self.placer = Placer(self._store, self._peers, leadership)
+        try:
+            while not leadership.done.is_set():
+                await self.reconcile()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(leadership.done.wait(),
+                                           self._context.config.reconcile_interval_seconds)
+        finally:
+            self.placer = None
+
+    async def reconcile(self) -> None:
+        """Finds shares a lost nudge or a crash left waiting, and places them."""
+        placer = self.placer
+        assert placer is not None
+        waiting = (share_pb2.Share.CREATING, share_pb2.Share.UPDATING, share_pb2.Share.DELETING)
+        for found in await self._store.scan(self._store.root + "shares/", records_pb2.ShareRecord):
+            if found.value.share.state == share_pb2.Share.CREATING and not found.value.backend:
+                self.spawn(placer.place(found.value.share.name))
+            elif found.value.share.state in waiting and found.value.backend:
+                backend, name = found.value.backend, found.value.share.name
+                self._peers.nudge(f"sync {name}", lambda b=backend, n=name:
+                                  self._peers.sync_share(b, n))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self._peers.close()
+
+
+async def build(context: Context, args: object = None) -> SchedulerApp:
+    return SchedulerApp(context)

@@ -1,0 +1,115 @@
+"""Placing shares while this process leads: choose a pool, then write the placement
+and the pool's reservation in one transaction fenced by leadership, so two schedulers
+can never place at once and a pool is never over-allocated."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sharemesh.runtime import operations
+from sharemesh.runtime.coordination import Leadership, Store, Versioned, keys
+from sharemesh.runtime.errors import Aborted, ResourceExhausted
+from sharemesh.runtime.peers import Peers
+from sharemesh.state.v1 import records_pb2
+from sharemesh.v1 import share_pb2
+
+from ._placement import Candidate, NoValidPool, choose
+
+log = logging.getLogger(__name__)
+
+Share = share_pb2.Share
+_ATTEMPTS = 10
+
+
+class Placer:
+    def __init__(self, store: Store, peers: Peers, leadership: Leadership) -> None:
+        self._store = store
+        self._peers = peers
+        self._leadership = leadership
+        # One decision at a time: each reads allocations that the previous one wrote.
+        self._lock = asyncio.Lock()
+
+    async def place(self, name: str) -> None:
+        backend = None
+        for _ in range(_ATTEMPTS):
+            try:
+                async with self._lock:
+                    backend = await self._place_once(name)
+                break
+            except Aborted as race:  # the share or an allocation changed: decide again
+                log.debug("placement of %s raced (%s); retrying", name, race)
+        if backend:
+            await self._peers.sync_share(backend, name)
+
+    async def _place_once(self, name: str) -> str | None:
+        """Places the share if it waits for placement; returns its backend to nudge."""
+        found = await self._store.get(self._store.key_of(name), records_pb2.ShareRecord)
+        if found is None:
+            return None
+        record = found.value
+        if record.backend:
+            waiting = record.share.state in (Share.CREATING, Share.UPDATING, Share.DELETING)
+            return record.backend if waiting else None
+        if record.share.state != Share.CREATING or record.delete_requested:
+            return None
+        candidates, allocations = await self._candidates()
+        try:
+            chosen = choose(candidates, record.share.size_gib, record.tried_pools)
+        except NoValidPool as reason:
+            await self._fail(found, str(reason))
+            return None
+        allocation = allocations.get(chosen.pool)
+        txn = self._store.txn().fence(self._leadership)
+        key = keys.allocation_key(self._store.root, *_parts(chosen.pool))
+        txn.put(key, records_pb2.PoolAllocation(
+            allocated_gib=chosen.allocated_gib + record.share.size_gib),
+            allocation.mod_revision if allocation else None)
+        if allocation is None:
+            txn.check(key, 0)
+        record.backend = chosen.backend
+        record.pool = chosen.pool
+        record.allocated_gib = record.share.size_gib
+        record.share.pool = chosen.pool
+        txn.put(found.key, record, found.mod_revision)
+        await txn.commit()
+        log.info("placed %s on %s", name, chosen.pool)
+        return chosen.backend
+
+    async def _candidates(self) -> tuple[list[Candidate],
+                                          dict[str, Versioned[records_pb2.PoolAllocation]]]:
+        allocations: dict[str, Versioned[records_pb2.PoolAllocation]] = {}
+        backends = await self._peers.backends()
+        for backend in backends:
+            for pool in backend.pools:
+                found = await self._store.get(
+                    keys.allocation_key(self._store.root, *_parts(pool.name)),
+                    records_pb2.PoolAllocation)
+                if found:
+                    allocations[pool.name] = found
+        candidates = [
+            Candidate(pool.name, backend.name, pool.total_gib,
+                      allocations[pool.name].value.allocated_gib if pool.name in allocations else 0,
+                      dict(pool.capabilities))
+            for backend in backends for pool in backend.pools]
+        return candidates, allocations
+
+    async def _fail(self, found: Versioned[records_pb2.ShareRecord], reason: str) -> None:
+        record = found.value
+        record.share.state = Share.ERROR
+        record.share.state_message = f"no valid pool: {reason}"
+        record.share.update_time.CopyFrom(operations.now())
+        pending = list(record.pending_operations)
+        del record.pending_operations[:]
+        txn = self._store.txn().fence(self._leadership).put(found.key, record, found.mod_revision)
+        await operations.finish_pending(
+            self._store, txn, pending,
+            error=ResourceExhausted(f"no pool can hold {record.share.size_gib} GiB: {reason}",
+                                    reason="NO_VALID_POOL"))
+        await txn.commit()
+        log.info("%s cannot be placed: %s", record.share.name, reason)
+
+
+def _parts(pool: str) -> tuple[str, str]:
+    parts = pool.split("/")
+    return parts[1], parts[3]
