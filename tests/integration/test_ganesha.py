@@ -6,11 +6,11 @@ import asyncio
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from support import ensure_rpcbind, nfs_read, nfs_write, processes_mentioning
 
 from sharemesh.ganesha import ClientRule, Export, GaneshaInstance
 from sharemesh.runtime.ports import free_port
@@ -24,52 +24,25 @@ pytestmark = [
 ]
 
 
-def _ensure_rpcbind() -> None:
-    # A host-wide singleton that Ganesha registers with: start it if absent, never stop it.
-    if subprocess.run(["pgrep", "-x", "rpcbind"], capture_output=True).returncode != 0:
-        subprocess.run(["rpcbind", "-w"], check=True)
+async def _write(g: GaneshaInstance, src: Path, pseudo: str, name: str) -> tuple[int, str]:
+    return await nfs_write(src, "127.0.0.1", pseudo, name, g.nfs_port, g.mount_port)
 
 
-def _processes_mentioning(text: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-af", text], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "pgrep" not in line]
-
-
-async def _run(*argv: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    out, _ = await proc.communicate()
-    return proc.returncode or 0, out.decode(errors="replace")
-
-
-async def nfs_write(g: GaneshaInstance, src: Path, pseudo: str, name: str) -> tuple[int, str]:
-    url = f"nfs://127.0.0.1{pseudo}/{name}?version=3&nfsport={g.nfs_port}&mountport={g.mount_port}"
-    return await _run("nfs-cp", str(src), url)
-
-
-async def nfs_read(g: GaneshaInstance, pseudo: str, name: str, dst: Path) -> tuple[int, str]:
-    dst.unlink(missing_ok=True)
-    return await _run("nfs-cp", f"nfs://127.0.0.1{pseudo}/{name}?version=4&nfsport={g.nfs_port}", str(dst))
+async def _read(g: GaneshaInstance, pseudo: str, name: str, dst: Path) -> tuple[int, str]:
+    dst.unlink(missing_ok=True)  # nfs-cp never overwrites
+    return await nfs_read(dst, "127.0.0.1", pseudo, name, g.nfs_port)
 
 
 @pytest.fixture
 async def ganesha(tmp_path: Path):
-    _ensure_rpcbind()
+    ensure_rpcbind()
     instance = GaneshaInstance(tmp_path / "ganesha", free_port(), free_port())
     try:
         await instance.start()
         yield instance
     finally:
         await instance.stop()
-        assert not _processes_mentioning(str(instance.state_dir)), "a test process survived"
-
-
-@pytest.fixture
-def payload(tmp_path: Path) -> Path:
-    path = tmp_path / "payload"
-    path.write_bytes(os.urandom(1 << 20))
-    return path
+        assert not processes_mentioning(str(instance.state_dir)), "a test process survived"
 
 
 def _export(tmp_path: Path, *rules: ClientRule, export_id: int = 7) -> Export:
@@ -84,30 +57,30 @@ async def test_rw_write_v3_read_v4(ganesha: GaneshaInstance, tmp_path: Path, pay
     assert await ganesha.live_export_ids() == {7}
     assert (ganesha.exports_dir / "7.conf").read_text() == export.render()
 
-    rc, out = await nfs_write(ganesha, payload, "/t/data", "f")
+    rc, out = await _write(ganesha, payload, "/t/data", "f")
     assert rc == 0, out
-    rc, out = await nfs_read(ganesha, "/t/data", "f", tmp_path / "back")
+    rc, out = await _read(ganesha, "/t/data", "f", tmp_path / "back")
     assert rc == 0, out
     assert (tmp_path / "back").read_bytes() == payload.read_bytes()
 
 
 async def test_update_ro_then_none(ganesha: GaneshaInstance, tmp_path: Path, payload: Path) -> None:
     await ganesha.apply(_export(tmp_path, ClientRule(("127.0.0.1",), "RW")))
-    assert (await nfs_write(ganesha, payload, "/t/data", "f"))[0] == 0
+    assert (await _write(ganesha, payload, "/t/data", "f"))[0] == 0
 
     await ganesha.apply(
         _export(tmp_path, ClientRule(("127.0.0.1",), "RO"), ClientRule(("10.0.0.0/8",), "RW"))
     )
-    rc, out = await nfs_write(ganesha, payload, "/t/data", "g")
+    rc, out = await _write(ganesha, payload, "/t/data", "g")
     assert rc != 0 and "ROFS" in out, out
-    rc, out = await nfs_read(ganesha, "/t/data", "f", tmp_path / "back")
+    rc, out = await _read(ganesha, "/t/data", "f", tmp_path / "back")
     assert rc == 0, out
 
     await ganesha.apply(_export(tmp_path))  # no clients: exported, but nobody may mount
     assert await ganesha.live_export_ids() == {7}
-    rc, out = await nfs_read(ganesha, "/t/data", "f", tmp_path / "back")
+    rc, out = await _read(ganesha, "/t/data", "f", tmp_path / "back")
     assert rc != 0, out
-    rc, out = await nfs_write(ganesha, payload, "/t/data", "h")
+    rc, out = await _write(ganesha, payload, "/t/data", "h")
     assert rc != 0 and "ACCES" in out, out
 
 
@@ -138,7 +111,7 @@ async def test_adopt_by_pidfile_and_restart_with_exports(
     ganesha: GaneshaInstance, tmp_path: Path, payload: Path
 ) -> None:
     await ganesha.apply(_export(tmp_path, ClientRule(("127.0.0.1",), "RW")))
-    assert (await nfs_write(ganesha, payload, "/t/data", "f"))[0] == 0
+    assert (await _write(ganesha, payload, "/t/data", "f"))[0] == 0
     pid = int(ganesha.pid_file.read_text())
 
     # A new incarnation of the service finds the same server by pidfile.
@@ -153,7 +126,7 @@ async def test_adopt_by_pidfile_and_restart_with_exports(
     assert not again.is_alive() and not ganesha.is_alive()
     await again.start()
     assert await again.live_export_ids() == {7}
-    rc, out = await nfs_read(again, "/t/data", "f", tmp_path / "back")
+    rc, out = await _read(again, "/t/data", "f", tmp_path / "back")
     assert rc == 0, out
 
 
@@ -162,7 +135,7 @@ async def test_supervise_restarts_killed_ganesha(
 ) -> None:
     export = _export(tmp_path, ClientRule(("127.0.0.1",), "RW"))
     await ganesha.apply(export)
-    assert (await nfs_write(ganesha, payload, "/t/data", "f"))[0] == 0
+    assert (await _write(ganesha, payload, "/t/data", "f"))[0] == 0
 
     restarts: list[float] = []
 
@@ -177,7 +150,7 @@ async def test_supervise_restarts_killed_ganesha(
         killed = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         while True:
-            rc, _ = await nfs_read(ganesha, "/t/data", "f", tmp_path / "back")
+            rc, _ = await _read(ganesha, "/t/data", "f", tmp_path / "back")
             if rc == 0:
                 break
             assert time.monotonic() - killed < 30, "ganesha did not come back"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from support import ensure_rpcbind, nfs_read, nfs_url, nfs_write, processes_mentioning, run
 
 from sharemesh.driver_host.drivers import (
     AccessRuleSpec,
@@ -42,53 +43,32 @@ RO = [AccessRuleSpec("127.0.0.1", "READ_ONLY")]
 _ids = itertools.count(1)
 
 
-def _ensure_rpcbind() -> None:
-    if subprocess.run(["pgrep", "-x", "rpcbind"], capture_output=True).returncode != 0:
-        subprocess.run(["rpcbind", "-w"], check=True)
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-af", text], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "pgrep" not in line]
-
-
-async def _run(*argv: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    out, _ = await proc.communicate()
-    return proc.returncode or 0, out.decode(errors="replace")
-
-
 @dataclass
 class Backend:
     config: LocalDriverConfig
     driver: LocalDriver
 
-    def url(self, share: ShareSpec, name: str, version: int) -> str:
-        c = self.config
-        ports = f"nfsport={c.nfs_port}" + (f"&mountport={c.mount_port}" if version == 3 else "")
-        return f"nfs://127.0.0.1/shares/{share.share_id}/{name}?version={version}&{ports}"
-
     async def write(self, share: ShareSpec, src: Path, name: str) -> tuple[int, str]:
-        return await _run("nfs-cp", str(src), self.url(share, name, 3))
+        c = self.config
+        return await nfs_write(src, "127.0.0.1", _pseudo(share), name, c.nfs_port, c.mount_port)
 
     async def read(self, share: ShareSpec, name: str, dst: Path) -> tuple[int, str]:
-        dst.unlink(missing_ok=True)
-        return await _run("nfs-cp", self.url(share, name, 4), str(dst))
+        dst.unlink(missing_ok=True)  # nfs-cp never overwrites
+        return await nfs_read(dst, "127.0.0.1", _pseudo(share), name, self.config.nfs_port)
 
     async def ls(self, share: ShareSpec) -> tuple[int, str]:
         c = self.config
-        return await _run(
-            "nfs-ls",
-            f"nfs://127.0.0.1/shares/{share.share_id}?version=3"
-            f"&nfsport={c.nfs_port}&mountport={c.mount_port}",
-        )
+        url = nfs_url("127.0.0.1", "/shares", share.share_id, 3, c.nfs_port, c.mount_port)
+        return await run("nfs-ls", url)
+
+
+def _pseudo(share: ShareSpec) -> str:
+    return f"/shares/{share.share_id}"
 
 
 @pytest.fixture(scope="module")
 async def backend(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Backend]:
-    _ensure_rpcbind()
+    ensure_rpcbind()
     root = tmp_path_factory.mktemp("local")
     config = LocalDriverConfig(
         pool_dir=root / "pool",
@@ -107,7 +87,7 @@ async def backend(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Bac
         for image in (config.pool_dir / "images").glob("*.img"):
             await _loopfs.unmount(config.pool_dir / "mnt" / image.stem)
             await _loopfs.detach(image)
-        assert not _processes_mentioning(str(root)), "a test process survived"
+        assert not processes_mentioning(str(root)), "a test process survived"
 
 
 @pytest.fixture
@@ -129,13 +109,6 @@ async def share(backend: Backend) -> AsyncIterator[ShareSpec]:
         yield spec
     finally:
         await backend.driver.delete_share(spec)
-
-
-@pytest.fixture
-def payload(tmp_path: Path) -> Path:
-    path = tmp_path / "payload"
-    path.write_bytes(os.urandom(1 << 20))
-    return path
 
 
 async def _allow_and_time(backend: Backend, share: ShareSpec, rules: list[AccessRuleSpec]) -> None:

@@ -7,6 +7,7 @@ service leaves its shares served); the next incarnation adopts them by pidfile.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import signal
@@ -113,7 +114,7 @@ class GaneshaInstance:
         self.pid_file = self.state_dir / "ganesha.pid"
         self.log_file = self.state_dir / "ganesha.log"
         self.bus_config = self.state_dir / "bus.conf"
-        self.bus_socket = self.state_dir / "bus.sock"
+        self.bus_socket = _bus_socket_path(self.state_dir)
         self.bus_pid_file = self.state_dir / "bus.pid"
         self.bus_address = f"unix:path={self.bus_socket}"
         self._mgr = ExportMgr(self.bus_address)
@@ -431,3 +432,19 @@ _BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Confi
   </policy>
 </busconfig>
 """
+
+
+# libdbus takes unix socket paths of at most 99 bytes; deep state directories (a test's temp dir)
+# exceed it, so such a bus lives in /run/sharemesh under a name derived from the state
+# directory, which stays the same across restarts so a running Ganesha can be adopted.
+_SOCKET_PATH_MAX = 99
+_SHORT_SOCKET_DIR = Path("/run/sharemesh")
+
+
+def _bus_socket_path(state_dir: Path) -> Path:
+    beside = state_dir / "bus.sock"
+    if len(str(beside).encode()) <= _SOCKET_PATH_MAX:
+        return beside
+    _SHORT_SOCKET_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:24]
+    return _SHORT_SOCKET_DIR / f"bus-{digest}.sock"

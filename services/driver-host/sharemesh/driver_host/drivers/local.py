@@ -98,7 +98,12 @@ class LocalDriver:
     async def stop(self, stop_servers: bool) -> None:
         self._stopping.set()
         if stop_servers:
+            # The whole mesh is going down: release the host too. Images stay in the
+            # pool, and the next start mounts them again.
             await self.ganesha.stop()
+            for image in sorted(self.images.glob("*.img")):
+                await _loopfs.unmount(self._mountpoint(image.stem))
+                await _loopfs.detach(image)
 
     async def supervise(self) -> None:
         await self.ganesha.supervise(self._reexport, until=self._stopping)
