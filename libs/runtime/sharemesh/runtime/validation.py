@@ -28,9 +28,12 @@ def _is_set(msg: message.Message, field: descriptor.FieldDescriptor) -> bool:
     return getattr(msg, field.name) != field.default_value
 
 
-def check_required(msg: message.Message, prefix: str = "") -> None:
-    """Raises InvalidArgument naming the first REQUIRED field left unset, at any depth."""
+def check_required(msg: message.Message, prefix: str = "", partial: str = "") -> None:
+    """Raises InvalidArgument naming the first REQUIRED field left unset, at any depth.
+    `partial` names the resource of an Update: only its masked fields matter (AIP-134)."""
     for field in msg.DESCRIPTOR.fields:
+        if field.name == partial:
+            continue
         path = f"{prefix}{field.name}"
         if FB.REQUIRED in _behaviors(field) and not _is_set(msg, field):
             raise InvalidArgument(path, "is required")
@@ -49,11 +52,13 @@ def clear_output_only(msg: message.Message) -> None:
             clear_output_only(getattr(msg, field.name))
 
 
-def check_request(request: message.Message, resource_field: str | None = None) -> None:
-    """The standard checks for a request: REQUIRED fields, and no OUTPUT_ONLY input."""
+def check_request(request: message.Message, resource_field: str | None = None, *,
+                  update: bool = False) -> None:
+    """The standard checks for a request: REQUIRED fields, and no OUTPUT_ONLY input.
+    For an Update, the resource's own REQUIRED fields are not demanded."""
     if resource_field:
         clear_output_only(getattr(request, resource_field))
-    check_required(request)
+    check_required(request, partial=resource_field if update and resource_field else "")
 
 
 def check_update_mask(resource: descriptor.Descriptor, mask: field_mask_pb2.FieldMask,

@@ -102,7 +102,7 @@ class AccessRules(Base):
         return op
 
     async def UpdateAccessRule(self, request, context):  # noqa: N802
-        validation.check_request(request)
+        validation.check_request(request, "access_rule", update=True)
         name = request.access_rule.name
         names.ACCESS_RULE.parse("access_rule.name", name)
         self.caller(context).check_resource(name)

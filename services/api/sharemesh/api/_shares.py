@@ -102,7 +102,7 @@ class Shares(Base):
         return op
 
     async def UpdateShare(self, request, context):  # noqa: N802
-        validation.check_request(request)
+        validation.check_request(request, "share", update=True)
         name = request.share.name
         names.SHARE.parse("share.name", name)
         self.caller(context).check_resource(name)
