@@ -100,9 +100,8 @@ class Export:
             f"    {self.fsal.render()}",
         ]
         for rule in self.clients:
-            lines.append(
-                f"    CLIENT {{ Clients = {', '.join(rule.clients)}; Access_Type = {rule.access}; }}"
-            )
+            clients = ", ".join(_config_client(client) for client in rule.clients)
+            lines.append(f"    CLIENT {{ Clients = {clients}; Access_Type = {rule.access}; }}")
         lines.append("}")
         return "\n".join(lines) + "\n"
 
@@ -120,6 +119,18 @@ def normalize_client(client: str) -> str:
     if not _HOSTNAME.match(client):
         raise InvalidArgument("clients", f"not an address, CIDR or host name: {client!r}")
     return client.lower()
+
+
+def _config_client(client: str) -> str:
+    """A client as Ganesha's config takes it: a single host as a bare address, since
+    its parser drops an IPv6 host written with /128."""
+    try:
+        network = ipaddress.ip_network(client, strict=False)
+    except ValueError:
+        return client
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    return str(network)
 
 
 def _check_text(name: str, value: str) -> None:
