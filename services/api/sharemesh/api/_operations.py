@@ -9,7 +9,7 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import empty_pb2
 
 from sharemesh.runtime import names
-from sharemesh.runtime.coordination import Store
+from sharemesh.runtime.coordination import Store, Versioned
 from sharemesh.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from sharemesh.state.v1 import records_pb2
 
@@ -25,16 +25,16 @@ class Operations(operations_pb2_grpc.OperationsServicer):
         self._store = store
         self._auth = auth
 
-    async def _get(self, name: str, context) -> records_pb2.OperationRecord:  # type: ignore[no-untyped-def]
+    async def _get(self, name: str, context) -> Versioned[records_pb2.OperationRecord]:  # type: ignore[no-untyped-def]
         names.OPERATION.parse("name", name)
         self._auth.caller(context).check_resource(name)
         found = await self._store.get(self._store.key_of(name), records_pb2.OperationRecord)
         if found is None:
             raise NotFound(f"{name} not found")
-        return found.value
+        return found
 
     async def GetOperation(self, request, context):  # noqa: N802
-        return (await self._get(request.name, context)).operation
+        return (await self._get(request.name, context)).value.operation
 
     async def ListOperations(self, request, context):  # noqa: N802
         # `name` is the collection's parent, `projects/{project}`.
@@ -54,22 +54,20 @@ class Operations(operations_pb2_grpc.OperationsServicer):
         return response
 
     async def WaitOperation(self, request, context):  # noqa: N802
-        record = await self._get(request.name, context)
+        found = await self._get(request.name, context)
         timeout = DEFAULT_WAIT_SECONDS
         if request.HasField("timeout"):
             timeout = min(request.timeout.ToTimedelta().total_seconds(), MAX_WAIT_SECONDS)
-        if record.operation.done or timeout <= 0:
-            return record.operation
-        key = self._store.key_of(request.name)
-        found = await self._store.get(key, records_pb2.OperationRecord)
-        assert found is not None
+        if found.value.operation.done or timeout <= 0:
+            return found.value.operation
+        # Watching from just after the revision we read cannot miss the completion.
         with contextlib.suppress(asyncio.TimeoutError):
             async with asyncio.timeout(timeout):
                 async for event in self._store.watch_prefix(
-                        key, found.mod_revision + 1, records_pb2.OperationRecord):
-                    if event.key == key and event.kind == "PUT" and event.value.operation.done:
+                        found.key, found.mod_revision + 1, records_pb2.OperationRecord):
+                    if event.key == found.key and event.kind == "PUT" and event.value.operation.done:
                         return event.value.operation
-        return (await self._get(request.name, context)).operation
+        return (await self._get(request.name, context)).value.operation
 
     async def DeleteOperation(self, request, context):  # noqa: N802
         await self._get(request.name, context)
