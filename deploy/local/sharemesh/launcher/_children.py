@@ -9,6 +9,7 @@ import ctypes
 import logging
 import os
 import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,9 +59,12 @@ class Child:
         backoff = 0.5
         while True:
             assert self._process is not None
+            started = time.monotonic()
             code = await self._process.wait()
             if self._stopping:
                 return
+            if time.monotonic() - started > 5:
+                backoff = 0.5  # it ran a while, so it is not crash-looping: restart soon
             log.warning("%s exited with %s; restarting in %.1fs (log: %s)",
                         self.name, code, backoff, self._log_path)
             await asyncio.sleep(backoff)
