@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -42,6 +43,35 @@ async def _wait_for_line(process: asyncio.subprocess.Process, prefix: str,
     raise AssertionError(f"no line {prefix!r}; output:\n{''.join(seen)}")
 
 
+async def _cli(env: dict[str, str], *args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        str(VENV_BIN / "sharemesh"), *args, env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await process.communicate()
+    return process.returncode or 0, out.decode()
+
+
+async def _cli_round_trip(api: str, token: str) -> None:
+    """The CLI as the contract names it: share create, list --json, show, delete."""
+    env = {"SHAREMESH_ENDPOINT": api, "SHAREMESH_TOKEN": token}
+    code, out = await _cli(env, "share", "create", "cli-demo", "--size", "1", "--project", "demo")
+    assert code == 0 and "ACTIVE" in out, out
+    code, out = await _cli(env, "share", "list", "--project", "demo", "--json")
+    assert code == 0, out
+    (listed,) = json.loads(out)
+    assert listed["name"] == "projects/demo/shares/cli-demo" and listed["state"] == "ACTIVE"
+    code, out = await _cli(env, "share", "show", "projects/demo/shares/cli-demo")
+    assert code == 0 and "export_locations" in out and "127.0.0.1:/" in out, out
+    code, out = await _cli(env, "share", "create", "Bad_Id", "--size", "0", "--project", "demo")
+    assert code == 1 and "INVALID_ARGUMENT" in out, out
+    code, out = await _cli({**env, "SHAREMESH_TOKEN": "wrong"}, "share", "list", "--project", "demo")
+    assert code == 1 and "UNAUTHENTICATED" in out, out
+    code, out = await _cli(env, "share", "delete", "cli-demo", "--project", "demo")
+    assert code == 0, out
+    code, out = await _cli(env, "share", "list", "--project", "demo", "--json")
+    assert json.loads(out) == []
+
+
 async def test_up_serves_health_reflection_and_stops_clean(tmp_path: Path) -> None:
     state = tmp_path / "state"
     process = await asyncio.create_subprocess_exec(
@@ -64,6 +94,8 @@ async def test_up_serves_health_reflection_and_stops_clean(tmp_path: Path) -> No
         for service in ("sharemesh.v1.ShareService", "google.longrunning.Operations",
                         "grpc.health.v1.Health"):
             assert service in listing.split()
+
+        await _cli_round_trip(api, (state / "admin.token").read_text().strip())
 
         pids = _descendants(process.pid)
         ganesha_pid = int((state / "pools/local/ganesha/ganesha/ganesha.pid").read_text())

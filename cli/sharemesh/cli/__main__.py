@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _up
+from . import _shares, _up
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="sharemesh", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
     _up.add_parser(commands)
+    _shares.add_parsers(commands)
     return top
 
 
