@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from dataclasses import dataclass
 from typing import Any
+
+from sharemesh.runtime import commands
 
 _DEST = "org.ganesha.nfsd"
 _PATH = "/org/ganesha/nfsd/ExportMgr"
@@ -43,27 +44,20 @@ class ExportMgr:
 
     async def call(self, method: str, *args: str) -> list[Any]:
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus_address)
-        proc = await asyncio.create_subprocess_exec(
-            "dbus-send", "--system", "--print-reply", f"--reply-timeout={int(self.timeout * 1000)}",
-            f"--dest={_DEST}", _PATH, f"{_IFACE}.{method}", *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), self.timeout + 5)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
+            done = await commands.run(
+                "dbus-send", "--system", "--print-reply",
+                f"--reply-timeout={int(self.timeout * 1000)}", f"--dest={_DEST}", _PATH,
+                f"{_IFACE}.{method}", *args, env=env, timeout=self.timeout + 5, check=False)
+        except commands.CommandError:
             raise DBusError("", f"{method} timed out") from None
-        if proc.returncode != 0:
-            text = err.decode(errors="replace").strip()
+        if done.returncode != 0:
+            text = done.stderr.strip()
             name, _, message = text.removeprefix("Error ").partition(": ")
             if not name.startswith("org."):
                 name, message = "", text
             raise DBusError(name, message)
-        return parse_reply(out.decode(errors="replace"))
+        return parse_reply(done.stdout)
 
     async def ping(self) -> None:
         await self.call("ShowExports")

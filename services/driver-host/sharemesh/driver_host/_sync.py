@@ -53,8 +53,6 @@ class ShareSync:
         found = await self._store.get(self._store.key_of(name), records_pb2.ShareRecord)
         if found is None or found.value.backend != self.backend:
             return
-        if found.value.export_id == 0:
-            found = await self._assign_export_id(found, lock)
         record = found.value
         if record.share.state == Share.ERROR and not record.delete_requested:
             return  # only a delete (or an admin's reset) moves a share out of ERROR
@@ -85,13 +83,14 @@ class ShareSync:
                        rules: list[Versioned[records_pb2.AccessRuleRecord]]
                        ) -> list[ExportLocation]:
         locations: list[ExportLocation] = []
+        desired = rules_of(rules)
         if record.realized_size_gib == 0:
             locations = await self._driver.create_share(spec)
+            if not desired:
+                return locations  # a new export already admits nobody
         elif record.share.size_gib > record.realized_size_gib:
             await self._driver.resize_share(spec, record.share.size_gib)
-        if record.realized_size_gib and not record.share.export_locations:
-            locations = await self._driver.ensure_share(spec, rules_of(rules))
-        await self._driver.update_access(spec, rules_of(rules))
+        await self._driver.update_access(spec, desired)
         return locations
 
     async def ensure(self, found: Versioned[records_pb2.ShareRecord]) -> None:
@@ -100,21 +99,6 @@ class ShareSync:
             self._store.prefix_of(found.value.share.name, "accessRules"),
             records_pb2.AccessRuleRecord)
         await self._driver.ensure_share(spec_of(found.value), rules_of(rules))
-
-    async def _assign_export_id(self, found: Versioned[records_pb2.ShareRecord],
-                                lock: Mutex) -> Versioned[records_pb2.ShareRecord]:
-        key = keys.export_ids_key(self._store.root, self.backend.rsplit("/", 1)[-1])
-        counter = await self._store.get(key, records_pb2.ExportIdCounter)
-        last = counter.value.last_export_id if counter else 0
-        found.value.export_id = last + 1
-        txn = self._store.txn().fence(lock)
-        txn.put(key, records_pb2.ExportIdCounter(last_export_id=last + 1),
-                counter.mod_revision if counter else None)
-        if counter is None:
-            txn.check(key, 0)
-        txn.put(found.key, found.value, found.mod_revision)
-        revision = await txn.commit()
-        return Versioned(found.value, revision, found.create_revision, found.key)
 
     async def _settle_rules(self, txn: Txn,
                             rules: list[Versioned[records_pb2.AccessRuleRecord]]) -> None:

@@ -67,6 +67,14 @@ class Placer:
             allocation.mod_revision if allocation else None)
         if allocation is None:
             txn.check(key, 0)
+        # Export ids are unique per backend Ganesha; only the leader hands them out.
+        ids_key = keys.export_ids_key(self._store.root, chosen.backend.split("/")[-1])
+        ids = await self._store.get(ids_key, records_pb2.ExportIdCounter)
+        record.export_id = (ids.value.last_export_id if ids else 0) + 1
+        txn.put(ids_key, records_pb2.ExportIdCounter(last_export_id=record.export_id),
+                ids.mod_revision if ids else None)
+        if ids is None:
+            txn.check(ids_key, 0)
         record.backend = chosen.backend
         record.pool = chosen.pool
         record.allocated_gib = record.share.size_gib

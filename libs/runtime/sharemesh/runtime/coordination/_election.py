@@ -18,7 +18,7 @@ from typing import TypeVar
 import aetcd
 from aetcd import rpc
 
-from sharemesh.runtime.errors import Aborted, FailedPrecondition, FencedOut, Unavailable
+from sharemesh.runtime.errors import Aborted, FencedOut, Unavailable
 
 from . import _client
 from ._client import Fence

@@ -21,7 +21,7 @@ from sharemesh.runtime.errors import (
 )
 
 from . import _client, _keys
-from ._client import Compacted, Compare, Fence, FutureRevision
+from ._client import Compacted, Compare, FutureRevision
 
 M = TypeVar("M", bound=Message)
 

@@ -12,6 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+from sharemesh.runtime import commands
+from sharemesh.runtime.commands import CommandError
 from sharemesh.runtime.errors import Internal
 
 log = logging.getLogger("sharemesh.driver_host.loopfs")
@@ -19,30 +21,9 @@ log = logging.getLogger("sharemesh.driver_host.loopfs")
 GIB = 1 << 30
 
 
-class CommandError(Internal):
-    def __init__(self, argv: tuple[str, ...], returncode: int, stderr: str) -> None:
-        super().__init__(f"{' '.join(argv)} failed ({returncode}): {stderr.strip()}")
-        self.returncode = returncode
-        self.stderr = stderr
-
-
 async def run(*argv: str, timeout: float = 120.0) -> str:
-    """Run a command; its stdout, or CommandError carrying its stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise CommandError(argv, -1, f"timed out after {timeout}s") from None
-    if proc.returncode != 0:
-        raise CommandError(argv, proc.returncode or -1, err.decode(errors="replace"))
-    return out.decode(errors="replace")
+    """Runs a tool; its stdout, or CommandError carrying its stderr."""
+    return (await commands.run(*argv, timeout=timeout)).stdout
 
 
 # ---- image files -----------------------------------------------------------------------
