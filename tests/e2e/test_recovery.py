@@ -89,3 +89,32 @@ async def test_an_interrupted_create_never_stays_creating(
     print(f"\n{share_id}: {Share.State.Name(share.state)} {time.monotonic() - started:.2f}s "
           "after the kill")
     await delete_share(alpha, share.name)
+
+
+async def test_a_restarted_mesh_serves_its_shares_again(tmp_path: Path) -> None:
+    """`sharemesh up` ended in order and started again on the same state directory:
+    shares, rules and data are all back, and the host was clean in between."""
+    from conftest import MESH_CONFIG, assert_host_clean
+
+    state = tmp_path / "state"
+    config = tmp_path / "mesh.toml"
+    config.write_text(MESH_CONFIG.format(capacity_gib=4))
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(64 << 10))
+    async with LocalMesh(state, config, api_port=0, lease_ttl_seconds=3) as mesh:
+        async with Client(mesh.api_address, "alpha-key") as alpha:
+            share = await create_share(alpha, "alpha", "kept")
+            await grant(alpha, share.name, "127.0.0.1", RW)
+            assert (await write(share, data, "data.bin"))[0] == 0
+    assert_host_clean(state)
+
+    async with LocalMesh(state, config, api_port=0, lease_ttl_seconds=3) as mesh:
+        async with Client(mesh.api_address, "alpha-key") as alpha:
+            again = await alpha.call(alpha.shares.GetShare, ss.GetShareRequest(name=share.name))
+            assert again.state == Share.ACTIVE
+            assert again.export_locations == share.export_locations
+            back = tmp_path / "back.bin"
+            await _until_readable(again, back, "data.bin", 10)
+            assert back.read_bytes() == data.read_bytes()
+            await delete_share(alpha, share.name)
+    assert_host_clean(state)
