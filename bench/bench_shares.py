@@ -34,7 +34,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def ms(values: list[float]) -> str:
-    return f"p50 {pct(values, .5) * 1000:7.1f} ms   p99 {pct(values, .99) * 1000:7.1f} ms"
+    return f"p50 {pct(values, 0.5) * 1000:7.1f} ms   p99 {pct(values, 0.99) * 1000:7.1f} ms"
 
 
 async def etcd_txn_rate(endpoint: str, concurrency: int, count: int = 2000) -> float:
@@ -61,8 +61,9 @@ async def etcd_txn_rate(endpoint: str, concurrency: int, count: int = 2000) -> f
         return per_worker * concurrency / elapsed
 
 
-async def create_and_delete(client: Client, prefix: str, count: int, concurrency: int
-                            ) -> tuple[list[float], list[float], float, float]:
+async def create_and_delete(
+    client: Client, prefix: str, count: int, concurrency: int
+) -> tuple[list[float], list[float], float, float]:
     gate = asyncio.Semaphore(concurrency)
     creates: list[float] = []
     deletes: list[float] = []
@@ -70,9 +71,14 @@ async def create_and_delete(client: Client, prefix: str, count: int, concurrency
     async def one_create(i: int) -> str:
         async with gate:
             started = time.perf_counter()
-            op = await client.call(client.shares.CreateShare, ss.CreateShareRequest(
-                parent="projects/bench", share_id=f"{prefix}-{i}",
-                share=share_pb2.Share(size_gib=1)))
+            op = await client.call(
+                client.shares.CreateShare,
+                ss.CreateShareRequest(
+                    parent="projects/bench",
+                    share_id=f"{prefix}-{i}",
+                    share=share_pb2.Share(size_gib=1),
+                ),
+            )
             share = await client.wait(op, share_pb2.Share)
             assert share is not None and share.state == share_pb2.Share.ACTIVE
             creates.append(time.perf_counter() - started)
@@ -81,8 +87,9 @@ async def create_and_delete(client: Client, prefix: str, count: int, concurrency
     async def one_delete(name: str) -> None:
         async with gate:
             started = time.perf_counter()
-            await client.wait(await client.call(client.shares.DeleteShare,
-                                                ss.DeleteShareRequest(name=name)))
+            await client.wait(
+                await client.call(client.shares.DeleteShare, ss.DeleteShareRequest(name=name))
+            )
             deletes.append(time.perf_counter() - started)
 
     started = time.perf_counter()
@@ -95,8 +102,12 @@ async def create_and_delete(client: Client, prefix: str, count: int, concurrency
 
 
 async def access_to_mountable(client: Client, rounds: int) -> list[float]:
-    op = await client.call(client.shares.CreateShare, ss.CreateShareRequest(
-        parent="projects/bench", share_id="acl", share=share_pb2.Share(size_gib=1)))
+    op = await client.call(
+        client.shares.CreateShare,
+        ss.CreateShareRequest(
+            parent="projects/bench", share_id="acl", share=share_pb2.Share(size_gib=1)
+        ),
+    )
     share = await client.wait(op, share_pb2.Share)
     assert share is not None
     location = share.export_locations[0]
@@ -105,18 +116,28 @@ async def access_to_mountable(client: Client, rounds: int) -> list[float]:
     timings = []
     for _ in range(rounds):
         started = time.perf_counter()
-        op = await client.call(client.shares.CreateAccessRule, ss.CreateAccessRuleRequest(
-            parent=share.name, access_rule=access_rule_pb2.AccessRule(
-                access_to="127.0.0.1", access_level=access_rule_pb2.AccessRule.READ_WRITE)))
+        op = await client.call(
+            client.shares.CreateAccessRule,
+            ss.CreateAccessRuleRequest(
+                parent=share.name,
+                access_rule=access_rule_pb2.AccessRule(
+                    access_to="127.0.0.1", access_level=access_rule_pb2.AccessRule.READ_WRITE
+                ),
+            ),
+        )
         rule = await client.wait(op, access_rule_pb2.AccessRule)
         while subprocess.run(["nfs-ls", url], capture_output=True).returncode != 0:
             await asyncio.sleep(0.005)
         timings.append(time.perf_counter() - started)
         assert rule is not None
-        await client.wait(await client.call(client.shares.DeleteAccessRule,
-                                            ss.DeleteAccessRuleRequest(name=rule.name)))
-    await client.wait(await client.call(client.shares.DeleteShare,
-                                        ss.DeleteShareRequest(name=share.name)))
+        await client.wait(
+            await client.call(
+                client.shares.DeleteAccessRule, ss.DeleteAccessRuleRequest(name=rule.name)
+            )
+        )
+    await client.wait(
+        await client.call(client.shares.DeleteShare, ss.DeleteShareRequest(name=share.name))
+    )
     return timings
 
 
@@ -145,29 +166,38 @@ def rss_mb(pid: int) -> float:
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="sharemesh-bench-") as tmp:
         config = Path(tmp) / "mesh.toml"
-        config.write_text("[[backends]]\nname = \"local\"\n[backends.options]\n"
-                          f"capacity_gib = {args.creates + 4 * max(args.per_level, *args.concurrency) + 16}\n")
+        config.write_text(
+            '[[backends]]\nname = "local"\n[backends.options]\n'
+            f"capacity_gib = {args.creates + 4 * max(args.per_level, *args.concurrency) + 16}\n"
+        )
         async with LocalMesh(Path(tmp) / "state", config, api_port=0) as mesh:
             assert mesh.etcd is not None
             async with Client(mesh.api_address, mesh.admin_token) as client:
                 base1 = await etcd_txn_rate(mesh.etcd.endpoint, 1)
                 base32 = await etcd_txn_rate(mesh.etcd.endpoint, 32)
-                print(f"etcd baseline: {base1:7.0f} txn/s sequential, {base32:7.0f} txn/s at 32 "
-                      f"in flight -> creates it allows at {TXNS_PER_CREATE} txn each: "
-                      f"{base1 / TXNS_PER_CREATE:.0f}/s and {base32 / TXNS_PER_CREATE:.0f}/s")
+                print(
+                    f"etcd baseline: {base1:7.0f} txn/s sequential, {base32:7.0f} txn/s at 32 "
+                    f"in flight -> creates it allows at {TXNS_PER_CREATE} txn each: "
+                    f"{base1 / TXNS_PER_CREATE:.0f}/s and {base32 / TXNS_PER_CREATE:.0f}/s"
+                )
                 for concurrency in args.concurrency:
                     count = max(args.per_level, concurrency * 4)
                     before = cpu_by_service(mesh)
                     creates, deletes, create_rate, delete_rate = await create_and_delete(
-                        client, f"c{concurrency}", count, concurrency)
+                        client, f"c{concurrency}", count, concurrency
+                    )
                     after = cpu_by_service(mesh)
-                    per_share = "  ".join(f"{name} {(after[name] - before[name]) / count * 1000:.0f}"
-                                          for name in after)
+                    per_share = "  ".join(
+                        f"{name} {(after[name] - before[name]) / count * 1000:.0f}"
+                        for name in after
+                    )
                     print(f"  CPU ms per create+delete: {per_share}")
                     allowed = (base1 if concurrency == 1 else base32) / TXNS_PER_CREATE
-                    print(f"concurrency {concurrency:3}  n={count:4}  create {ms(creates)}  "
-                          f"{create_rate:6.1f}/s ({create_rate / allowed:.2f} of etcd-allowed)  "
-                          f"delete {ms(deletes)}  {delete_rate:6.1f}/s")
+                    print(
+                        f"concurrency {concurrency:3}  n={count:4}  create {ms(creates)}  "
+                        f"{create_rate:6.1f}/s ({create_rate / allowed:.2f} of etcd-allowed)  "
+                        f"delete {ms(deletes)}  {delete_rate:6.1f}/s"
+                    )
                 acl = await access_to_mountable(client, args.access_rounds)
                 print(f"access rule to mountable: {ms(acl)}  (n={len(acl)})")
 
@@ -176,29 +206,40 @@ async def main(args: argparse.Namespace) -> None:
 
                 async def create(i: int) -> None:
                     async with gate:
-                        op = await client.call(client.shares.CreateShare, ss.CreateShareRequest(
-                            parent="projects/bench", share_id=f"rss-{i}",
-                            share=share_pb2.Share(size_gib=1)))
+                        op = await client.call(
+                            client.shares.CreateShare,
+                            ss.CreateShareRequest(
+                                parent="projects/bench",
+                                share_id=f"rss-{i}",
+                                share=share_pb2.Share(size_gib=1),
+                            ),
+                        )
                         await client.wait(op)
 
                 await asyncio.gather(*(create(i) for i in range(args.creates)))
                 took = time.perf_counter() - started
-                memory = "  ".join(f"{name} {rss_mb(child.pid or 0):6.1f} MB"
-                                   for name, child in mesh.children.items())
+                memory = "  ".join(
+                    f"{name} {rss_mb(child.pid or 0):6.1f} MB"
+                    for name, child in mesh.children.items()
+                )
                 print(f"after {args.creates} creates ({took:.0f}s): resident memory: {memory}")
                 names = [f"projects/bench/shares/rss-{i}" for i in range(args.creates)]
 
                 async def delete(name: str) -> None:
                     async with gate:
-                        await client.wait(await client.call(client.shares.DeleteShare,
-                                                            ss.DeleteShareRequest(name=name)))
+                        await client.wait(
+                            await client.call(
+                                client.shares.DeleteShare, ss.DeleteShareRequest(name=name)
+                            )
+                        )
 
                 await asyncio.gather(*(delete(n) for n in names))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--creates", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--per-level", type=int, default=64)

@@ -31,7 +31,7 @@ def etcd_root() -> str:
 
 @pytest_asyncio.fixture
 async def etcd_client(etcd_server: EtcdServer, etcd_root: str):  # type: ignore[no-untyped-def]
-    """A connected aetcd client (default loop scope, as the tests); the test's root prefix is deleted after."""
+    """A connected aetcd client in the tests' loop; the test's root prefix is deleted after."""
     async with connect(etcd_server.endpoint) as client:
         try:
             yield client

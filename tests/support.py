@@ -11,27 +11,36 @@ from pathlib import Path
 async def run(*argv: str, timeout: float = 60.0) -> tuple[int, str]:
     """Runs a command; (exit code, stdout+stderr)."""
     process = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
     out, _ = await asyncio.wait_for(process.communicate(), timeout)
     return process.returncode or 0, out.decode(errors="replace")
 
 
-def nfs_url(host: str, pseudo: str, name: str, version: int, nfs_port: int,
-            mount_port: int = 0) -> str:
+def nfs_url(
+    host: str, pseudo: str, name: str, version: int, nfs_port: int, mount_port: int = 0
+) -> str:
     url = f"nfs://{host}{pseudo.rstrip('/')}/{name}?version={version}&nfsport={nfs_port}"
     return url + (f"&mountport={mount_port}" if version == 3 else "")
 
 
-async def nfs_write(src: Path, host: str, pseudo: str, name: str, nfs_port: int,
-                    mount_port: int) -> tuple[int, str]:
+async def nfs_write(
+    src: Path, host: str, pseudo: str, name: str, nfs_port: int, mount_port: int
+) -> tuple[int, str]:
     """Writes over NFSv3 (libnfs cannot write more than ~4 KB over v4)."""
     return await run("nfs-cp", str(src), nfs_url(host, pseudo, name, 3, nfs_port, mount_port))
 
 
-async def nfs_read(dst: Path, host: str, pseudo: str, name: str, nfs_port: int,
-                   version: int = 4, mount_port: int = 0) -> tuple[int, str]:
-    return await run("nfs-cp", nfs_url(host, pseudo, name, version, nfs_port, mount_port),
-                     str(dst))
+async def nfs_read(
+    dst: Path,
+    host: str,
+    pseudo: str,
+    name: str,
+    nfs_port: int,
+    version: int = 4,
+    mount_port: int = 0,
+) -> tuple[int, str]:
+    return await run("nfs-cp", nfs_url(host, pseudo, name, version, nfs_port, mount_port), str(dst))
 
 
 def ensure_rpcbind() -> None:
@@ -46,8 +55,7 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 def mounts_under(path: Path) -> list[str]:
-    return [line for line in Path("/proc/mounts").read_text().splitlines()
-            if f" {path}" in line]
+    return [line for line in Path("/proc/mounts").read_text().splitlines() if f" {path}" in line]
 
 
 def loops_under(path: Path) -> list[str]:

@@ -10,6 +10,7 @@ import pytest
 
 from sharemesh.client import Client
 from sharemesh.launcher import LocalMesh
+
 from support import ensure_rpcbind, loops_under, mounts_under, processes_mentioning
 
 MESH_CONFIG = """
@@ -37,8 +38,9 @@ def capacity_gib() -> int:
 
 
 @pytest.fixture(scope="module")
-async def mesh(tmp_path_factory: pytest.TempPathFactory, capacity_gib: int
-               ) -> AsyncIterator[LocalMesh]:
+async def mesh(
+    tmp_path_factory: pytest.TempPathFactory, capacity_gib: int
+) -> AsyncIterator[LocalMesh]:
     ensure_rpcbind()
     state = tmp_path_factory.mktemp("mesh")
     config = state / "mesh.toml"

@@ -11,7 +11,9 @@ from sharemesh.client import Client
 from sharemesh.launcher import LocalMesh
 from sharemesh.runtime.coordination import Store, connect, keys
 from sharemesh.state.v1 import records_pb2
-from sharemesh.v1 import access_rule_pb2, share_pb2, share_service_pb2 as ss
+from sharemesh.v1 import access_rule_pb2, share_pb2
+from sharemesh.v1 import share_service_pb2 as ss
+
 from support import nfs_read, nfs_write
 
 Share = share_pb2.Share
@@ -19,35 +21,52 @@ AccessRule = access_rule_pb2.AccessRule
 RW, RO = AccessRule.READ_WRITE, AccessRule.READ_ONLY
 
 
-async def create_share(client: Client, project: str, share_id: str, size_gib: int = 1,
-                       request_id: str = "") -> Share:
-    op = await client.call(client.shares.CreateShare, ss.CreateShareRequest(
-        parent=f"projects/{project}", share_id=share_id, request_id=request_id,
-        share=Share(size_gib=size_gib)))
+async def create_share(
+    client: Client, project: str, share_id: str, size_gib: int = 1, request_id: str = ""
+) -> Share:
+    op = await client.call(
+        client.shares.CreateShare,
+        ss.CreateShareRequest(
+            parent=f"projects/{project}",
+            share_id=share_id,
+            request_id=request_id,
+            share=Share(size_gib=size_gib),
+        ),
+    )
     return await client.wait(op, Share)
 
 
 async def delete_share(client: Client, name: str) -> None:
-    await client.wait(await client.call(client.shares.DeleteShare,
-                                        ss.DeleteShareRequest(name=name)))
+    await client.wait(
+        await client.call(client.shares.DeleteShare, ss.DeleteShareRequest(name=name))
+    )
 
 
 async def grant(client: Client, share: str, access_to: str, level: int = RW) -> AccessRule:
-    op = await client.call(client.shares.CreateAccessRule, ss.CreateAccessRuleRequest(
-        parent=share, access_rule=AccessRule(access_to=access_to, access_level=level)))
+    op = await client.call(
+        client.shares.CreateAccessRule,
+        ss.CreateAccessRuleRequest(
+            parent=share, access_rule=AccessRule(access_to=access_to, access_level=level)
+        ),
+    )
     return await client.wait(op, AccessRule)
 
 
 async def set_level(client: Client, rule: str, level: int) -> AccessRule:
-    op = await client.call(client.shares.UpdateAccessRule, ss.UpdateAccessRuleRequest(
-        access_rule=AccessRule(name=rule, access_level=level),
-        update_mask=field_mask_pb2.FieldMask(paths=["access_level"])))
+    op = await client.call(
+        client.shares.UpdateAccessRule,
+        ss.UpdateAccessRuleRequest(
+            access_rule=AccessRule(name=rule, access_level=level),
+            update_mask=field_mask_pb2.FieldMask(paths=["access_level"]),
+        ),
+    )
     return await client.wait(op, AccessRule)
 
 
 async def revoke(client: Client, rule: str) -> None:
-    await client.wait(await client.call(client.shares.DeleteAccessRule,
-                                        ss.DeleteAccessRuleRequest(name=rule)))
+    await client.wait(
+        await client.call(client.shares.DeleteAccessRule, ss.DeleteAccessRuleRequest(name=rule))
+    )
 
 
 def _where(share: Share) -> tuple[str, str, int, int]:
@@ -71,8 +90,9 @@ async def allocated_gib(mesh: LocalMesh, backend: str = "local", pool: str = "de
     assert mesh.etcd is not None
     async with connect(mesh.etcd.endpoint) as client:
         store = Store(client)
-        found = await store.get(keys.allocation_key(store.root, backend, pool),
-                                records_pb2.PoolAllocation)
+        found = await store.get(
+            keys.allocation_key(store.root, backend, pool), records_pb2.PoolAllocation
+        )
         return found.value.allocated_gib if found else 0
 
 

@@ -7,10 +7,12 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from mesh_ops import Share, create_share, delete_share, live_shares
 from sharemesh.client import Client
 from sharemesh.launcher import LocalMesh
-from sharemesh.v1 import access_rule_pb2, share_service_pb2 as ss
+from sharemesh.v1 import access_rule_pb2
+from sharemesh.v1 import share_service_pb2 as ss
+
+from mesh_ops import Share, create_share, delete_share, live_shares
 
 pytestmark = pytest.mark.e2e
 
@@ -34,38 +36,54 @@ async def _refused(call, code: grpc.StatusCode) -> grpc.aio.AioRpcError:  # type
     return error.value
 
 
-@pytest.mark.parametrize("share_id, size, field", [
-    ("ok-id", 0, "share.size_gib"),
-    ("ok-id", -1, "share.size_gib"),
-    ("ok-id", 100_000, "share.size_gib"),
-    ("Bad_Id", 1, "share_id"),
-    ("", 1, "share_id"),
-    ("9starts-with-digit", 1, "share_id"),
-])
+@pytest.mark.parametrize(
+    "share_id, size, field",
+    [
+        ("ok-id", 0, "share.size_gib"),
+        ("ok-id", -1, "share.size_gib"),
+        ("ok-id", 100_000, "share.size_gib"),
+        ("Bad_Id", 1, "share_id"),
+        ("", 1, "share_id"),
+        ("9starts-with-digit", 1, "share_id"),
+    ],
+)
 async def test_bad_create_names_the_field_and_changes_nothing(
-        mesh: LocalMesh, alpha: Client, share_id: str, size: int, field: str) -> None:
+    mesh: LocalMesh, alpha: Client, share_id: str, size: int, field: str
+) -> None:
     before = await live_shares(mesh)
-    error = await _refused(alpha.call(alpha.shares.CreateShare, ss.CreateShareRequest(
-        parent="projects/alpha", share_id=share_id, share=Share(size_gib=size))),
-        grpc.StatusCode.INVALID_ARGUMENT)
+    error = await _refused(
+        alpha.call(
+            alpha.shares.CreateShare,
+            ss.CreateShareRequest(
+                parent="projects/alpha", share_id=share_id, share=Share(size_gib=size)
+            ),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
     assert field in _violations(error)
     assert await live_shares(mesh) == before
 
 
 async def test_unknown_protocol_is_refused(alpha: Client) -> None:
-    request = ss.CreateShareRequest(parent="projects/alpha", share_id="proto",
-                                    share=Share(size_gib=1))
+    request = ss.CreateShareRequest(
+        parent="projects/alpha", share_id="proto", share=Share(size_gib=1)
+    )
     request.share.protocol = 7  # not a Protocol this API knows
-    error = await _refused(alpha.call(alpha.shares.CreateShare, request),
-                           grpc.StatusCode.INVALID_ARGUMENT)
+    error = await _refused(
+        alpha.call(alpha.shares.CreateShare, request), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert "share.protocol" in _violations(error)
 
 
 async def test_missing_or_unknown_key_is_unauthenticated(mesh: LocalMesh) -> None:
     for token in ("", "not-a-key"):
         async with Client(mesh.api_address, token) as anonymous:
-            await _refused(anonymous.call(anonymous.shares.ListShares, ss.ListSharesRequest(
-                parent="projects/alpha")), grpc.StatusCode.UNAUTHENTICATED)
+            await _refused(
+                anonymous.call(
+                    anonymous.shares.ListShares, ss.ListSharesRequest(parent="projects/alpha")
+                ),
+                grpc.StatusCode.UNAUTHENTICATED,
+            )
 
 
 async def test_bad_cidr_and_level(alpha: Client) -> None:
@@ -74,30 +92,50 @@ async def test_bad_cidr_and_level(alpha: Client) -> None:
         ("10.0.0.300", access_rule_pb2.AccessRule.READ_WRITE, "access_rule.access_to"),
         ("host.example", access_rule_pb2.AccessRule.READ_WRITE, "access_rule.access_to"),
         ("10.0.0.0/33", access_rule_pb2.AccessRule.READ_WRITE, "access_rule.access_to"),
-        ("10.0.0.1", access_rule_pb2.AccessRule.ACCESS_LEVEL_UNSPECIFIED,
-         "access_rule.access_level"),
+        (
+            "10.0.0.1",
+            access_rule_pb2.AccessRule.ACCESS_LEVEL_UNSPECIFIED,
+            "access_rule.access_level",
+        ),
     ]:
-        error = await _refused(alpha.call(alpha.shares.CreateAccessRule,
-                                          ss.CreateAccessRuleRequest(
-            parent=share.name, access_rule=access_rule_pb2.AccessRule(
-                access_to=access_to, access_level=level))), grpc.StatusCode.INVALID_ARGUMENT)
+        error = await _refused(
+            alpha.call(
+                alpha.shares.CreateAccessRule,
+                ss.CreateAccessRuleRequest(
+                    parent=share.name,
+                    access_rule=access_rule_pb2.AccessRule(access_to=access_to, access_level=level),
+                ),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
         assert field in _violations(error), (access_to, _violations(error))
     for good in ("10.1.2.0/24", "fd00::/64", "2001:db8::7"):
-        op = await alpha.call(alpha.shares.CreateAccessRule, ss.CreateAccessRuleRequest(
-            parent=share.name, access_rule=access_rule_pb2.AccessRule(
-                access_to=good, access_level=access_rule_pb2.AccessRule.READ_ONLY)))
+        op = await alpha.call(
+            alpha.shares.CreateAccessRule,
+            ss.CreateAccessRuleRequest(
+                parent=share.name,
+                access_rule=access_rule_pb2.AccessRule(
+                    access_to=good, access_level=access_rule_pb2.AccessRule.READ_ONLY
+                ),
+            ),
+        )
         await alpha.wait(op)
-    listed = await alpha.call(alpha.shares.ListAccessRules,
-                              ss.ListAccessRulesRequest(parent=share.name))
+    listed = await alpha.call(
+        alpha.shares.ListAccessRules, ss.ListAccessRulesRequest(parent=share.name)
+    )
     assert len(listed.access_rules) == 3
     await delete_share(alpha, share.name)
 
 
 async def test_request_id_retry_returns_the_same_operation_and_acts_once(
-        mesh: LocalMesh, alpha: Client) -> None:
-    request = ss.CreateShareRequest(parent="projects/alpha", share_id="once",
-                                    request_id="6f1c0a52-2c1e-4e0e-9a55-4a1b9f3f7d10",
-                                    share=Share(size_gib=1))
+    mesh: LocalMesh, alpha: Client
+) -> None:
+    request = ss.CreateShareRequest(
+        parent="projects/alpha",
+        share_id="once",
+        request_id="6f1c0a52-2c1e-4e0e-9a55-4a1b9f3f7d10",
+        share=Share(size_gib=1),
+    )
     first = await alpha.call(alpha.shares.CreateShare, request)
     second = await alpha.call(alpha.shares.CreateShare, request)
     assert first.name == second.name
@@ -107,26 +145,45 @@ async def test_request_id_retry_returns_the_same_operation_and_acts_once(
     assert sum(s.share.name == "projects/alpha/shares/once" for s in await live_shares(mesh)) == 1
 
     request.share.size_gib = 2  # same id, other body
-    error = await _refused(alpha.call(alpha.shares.CreateShare, request),
-                           grpc.StatusCode.INVALID_ARGUMENT)
+    error = await _refused(
+        alpha.call(alpha.shares.CreateShare, request), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert "request_id" in _violations(error)
-    await _refused(alpha.call(alpha.shares.CreateShare, ss.CreateShareRequest(
-        parent="projects/alpha", share_id="once", share=Share(size_gib=1))),
-        grpc.StatusCode.ALREADY_EXISTS)
+    await _refused(
+        alpha.call(
+            alpha.shares.CreateShare,
+            ss.CreateShareRequest(
+                parent="projects/alpha", share_id="once", share=Share(size_gib=1)
+            ),
+        ),
+        grpc.StatusCode.ALREADY_EXISTS,
+    )
     await delete_share(alpha, "projects/alpha/shares/once")
 
 
 async def test_another_projects_share_is_not_found(alpha: Client, beta: Client) -> None:
     share = await create_share(alpha, "alpha", "private")
-    await _refused(beta.call(beta.shares.GetShare, ss.GetShareRequest(name=share.name)),
-                   grpc.StatusCode.NOT_FOUND)
-    await _refused(beta.call(beta.shares.DeleteShare, ss.DeleteShareRequest(name=share.name)),
-                   grpc.StatusCode.NOT_FOUND)
-    await _refused(beta.call(beta.shares.ListShares, ss.ListSharesRequest(
-        parent="projects/alpha")), grpc.StatusCode.PERMISSION_DENIED)
-    await _refused(beta.call(beta.shares.CreateShare, ss.CreateShareRequest(
-        parent="projects/alpha", share_id="sneaky", share=Share(size_gib=1))),
-        grpc.StatusCode.PERMISSION_DENIED)
+    await _refused(
+        beta.call(beta.shares.GetShare, ss.GetShareRequest(name=share.name)),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    await _refused(
+        beta.call(beta.shares.DeleteShare, ss.DeleteShareRequest(name=share.name)),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    await _refused(
+        beta.call(beta.shares.ListShares, ss.ListSharesRequest(parent="projects/alpha")),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    await _refused(
+        beta.call(
+            beta.shares.CreateShare,
+            ss.CreateShareRequest(
+                parent="projects/alpha", share_id="sneaky", share=Share(size_gib=1)
+            ),
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
     mine = await beta.call(beta.shares.ListShares, ss.ListSharesRequest(parent="projects/beta"))
     assert not mine.shares
     await delete_share(alpha, share.name)
@@ -136,17 +193,30 @@ async def test_list_pages_and_filters(alpha: Client) -> None:
     names = [(await create_share(alpha, "alpha", f"page-{i}")).name for i in range(5)]
     seen, token = [], ""
     while True:
-        page = await alpha.call(alpha.shares.ListShares, ss.ListSharesRequest(
-            parent="projects/alpha", page_size=2, page_token=token, filter="state=ACTIVE"))
+        page = await alpha.call(
+            alpha.shares.ListShares,
+            ss.ListSharesRequest(
+                parent="projects/alpha", page_size=2, page_token=token, filter="state=ACTIVE"
+            ),
+        )
         assert len(page.shares) <= 2
         seen += [s.name for s in page.shares]
         token = page.next_page_token
         if not token:
             break
     assert seen == sorted(names)
-    await _refused(alpha.call(alpha.shares.ListShares, ss.ListSharesRequest(
-        parent="projects/alpha", page_token="garbage!")), grpc.StatusCode.INVALID_ARGUMENT)
-    await _refused(alpha.call(alpha.shares.ListShares, ss.ListSharesRequest(
-        parent="projects/alpha", filter="size>3")), grpc.StatusCode.INVALID_ARGUMENT)
+    await _refused(
+        alpha.call(
+            alpha.shares.ListShares,
+            ss.ListSharesRequest(parent="projects/alpha", page_token="garbage!"),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    await _refused(
+        alpha.call(
+            alpha.shares.ListShares, ss.ListSharesRequest(parent="projects/alpha", filter="size>3")
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
     for name in names:
         await delete_share(alpha, name)

@@ -7,10 +7,11 @@ import asyncio
 import grpc
 import pytest
 
-from mesh_ops import Share, allocated_gib, create_share, delete_share, live_shares
 from sharemesh.client import Client, OperationFailed
 from sharemesh.launcher import LocalMesh
 from sharemesh.v1 import share_service_pb2 as ss
+
+from mesh_ops import Share, allocated_gib, create_share, delete_share, live_shares
 
 pytestmark = pytest.mark.e2e
 POOL_GIB = 10
@@ -22,12 +23,14 @@ def capacity_gib() -> int:
 
 
 async def test_a_share_no_pool_can_take_ends_in_error_and_can_be_deleted(
-        mesh: LocalMesh, alpha: Client) -> None:
+    mesh: LocalMesh, alpha: Client
+) -> None:
     with pytest.raises(OperationFailed) as failed:
         await create_share(alpha, "alpha", "too-big", size_gib=POOL_GIB + 1)
     assert failed.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    share = await alpha.call(alpha.shares.GetShare, ss.GetShareRequest(
-        name="projects/alpha/shares/too-big"))
+    share = await alpha.call(
+        alpha.shares.GetShare, ss.GetShareRequest(name="projects/alpha/shares/too-big")
+    )
     assert share.state == Share.ERROR
     assert "capacity filter" in share.state_message and f"{POOL_GIB + 1} GiB" in share.state_message
     assert await allocated_gib(mesh) == 0

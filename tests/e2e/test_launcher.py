@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from sharemesh.runtime.health import check
+
 from support import loops_under, mounts_under, pid_alive, run
 
 pytestmark = pytest.mark.e2e
@@ -31,8 +32,7 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-async def _wait_for_line(process: asyncio.subprocess.Process, prefix: str,
-                         timeout: float) -> str:
+async def _wait_for_line(process: asyncio.subprocess.Process, prefix: str, timeout: float) -> str:
     assert process.stdout is not None
     seen = []
     async with asyncio.timeout(timeout):
@@ -45,8 +45,12 @@ async def _wait_for_line(process: asyncio.subprocess.Process, prefix: str,
 
 async def _cli(env: dict[str, str], *args: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        str(VENV_BIN / "sharemesh"), *args, env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        str(VENV_BIN / "sharemesh"),
+        *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     out, _ = await process.communicate()
     return process.returncode or 0, out.decode()
 
@@ -64,7 +68,9 @@ async def _cli_round_trip(api: str, token: str) -> None:
     assert code == 0 and "export_locations" in out and "127.0.0.1:/" in out, out
     code, out = await _cli(env, "share", "create", "Bad_Id", "--size", "0", "--project", "demo")
     assert code == 1 and "INVALID_ARGUMENT" in out, out
-    code, out = await _cli({**env, "SHAREMESH_TOKEN": "wrong"}, "share", "list", "--project", "demo")
+    code, out = await _cli(
+        {**env, "SHAREMESH_TOKEN": "wrong"}, "share", "list", "--project", "demo"
+    )
     assert code == 1 and "UNAUTHENTICATED" in out, out
     code, out = await _cli(env, "share", "delete", "cli-demo", "--project", "demo")
     assert code == 0, out
@@ -75,24 +81,39 @@ async def _cli_round_trip(api: str, token: str) -> None:
 async def test_up_serves_health_reflection_and_stops_clean(tmp_path: Path) -> None:
     state = tmp_path / "state"
     process = await asyncio.create_subprocess_exec(
-        str(VENV_BIN / "sharemesh"), "up", "--state-dir", str(state), "--api-port", "0",
-        "--lease-ttl", "3", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        str(VENV_BIN / "sharemesh"),
+        "up",
+        "--state-dir",
+        str(state),
+        "--api-port",
+        "0",
+        "--lease-ttl",
+        "3",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     pids: set[int] = set()
     try:
         line = await _wait_for_line(process, "sharemesh api listening on ", 90)
         api = line.rsplit(" ", 1)[1]
         mesh = json.loads((state / "mesh.json").read_text())
-        services = {"api": mesh["api"]["listen"], "scheduler": mesh["scheduler"]["listen"],
-                    "gateway": mesh["gateway"]["listen"],
-                    **{b["name"]: b["listen"] for b in mesh["backends"]}}
+        services = {
+            "api": mesh["api"]["listen"],
+            "scheduler": mesh["scheduler"]["listen"],
+            "gateway": mesh["gateway"]["listen"],
+            **{b["name"]: b["listen"] for b in mesh["backends"]},
+        }
         assert services["api"] == api
         for name, address in services.items():
             assert await check(address) == health_pb2.HealthCheckResponse.SERVING, name
 
         code, listing = await run(str(VENV_BIN / "grpcurl"), "-plaintext", api, "list")
         assert code == 0, listing
-        for service in ("sharemesh.v1.ShareService", "google.longrunning.Operations",
-                        "grpc.health.v1.Health"):
+        for service in (
+            "sharemesh.v1.ShareService",
+            "google.longrunning.Operations",
+            "grpc.health.v1.Health",
+        ):
             assert service in listing.split()
 
         await _cli_round_trip(api, (state / "admin.token").read_text().strip())

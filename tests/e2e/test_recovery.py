@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from mesh_ops import RO, RW, AccessRule, Share, create_share, delete_share, grant, read, write
 from sharemesh.client import Client, OperationFailed
 from sharemesh.launcher import LocalMesh
 from sharemesh.v1 import share_service_pb2 as ss
+
+from mesh_ops import RO, RW, AccessRule, Share, create_share, delete_share, grant, read, write
 from support import pid_alive
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +43,8 @@ async def _until_readable(share: Share, dst: Path, name: str, timeout: float) ->
 
 
 async def test_shares_serve_again_after_driver_host_and_ganesha_are_killed(
-        mesh: LocalMesh, alpha: Client, tmp_path: Path) -> None:
+    mesh: LocalMesh, alpha: Client, tmp_path: Path
+) -> None:
     data = tmp_path / "data.bin"
     data.write_bytes(os.urandom(256 << 10))
     writable = await create_share(alpha, "alpha", "survivor")
@@ -51,9 +53,15 @@ async def test_shares_serve_again_after_driver_host_and_ganesha_are_killed(
     rule = await grant(alpha, readonly.name, "127.0.0.1", RW)
     for share in (writable, readonly):
         assert (await write(share, data, "data.bin"))[0] == 0
-    await alpha.wait(await alpha.call(alpha.shares.UpdateAccessRule, ss.UpdateAccessRuleRequest(
-        access_rule=AccessRule(name=rule.name, access_level=RO),
-        update_mask={"paths": ["access_level"]})))
+    await alpha.wait(
+        await alpha.call(
+            alpha.shares.UpdateAccessRule,
+            ss.UpdateAccessRuleRequest(
+                access_rule=AccessRule(name=rule.name, access_level=RO),
+                update_mask={"paths": ["access_level"]},
+            ),
+        )
+    )
 
     await _kill(mesh.children[DRIVER_HOST].pid)
     await _kill(_ganesha_pid(mesh))
@@ -72,10 +80,13 @@ async def test_shares_serve_again_after_driver_host_and_ganesha_are_killed(
 @pytest.mark.parametrize("victim", ["driver-host-local", "scheduler"])
 @pytest.mark.parametrize("delay", [0.0, 0.1, 0.3])
 async def test_an_interrupted_create_never_stays_creating(
-        mesh: LocalMesh, alpha: Client, victim: str, delay: float) -> None:
+    mesh: LocalMesh, alpha: Client, victim: str, delay: float
+) -> None:
     share_id = f"interrupted-{victim.split('-')[0]}-{int(delay * 1000)}"
-    op = await alpha.call(alpha.shares.CreateShare, ss.CreateShareRequest(
-        parent="projects/alpha", share_id=share_id, share=Share(size_gib=1)))
+    op = await alpha.call(
+        alpha.shares.CreateShare,
+        ss.CreateShareRequest(parent="projects/alpha", share_id=share_id, share=Share(size_gib=1)),
+    )
     await asyncio.sleep(delay)
     await _kill(mesh.children[victim].pid)
     started = time.monotonic()
@@ -83,11 +94,14 @@ async def test_an_interrupted_create_never_stays_creating(
         share = await alpha.wait(op, Share, timeout=SETTLE_SECONDS)
         assert share.state == Share.ACTIVE
     except OperationFailed as failed:
-        share = await alpha.call(alpha.shares.GetShare, ss.GetShareRequest(
-            name=f"projects/alpha/shares/{share_id}"))
+        share = await alpha.call(
+            alpha.shares.GetShare, ss.GetShareRequest(name=f"projects/alpha/shares/{share_id}")
+        )
         assert share.state == Share.ERROR and share.state_message, failed
-    print(f"\n{share_id}: {Share.State.Name(share.state)} {time.monotonic() - started:.2f}s "
-          "after the kill")
+    print(
+        f"\n{share_id}: {Share.State.Name(share.state)} {time.monotonic() - started:.2f}s "
+        "after the kill"
+    )
     await delete_share(alpha, share.name)
 
 

@@ -10,11 +10,23 @@ from pathlib import Path
 import grpc
 import pytest
 
-from mesh_ops import (RO, RW, Share, allocated_gib, create_share, delete_share, grant, read,
-                      revoke, set_level, write)
 from sharemesh.client import Client
 from sharemesh.launcher import LocalMesh
 from sharemesh.v1 import share_service_pb2 as ss
+
+from mesh_ops import (
+    RO,
+    RW,
+    Share,
+    allocated_gib,
+    create_share,
+    delete_share,
+    grant,
+    read,
+    revoke,
+    set_level,
+    write,
+)
 from support import loops_under, mounts_under
 
 pytestmark = pytest.mark.e2e
@@ -77,8 +89,12 @@ async def test_full_journey(mesh: LocalMesh, alpha: Client, mib: Path, tmp_path:
 
     reader = asyncio.create_task(keep_reading())
     await asyncio.sleep(0.3)
-    grown = await alpha.wait(await alpha.call(alpha.shares.ResizeShare, ss.ResizeShareRequest(
-        name=share.name, size_gib=2)), Share)
+    grown = await alpha.wait(
+        await alpha.call(
+            alpha.shares.ResizeShare, ss.ResizeShareRequest(name=share.name, size_gib=2)
+        ),
+        Share,
+    )
     await asyncio.sleep(0.3)
     stop.set()
     await reader
@@ -89,8 +105,9 @@ async def test_full_journey(mesh: LocalMesh, alpha: Client, mib: Path, tmp_path:
     assert code == 0, out
 
     with pytest.raises(grpc.aio.AioRpcError) as shrink:
-        await alpha.call(alpha.shares.ResizeShare, ss.ResizeShareRequest(name=share.name,
-                                                                          size_gib=1))
+        await alpha.call(
+            alpha.shares.ResizeShare, ss.ResizeShareRequest(name=share.name, size_gib=1)
+        )
     assert shrink.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "shrink_support" in shrink.value.details()
 

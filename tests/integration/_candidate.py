@@ -49,7 +49,9 @@ async def main(endpoint: str, prefix: str, name: str, ttl: int, record: str | No
         leadership = campaign.result()
         print(f"LEADER {name}", flush=True)
         if record:
-            work = asyncio.ensure_future(write_until_fenced(Store(client, "/"), record, name, leadership))
+            work = asyncio.ensure_future(
+                write_until_fenced(Store(client, "/"), record, name, leadership)
+            )
         else:
             work = asyncio.ensure_future(session.done.wait())
         await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -67,4 +69,8 @@ if __name__ == "__main__":
     # Die with the test runner, even if it is killed: no orphan keeps a lease alive.
     ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     args = sys.argv[1:]
-    sys.exit(asyncio.run(main(args[0], args[1], args[2], int(args[3]), args[4] if len(args) > 4 else None)))
+    sys.exit(
+        asyncio.run(
+            main(args[0], args[1], args[2], int(args[3]), args[4] if len(args) > 4 else None)
+        )
+    )

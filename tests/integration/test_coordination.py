@@ -20,12 +20,12 @@ from sharemesh.runtime.coordination import (
     Mutex,
     Session,
     Store,
+    _client,
     connect,
     keys,
     leader,
     observe,
 )
-from sharemesh.runtime.coordination import _client
 from sharemesh.runtime.errors import (
     Aborted,
     AlreadyExists,
@@ -37,7 +37,7 @@ from sharemesh.runtime.errors import (
 TTL = 2
 CANDIDATE = Path(__file__).with_name("_candidate.py")
 S = wrappers_pb2.StringValue
-I = wrappers_pb2.Int64Value
+Int64 = wrappers_pb2.Int64Value
 
 
 async def _queue_len(client, prefix: str) -> int:  # type: ignore[no-untyped-def]
@@ -64,8 +64,17 @@ class _Candidate:
     async def start(cls, endpoint: str, prefix: str, name: str, *record: str) -> _Candidate:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(CANDIDATE), endpoint, prefix, name, str(TTL), *record,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)
+            sys.executable,
+            str(CANDIDATE),
+            endpoint,
+            prefix,
+            name,
+            str(TTL),
+            *record,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
         return cls(proc, name)
 
     async def expect(self, line: str, timeout: float) -> None:
@@ -74,9 +83,12 @@ class _Candidate:
             while True:
                 raw = await self.proc.stdout.readline()
                 if not raw:
-                    raise AssertionError(f"{self.name} exited ({self.proc.returncode}) before {line!r}")
+                    raise AssertionError(
+                        f"{self.name} exited ({self.proc.returncode}) before {line!r}"
+                    )
                 if raw.decode().strip().startswith(line):
                     return
+
         await asyncio.wait_for(read(), timeout)
 
     async def stop(self) -> None:
@@ -91,7 +103,9 @@ class _Candidate:
 # 1. leader election across processes
 
 
-async def test_leader_process_killed_successor_takes_over_within_ttl(etcd_server, etcd_client, etcd_root):  # type: ignore[no-untyped-def]
+async def test_leader_process_killed_successor_takes_over_within_ttl(
+    etcd_server, etcd_client, etcd_root
+):  # type: ignore[no-untyped-def]
     prefix = keys.election_prefix(etcd_root, "scheduler")
     candidates: list[_Candidate] = []
     try:
@@ -122,8 +136,11 @@ async def _queue_len_is(client, prefix: str, n: int) -> bool:  # type: ignore[no
 
 async def test_each_candidate_waits_only_for_its_predecessor(etcd_client, etcd_root):  # type: ignore[no-untyped-def]
     prefix = keys.election_prefix(etcd_root, "chain")
-    async with Session(etcd_client, TTL) as s1, Session(etcd_client, TTL) as s2, \
-            Session(etcd_client, TTL) as s3:
+    async with (
+        Session(etcd_client, TTL) as s1,
+        Session(etcd_client, TTL) as s2,
+        Session(etcd_client, TTL) as s3,
+    ):
         e1, e2, e3 = Election(s1, prefix), Election(s2, prefix), Election(s3, prefix)
         await e1.campaign(b"1")
         t2 = asyncio.ensure_future(e2.campaign(b"2"))
@@ -275,7 +292,8 @@ async def test_twenty_racing_writers_exactly_one_wins(etcd_server, etcd_client, 
         stores = [Store(c, etcd_root) for c in clients]
         results = await asyncio.gather(
             *(stores[i % 4].update(key, S(value=f"w{i}"), base.mod_revision) for i in range(20)),
-            return_exceptions=True)
+            return_exceptions=True,
+        )
     wins = [r for r in results if isinstance(r, int)]
     losses = [r for r in results if isinstance(r, Aborted)]
     assert len(wins) == 1 and len(losses) == 19, results
@@ -306,21 +324,30 @@ async def test_txn_writes_record_operation_and_counter_atomically(etcd_client, e
     share = store.key_of("projects/p1/shares/s1")
     op = store.key_of("projects/p1/operations/op1")
     counter = keys.allocation_key(etcd_root, "b1", "pool1")
-    await store.create(counter, I(value=0))
-    alloc = await store.get(counter, I)
-    rev = await (store.txn().create(share, S(value="share")).create(op, S(value="op"))
-                 .put(counter, I(value=10), expected_mod_revision=alloc.mod_revision).commit())
+    await store.create(counter, Int64(value=0))
+    alloc = await store.get(counter, Int64)
+    rev = await (
+        store.txn()
+        .create(share, S(value="share"))
+        .create(op, S(value="op"))
+        .put(counter, Int64(value=10), expected_mod_revision=alloc.mod_revision)
+        .commit()
+    )
     assert (await store.get(share, S)).create_revision == rev
     assert (await store.get(op, S)).value.value == "op"
-    assert (await store.get(counter, I)).value.value == 10
+    assert (await store.get(counter, Int64)).value.value == 10
 
     # A second reservation against the stale counter writes nothing at all.
     share2 = store.key_of("projects/p1/shares/s2")
     with pytest.raises(Aborted, match="pool1"):
-        await (store.txn().create(share2, S(value="share2"))
-               .put(counter, I(value=20), expected_mod_revision=alloc.mod_revision).commit())
+        await (
+            store.txn()
+            .create(share2, S(value="share2"))
+            .put(counter, Int64(value=20), expected_mod_revision=alloc.mod_revision)
+            .commit()
+        )
     assert await store.get(share2, S) is None
-    assert (await store.get(counter, I)).value.value == 10
+    assert (await store.get(counter, Int64)).value.value == 10
 
     with pytest.raises(AlreadyExists, match="operations/op1"):
         await store.txn().create(share2, S(value="x")).create(op, S(value="again")).commit()
@@ -361,7 +388,9 @@ async def test_mutex_try_acquire_busy_and_handover_on_session_close(etcd_client,
 
         current = await store.get(record, S)
         with pytest.raises(FencedOut):
-            await store.update(record, S(value="old holder"), current.mod_revision, fences=[held.fence()])
+            await store.update(
+                record, S(value="old holder"), current.mod_revision, fences=[held.fence()]
+            )
         await store.update(record, S(value="v2"), current.mod_revision, fences=[other.fence()])
         await other.release()
         assert await _queue_len(etcd_client, prefix) == 0
@@ -373,9 +402,11 @@ async def test_mutex_lock_context_and_fifo(etcd_client, etcd_root):  # type: ign
     async with Session(etcd_client, TTL) as s1, Session(etcd_client, TTL) as s2:
         m1, m2 = Mutex(s1, prefix), Mutex(s2, prefix)
         async with m1.lock():
+
             async def second() -> None:
                 async with m2.lock():
                     order.append("m2")
+
             task = asyncio.ensure_future(second())
             await _wait_for(lambda: _queue_len_is(etcd_client, prefix, 2), what="m2 queued")
             order.append("m1")
@@ -412,8 +443,9 @@ async def test_list_pages_in_key_order_at_fixed_revision(etcd_client, etcd_root)
     await store.create(store.key_of("projects/p1/shares/s05a"), S(value="late"))
     await store.delete(store.key_of("projects/p1/shares/s20"))
     while more:
-        items, read_rev, more = await store.list(prefix, S, start_after=items[-1].key, limit=10,
-                                                 revision=revision)
+        items, read_rev, more = await store.list(
+            prefix, S, start_after=items[-1].key, limit=10, revision=revision
+        )
         assert read_rev == revision
         pages += 1
         got += [store.name_of(i.key) for i in items]
@@ -423,7 +455,9 @@ async def test_list_pages_in_key_order_at_fixed_revision(etcd_client, etcd_root)
 
     current, _, more = await store.list(prefix, S, limit=100)
     assert not more
-    assert len(current) == 25 and "projects/p1/shares/s05a" in [store.name_of(i.key) for i in current]
+    assert len(current) == 25 and "projects/p1/shares/s05a" in [
+        store.name_of(i.key) for i in current
+    ]
 
 
 async def test_compacted_page_token_is_invalid_argument(etcd_client, etcd_root):  # type: ignore[no-untyped-def]
@@ -449,11 +483,13 @@ async def test_watch_prefix_from_revision(etcd_client, etcd_root):  # type: igno
     await store.update(key, S(value="w2"), rev)
     await store.delete(key)
     events = []
+
     async def collect() -> None:
         async for event in store.watch_prefix(prefix, revision + 1, msg_type=S):
             events.append(event)
             if len(events) == 3:
                 return
+
     await asyncio.wait_for(collect(), 5)
     assert [e.kind for e in events] == ["PUT", "PUT", "DELETE"]
     assert [e.value.value if e.value else None for e in events] == ["w1", "w2", None]

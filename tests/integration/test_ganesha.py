@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from support import ensure_rpcbind, nfs_read, nfs_write, processes_mentioning
 
 from sharemesh.ganesha import ClientRule, Export, GaneshaInstance
 from sharemesh.runtime.ports import free_port
+
+from support import ensure_rpcbind, nfs_read, nfs_write, processes_mentioning
 
 pytestmark = [
     pytest.mark.integration,

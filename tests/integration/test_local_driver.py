@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from support import ensure_rpcbind, nfs_read, nfs_url, nfs_write, processes_mentioning, run
 
 from sharemesh.driver_host.drivers import (
     AccessRuleSpec,
@@ -22,10 +21,12 @@ from sharemesh.driver_host.drivers import (
     LocalDriver,
     LocalDriverConfig,
     ShareSpec,
+    _loopfs,
 )
-from sharemesh.driver_host.drivers import _loopfs
 from sharemesh.runtime.errors import FailedPrecondition, ResourceExhausted
 from sharemesh.runtime.ports import free_port
+
+from support import ensure_rpcbind, nfs_read, nfs_url, nfs_write, processes_mentioning, run
 
 pytestmark = [
     pytest.mark.integration,

@@ -10,8 +10,10 @@ R = "/sharemesh/"
     ("name", "key"),
     [
         ("projects/p1/shares/s1", "/sharemesh/shares/projects/p1/shares/s1"),
-        ("projects/p1/shares/s1/accessRules/r1",
-         "/sharemesh/accessRules/projects/p1/shares/s1/accessRules/r1"),
+        (
+            "projects/p1/shares/s1/accessRules/r1",
+            "/sharemesh/accessRules/projects/p1/shares/s1/accessRules/r1",
+        ),
         ("shareTypes/x", "/sharemesh/shareTypes/shareTypes/x"),
         ("projects/p/operations/op1", "/sharemesh/operations/projects/p/operations/op1"),
     ],
@@ -25,7 +27,9 @@ def test_key_of_and_back(name: str, key: str) -> None:
 def test_prefix_of() -> None:
     assert keys.prefix_of(R, "projects/p1", "shares") == "/sharemesh/shares/projects/p1/shares/"
     assert keys.prefix_of(R, "", "shareTypes") == "/sharemesh/shareTypes/shareTypes/"
-    assert keys.key_of(R, "projects/p1/shares/s1").startswith(keys.prefix_of(R, "projects/p1", "shares"))
+    assert keys.key_of(R, "projects/p1/shares/s1").startswith(
+        keys.prefix_of(R, "projects/p1", "shares")
+    )
 
 
 def test_nested_collection_not_in_parent_range() -> None:
@@ -39,9 +43,21 @@ def test_nested_collection_not_in_parent_range() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["", "projects", "projects/", "projects//shares/s1", "projects/p1/shares",
-     "projects/p1/shares/", "Projects/p1", "projects/./shares/s1", "projects/../x",
-     "projects/p\x00/shares/s1", "projects/p\n1", "1projects/p", "pro-jects/p"],
+    [
+        "",
+        "projects",
+        "projects/",
+        "projects//shares/s1",
+        "projects/p1/shares",
+        "projects/p1/shares/",
+        "Projects/p1",
+        "projects/./shares/s1",
+        "projects/../x",
+        "projects/p\x00/shares/s1",
+        "projects/p\n1",
+        "1projects/p",
+        "pro-jects/p",
+    ],
 )
 def test_bad_names_rejected(name: str) -> None:
     with pytest.raises(InvalidArgument):
@@ -60,9 +76,13 @@ def test_root_slash_alone_is_allowed() -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["/other/shares/projects/p1/shares/s1", "/sharemesh/shares",
-     "/sharemesh/volumes/projects/p1/shares/s1", "/sharemesh/shares/projects/p1",
-     "/sharemesh/registry/backends/b1"],
+    [
+        "/other/shares/projects/p1/shares/s1",
+        "/sharemesh/shares",
+        "/sharemesh/volumes/projects/p1/shares/s1",
+        "/sharemesh/shares/projects/p1",
+        "/sharemesh/registry/backends/b1",
+    ],
 )
 def test_name_of_rejects_foreign_keys(key: str) -> None:
     with pytest.raises(InvalidArgument):

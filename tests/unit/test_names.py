@@ -6,14 +6,24 @@ from sharemesh.runtime.errors import InvalidArgument
 
 def test_parse_share_name():
     assert names.SHARE.parse("name", "projects/p1/shares/data-1") == {
-        "project": "p1", "share": "data-1"}
+        "project": "p1",
+        "share": "data-1",
+    }
 
 
-@pytest.mark.parametrize("bad", [
-    "projects/p1/shares/", "projects/p1/shares/Data", "projects/p1/shares/1abc",
-    "projects/p1/shares/a/accessRules/b", "project/p1/shares/a", "projects/p1/shares/a-",
-    "projects/p1/shares/" + "a" * 64, "projects/p1/shares/a_b",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "projects/p1/shares/",
+        "projects/p1/shares/Data",
+        "projects/p1/shares/1abc",
+        "projects/p1/shares/a/accessRules/b",
+        "project/p1/shares/a",
+        "projects/p1/shares/a-",
+        "projects/p1/shares/" + "a" * 64,
+        "projects/p1/shares/a_b",
+    ],
+)
 def test_bad_share_names_name_the_field(bad):
     with pytest.raises(InvalidArgument) as e:
         names.SHARE.parse("name", bad)

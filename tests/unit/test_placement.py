@@ -21,7 +21,9 @@ def test_exact_fit_is_accepted():
 
 
 def test_tried_pools_are_skipped():
-    assert choose([pool("a", 10, 0), pool("b", 5, 0)], 1, tried=["backends/b/pools/a"]).pool.endswith("/b")
+    assert choose(
+        [pool("a", 10, 0), pool("b", 5, 0)], 1, tried=["backends/b/pools/a"]
+    ).pool.endswith("/b")
     with pytest.raises(NoValidPool, match="every pool has been tried"):
         choose([pool("a", 10, 0)], 1, tried=["backends/b/pools/a"])
 

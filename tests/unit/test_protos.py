@@ -92,9 +92,19 @@ def test_reads_are_not_long_running() -> None:
 
 PUBLIC_FILES = [
     importlib.import_module(f"sharemesh.v1.{name}_pb2").DESCRIPTOR
-    for name in ("share", "access_rule", "snapshot", "share_network", "share_type", "pool",
-                 "operation_metadata", "share_service", "share_network_service",
-                 "share_type_service", "pool_service")
+    for name in (
+        "share",
+        "access_rule",
+        "snapshot",
+        "share_network",
+        "share_type",
+        "pool",
+        "operation_metadata",
+        "share_service",
+        "share_network_service",
+        "share_type_service",
+        "pool_service",
+    )
 ]
 PUBLIC_FIELDS = [f for fd in PUBLIC_FILES for m in _messages(fd) for f in m.fields]
 
@@ -110,7 +120,9 @@ def test_every_public_field_has_field_behavior(field: descriptor.FieldDescriptor
 def test_resource_has_pattern_and_identifier_name(resource: str) -> None:
     msg = share_service_pb2.DESCRIPTOR.pool.FindMessageTypeByName(f"sharemesh.v1.{resource}")
     assert msg.GetOptions().Extensions[resource_pb2.resource].pattern
-    behaviors = msg.fields_by_name["name"].GetOptions().Extensions[field_behavior_pb2.field_behavior]
+    behaviors = (
+        msg.fields_by_name["name"].GetOptions().Extensions[field_behavior_pb2.field_behavior]
+    )
     assert field_behavior_pb2.IDENTIFIER in behaviors
 
 
@@ -118,7 +130,13 @@ def test_resource_has_pattern_and_identifier_name(resource: str) -> None:
 def test_state_is_short_and_nested(resource: str) -> None:
     msg = share_service_pb2.DESCRIPTOR.pool.FindMessageTypeByName(f"sharemesh.v1.{resource}")
     assert [v.name for v in msg.enum_types_by_name["State"].values] == [
-        "STATE_UNSPECIFIED", "CREATING", "ACTIVE", "UPDATING", "DELETING", "ERROR"]
+        "STATE_UNSPECIFIED",
+        "CREATING",
+        "ACTIVE",
+        "UPDATING",
+        "DELETING",
+        "ERROR",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -41,8 +41,9 @@ def _print(args: argparse.Namespace, item: message.Message, columns: list[str]) 
     for column in columns:
         value = data.get(column, "")
         if column == "export_locations" and value:
-            value = ", ".join(f"{e['path']} (nfs {e.get('nfs_port')}, mount {e.get('mount_port')})"
-                              for e in value)
+            value = ", ".join(
+                f"{e['path']} (nfs {e.get('nfs_port')}, mount {e.get('mount_port')})" for e in value
+            )
         print(f"{column:18} {value}")
 
 
@@ -57,24 +58,43 @@ def _table(rows: list[message.Message], columns: list[str], as_json: bool) -> No
         print("  ".join(str(d.get(c, "")).ljust(w) for c, w in zip(columns, widths)))
 
 
-SHARE_COLUMNS = ["name", "size_gib", "state", "state_message", "share_type", "pool",
-                 "export_locations", "create_time", "etag"]
+SHARE_COLUMNS = [
+    "name",
+    "size_gib",
+    "state",
+    "state_message",
+    "share_type",
+    "pool",
+    "export_locations",
+    "create_time",
+    "etag",
+]
 RULE_COLUMNS = ["name", "access_to", "access_level", "state", "state_message"]
 
 
 async def share_create(c: Client, args: argparse.Namespace) -> None:
     share = Share(size_gib=args.size, share_type=args.type or "", share_network=args.network or "")
-    op = await c.call(c.shares.CreateShare, ss.CreateShareRequest(
-        parent=f"projects/{_project(args)}", share_id=args.id, share=share,
-        request_id=args.request_id or ""))
+    op = await c.call(
+        c.shares.CreateShare,
+        ss.CreateShareRequest(
+            parent=f"projects/{_project(args)}",
+            share_id=args.id,
+            share=share,
+            request_id=args.request_id or "",
+        ),
+    )
     _print(args, await c.wait(op, Share) if args.wait else op, SHARE_COLUMNS)
 
 
 async def share_list(c: Client, args: argparse.Namespace) -> None:
     shares, token = [], ""
     while True:
-        page = await c.call(c.shares.ListShares, ss.ListSharesRequest(
-            parent=f"projects/{_project(args)}", page_token=token, filter=args.filter or ""))
+        page = await c.call(
+            c.shares.ListShares,
+            ss.ListSharesRequest(
+                parent=f"projects/{_project(args)}", page_token=token, filter=args.filter or ""
+            ),
+        )
         shares += page.shares
         token = page.next_page_token
         if not token:
@@ -83,41 +103,58 @@ async def share_list(c: Client, args: argparse.Namespace) -> None:
 
 
 async def share_show(c: Client, args: argparse.Namespace) -> None:
-    _print(args, await c.call(c.shares.GetShare, ss.GetShareRequest(
-        name=_share_name(args, args.name))), SHARE_COLUMNS)
+    _print(
+        args,
+        await c.call(c.shares.GetShare, ss.GetShareRequest(name=_share_name(args, args.name))),
+        SHARE_COLUMNS,
+    )
 
 
 async def share_delete(c: Client, args: argparse.Namespace) -> None:
-    op = await c.call(c.shares.DeleteShare, ss.DeleteShareRequest(
-        name=_share_name(args, args.name), force=args.force))
+    op = await c.call(
+        c.shares.DeleteShare,
+        ss.DeleteShareRequest(name=_share_name(args, args.name), force=args.force),
+    )
     if args.wait:
         await c.wait(op)
     print(f"deleted {_share_name(args, args.name)}" if args.wait else op.name)
 
 
 async def share_resize(c: Client, args: argparse.Namespace) -> None:
-    op = await c.call(c.shares.ResizeShare, ss.ResizeShareRequest(
-        name=_share_name(args, args.name), size_gib=args.size))
+    op = await c.call(
+        c.shares.ResizeShare,
+        ss.ResizeShareRequest(name=_share_name(args, args.name), size_gib=args.size),
+    )
     _print(args, await c.wait(op, Share) if args.wait else op, SHARE_COLUMNS)
 
 
 async def access_create(c: Client, args: argparse.Namespace) -> None:
-    op = await c.call(c.shares.CreateAccessRule, ss.CreateAccessRuleRequest(
-        parent=_share_name(args, args.share), access_rule=AccessRule(
-            access_to=args.to, access_level=LEVELS[args.level])))
+    op = await c.call(
+        c.shares.CreateAccessRule,
+        ss.CreateAccessRuleRequest(
+            parent=_share_name(args, args.share),
+            access_rule=AccessRule(access_to=args.to, access_level=LEVELS[args.level]),
+        ),
+    )
     _print(args, await c.wait(op, AccessRule) if args.wait else op, RULE_COLUMNS)
 
 
 async def access_list(c: Client, args: argparse.Namespace) -> None:
-    page = await c.call(c.shares.ListAccessRules, ss.ListAccessRulesRequest(
-        parent=_share_name(args, args.share), page_size=1000))
+    page = await c.call(
+        c.shares.ListAccessRules,
+        ss.ListAccessRulesRequest(parent=_share_name(args, args.share), page_size=1000),
+    )
     _table(list(page.access_rules), RULE_COLUMNS, args.json)
 
 
 async def access_update(c: Client, args: argparse.Namespace) -> None:
-    op = await c.call(c.shares.UpdateAccessRule, ss.UpdateAccessRuleRequest(
-        access_rule=AccessRule(name=args.name, access_level=LEVELS[args.level]),
-        update_mask=field_mask_pb2.FieldMask(paths=["access_level"])))
+    op = await c.call(
+        c.shares.UpdateAccessRule,
+        ss.UpdateAccessRuleRequest(
+            access_rule=AccessRule(name=args.name, access_level=LEVELS[args.level]),
+            update_mask=field_mask_pb2.FieldMask(paths=["access_level"]),
+        ),
+    )
     _print(args, await c.wait(op, AccessRule) if args.wait else op, RULE_COLUMNS)
 
 
@@ -157,8 +194,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--project", help="project (default: $SHAREMESH_PROJECT)")
     common.add_argument("--json", action="store_true", help="print JSON")
-    common.add_argument("--no-wait", dest="wait", action="store_false",
-                        help="print the Operation instead of waiting for it")
+    common.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        help="print the Operation instead of waiting for it",
+    )
 
     share = commands.add_parser("share", help="shares").add_subparsers(dest="verb", required=True)
     p = share.add_parser("create", parents=[common], help="create a share")
@@ -183,7 +224,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.set_defaults(run=_run(share_resize))
 
     access = commands.add_parser("access", help="access rules").add_subparsers(
-        dest="verb", required=True)
+        dest="verb", required=True
+    )
     p = access.add_parser("create", parents=[common], help="let a host mount a share")
     p.add_argument("share")
     p.add_argument("--to", required=True, help="IP address or CIDR")

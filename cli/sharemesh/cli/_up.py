@@ -13,11 +13,19 @@ from sharemesh.runtime import logs, server
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     up = commands.add_parser("up", help="run etcd and every service on this machine")
-    up.add_argument("--state-dir", type=Path, required=True,
-                    help="keeps etcd data, pool images, logs and the admin key")
+    up.add_argument(
+        "--state-dir",
+        type=Path,
+        required=True,
+        help="keeps etcd data, pool images, logs and the admin key",
+    )
     up.add_argument("--config", type=Path, help="mesh config (TOML)")
-    up.add_argument("--api-port", type=int, default=DEFAULT_API_PORT,
-                    help=f"public API port on loopback (default {DEFAULT_API_PORT}; 0 picks one)")
+    up.add_argument(
+        "--api-port",
+        type=int,
+        default=DEFAULT_API_PORT,
+        help=f"public API port on loopback (default {DEFAULT_API_PORT}; 0 picks one)",
+    )
     up.add_argument("--lease-ttl", type=int, help="lease TTL in seconds (tests use 2-3)")
     up.set_defaults(run=run)
 
@@ -29,8 +37,11 @@ def run(args: argparse.Namespace) -> int:
     async def main(stop: asyncio.Event) -> None:
         async with LocalMesh(args.state_dir, args.config, args.api_port, args.lease_ttl) as mesh:
             print(f"sharemesh api listening on {mesh.api_address}", flush=True)
-            log.info("admin key in %s; logs in %s", args.state_dir / "admin.token",
-                     args.state_dir / "logs")
+            log.info(
+                "admin key in %s; logs in %s",
+                args.state_dir / "admin.token",
+                args.state_dir / "logs",
+            )
             await stop.wait()
             log.info("stopping")
 

@@ -20,8 +20,10 @@ class OperationFailed(Exception):
     def __init__(self, operation: operations_pb2.Operation) -> None:
         self.operation = operation
         self.error: ShareMeshError = from_status(operation.error)
-        self.code = next((c for c in grpc.StatusCode if c.value[0] == operation.error.code),
-                         grpc.StatusCode.UNKNOWN)
+        self.code = next(
+            (c for c in grpc.StatusCode if c.value[0] == operation.error.code),
+            grpc.StatusCode.UNKNOWN,
+        )
         super().__init__(f"{operation.name}: {self.code.name}: {operation.error.message}")
 
 
@@ -50,8 +52,12 @@ class Client:
         """Calls a stub method with this client's credentials."""
         return await method(request, metadata=self.metadata, timeout=timeout)
 
-    async def wait(self, operation: operations_pb2.Operation, response_type: type[M] | None = None,
-                   timeout: float = 120.0) -> M | None:
+    async def wait(
+        self,
+        operation: operations_pb2.Operation,
+        response_type: type[M] | None = None,
+        timeout: float = 120.0,
+    ) -> M | None:
         """Waits for the Operation; its response, or OperationFailed with its error."""
         deadline = time.monotonic() + timeout
         while not operation.done:
@@ -59,7 +65,8 @@ class Client:
             if left <= 0:
                 raise TimeoutError(f"{operation.name} is not done after {timeout:.0f}s")
             request = operations_pb2.WaitOperationRequest(
-                name=operation.name, timeout=duration_pb2.Duration(seconds=max(int(left), 1)))
+                name=operation.name, timeout=duration_pb2.Duration(seconds=max(int(left), 1))
+            )
             operation = await self.call(self.operations.WaitOperation, request, left + 5)
         if operation.HasField("error"):
             raise OperationFailed(operation)

@@ -26,8 +26,9 @@ def _die_with_parent() -> None:
 class Child:
     """One supervised service process."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self._argv = list(argv)
         self._log_path = log_path
@@ -50,9 +51,13 @@ class Child:
     async def _spawn(self) -> None:
         with open(self._log_path, "ab") as out:
             self._process = await asyncio.create_subprocess_exec(
-                *self._argv, stdin=asyncio.subprocess.DEVNULL, stdout=out,
-                stderr=asyncio.subprocess.STDOUT, env=self._env,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                *self._argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                env=self._env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     async def _watch(self) -> None:
@@ -65,8 +70,13 @@ class Child:
                 return
             if time.monotonic() - started > 5:
                 backoff = 0.5  # it ran a while, so it is not crash-looping: restart soon
-            log.warning("%s exited with %s; restarting in %.1fs (log: %s)",
-                        self.name, code, backoff, self._log_path)
+            log.warning(
+                "%s exited with %s; restarting in %.1fs (log: %s)",
+                self.name,
+                code,
+                backoff,
+                self._log_path,
+            )
             await asyncio.sleep(backoff)
             if self._stopping:
                 return

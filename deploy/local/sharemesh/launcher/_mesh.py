@@ -33,8 +33,13 @@ DEFAULT_CAPACITY_GIB = 50
 class LocalMesh:
     """`async with LocalMesh(...) as mesh:` runs the whole mesh until the block ends."""
 
-    def __init__(self, state_dir: Path, config_file: Path | None = None,
-                 api_port: int = DEFAULT_API_PORT, lease_ttl_seconds: int | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        config_file: Path | None = None,
+        api_port: int = DEFAULT_API_PORT,
+        lease_ttl_seconds: int | None = None,
+    ) -> None:
         self.state_dir = state_dir.resolve()
         self._config_file = config_file
         self._api_port = api_port
@@ -68,8 +73,9 @@ class LocalMesh:
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         self._ensure_admin_token()
         raw = self._resolve()
-        self.etcd = EtcdServer(self.state_dir / "etcd", client_port=self.etcd_ports[0],
-                               peer_port=self.etcd_ports[1])
+        self.etcd = EtcdServer(
+            self.state_dir / "etcd", client_port=self.etcd_ports[0], peer_port=self.etcd_ports[1]
+        )
         await self.etcd.start()
         raw["etcd"]["endpoint"] = self.etcd.endpoint
         resolved = self.state_dir / "mesh.json"
@@ -81,8 +87,9 @@ class LocalMesh:
         # The api goes last, so that when it answers the services it nudges are there.
         for child in self.children.values():
             await child.start()
-        await asyncio.gather(*(wait_serving(address, timeout=60)
-                               for address in self._addresses().values()))
+        await asyncio.gather(
+            *(wait_serving(address, timeout=60) for address in self._addresses().values())
+        )
 
     async def stop(self) -> None:
         """Stops the api first (no new work), then the services, then etcd."""
@@ -94,8 +101,11 @@ class LocalMesh:
 
     def _addresses(self) -> dict[str, str]:
         assert self.config is not None
-        addresses = {"api": self.config.api.listen, "scheduler": self.config.scheduler.listen,
-                     "gateway": self.config.gateway.listen}
+        addresses = {
+            "api": self.config.api.listen,
+            "scheduler": self.config.scheduler.listen,
+            "gateway": self.config.gateway.listen,
+        }
         for backend in self.config.backends:
             addresses[f"driver-host-{backend.name}"] = backend.listen
         return addresses
@@ -105,15 +115,29 @@ class LocalMesh:
         logs = self.state_dir / "logs"
         py = sys.executable
         cfg = ["--config", str(resolved)]
-        children = {"scheduler": Child("scheduler", [py, "-m", "sharemesh.scheduler", *cfg],
-                                       logs / "scheduler.log")}
+        children = {
+            "scheduler": Child(
+                "scheduler", [py, "-m", "sharemesh.scheduler", *cfg], logs / "scheduler.log"
+            )
+        }
         for backend in self.config.backends:
             name = f"driver-host-{backend.name}"
-            children[name] = Child(name, [py, "-m", "sharemesh.driver_host", *cfg,
-                                          "--backend", backend.name, "--own-servers"],
-                                   logs / f"{name}.log")
-        children["gateway"] = Child("gateway", [py, "-m", "sharemesh.gateway", *cfg,
-                                                "--own-servers"], logs / "gateway.log")
+            children[name] = Child(
+                name,
+                [
+                    py,
+                    "-m",
+                    "sharemesh.driver_host",
+                    *cfg,
+                    "--backend",
+                    backend.name,
+                    "--own-servers",
+                ],
+                logs / f"{name}.log",
+            )
+        children["gateway"] = Child(
+            "gateway", [py, "-m", "sharemesh.gateway", *cfg, "--own-servers"], logs / "gateway.log"
+        )
         children["api"] = Child("api", [py, "-m", "sharemesh.api", *cfg], logs / "api.log")
         return children
 
@@ -149,8 +173,13 @@ class LocalMesh:
         raw["gateway"].setdefault("state_dir", str(self.state_dir / "gateway"))
         backends = raw.setdefault("backends", [])
         if not backends:
-            backends.append({"name": "local", "driver": "local",
-                             "options": {"capacity_gib": DEFAULT_CAPACITY_GIB}})
+            backends.append(
+                {
+                    "name": "local",
+                    "driver": "local",
+                    "options": {"capacity_gib": DEFAULT_CAPACITY_GIB},
+                }
+            )
         for backend in backends:
             backend["listen"] = f"127.0.0.1:{free_port()}"
             options = backend.setdefault("options", {})

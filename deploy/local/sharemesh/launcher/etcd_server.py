@@ -72,13 +72,20 @@ class EtcdServer:
         peer = f"http://127.0.0.1:{self.peer_port}"
         return [
             self.binary,
-            "--name", self.name,
-            "--data-dir", str(self.data_dir),
-            "--listen-client-urls", client,
-            "--advertise-client-urls", client,
-            "--listen-peer-urls", peer,
-            "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{self.name}={peer}",
+            "--name",
+            self.name,
+            "--data-dir",
+            str(self.data_dir),
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"{self.name}={peer}",
             "--auto-compaction-mode=periodic",
             f"--auto-compaction-retention={self.compaction_retention}",
             "--logger=zap",
@@ -105,8 +112,12 @@ class EtcdServer:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "ab") as log:
                 self._process = subprocess.Popen(
-                    self._command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    preexec_fn=_die_with_parent, close_fds=True,
+                    self._command(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    preexec_fn=_die_with_parent,
+                    close_fds=True,
                 )
             try:
                 await self._wait_healthy(timeout)
@@ -116,7 +127,9 @@ class EtcdServer:
                 self._process = None
                 if attempt + 1 < attempts and "address already in use" in tail:
                     continue
-                raise Unavailable(f"etcd exited during start; log {self.log_path}:\n{tail}") from None
+                raise Unavailable(
+                    f"etcd exited during start; log {self.log_path}:\n{tail}"
+                ) from None
             except BaseException:
                 await self.kill()
                 raise
@@ -137,8 +150,10 @@ class EtcdServer:
             except Exception as error:  # noqa: BLE001 - retried until the deadline
                 last = error
                 await asyncio.sleep(0.1)
-        raise Unavailable(f"etcd at {self.endpoint} not healthy after {timeout}s: {last}; "
-                          f"log {self.log_path}:\n{self._log_tail()}")
+        raise Unavailable(
+            f"etcd at {self.endpoint} not healthy after {timeout}s: {last}; "
+            f"log {self.log_path}:\n{self._log_tail()}"
+        )
 
     async def _reap(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -46,9 +46,18 @@ class ExportMgr:
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus_address)
         try:
             done = await commands.run(
-                "dbus-send", "--system", "--print-reply",
-                f"--reply-timeout={int(self.timeout * 1000)}", f"--dest={_DEST}", _PATH,
-                f"{_IFACE}.{method}", *args, env=env, timeout=self.timeout + 5, check=False)
+                "dbus-send",
+                "--system",
+                "--print-reply",
+                f"--reply-timeout={int(self.timeout * 1000)}",
+                f"--dest={_DEST}",
+                _PATH,
+                f"{_IFACE}.{method}",
+                *args,
+                env=env,
+                timeout=self.timeout + 5,
+                check=False,
+            )
         except commands.CommandError:
             raise DBusError("", f"{method} timed out") from None
         if done.returncode != 0:
@@ -78,13 +87,13 @@ class ExportMgr:
             export_id=int(eid),
             path=path,
             pseudo=pseudo,
-            clients=tuple(
-                (c[0], "RW" if int(c[8]) & _WRITE_ACCESS else "RO") for c in clients
-            ),
+            clients=tuple((c[0], "RW" if int(c[8]) & _WRITE_ACCESS else "RO") for c in clients),
         )
 
     async def add(self, file: str, export_id: int) -> str:
-        reply = await self.call("AddExport", f"string:{file}", f"string:EXPORT(Export_Id={export_id})")
+        reply = await self.call(
+            "AddExport", f"string:{file}", f"string:EXPORT(Export_Id={export_id})"
+        )
         return str(reply[0]) if reply else ""
 
     async def update(self, file: str, export_id: int) -> str:
@@ -111,7 +120,7 @@ def parse_reply(text: str) -> list[Any]:
             done = stack.pop()
             stack[-1].append(done)
         elif line.startswith("string "):
-            value = line[len("string "):]
+            value = line[len("string ") :]
             stack[-1].append(value[1:-1] if value.startswith('"') else value)
         else:
             kind, _, value = line.partition(" ")

@@ -135,4 +135,6 @@ def _config_client(client: str) -> str:
 
 def _check_text(name: str, value: str) -> None:
     if not value or _UNSAFE.search(value):
-        raise InvalidArgument(name, f"empty or contains a character Ganesha cannot quote: {value!r}")
+        raise InvalidArgument(
+            name, f"empty or contains a character Ganesha cannot quote: {value!r}"
+        )

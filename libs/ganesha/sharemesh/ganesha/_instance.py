@@ -162,8 +162,16 @@ class GaneshaInstance:
         self.pid_file.unlink(missing_ok=True)
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus_address)
         argv = [
-            _GANESHA, "-F", "-f", str(self.config_file), "-p", str(self.pid_file),
-            "-L", str(self.log_file), "-N", "NIV_EVENT",
+            _GANESHA,
+            "-F",
+            "-f",
+            str(self.config_file),
+            "-p",
+            str(self.pid_file),
+            "-L",
+            str(self.log_file),
+            "-N",
+            "NIV_EVENT",
         ]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
@@ -173,7 +181,11 @@ class GaneshaInstance:
         self._stopped = False
         log.info(
             "started ganesha pid %s on nfs %s / mount %s in %.2fs (%s)",
-            proc.pid, self.nfs_port, self.mount_port, time.monotonic() - started, self.state_dir,
+            proc.pid,
+            self.nfs_port,
+            self.mount_port,
+            time.monotonic() - started,
+            self.state_dir,
         )
 
     async def _start_bus(self) -> None:
@@ -206,7 +218,9 @@ class GaneshaInstance:
                 return
             await asyncio.sleep(0.02)
         await self._terminate(proc.pid, "ganesha")
-        raise Internal(f"ganesha did not serve within {self.start_timeout}s; log:\n{self._log_tail()}")
+        raise Internal(
+            f"ganesha did not serve within {self.start_timeout}s; log:\n{self._log_tail()}"
+        )
 
     async def stop(self) -> None:
         """Stop Ganesha and its bus (idempotent). Export files stay for the next start."""
@@ -221,7 +235,9 @@ class GaneshaInstance:
         if pid is None:
             return
         comm, needle = (
-            (_GANESHA, str(self.config_file)) if what == "ganesha" else (_DBUS, str(self.bus_config))
+            (_GANESHA, str(self.config_file))
+            if what == "ganesha"
+            else (_DBUS, str(self.bus_config))
         )
         for sig, wait in ((signal.SIGTERM, self.stop_timeout), (signal.SIGKILL, 5.0)):
             try:
@@ -245,15 +261,21 @@ class GaneshaInstance:
 
     def _write_main_config(self) -> None:
         core = [
-            "Protocols = 3, 4;", "Enable_UDP = false;", "Enable_NLM = false;",
-            "Enable_RQUOTA = false;", f"NFS_Port = {self.nfs_port};",
-            f"MNT_Port = {self.mount_port};", "Mount_Path_Pseudo = true;",
+            "Protocols = 3, 4;",
+            "Enable_UDP = false;",
+            "Enable_NLM = false;",
+            "Enable_RQUOTA = false;",
+            f"NFS_Port = {self.nfs_port};",
+            f"MNT_Port = {self.mount_port};",
+            "Mount_Path_Pseudo = true;",
         ]
         if self.bind_address:
             core.append(f"Bind_addr = {self.bind_address};")
         if self.grace_seconds:
             lease = max(1, min(self.grace_seconds, 60))
-            nfsv4 = f"Graceless = false; Grace_Period = {self.grace_seconds}; Lease_Lifetime = {lease};"
+            nfsv4 = (
+                f"Graceless = false; Grace_Period = {self.grace_seconds}; Lease_Lifetime = {lease};"
+            )
         else:
             nfsv4 = "Graceless = true;"
         text = (
@@ -333,7 +355,11 @@ class GaneshaInstance:
         self._known[export.export_id] = export
         log.info(
             "export %s %s -> %s clients %s applied in %.3fs",
-            export.export_id, export.pseudo, export.path, want, time.monotonic() - started,
+            export.export_id,
+            export.pseudo,
+            export.path,
+            want,
+            time.monotonic() - started,
         )
 
     async def remove(self, export_id: int) -> None:

@@ -25,15 +25,22 @@ class CommandError(Internal):
         self.stderr = stderr
 
 
-async def run(*argv: str, timeout: float = 120.0, env: Mapping[str, str] | None = None,
-              check: bool = True) -> subprocess.CompletedProcess[str]:
+async def run(
+    *argv: str, timeout: float = 120.0, env: Mapping[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Runs a command to completion; with `check`, a non-zero exit is a CommandError."""
 
     def call() -> subprocess.CompletedProcess[str]:
         try:
-            return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                                  text=True, errors="replace", timeout=timeout,
-                                  env=dict(env) if env is not None else None)
+            return subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+                env=dict(env) if env is not None else None,
+            )
         except subprocess.TimeoutExpired:
             raise CommandError(argv, -1, f"timed out after {timeout}s") from None
 

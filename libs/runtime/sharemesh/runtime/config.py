@@ -111,7 +111,7 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> MeshC
             raw = json.load(f) if str(path).endswith(".json") else tomllib.load(f)
     for key, value in (os.environ if env is None else env).items():
         if key.startswith(ENV_PREFIX):
-            _set_path(raw, key[len(ENV_PREFIX):].lower().split("__"), value)
+            _set_path(raw, key[len(ENV_PREFIX) :].lower().split("__"), value)
     return from_mapping(MeshConfig, raw)
 
 

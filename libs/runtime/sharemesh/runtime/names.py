@@ -14,8 +14,10 @@ ID_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 def check_id(field: str, value: str) -> str:
     if not ID_PATTERN.match(value):
         raise InvalidArgument(
-            field, f"{value!r} must be 1-63 characters of a-z, 0-9 and '-', "
-                   "starting with a letter and not ending with '-'")
+            field,
+            f"{value!r} must be 1-63 characters of a-z, 0-9 and '-', "
+            "starting with a letter and not ending with '-'",
+        )
     return value
 
 

@@ -31,16 +31,23 @@ def request_hash(request: message.Message) -> str:
     return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
 
 
-def new(project: str, target: str, verb: str, request_id: str = "",
-        fingerprint: str = "") -> records_pb2.OperationRecord:
+def new(
+    project: str, target: str, verb: str, request_id: str = "", fingerprint: str = ""
+) -> records_pb2.OperationRecord:
     name = names.OPERATION.format(project=project, operation=f"op-{uuid.uuid4().hex}")
     metadata = operation_metadata_pb2.OperationMetadata(
-        create_time=now(), target=target, verb=verb, api_version=API_VERSION,
-        request_id=request_id, status_detail="queued")
+        create_time=now(),
+        target=target,
+        verb=verb,
+        api_version=API_VERSION,
+        request_id=request_id,
+        status_detail="queued",
+    )
     op = operations_pb2.Operation(name=name, done=False)
     op.metadata.Pack(metadata)
-    return records_pb2.OperationRecord(operation=op, project=project, request_id=request_id,
-                                       request_hash=fingerprint)
+    return records_pb2.OperationRecord(
+        operation=op, project=project, request_id=request_id, request_hash=fingerprint
+    )
 
 
 def metadata_of(record: records_pb2.OperationRecord) -> operation_metadata_pb2.OperationMetadata:
@@ -56,8 +63,12 @@ def set_progress(record: records_pb2.OperationRecord, detail: str, percent: int)
     record.operation.metadata.Pack(metadata)
 
 
-def finish(record: records_pb2.OperationRecord, *, response: message.Message | None = None,
-           error: BaseException | None = None) -> None:
+def finish(
+    record: records_pb2.OperationRecord,
+    *,
+    response: message.Message | None = None,
+    error: BaseException | None = None,
+) -> None:
     """Marks the operation done with its response or error; a done one is left as it is."""
     if record.operation.done:
         return
@@ -75,9 +86,14 @@ def finish(record: records_pb2.OperationRecord, *, response: message.Message | N
         record.operation.response.CopyFrom(packed)
 
 
-async def finish_pending(store: Store, txn: Txn, pending: Iterable[str], *,
-                         response: message.Message | None = None,
-                         error: BaseException | None = None) -> None:
+async def finish_pending(
+    store: Store,
+    txn: Txn,
+    pending: Iterable[str],
+    *,
+    response: message.Message | None = None,
+    error: BaseException | None = None,
+) -> None:
     """Adds to `txn` the completion of each pending operation, so operations finish in
     the same transaction as the change they report."""
     for name in pending:

@@ -34,18 +34,22 @@ class Peers:
         return self._channels[endpoint]
 
     async def scheduler_endpoint(self) -> str | None:
-        value = await leader(self._store.client, keys.election_prefix(self._store.root, "scheduler"))
+        value = await leader(
+            self._store.client, keys.election_prefix(self._store.root, "scheduler")
+        )
         return value.decode() if value else None
 
     async def backend(self, backend: str) -> records_pb2.BackendRecord | None:
         """The live registration of `backends/{name}` (None when its driver-host is down)."""
-        found = await self._store.get(keys.backend_key(self._store.root, backend.split("/")[-1]),
-                                      records_pb2.BackendRecord)
+        found = await self._store.get(
+            keys.backend_key(self._store.root, backend.split("/")[-1]), records_pb2.BackendRecord
+        )
         return found.value if found else None
 
     async def backends(self) -> list[records_pb2.BackendRecord]:
-        found, _ = await self._store.list_all(keys.backends_prefix(self._store.root),
-                                              records_pb2.BackendRecord)
+        found, _ = await self._store.list_all(
+            keys.backends_prefix(self._store.root), records_pb2.BackendRecord
+        )
         return [item.value for item in found]
 
     async def place_share(self, name: str) -> None:
@@ -53,16 +57,16 @@ class Peers:
         if not endpoint:
             raise ConnectionError("no scheduler leads")
         stub = scheduler_service_pb2_grpc.SchedulerServiceStub(self.channel(endpoint))
-        await stub.PlaceShare(scheduler_service_pb2.PlaceShareRequest(name=name),
-                              timeout=NUDGE_TIMEOUT)
+        await stub.PlaceShare(
+            scheduler_service_pb2.PlaceShareRequest(name=name), timeout=NUDGE_TIMEOUT
+        )
 
     async def sync_share(self, backend: str, name: str) -> None:
         record = await self.backend(backend)
         if record is None:
             raise ConnectionError(f"{backend} is not registered")
         stub = driver_service_pb2_grpc.DriverServiceStub(self.channel(record.endpoint))
-        await stub.SyncShare(driver_service_pb2.SyncShareRequest(name=name),
-                             timeout=NUDGE_TIMEOUT)
+        await stub.SyncShare(driver_service_pb2.SyncShareRequest(name=name), timeout=NUDGE_TIMEOUT)
 
     def nudge(self, what: str, call: Callable[[], Awaitable[None]]) -> None:
         """Runs `call` in the background; a failure waits for the reconciler."""
@@ -72,8 +76,9 @@ class Peers:
                 await call()
             except (grpc.aio.AioRpcError, ConnectionError) as error:
                 detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else error
-                log.info("nudge %s not delivered (%s); the reconciler will pick it up",
-                         what, detail)
+                log.info(
+                    "nudge %s not delivered (%s); the reconciler will pick it up", what, detail
+                )
 
         task = asyncio.create_task(attempt(), name=f"nudge {what}")
         self._tasks.add(task)

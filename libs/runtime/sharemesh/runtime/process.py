@@ -51,8 +51,13 @@ class App(Protocol):
         """Releases what `run` holds; called after the server has drained."""
 
 
-async def serve(name: str, config: MeshConfig, listen: str,
-                build: Callable[[Context], Awaitable[App]], stop: asyncio.Event) -> None:
+async def serve(
+    name: str,
+    config: MeshConfig,
+    listen: str,
+    build: Callable[[Context], Awaitable[App]],
+    stop: asyncio.Event,
+) -> None:
     logs.configure(name, config.log_level)
     async with connect(config.etcd.endpoint) as client:
         async with Session(client, ttl=config.etcd.lease_ttl_seconds) as session:
@@ -85,10 +90,13 @@ async def serve(name: str, config: MeshConfig, listen: str,
     log.info("%s stopped", name)
 
 
-def main(name: str, doc: str | None,
-         build: Callable[[Context, argparse.Namespace], Awaitable[App]],
-         listen_of: Callable[[MeshConfig, argparse.Namespace], str],
-         add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+def main(
+    name: str,
+    doc: str | None,
+    build: Callable[[Context, argparse.Namespace], Awaitable[App]],
+    listen_of: Callable[[MeshConfig, argparse.Namespace], str],
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
     """The entry point of a service process: flags, config, then `serve` on uvloop."""
     # Services fork only to exec tools (mkfs, losetup, Ganesha); gRPC's fork handlers
     # are for children that keep using gRPC, and crashed such children here (SIGSEGV).
@@ -102,7 +110,12 @@ def main(name: str, doc: str | None,
     config = load_config(args.config)
 
     async def run(stop: asyncio.Event) -> None:
-        await serve(name, config, args.listen or listen_of(config, args),
-                    lambda context: build(context, args), stop)
+        await serve(
+            name,
+            config,
+            args.listen or listen_of(config, args),
+            lambda context: build(context, args),
+            stop,
+        )
 
     server.run(run)

@@ -37,8 +37,12 @@ def check_required(msg: message.Message, prefix: str = "", partial: str = "") ->
         path = f"{prefix}{field.name}"
         if FB.REQUIRED in _behaviors(field) and not _is_set(msg, field):
             raise InvalidArgument(path, "is required")
-        if (field.message_type is not None and not field.is_repeated
-                and not field.message_type.GetOptions().map_entry and msg.HasField(field.name)):
+        if (
+            field.message_type is not None
+            and not field.is_repeated
+            and not field.message_type.GetOptions().map_entry
+            and msg.HasField(field.name)
+        ):
             check_required(getattr(msg, field.name), f"{path}.")
 
 
@@ -47,13 +51,13 @@ def clear_output_only(msg: message.Message) -> None:
     for field in msg.DESCRIPTOR.fields:
         if FB.OUTPUT_ONLY in _behaviors(field):
             msg.ClearField(field.name)
-        elif (field.message_type is not None and not field.is_repeated
-              and msg.HasField(field.name)):
+        elif field.message_type is not None and not field.is_repeated and msg.HasField(field.name):
             clear_output_only(getattr(msg, field.name))
 
 
-def check_request(request: message.Message, resource_field: str | None = None, *,
-                  update: bool = False) -> None:
+def check_request(
+    request: message.Message, resource_field: str | None = None, *, update: bool = False
+) -> None:
     """The standard checks for a request: REQUIRED fields, and no OUTPUT_ONLY input.
     For an Update, the resource's own REQUIRED fields are not demanded."""
     if resource_field:
@@ -61,8 +65,9 @@ def check_request(request: message.Message, resource_field: str | None = None, *
     check_required(request, partial=resource_field if update and resource_field else "")
 
 
-def check_update_mask(resource: descriptor.Descriptor, mask: field_mask_pb2.FieldMask,
-                      field: str = "update_mask") -> list[str]:
+def check_update_mask(
+    resource: descriptor.Descriptor, mask: field_mask_pb2.FieldMask, field: str = "update_mask"
+) -> list[str]:
     """The mask's paths, refusing unknown, OUTPUT_ONLY and IMMUTABLE ones."""
     if not mask.paths:
         raise InvalidArgument(field, "must name at least one field")

@@ -9,7 +9,7 @@ import uuid
 
 from sharemesh.runtime import names, operations, validation
 from sharemesh.runtime.coordination import Txn, Versioned
-from sharemesh.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from sharemesh.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import access_rule_pb2, share_pb2, share_service_pb2
 
@@ -31,17 +31,14 @@ def _check_access_to(value: str) -> str:
     try:
         return str(ipaddress.ip_network(value, strict=False))
     except ValueError:
-        raise InvalidArgument("access_rule.access_to",
-                              f"{value!r} is not an IPv4 or IPv6 address or CIDR") from None
+        raise InvalidArgument(
+            "access_rule.access_to", f"{value!r} is not an IPv4 or IPv6 address or CIDR"
+        ) from None
 
 
 class AccessRules(Base):
     async def _rule(self, name: str, field: str) -> Versioned[records_pb2.AccessRuleRecord]:
-        names.ACCESS_RULE.parse(field, name)
-        found = await self.store.get(self.store.key_of(name), records_pb2.AccessRuleRecord)
-        if found is None:
-            raise NotFound(f"{name} not found")
-        return found
+        return await self.record(names.ACCESS_RULE, name, field, records_pb2.AccessRuleRecord)
 
     async def GetAccessRule(self, request, context):  # noqa: N802
         validation.check_request(request)
@@ -53,14 +50,16 @@ class AccessRules(Base):
         names.SHARE.parse("parent", request.parent)
         self.caller(context).check_resource(request.parent)
         await self.share_record(request.parent, "parent")
-        start_after, revision = _paging.decode(request.page_token)
-        items, revision, more = await self.store.list(
-            self.store.prefix_of(request.parent, "accessRules"), records_pb2.AccessRuleRecord,
-            start_after, _paging.page_size(request.page_size), revision)
+        items, token = await _paging.page(
+            self.store,
+            self.store.prefix_of(request.parent, "accessRules"),
+            records_pb2.AccessRuleRecord,
+            request.page_token,
+            request.page_size,
+        )
         response = share_service_pb2.ListAccessRulesResponse(
-            access_rules=[rule_view(i) for i in items])
-        if more and items:
-            response.next_page_token = _paging.encode(items[-1].key, revision)
+            access_rules=[rule_view(i) for i in items], next_page_token=token
+        )
         return response
 
     async def CreateAccessRule(self, request, context):  # noqa: N802
@@ -79,10 +78,10 @@ class AccessRules(Base):
             if share.value.share.state in (share_pb2.Share.DELETING, share_pb2.Share.ERROR):
                 raise FailedPrecondition(
                     f"the share is {share_pb2.Share.State.Name(share.value.share.state)}",
-                    reason="SHARE_NOT_USABLE")
+                    reason="SHARE_NOT_USABLE",
+                )
             for other in await self.rule_records(request.parent):
-                if (other.value.rule.access_to == access_to
-                        and not other.value.delete_requested):
+                if other.value.rule.access_to == access_to and not other.value.delete_requested:
                     raise AlreadyExists(f"{other.value.rule.name} already grants {access_to}")
             record = records_pb2.AccessRuleRecord(pending_operations=[op.operation.name])
             record.rule.CopyFrom(request.access_rule)
@@ -96,8 +95,9 @@ class AccessRules(Base):
             txn.check(share.key, share.mod_revision)
             txn.create(self.store.key_of(name), record)
 
-        op = await self.recorder.record(names.project_of(name), name, "create", request,
-                                        request.request_id, write)
+        op = await self.recorder.record(
+            names.project_of(name), name, "create", request, request.request_id, write
+        )
         await self.nudge_backend(request.parent)
         return op
 
@@ -125,8 +125,9 @@ class AccessRules(Base):
             operations.set_progress(op, "applying the export's client list", 10)
             txn.put(found.key, record, found.mod_revision)
 
-        op = await self.recorder.record(names.project_of(name), name, "update", request,
-                                        request.request_id, write)
+        op = await self.recorder.record(
+            names.project_of(name), name, "update", request, request.request_id, write
+        )
         await self.nudge_backend(name.rsplit("/accessRules/", 1)[0])
         return op
 
@@ -146,7 +147,13 @@ class AccessRules(Base):
             operations.set_progress(op, "removing the client from the export", 10)
             txn.put(found.key, record, found.mod_revision)
 
-        op = await self.recorder.record(names.project_of(request.name), request.name, "delete",
-                                        request, request.request_id, write)
+        op = await self.recorder.record(
+            names.project_of(request.name),
+            request.name,
+            "delete",
+            request,
+            request.request_id,
+            write,
+        )
         await self.nudge_backend(request.name.rsplit("/accessRules/", 1)[0])
         return op

@@ -29,12 +29,16 @@ class ApiApp:
         self.peers = Peers(context.store)
         auth = Authenticator(context.config.api)
         self.bindings = [
-            Binding(_service_name(share_service_pb2, "ShareService"),
-                    share_service_pb2_grpc.add_ShareServiceServicer_to_server,
-                    ShareService(context.store, self.peers, auth)),
-            Binding(_service_name(operations_proto_pb2, "Operations"),
-                    operations_pb2_grpc.add_OperationsServicer_to_server,
-                    Operations(context.store, auth)),
+            Binding(
+                _service_name(share_service_pb2, "ShareService"),
+                share_service_pb2_grpc.add_ShareServiceServicer_to_server,
+                ShareService(context.store, self.peers, auth),
+            ),
+            Binding(
+                _service_name(operations_proto_pb2, "Operations"),
+                operations_pb2_grpc.add_OperationsServicer_to_server,
+                Operations(context.store, auth),
+            ),
         ]
 
     async def run(self, endpoint: str) -> None:

@@ -31,8 +31,7 @@ class Caller:
 
 class Authenticator:
     def __init__(self, config: ApiConfig) -> None:
-        self._keys: dict[str, Caller] = {
-            t.token: Caller(t.project, t.admin) for t in config.tokens}
+        self._keys: dict[str, Caller] = {t.token: Caller(t.project, t.admin) for t in config.tokens}
         if config.admin_token_file:
             token = Path(config.admin_token_file).read_text().strip()
             self._keys[token] = Caller("", True)

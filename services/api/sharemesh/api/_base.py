@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import grpc
+from google.protobuf.message import Message
 
 from sharemesh.runtime import names
 from sharemesh.runtime.coordination import Store, Versioned
@@ -13,12 +16,15 @@ from sharemesh.state.v1 import records_pb2
 from ._auth import Authenticator, Caller
 from ._mutations import Recorder
 
+M = TypeVar("M", bound=Message)
+
 
 def check_etag(etag: str, found: Versioned, field: str) -> None:  # type: ignore[type-arg]
     """An etag, when given, must match the record's current revision (AIP-154)."""
     if etag and etag != str(found.mod_revision):
-        raise Aborted(f"{field} is stale: the resource changed since it was read",
-                      reason="ETAG_MISMATCH")
+        raise Aborted(
+            f"{field} is stale: the resource changed since it was read", reason="ETAG_MISMATCH"
+        )
 
 
 class Base:
@@ -31,16 +37,23 @@ class Base:
     def caller(self, context: grpc.aio.ServicerContext) -> Caller:
         return self.auth.caller(context)
 
-    async def share_record(self, name: str, field: str) -> Versioned[records_pb2.ShareRecord]:
-        names.SHARE.parse(field, name)
-        found = await self.store.get(self.store.key_of(name), records_pb2.ShareRecord)
+    async def record(
+        self, pattern: names.Pattern, name: str, field: str, record_type: type[M]
+    ) -> Versioned[M]:
+        """The record a resource name points at, or NOT_FOUND."""
+        pattern.parse(field, name)
+        found = await self.store.get(self.store.key_of(name), record_type)
         if found is None:
             raise NotFound(f"{name} not found")
         return found
 
+    async def share_record(self, name: str, field: str) -> Versioned[records_pb2.ShareRecord]:
+        return await self.record(names.SHARE, name, field, records_pb2.ShareRecord)
+
     async def rule_records(self, share: str) -> list[Versioned[records_pb2.AccessRuleRecord]]:
-        found, _ = await self.store.list_all(self.store.prefix_of(share, "accessRules"),
-                                             records_pb2.AccessRuleRecord)
+        found, _ = await self.store.list_all(
+            self.store.prefix_of(share, "accessRules"), records_pb2.AccessRuleRecord
+        )
         return found
 
     async def nudge_backend(self, share: str) -> None:
@@ -48,4 +61,3 @@ class Base:
         if found and found.value.backend:
             backend = found.value.backend
             self.peers.nudge(f"sync {share}", lambda: self.peers.sync_share(backend, share))
-

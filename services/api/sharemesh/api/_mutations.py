@@ -23,8 +23,15 @@ class Recorder:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def record(self, project: str, target: str, verb: str, request: message.Message,
-                     request_id: str, write: Write) -> operations_pb2.Operation:
+    async def record(
+        self,
+        project: str,
+        target: str,
+        verb: str,
+        request: message.Message,
+        request_id: str,
+        write: Write,
+    ) -> operations_pb2.Operation:
         """Runs `write(txn, op)` (which reads what it needs and adds its records) and
         commits it with the Operation; a lost race re-runs it on fresh reads."""
         fingerprint = operations.request_hash(request)
@@ -35,8 +42,12 @@ class Recorder:
             op = operations.new(project, target, verb, request_id, fingerprint)
             txn = self._store.txn().create(self._store.key_of(op.operation.name), op)
             if rid_key:
-                txn.create(rid_key, records_pb2.RequestIdRecord(
-                    operation=op.operation.name, request_hash=fingerprint))
+                txn.create(
+                    rid_key,
+                    records_pb2.RequestIdRecord(
+                        operation=op.operation.name, request_hash=fingerprint
+                    ),
+                )
             await write(txn, op)
             try:
                 await txn.commit()
@@ -54,8 +65,9 @@ class Recorder:
             return None
         if seen.value.request_hash != fingerprint:
             raise InvalidArgument("request_id", "was already used for a different request")
-        op = await self._store.get(self._store.key_of(seen.value.operation),
-                                   records_pb2.OperationRecord)
+        op = await self._store.get(
+            self._store.key_of(seen.value.operation), records_pb2.OperationRecord
+        )
         if op is None:
             raise InvalidArgument("request_id", "belongs to an operation that has expired")
         return op.value.operation
@@ -64,6 +76,8 @@ class Recorder:
         if not request_id:
             return ""
         if len(request_id) > 128 or not request_id.isprintable() or "/" in request_id:
-            raise InvalidArgument("request_id", "must be at most 128 printable characters "
-                                  "without '/' (a UUID is recommended)")
+            raise InvalidArgument(
+                "request_id",
+                "must be at most 128 printable characters without '/' (a UUID is recommended)",
+            )
         return keys.request_id_key(self._store.root, project or "-", request_id)

@@ -42,15 +42,21 @@ class Operations(operations_pb2_grpc.OperationsServicer):
         self._auth.caller(context).check_parent(project)
         if request.filter not in ("", "done=false", "done=true"):
             raise InvalidArgument("filter", "only done=true or done=false is supported")
-        start_after, revision = _paging.decode(request.page_token)
-        items, revision, more = await self._store.list(
-            self._store.prefix_of(request.name, "operations"), records_pb2.OperationRecord,
-            start_after, _paging.page_size(request.page_size), revision)
-        response = operations_pb2.ListOperationsResponse(operations=[
-            i.value.operation for i in items
-            if not request.filter or str(i.value.operation.done).lower() == request.filter[5:]])
-        if more and items:
-            response.next_page_token = _paging.encode(items[-1].key, revision)
+        items, token = await _paging.page(
+            self._store,
+            self._store.prefix_of(request.name, "operations"),
+            records_pb2.OperationRecord,
+            request.page_token,
+            request.page_size,
+        )
+        response = operations_pb2.ListOperationsResponse(
+            operations=[
+                i.value.operation
+                for i in items
+                if not request.filter or str(i.value.operation.done).lower() == request.filter[5:]
+            ],
+            next_page_token=token,
+        )
         return response
 
     async def WaitOperation(self, request, context):  # noqa: N802
@@ -64,8 +70,13 @@ class Operations(operations_pb2_grpc.OperationsServicer):
         with contextlib.suppress(asyncio.TimeoutError):
             async with asyncio.timeout(timeout):
                 async for event in self._store.watch_prefix(
-                        found.key, found.mod_revision + 1, records_pb2.OperationRecord):
-                    if event.key == found.key and event.kind == "PUT" and event.value.operation.done:
+                    found.key, found.mod_revision + 1, records_pb2.OperationRecord
+                ):
+                    if (
+                        event.key == found.key
+                        and event.kind == "PUT"
+                        and event.value.operation.done
+                    ):
                         return event.value.operation
         return (await self._get(request.name, context)).value.operation
 
@@ -76,6 +87,7 @@ class Operations(operations_pb2_grpc.OperationsServicer):
 
     async def CancelOperation(self, request, context):  # noqa: N802
         await self._get(request.name, context)
-        raise FailedPrecondition("sharemesh operations cannot be cancelled; delete the "
-                                 "resource instead", reason="NOT_CANCELLABLE")
-
+        raise FailedPrecondition(
+            "sharemesh operations cannot be cancelled; delete the resource instead",
+            reason="NOT_CANCELLABLE",
+        )

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import TypeVar
 
+from google.protobuf.message import Message
+
+from sharemesh.runtime.coordination import Store, Versioned
 from sharemesh.runtime.errors import InvalidArgument
+
+M = TypeVar("M", bound=Message)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -32,3 +38,14 @@ def decode(token: str) -> tuple[str | None, int | None]:
         return str(data["k"]), int(data["r"])
     except (ValueError, KeyError, TypeError):
         raise InvalidArgument("page_token", "is not a token this API issued") from None
+
+
+async def page(
+    store: Store, prefix: str, record_type: type[M], page_token: str, requested_size: int
+) -> tuple[list[Versioned[M]], str]:
+    """One page of the records under `prefix` and the token for the next ('' at the end)."""
+    start_after, revision = decode(page_token)
+    items, revision, more = await store.list(
+        prefix, record_type, start_after, page_size(requested_size), revision
+    )
+    return items, encode(items[-1].key, revision) if more and items else ""

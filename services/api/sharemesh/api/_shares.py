@@ -50,17 +50,23 @@ class Shares(Base):
         if request.filter:
             match = _STATE_FILTER.match(request.filter)
             if not match or match.group(1) not in Share.State.keys():
-                raise InvalidArgument("filter", "only `state=STATE` is supported, e.g. state=ACTIVE")
+                raise InvalidArgument(
+                    "filter", "only `state=STATE` is supported, e.g. state=ACTIVE"
+                )
             wanted = Share.State.Value(match.group(1))
-        start_after, revision = _paging.decode(request.page_token)
-        items, revision, more = await self.store.list(
-            self.store.prefix_of(request.parent, "shares"), records_pb2.ShareRecord,
-            start_after, _paging.page_size(request.page_size), revision)
+        items, token = await _paging.page(
+            self.store,
+            self.store.prefix_of(request.parent, "shares"),
+            records_pb2.ShareRecord,
+            request.page_token,
+            request.page_size,
+        )
         response = share_service_pb2.ListSharesResponse(
-            shares=[share_view(i) for i in items
-                    if wanted is None or i.value.share.state == wanted])
-        if more and items:
-            response.next_page_token = _paging.encode(items[-1].key, revision)
+            shares=[
+                share_view(i) for i in items if wanted is None or i.value.share.state == wanted
+            ],
+            next_page_token=token,
+        )
         return response
 
     async def CreateShare(self, request, context):  # noqa: N802
@@ -74,18 +80,22 @@ class Shares(Base):
             raise InvalidArgument("share.protocol", "only NFS is supported")
         if share.share_network:
             names.SHARE_NETWORK.parse("share.share_network", share.share_network)
-            raise FailedPrecondition("share networks are not available yet",
-                                     reason="SHARE_NETWORKS_UNAVAILABLE")
+            raise FailedPrecondition(
+                "share networks are not available yet", reason="SHARE_NETWORKS_UNAVAILABLE"
+            )
         if share.source_snapshot:
-            raise FailedPrecondition("creating a share from a snapshot is not available yet",
-                                     reason="SNAPSHOTS_UNAVAILABLE")
+            raise FailedPrecondition(
+                "creating a share from a snapshot is not available yet",
+                reason="SNAPSHOTS_UNAVAILABLE",
+            )
         share_type = share.share_type or DEFAULT_SHARE_TYPE
         names.SHARE_TYPE.parse("share.share_type", share_type)
         name = names.SHARE.format(project=project, share=request.share_id)
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
-            record = records_pb2.ShareRecord(project=project,
-                                             pending_operations=[op.operation.name])
+            record = records_pb2.ShareRecord(
+                project=project, pending_operations=[op.operation.name]
+            )
             record.share.CopyFrom(share)
             record.share.name = name
             record.share.uid = uuid.uuid4().hex
@@ -121,8 +131,9 @@ class Shares(Base):
             txn.put(found.key, record, found.mod_revision)
             operations.finish(op, response=record.share)
 
-        return await self.recorder.record(names.project_of(name), name, "update", request,
-                                          request.request_id, write)
+        return await self.recorder.record(
+            names.project_of(name), name, "update", request, request.request_id, write
+        )
 
     async def DeleteShare(self, request, context):  # noqa: N802
         validation.check_request(request)
@@ -141,9 +152,12 @@ class Shares(Base):
                 txn.delete(found.key, found.mod_revision)
                 for rule in await self.rule_records(request.name):
                     txn.delete(rule.key, rule.mod_revision)
-                await operations.finish_pending(self.store, txn, record.pending_operations,
-                                                error=FailedPrecondition(
-                                                    "the share was deleted before it was placed"))
+                await operations.finish_pending(
+                    self.store,
+                    txn,
+                    record.pending_operations,
+                    error=FailedPrecondition("the share was deleted before it was placed"),
+                )
                 operations.finish(op, response=empty_pb2.Empty())
                 return
             record.share.state = Share.DELETING
@@ -155,8 +169,14 @@ class Shares(Base):
             operations.set_progress(op, "deleting on the backend", 10)
             txn.put(found.key, record, found.mod_revision)
 
-        op = await self.recorder.record(names.project_of(request.name), request.name, "delete",
-                                        request, request.request_id, write)
+        op = await self.recorder.record(
+            names.project_of(request.name),
+            request.name,
+            "delete",
+            request,
+            request.request_id,
+            write,
+        )
         if not unplaced:
             await self.nudge_backend(request.name)
         return op
@@ -173,7 +193,9 @@ class Shares(Base):
             if record.share.state != Share.ACTIVE:
                 raise FailedPrecondition(
                     f"the share is {Share.State.Name(record.share.state)}; only an ACTIVE "
-                    "share can be resized", reason="SHARE_NOT_ACTIVE")
+                    "share can be resized",
+                    reason="SHARE_NOT_ACTIVE",
+                )
             delta = request.size_gib - record.share.size_gib
             if delta == 0:
                 operations.finish(op, response=record.share)
@@ -181,18 +203,24 @@ class Shares(Base):
             pool = await self.pool_capacity(record)
             if delta < 0 and pool.capabilities.get("shrink_support", "false") != "true":
                 raise FailedPrecondition(
-                    f"pool {record.pool} cannot shrink shares (capability shrink_support "
-                    "is false)", reason="SHRINK_NOT_SUPPORTED",
-                    metadata={"capability": "shrink_support"})
+                    f"pool {record.pool} cannot shrink shares (capability shrink_support is false)",
+                    reason="SHRINK_NOT_SUPPORTED",
+                    metadata={"capability": "shrink_support"},
+                )
             allocation_key = keys.allocation_key(self.store.root, *_pool_parts(record.pool))
             allocation = await self.store.get(allocation_key, records_pb2.PoolAllocation)
             allocated = allocation.value.allocated_gib if allocation else 0
             if delta > 0 and allocated + delta > pool.total_gib:
                 raise ResourceExhausted(
                     f"pool {record.pool} has {pool.total_gib - allocated} GiB unallocated; "
-                    f"growing by {delta} GiB does not fit", reason="POOL_FULL")
-            txn.put(allocation_key, records_pb2.PoolAllocation(allocated_gib=allocated + delta),
-                    allocation.mod_revision if allocation else None)
+                    f"growing by {delta} GiB does not fit",
+                    reason="POOL_FULL",
+                )
+            txn.put(
+                allocation_key,
+                records_pb2.PoolAllocation(allocated_gib=allocated + delta),
+                allocation.mod_revision if allocation else None,
+            )
             if allocation is None:
                 txn.check(allocation_key, 0)
             record.share.size_gib = request.size_gib
@@ -203,8 +231,14 @@ class Shares(Base):
             operations.set_progress(op, f"resizing to {request.size_gib} GiB", 10)
             txn.put(found.key, record, found.mod_revision)
 
-        op = await self.recorder.record(names.project_of(request.name), request.name, "resize",
-                                        request, request.request_id, write)
+        op = await self.recorder.record(
+            names.project_of(request.name),
+            request.name,
+            "resize",
+            request,
+            request.request_id,
+            write,
+        )
         if not op.done:
             await self.nudge_backend(request.name)
         return op
@@ -214,11 +248,11 @@ class Shares(Base):
         for pool in backend.pools if backend else ():
             if pool.name == record.pool:
                 return pool
-        raise FailedPrecondition(f"the backend of {record.pool} is not reachable now; retry later",
-                                 reason="BACKEND_DOWN")
+        raise FailedPrecondition(
+            f"the backend of {record.pool} is not reachable now; retry later", reason="BACKEND_DOWN"
+        )
 
 
 def _pool_parts(pool: str) -> tuple[str, str]:
     parts = names.POOL.parse("pool", pool)
     return parts["backend"], parts["pool"]
-

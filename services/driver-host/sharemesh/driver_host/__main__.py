@@ -6,8 +6,13 @@ from ._app import add_arguments, build
 
 
 def main() -> None:
-    process.main("driver-host", __doc__, build,
-                 lambda config, args: config.backend(args.backend).listen, add_arguments)
+    process.main(
+        "driver-host",
+        __doc__,
+        build,
+        lambda config, args: config.backend(args.backend).listen,
+        add_arguments,
+    )
 
 
 if __name__ == "__main__":

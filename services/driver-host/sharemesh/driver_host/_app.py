@@ -50,9 +50,13 @@ class DriverHostApp:
         self._sync = ShareSync(context.store, context.session, self.driver, self.backend)
         self._syncs: dict[str, asyncio.Task[None]] = {}
         self._endpoint = ""
-        self.bindings = [Binding(
-            driver_service_pb2.DESCRIPTOR.services_by_name["DriverService"].full_name,
-            driver_service_pb2_grpc.add_DriverServiceServicer_to_server, DriverService(self))]
+        self.bindings = [
+            Binding(
+                driver_service_pb2.DESCRIPTOR.services_by_name["DriverService"].full_name,
+                driver_service_pb2_grpc.add_DriverServiceServicer_to_server,
+                DriverService(self),
+            )
+        ]
 
     def sync(self, name: str) -> asyncio.Task[None]:
         """One sync per share at a time here; a nudge during one queues behind it."""
@@ -72,12 +76,19 @@ class DriverHostApp:
     async def registration(self) -> records_pb2.BackendRecord:
         stats = await self.driver.stats()
         record = records_pb2.BackendRecord(
-            name=self.backend, endpoint=self._endpoint, driver=self._config.driver,
-            host=self._context.config.gateway.host, update_time=operations.now())
+            name=self.backend,
+            endpoint=self._endpoint,
+            driver=self._config.driver,
+            host=self._context.config.gateway.host,
+            update_time=operations.now(),
+        )
         for pool in stats.pools:
             capacity = record.pools.add(
-                name=f"{self.backend}/pools/{pool.name}", total_gib=int(pool.total_gib),
-                free_gib=int(pool.free_gib), provisioned_gib=int(pool.provisioned_gib))
+                name=f"{self.backend}/pools/{pool.name}",
+                total_gib=int(pool.total_gib),
+                free_gib=int(pool.free_gib),
+                provisioned_gib=int(pool.provisioned_gib),
+            )
             capacity.capabilities.update(pool.capabilities)
         return record
 
@@ -109,8 +120,9 @@ class DriverHostApp:
         interval = max(self._context.config.etcd.lease_ttl_seconds / 2, 1)
         while True:
             await asyncio.sleep(interval)
-            await self._store.put(key, await self.registration(),
-                                  lease=self._context.session.lease_id)
+            await self._store.put(
+                key, await self.registration(), lease=self._context.session.lease_id
+            )
 
     async def _reconcile_forever(self) -> None:
         while True:
@@ -122,10 +134,14 @@ class DriverHostApp:
 
     async def reconcile(self) -> None:
         """Finishes work a lost nudge or a crash left behind."""
-        rules = await self._store.scan(self._store.root + "accessRules/",
-                                       records_pb2.AccessRuleRecord)
-        pending_rules = {r.value.rule.name.rsplit("/accessRules/", 1)[0] for r in rules
-                         if r.value.rule.state != access_rule_pb2.AccessRule.ACTIVE}
+        rules = await self._store.scan(
+            self._store.root + "accessRules/", records_pb2.AccessRuleRecord
+        )
+        pending_rules = {
+            r.value.rule.name.rsplit("/accessRules/", 1)[0]
+            for r in rules
+            if r.value.rule.state != access_rule_pb2.AccessRule.ACTIVE
+        }
         for found in await self._mine():
             name = found.value.share.name
             if found.value.share.state in _WAITING or name in pending_rules:
@@ -141,9 +157,12 @@ class DriverHostApp:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", required=True, help="which [[backends]] entry to host")
-    parser.add_argument("--own-servers", action="store_true",
-                        help="stop this backend's Ganesha on an orderly exit (the launcher "
-                             "sets it); without it Ganesha keeps serving across restarts")
+    parser.add_argument(
+        "--own-servers",
+        action="store_true",
+        help="stop this backend's Ganesha on an orderly exit (the launcher "
+        "sets it); without it Ganesha keeps serving across restarts",
+    )
 
 
 async def build(context: Context, args: argparse.Namespace) -> DriverHostApp:

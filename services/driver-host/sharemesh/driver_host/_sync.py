@@ -22,14 +22,23 @@ _ATTEMPTS = 8
 
 
 def spec_of(record: records_pb2.ShareRecord) -> ShareSpec:
-    return ShareSpec(share_id=record.share.uid, name=record.share.name,
-                     size_gib=record.share.size_gib, pool=record.pool.rsplit("/", 1)[-1],
-                     export_id=record.export_id)
+    return ShareSpec(
+        share_id=record.share.uid,
+        name=record.share.name,
+        size_gib=record.share.size_gib,
+        pool=record.pool.rsplit("/", 1)[-1],
+        export_id=record.export_id,
+    )
 
 
 def rules_of(rules: list[Versioned[records_pb2.AccessRuleRecord]]) -> list[AccessRuleSpec]:
-    return [AccessRuleSpec(r.value.rule.access_to, AccessRule.AccessLevel.Name(
-        r.value.rule.access_level)) for r in rules if not r.value.delete_requested]  # type: ignore[arg-type]
+    return [
+        AccessRuleSpec(
+            r.value.rule.access_to, AccessRule.AccessLevel.Name(r.value.rule.access_level)
+        )
+        for r in rules
+        if not r.value.delete_requested
+    ]  # type: ignore[arg-type]
 
 
 class ShareSync:
@@ -56,8 +65,9 @@ class ShareSync:
         record = found.value
         if record.share.state == Share.ERROR and not record.delete_requested:
             return  # only a delete (or an admin's reset) moves a share out of ERROR
-        rules, _ = await self._store.list_all(self._store.prefix_of(name, "accessRules"),
-                                              records_pb2.AccessRuleRecord)
+        rules, _ = await self._store.list_all(
+            self._store.prefix_of(name, "accessRules"), records_pb2.AccessRuleRecord
+        )
         spec = spec_of(record)
         if record.delete_requested:
             await self._delete(found, rules, spec, lock)
@@ -73,15 +83,20 @@ class ShareSync:
         record.realized_size_gib = record.share.size_gib
         if locations:
             del record.share.export_locations[:]
-            record.share.export_locations.extend(share_pb2.ExportLocation(
-                path=l.path, nfs_port=l.nfs_port, mount_port=l.mount_port) for l in locations)
+            record.share.export_locations.extend(
+                share_pb2.ExportLocation(path=e.path, nfs_port=e.nfs_port, mount_port=e.mount_port)
+                for e in locations
+            )
         await self._settle_rules(txn, rules)
         await self._finish(txn, found, response=record.share)
         await txn.commit()
 
-    async def _realize(self, record: records_pb2.ShareRecord, spec: ShareSpec,
-                       rules: list[Versioned[records_pb2.AccessRuleRecord]]
-                       ) -> list[ExportLocation]:
+    async def _realize(
+        self,
+        record: records_pb2.ShareRecord,
+        spec: ShareSpec,
+        rules: list[Versioned[records_pb2.AccessRuleRecord]],
+    ) -> list[ExportLocation]:
         locations: list[ExportLocation] = []
         desired = rules_of(rules)
         if record.realized_size_gib == 0:
@@ -97,11 +112,13 @@ class ShareSync:
         """After a restart: mount and export an ACTIVE share again, with its rules."""
         rules, _ = await self._store.list_all(
             self._store.prefix_of(found.value.share.name, "accessRules"),
-            records_pb2.AccessRuleRecord)
+            records_pb2.AccessRuleRecord,
+        )
         await self._driver.ensure_share(spec_of(found.value), rules_of(rules))
 
-    async def _settle_rules(self, txn: Txn,
-                            rules: list[Versioned[records_pb2.AccessRuleRecord]]) -> None:
+    async def _settle_rules(
+        self, txn: Txn, rules: list[Versioned[records_pb2.AccessRuleRecord]]
+    ) -> None:
         for rule in rules:
             pending = list(rule.value.pending_operations)
             if rule.value.delete_requested:
@@ -115,8 +132,14 @@ class ShareSync:
                 txn.put(rule.key, rule.value, rule.mod_revision)
                 await operations.finish_pending(self._store, txn, pending, response=rule.value.rule)
 
-    async def _finish(self, txn: Txn, found: Versioned[records_pb2.ShareRecord], *,
-                      response: Share | None = None, error: Exception | None = None) -> None:
+    async def _finish(
+        self,
+        txn: Txn,
+        found: Versioned[records_pb2.ShareRecord],
+        *,
+        response: Share | None = None,
+        error: Exception | None = None,
+    ) -> None:
         record = found.value
         pending = list(record.pending_operations)
         del record.pending_operations[:]
@@ -124,9 +147,13 @@ class ShareSync:
         txn.put(found.key, record, found.mod_revision)
         await operations.finish_pending(self._store, txn, pending, response=response, error=error)
 
-    async def _delete(self, found: Versioned[records_pb2.ShareRecord],
-                      rules: list[Versioned[records_pb2.AccessRuleRecord]], spec: ShareSpec,
-                      lock: Mutex) -> None:
+    async def _delete(
+        self,
+        found: Versioned[records_pb2.ShareRecord],
+        rules: list[Versioned[records_pb2.AccessRuleRecord]],
+        spec: ShareSpec,
+        lock: Mutex,
+    ) -> None:
         record = found.value
         await self._driver.delete_share(spec)
         txn = self._store.txn().fence(lock)
@@ -152,9 +179,14 @@ class ShareSync:
         txn.put(key, records_pb2.PoolAllocation(allocated_gib=left), allocation.mod_revision)
         record.allocated_gib = 0
 
-    async def _fail(self, found: Versioned[records_pb2.ShareRecord],
-                    rules: list[Versioned[records_pb2.AccessRuleRecord]], spec: ShareSpec,
-                    error: ShareMeshError, lock: Mutex) -> None:
+    async def _fail(
+        self,
+        found: Versioned[records_pb2.ShareRecord],
+        rules: list[Versioned[records_pb2.AccessRuleRecord]],
+        spec: ShareSpec,
+        error: ShareMeshError,
+        lock: Mutex,
+    ) -> None:
         """A create that failed is undone on the backend and gives its capacity back;
         a later change that failed leaves the share in ERROR with the reason."""
         record = found.value
@@ -167,8 +199,9 @@ class ShareSync:
         record.share.state_message = error.message
         for rule in rules:
             if rule.value.pending_operations:
-                await operations.finish_pending(self._store, txn, rule.value.pending_operations,
-                                                error=error)
+                await operations.finish_pending(
+                    self._store, txn, rule.value.pending_operations, error=error
+                )
                 del rule.value.pending_operations[:]
                 rule.value.rule.state = AccessRule.ERROR
                 rule.value.rule.state_message = error.message

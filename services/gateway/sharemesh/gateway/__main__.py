@@ -6,8 +6,9 @@ from ._app import add_arguments, build
 
 
 def main() -> None:
-    process.main("gateway", __doc__, build, lambda config, args: config.gateway.listen,
-                 add_arguments)
+    process.main(
+        "gateway", __doc__, build, lambda config, args: config.gateway.listen, add_arguments
+    )
 
 
 if __name__ == "__main__":

@@ -21,17 +21,22 @@ log = logging.getLogger(__name__)
 class GatewayApp:
     def __init__(self, context: Context) -> None:
         self._context = context
-        self.bindings = [Binding(
-            gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
-            gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server,
-            gateway_service_pb2_grpc.GatewayServiceServicer())]
+        self.bindings = [
+            Binding(
+                gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
+                gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server,
+                gateway_service_pb2_grpc.GatewayServiceServicer(),
+            )
+        ]
 
     async def run(self, endpoint: str) -> None:
         host = self._context.config.gateway.host
         store = self._context.store
-        await store.put(keys.host_key(store.root, host),
-                        records_pb2.HostRecord(name=host, endpoint=endpoint),
-                        lease=self._context.session.lease_id)
+        await store.put(
+            keys.host_key(store.root, host),
+            records_pb2.HostRecord(name=host, endpoint=endpoint),
+            lease=self._context.session.lease_id,
+        )
         log.info("registered host %s at %s", host, endpoint)
         await asyncio.Event().wait()
 
@@ -40,8 +45,11 @@ class GatewayApp:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--own-servers", action="store_true",
-                        help="stop this host's gateway Ganesha processes on an orderly exit")
+    parser.add_argument(
+        "--own-servers",
+        action="store_true",
+        help="stop this host's gateway Ganesha processes on an orderly exit",
+    )
 
 
 async def build(context: Context, args: argparse.Namespace) -> GatewayApp:

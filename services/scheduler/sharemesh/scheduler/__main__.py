@@ -4,6 +4,7 @@ from sharemesh.runtime import process
 
 from ._app import build
 
+
 def main() -> None:
     process.main("scheduler", __doc__, build, lambda config, args: config.scheduler.listen)
 

@@ -41,10 +41,13 @@ class SchedulerApp:
         self._peers = Peers(context.store)
         self.placer: Placer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self.bindings = [Binding(
-            scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,
-            scheduler_service_pb2_grpc.add_SchedulerServiceServicer_to_server,
-            SchedulerService(self))]
+        self.bindings = [
+            Binding(
+                scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,
+                scheduler_service_pb2_grpc.add_SchedulerServiceServicer_to_server,
+                SchedulerService(self),
+            )
+        ]
 
     def spawn(self, work) -> None:  # type: ignore[no-untyped-def]
         task = asyncio.create_task(self._logged(work))
@@ -59,8 +62,9 @@ class SchedulerApp:
             log.exception("placement failed; the reconciler will retry")
 
     async def run(self, endpoint: str) -> None:
-        election = Election(self._context.session,
-                            keys.election_prefix(self._store.root, "scheduler"))
+        election = Election(
+            self._context.session, keys.election_prefix(self._store.root, "scheduler")
+        )
         log.info("standing for leadership")
         leadership = await election.campaign(endpoint.encode())
         log.info("leading; placing shares")
@@ -69,8 +73,9 @@ class SchedulerApp:
             while not leadership.done.is_set():
                 await self.reconcile()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(leadership.done.wait(),
-                                           self._context.config.reconcile_interval_seconds)
+                    await asyncio.wait_for(
+                        leadership.done.wait(), self._context.config.reconcile_interval_seconds
+                    )
         finally:
             self.placer = None
 
@@ -84,8 +89,9 @@ class SchedulerApp:
                 self.spawn(placer.place(found.value.share.name))
             elif found.value.share.state in waiting and found.value.backend:
                 backend, name = found.value.backend, found.value.share.name
-                self._peers.nudge(f"sync {name}", lambda b=backend, n=name:
-                                  self._peers.sync_share(b, n))
+                self._peers.nudge(
+                    f"sync {name}", lambda b=backend, n=name: self._peers.sync_share(b, n)
+                )
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -29,11 +29,14 @@ def choose(candidates: Iterable[Candidate], size_gib: int, tried: Iterable[str] 
     skipped = set(tried)
     pools = [c for c in candidates if c.pool not in skipped]
     if not pools:
-        raise NoValidPool("no backend with a pool is registered" if not skipped
-                          else "every pool has been tried")
+        raise NoValidPool(
+            "no backend with a pool is registered" if not skipped else "every pool has been tried"
+        )
     fits = [c for c in pools if c.unallocated_gib >= size_gib]
     if not fits:
         best = max(pools, key=lambda c: c.unallocated_gib)
-        raise NoValidPool(f"capacity filter: no pool has {size_gib} GiB unallocated "
-                          f"(largest: {max(best.unallocated_gib, 0)} GiB in {best.pool})")
+        raise NoValidPool(
+            f"capacity filter: no pool has {size_gib} GiB unallocated "
+            f"(largest: {max(best.unallocated_gib, 0)} GiB in {best.pool})"
+        )
     return max(fits, key=lambda c: (c.unallocated_gib, c.pool))

@@ -62,17 +62,22 @@ class Placer:
         allocation = allocations.get(chosen.pool)
         txn = self._store.txn().fence(self._leadership)
         key = keys.allocation_key(self._store.root, *_parts(chosen.pool))
-        txn.put(key, records_pb2.PoolAllocation(
-            allocated_gib=chosen.allocated_gib + record.share.size_gib),
-            allocation.mod_revision if allocation else None)
+        txn.put(
+            key,
+            records_pb2.PoolAllocation(allocated_gib=chosen.allocated_gib + record.share.size_gib),
+            allocation.mod_revision if allocation else None,
+        )
         if allocation is None:
             txn.check(key, 0)
         # Export ids are unique per backend Ganesha; only the leader hands them out.
         ids_key = keys.export_ids_key(self._store.root, chosen.backend.split("/")[-1])
         ids = await self._store.get(ids_key, records_pb2.ExportIdCounter)
         record.export_id = (ids.value.last_export_id if ids else 0) + 1
-        txn.put(ids_key, records_pb2.ExportIdCounter(last_export_id=record.export_id),
-                ids.mod_revision if ids else None)
+        txn.put(
+            ids_key,
+            records_pb2.ExportIdCounter(last_export_id=record.export_id),
+            ids.mod_revision if ids else None,
+        )
         if ids is None:
             txn.check(ids_key, 0)
         record.backend = chosen.backend
@@ -84,22 +89,30 @@ class Placer:
         log.info("placed %s on %s", name, chosen.pool)
         return chosen.backend
 
-    async def _candidates(self) -> tuple[list[Candidate],
-                                          dict[str, Versioned[records_pb2.PoolAllocation]]]:
+    async def _candidates(
+        self,
+    ) -> tuple[list[Candidate], dict[str, Versioned[records_pb2.PoolAllocation]]]:
         allocations: dict[str, Versioned[records_pb2.PoolAllocation]] = {}
         backends = await self._peers.backends()
         for backend in backends:
             for pool in backend.pools:
                 found = await self._store.get(
                     keys.allocation_key(self._store.root, *_parts(pool.name)),
-                    records_pb2.PoolAllocation)
+                    records_pb2.PoolAllocation,
+                )
                 if found:
                     allocations[pool.name] = found
         candidates = [
-            Candidate(pool.name, backend.name, pool.total_gib,
-                      allocations[pool.name].value.allocated_gib if pool.name in allocations else 0,
-                      dict(pool.capabilities))
-            for backend in backends for pool in backend.pools]
+            Candidate(
+                pool.name,
+                backend.name,
+                pool.total_gib,
+                allocations[pool.name].value.allocated_gib if pool.name in allocations else 0,
+                dict(pool.capabilities),
+            )
+            for backend in backends
+            for pool in backend.pools
+        ]
         return candidates, allocations
 
     async def _fail(self, found: Versioned[records_pb2.ShareRecord], reason: str) -> None:
@@ -111,9 +124,13 @@ class Placer:
         del record.pending_operations[:]
         txn = self._store.txn().fence(self._leadership).put(found.key, record, found.mod_revision)
         await operations.finish_pending(
-            self._store, txn, pending,
-            error=ResourceExhausted(f"no pool can hold {record.share.size_gib} GiB: {reason}",
-                                    reason="NO_VALID_POOL"))
+            self._store,
+            txn,
+            pending,
+            error=ResourceExhausted(
+                f"no pool can hold {record.share.size_gib} GiB: {reason}", reason="NO_VALID_POOL"
+            ),
+        )
         await txn.commit()
         log.info("%s cannot be placed: %s", record.share.name, reason)
 

@@ -30,7 +30,9 @@ def _host_port(endpoint: str) -> tuple[str, int]:
 
 
 @contextlib.asynccontextmanager
-async def connect(endpoint: str, *, timeout: float | None = DEFAULT_TIMEOUT) -> AsyncIterator[aetcd.Client]:
+async def connect(
+    endpoint: str, *, timeout: float | None = DEFAULT_TIMEOUT
+) -> AsyncIterator[aetcd.Client]:
     """A connected `aetcd.Client` for `http://HOST:PORT` (or `HOST:PORT`), closed on exit.
 
     `timeout` bounds every unary call (seconds)."""
@@ -62,14 +64,18 @@ def map_rpc_error(error: BaseException) -> BaseException:
             return Compacted(details)
         if code == grpc.StatusCode.OUT_OF_RANGE and "future" in details:
             return FutureRevision(details)
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                    grpc.StatusCode.CANCELLED):
+        if code in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.CANCELLED,
+        ):
             return Unavailable(f"etcd: {details or code.name}")
         return Internal(f"etcd: {code.name}: {details}")
     if isinstance(error, aetcd.RevisionCompactedError):
         return Compacted(str(error))
-    if isinstance(error, (aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError,
-                          aetcd.WatchTimeoutError)):
+    if isinstance(
+        error, (aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError, aetcd.WatchTimeoutError)
+    ):
         return Unavailable(f"etcd: {error}")
     if isinstance(error, aetcd.ClientError):
         return Internal(f"etcd: {error}")
@@ -114,8 +120,12 @@ class Compare:
     value: int
 
     def to_proto(self) -> rpc.Compare:
-        result = {"==": rpc.Compare.EQUAL, "!=": rpc.Compare.NOT_EQUAL,
-                  "<": rpc.Compare.LESS, ">": rpc.Compare.GREATER}[self.op]
+        result = {
+            "==": rpc.Compare.EQUAL,
+            "!=": rpc.Compare.NOT_EQUAL,
+            "<": rpc.Compare.LESS,
+            ">": rpc.Compare.GREATER,
+        }[self.op]
         cmp = rpc.Compare(key=self.key, result=result)
         if self.target == "create":
             cmp.target, cmp.create_revision = rpc.Compare.CREATE, self.value
@@ -131,10 +141,15 @@ class Compare:
         """Evaluate this compare client-side against a read of its key."""
         actual = 0
         if kv is not None:
-            actual = {"create": kv.create_revision, "mod": kv.mod_revision,
-                      "version": kv.version}[self.target]
-        return {"==": actual == self.value, "!=": actual != self.value,
-                "<": actual < self.value, ">": actual > self.value}[self.op]
+            actual = {"create": kv.create_revision, "mod": kv.mod_revision, "version": kv.version}[
+                self.target
+            ]
+        return {
+            "==": actual == self.value,
+            "!=": actual != self.value,
+            "<": actual < self.value,
+            ">": actual > self.value,
+        }[self.op]
 
 
 class Fence(Compare):
@@ -172,12 +187,20 @@ def range_request(
     max_create_revision: int = 0,
     keys_only: bool = False,
 ) -> rpc.RangeRequest:
-    request = rpc.RangeRequest(key=b(key), limit=limit, revision=revision, keys_only=keys_only,
-                               max_create_revision=max_create_revision)
+    request = rpc.RangeRequest(
+        key=b(key),
+        limit=limit,
+        revision=revision,
+        keys_only=keys_only,
+        max_create_revision=max_create_revision,
+    )
     if range_end is not None:
         request.range_end = range_end
-    request.sort_target = {"key": rpc.RangeRequest.KEY, "create": rpc.RangeRequest.CREATE,
-                           "mod": rpc.RangeRequest.MOD}[sort_target]
+    request.sort_target = {
+        "key": rpc.RangeRequest.KEY,
+        "create": rpc.RangeRequest.CREATE,
+        "mod": rpc.RangeRequest.MOD,
+    }[sort_target]
     if descend:
         request.sort_order = rpc.RangeRequest.DESCEND
     elif sort_target != "key" or limit:
@@ -188,7 +211,9 @@ def range_request(
 async def range_(client: aetcd.Client, request: rpc.RangeRequest) -> rpc.RangeResponse:
     try:
         _ready(client)
-        return await client.kvstub.Range(request, timeout=_timeout(client), metadata=client.metadata)
+        return await client.kvstub.Range(
+            request, timeout=_timeout(client), metadata=client.metadata
+        )
     except Exception as error:
         raise map_rpc_error(error) from error
 
@@ -220,8 +245,9 @@ async def txn(
     success: Sequence[rpc.RequestOp] = (),
     failure: Sequence[rpc.RequestOp] = (),
 ) -> rpc.TxnResponse:
-    request = rpc.TxnRequest(compare=[c.to_proto() for c in compares],
-                             success=list(success), failure=list(failure))
+    request = rpc.TxnRequest(
+        compare=[c.to_proto() for c in compares], success=list(success), failure=list(failure)
+    )
     try:
         _ready(client)
         return await client.kvstub.Txn(request, timeout=_timeout(client), metadata=client.metadata)
@@ -234,7 +260,8 @@ async def lease_grant(client: aetcd.Client, ttl: int) -> tuple[int, int]:
     try:
         _ready(client)
         response = await client.leasestub.LeaseGrant(
-            rpc.LeaseGrantRequest(TTL=ttl), timeout=_timeout(client), metadata=client.metadata)
+            rpc.LeaseGrantRequest(TTL=ttl), timeout=_timeout(client), metadata=client.metadata
+        )
     except Exception as error:
         raise map_rpc_error(error) from error
     if response.error:
@@ -247,7 +274,10 @@ async def lease_keepalive_once(client: aetcd.Client, lease_id: int, timeout: flo
     try:
         _ready(client)
         call = client.leasestub.LeaseKeepAlive(
-            iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=timeout, metadata=client.metadata)
+            iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]),
+            timeout=timeout,
+            metadata=client.metadata,
+        )
         async for reply in call:
             return int(reply.TTL)
     except Exception as error:
@@ -259,8 +289,10 @@ async def lease_revoke(client: aetcd.Client, lease_id: int, timeout: float | Non
     try:
         _ready(client)
         await client.leasestub.LeaseRevoke(
-            rpc.LeaseRevokeRequest(ID=lease_id), timeout=timeout or _timeout(client),
-            metadata=client.metadata)
+            rpc.LeaseRevokeRequest(ID=lease_id),
+            timeout=timeout or _timeout(client),
+            metadata=client.metadata,
+        )
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.NOT_FOUND or "not found" in (error.details() or ""):
             return

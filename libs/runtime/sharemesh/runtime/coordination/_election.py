@@ -80,7 +80,8 @@ async def _wait_predecessors(session: Session, queue: str, my_rev: int) -> None:
             raise Aborted(f"session lease lost while waiting in {queue}")
         try:
             response = await _client.range_(
-                client, _queue_range(queue, descend=True, max_create_revision=my_rev - 1))
+                client, _queue_range(queue, descend=True, max_create_revision=my_rev - 1)
+            )
             older = _direct(response.kvs, queue)
             if not older:
                 return
@@ -97,7 +98,9 @@ async def _wait_predecessors(session: Session, queue: str, my_rev: int) -> None:
             await asyncio.sleep(_RETRY_DELAY)
 
 
-async def _enqueue(session: Session, key: str, value: bytes) -> tuple[int, rpc.KeyValue | None, bool]:
+async def _enqueue(
+    session: Session, key: str, value: bytes
+) -> tuple[int, rpc.KeyValue | None, bool]:
     """Create our queue key (or reuse it if our lease already owns it).
 
     Returns (our create revision, the queue's owner kv, whether we created the key)."""
@@ -107,7 +110,10 @@ async def _enqueue(session: Session, key: str, value: bytes) -> tuple[int, rpc.K
         client,
         [_client.Compare(_client.b(key), "create", "==", 0)],
         success=[_client.op_put(key, value, lease), _client.op_range(_queue_range(queue))],
-        failure=[_client.op_range(_client.range_request(key)), _client.op_range(_queue_range(queue))],
+        failure=[
+            _client.op_range(_client.range_request(key)),
+            _client.op_range(_queue_range(queue)),
+        ],
     )
     if response.succeeded:
         my_rev = response.header.revision
@@ -122,8 +128,10 @@ async def _enqueue(session: Session, key: str, value: bytes) -> tuple[int, rpc.K
     owners = _direct(response.responses[1].response_range.kvs, queue)
     if kv.value != value:
         update = await _client.txn(
-            client, [_client.Compare(kv.key, "create", "==", kv.create_revision)],
-            success=[_client.op_put(key, value, lease)])
+            client,
+            [_client.Compare(kv.key, "create", "==", kv.create_revision)],
+            success=[_client.op_put(key, value, lease)],
+        )
         if not update.succeeded:
             raise Aborted(f"queue key {key} changed while re-campaigning")
     return kv.create_revision, (owners[0] if owners else None), False
@@ -132,8 +140,11 @@ async def _enqueue(session: Session, key: str, value: bytes) -> tuple[int, rpc.K
 async def _dequeue(session: Session, key: str, rev: int) -> None:
     """Delete our queue key if it is still the one we created (best effort)."""
     with contextlib.suppress(Exception):
-        await _client.txn(session.client, [_client.Compare(_client.b(key), "create", "==", rev)],
-                          success=[_client.op_delete(key)])
+        await _client.txn(
+            session.client,
+            [_client.Compare(_client.b(key), "create", "==", rev)],
+            success=[_client.op_delete(key)],
+        )
 
 
 class Leadership:
@@ -161,8 +172,11 @@ class Leadership:
 
     async def proclaim(self, value: bytes) -> None:
         """Change the leader value without an election (fenced)."""
-        response = await _client.txn(self.election.session.client, [self.fence()],
-                                     success=[_client.op_put(self.key, value, self.election.session.lease_id)])
+        response = await _client.txn(
+            self.election.session.client,
+            [self.fence()],
+            success=[_client.op_put(self.key, value, self.election.session.lease_id)],
+        )
         if not response.succeeded:
             raise FencedOut(f"leadership of {self.election.prefix} lost")
         self.value = value
@@ -238,7 +252,8 @@ async def observe(client: aetcd.Client, prefix: str) -> AsyncIterator[bytes | No
             if _client.is_closed(client):
                 return
             watch = await client.watch(
-                queue.encode(), range_end=_client.prefix_end(queue), start_revision=revision + 1)
+                queue.encode(), range_end=_client.prefix_end(queue), start_revision=revision + 1
+            )
             try:
                 async for _event in watch:
                     owner, _ = await _first(client, queue)

@@ -21,7 +21,9 @@ _FORBIDDEN = re.compile(r"[/\x00-\x1f\x7f]")
 
 def _check_root(root: str) -> str:
     if not root.startswith("/") or not root.endswith("/") or "//" in root:
-        raise InvalidArgument("root", f"must start and end with '/' and have no empty segment: {root!r}")
+        raise InvalidArgument(
+            "root", f"must start and end with '/' and have no empty segment: {root!r}"
+        )
     if _FORBIDDEN.search(root.replace("/", "")):
         raise InvalidArgument("root", f"control characters are not allowed: {root!r}")
     return root
@@ -97,7 +99,7 @@ def name_of(root: str, key: str | bytes) -> str:
         key = key.decode()
     if not key.startswith(root):
         raise InvalidArgument("key", f"{key!r} is not under {root!r}")
-    collection, sep, name = key[len(root):].partition("/")
+    collection, sep, name = key[len(root) :].partition("/")
     if not sep:
         raise InvalidArgument("key", f"{key!r} is not a resource key")
     check_collection(collection, "key")

@@ -60,7 +60,8 @@ class Session:
         self._lease_id, self._granted_ttl = await _client.lease_grant(self.client, self.ttl)
         self._last_ok = sent
         self._task = asyncio.get_running_loop().create_task(
-            self._keepalive(), name=f"etcd-keepalive-{self._lease_id:x}")
+            self._keepalive(), name=f"etcd-keepalive-{self._lease_id:x}"
+        )
         return self
 
     async def __aenter__(self) -> Session:
@@ -81,8 +82,9 @@ class Session:
                     ttl = await _client.lease_keepalive_once(self.client, lease, timeout=interval)
                 except Exception as error:  # noqa: BLE001 - retried until the TTL passed
                     if time.monotonic() - self._last_ok >= self._granted_ttl:
-                        log.warning("lease %x lost: refreshes failed for its whole TTL (%s)",
-                                    lease, error)
+                        log.warning(
+                            "lease %x lost: refreshes failed for its whole TTL (%s)", lease, error
+                        )
                         return
                     log.info("lease %x refresh failed, retrying: %s", lease, error)
                     continue

@@ -72,8 +72,9 @@ def _decode(key: bytes | str, data: bytes, msg_type: type[M]) -> M:
 
 
 def _versioned(kv: rpc.KeyValue, msg_type: type[M]) -> Versioned[M]:
-    return Versioned(_decode(kv.key, kv.value, msg_type), kv.mod_revision, kv.create_revision,
-                     kv.key.decode())
+    return Versioned(
+        _decode(kv.key, kv.value, msg_type), kv.mod_revision, kv.create_revision, kv.key.decode()
+    )
 
 
 class Txn:
@@ -104,19 +105,24 @@ class Txn:
         self._ops.append(_client.op_put(key, msg.SerializeToString(), lease))
         return self
 
-    def put(self, key: str, msg: Message, expected_mod_revision: int | None = None, *,
-            lease: int = 0) -> Txn:
+    def put(
+        self, key: str, msg: Message, expected_mod_revision: int | None = None, *, lease: int = 0
+    ) -> Txn:
         """Write a record; with `expected_mod_revision` only if it is unchanged."""
         key = self._key(key)
         if expected_mod_revision is not None:
-            self._compares.append(("mod", Compare(key.encode(), "mod", "==", expected_mod_revision)))
+            self._compares.append(
+                ("mod", Compare(key.encode(), "mod", "==", expected_mod_revision))
+            )
         self._ops.append(_client.op_put(key, msg.SerializeToString(), lease))
         return self
 
     def delete(self, key: str, expected_mod_revision: int | None = None) -> Txn:
         key = self._key(key)
         if expected_mod_revision is not None:
-            self._compares.append(("mod", Compare(key.encode(), "mod", "==", expected_mod_revision)))
+            self._compares.append(
+                ("mod", Compare(key.encode(), "mod", "==", expected_mod_revision))
+            )
         self._ops.append(_client.op_delete(key))
         return self
 
@@ -159,15 +165,17 @@ class Txn:
         kv = read.get(cmp.key)
         meta = {"key": key}
         if role == "fence":
-            return FencedOut(f"lock or leadership {key} (revision {cmp.value}) is no longer held",
-                             metadata=meta)
+            return FencedOut(
+                f"lock or leadership {key} (revision {cmp.value}) is no longer held", metadata=meta
+            )
         if role == "create":
             return AlreadyExists(f"{key} already exists", metadata=meta)
         if kv is None and role == "mod":
             return NotFound(f"{key} not found", metadata=meta)
         actual = kv.mod_revision if kv is not None else 0
-        return Aborted(f"{key} changed: expected revision {cmp.value}, found {actual}",
-                       metadata=meta)
+        return Aborted(
+            f"{key} changed: expected revision {cmp.value}, found {actual}", metadata=meta
+        )
 
 
 class Store:
@@ -200,16 +208,18 @@ class Store:
     def txn(self) -> Txn:
         return Txn(self)
 
-    async def create(self, key: str, msg: Message, fences: Iterable[object] = (), *,
-                     lease: int = 0) -> int:
+    async def create(
+        self, key: str, msg: Message, fences: Iterable[object] = (), *, lease: int = 0
+    ) -> int:
         """Create a record; AlreadyExists if present. Returns its (create) revision."""
         txn = self.txn().create(key, msg, lease=lease)
         for fence in fences:
             txn.fence(fence)
         return await txn.commit()
 
-    async def update(self, key: str, msg: Message, expected_mod_revision: int,
-                     fences: Iterable[object] = ()) -> int:
+    async def update(
+        self, key: str, msg: Message, expected_mod_revision: int, fences: Iterable[object] = ()
+    ) -> int:
         """Replace a record if unchanged since `expected_mod_revision`: Aborted if stale,
         NotFound if gone, FencedOut if a fence failed. Returns the new mod_revision."""
         txn = self.txn().put(key, msg, expected_mod_revision)
@@ -217,16 +227,18 @@ class Store:
             txn.fence(fence)
         return await txn.commit()
 
-    async def put(self, key: str, msg: Message, fences: Iterable[object] = (), *,
-                  lease: int = 0) -> int:
+    async def put(
+        self, key: str, msg: Message, fences: Iterable[object] = (), *, lease: int = 0
+    ) -> int:
         """Write unconditionally (registrations, stats); still fenced if asked."""
         txn = self.txn().put(key, msg, lease=lease)
         for fence in fences:
             txn.fence(fence)
         return await txn.commit()
 
-    async def delete(self, key: str, expected_mod_revision: int | None = None,
-                     fences: Iterable[object] = ()) -> bool:
+    async def delete(
+        self, key: str, expected_mod_revision: int | None = None, fences: Iterable[object] = ()
+    ) -> bool:
         """Delete a record; with `expected_mod_revision` only if unchanged (Aborted /
         NotFound otherwise). Returns whether a key was deleted."""
         key = self.check_key(key)
@@ -265,8 +277,9 @@ class Store:
             if not start_after.startswith(prefix):
                 raise InvalidArgument("page_token", "does not belong to this list")
             start = start_after + "\0"
-        request = _client.range_request(start, _client.prefix_end(prefix), limit=limit,
-                                        revision=revision or 0)
+        request = _client.range_request(
+            start, _client.prefix_end(prefix), limit=limit, revision=revision or 0
+        )
         try:
             response = await _client.range_(self.client, request)
         except Compacted as error:
@@ -278,8 +291,9 @@ class Store:
         # The header carries the store's current revision; the read was at `revision`.
         return items, revision or response.header.revision, bool(response.more)
 
-    async def list_all(self, prefix: str, msg_type: type[M],
-                       page: int = 500) -> tuple[list[Versioned[M]], int]:
+    async def list_all(
+        self, prefix: str, msg_type: type[M], page: int = 500
+    ) -> tuple[list[Versioned[M]], int]:
         """Every record under `prefix` at one revision (for reconcilers)."""
         items: list[Versioned[M]] = []
         start_after, revision = None, None
@@ -290,20 +304,28 @@ class Store:
                 return items, revision
             start_after = batch[-1].key if batch else None
             if start_after is None:  # a page of only nested keys: continue after the raw last key
-                raw = await _client.range_(self.client, _client.range_request(
-                    prefix, _client.prefix_end(prefix), limit=page, revision=revision, keys_only=True))
+                raw = await _client.range_(
+                    self.client,
+                    _client.range_request(
+                        prefix,
+                        _client.prefix_end(prefix),
+                        limit=page,
+                        revision=revision,
+                        keys_only=True,
+                    ),
+                )
                 start_after = raw.kvs[-1].key.decode()
 
-    async def scan(self, prefix: str, msg_type: type[M],
-                   page: int = 500) -> list[Versioned[M]]:
+    async def scan(self, prefix: str, msg_type: type[M], page: int = 500) -> list[Versioned[M]]:
         """Every record anywhere below `prefix` (e.g. all projects' shares), in key
         order at one revision; for reconcilers, not for public listings."""
         self.check_key(prefix)
         items: list[Versioned[M]] = []
         start, end, revision = prefix.encode(), _client.prefix_end(prefix), 0
         while True:
-            response = await _client.range_(self.client, _client.range_request(
-                start, end, limit=page, revision=revision))
+            response = await _client.range_(
+                self.client, _client.range_request(start, end, limit=page, revision=revision)
+            )
             # The header carries the current revision, not the one read at: keep the first.
             revision = revision or response.header.revision
             items.extend(_versioned(kv, msg_type) for kv in response.kvs)
@@ -311,8 +333,9 @@ class Store:
                 return items
             start = response.kvs[-1].key + b"\0"
 
-    async def watch_prefix(self, prefix: str, start_revision: int | None = None,
-                           msg_type: type[M] | None = None) -> AsyncIterator[WatchEvent]:
+    async def watch_prefix(
+        self, prefix: str, start_revision: int | None = None, msg_type: type[M] | None = None
+    ) -> AsyncIterator[WatchEvent]:
         """Events under `prefix` from `start_revision` (inclusive; default: from now).
 
         A compacted start revision raises InvalidArgument("start_revision", ...): list
@@ -321,8 +344,9 @@ class Store:
         self.check_key(prefix)
         try:
             _client._ready(self.client)  # noqa: SLF001
-            watch = await self.client.watch(prefix.encode(), range_end=_client.prefix_end(prefix),
-                                            start_revision=start_revision)
+            watch = await self.client.watch(
+                prefix.encode(), range_end=_client.prefix_end(prefix), start_revision=start_revision
+            )
         except Exception as error:
             mapped = _client.map_rpc_error(error)
             if isinstance(mapped, Compacted):

@@ -193,8 +193,12 @@ class LocalDriver:
             # A repeat must not reset the clients that update_access set since.
             if share.export_id not in await self.ganesha.live_export_ids():
                 await self.ganesha.apply(self._export(share, ()))
-        log.info("created share %s (%s GiB) in %.2fs", share.name, share.size_gib,
-                 time.monotonic() - started)
+        log.info(
+            "created share %s (%s GiB) in %.2fs",
+            share.name,
+            share.size_gib,
+            time.monotonic() - started,
+        )
         return self._locations(share)
 
     async def delete_share(self, share: ShareSpec) -> None:
