@@ -67,6 +67,6 @@ def pid_alive(pid: int) -> bool:
     """Alive and not a zombie (PID 1 here may be slow to reap orphans)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -4,6 +4,7 @@ and a create interrupted anywhere ends ACTIVE or ERROR, never stuck in CREATING.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -28,9 +29,19 @@ def _ganesha_pid(mesh: LocalMesh) -> int:
 
 
 async def _kill(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
     while pid_alive(pid):
         await asyncio.sleep(0.02)
+
+
+async def _kill_child(mesh: LocalMesh, name: str) -> None:
+    """Kills a service the launcher runs, once it has restarted from any earlier kill."""
+    child = mesh.children[name]
+    async with asyncio.timeout(30):
+        while not (child.pid and pid_alive(child.pid)):
+            await asyncio.sleep(0.05)
+    await _kill(child.pid)
 
 
 async def _until_readable(share: Share, dst: Path, name: str, timeout: float) -> float:
@@ -63,7 +74,7 @@ async def test_shares_serve_again_after_driver_host_and_ganesha_are_killed(
         )
     )
 
-    await _kill(mesh.children[DRIVER_HOST].pid)
+    await _kill_child(mesh, DRIVER_HOST)
     await _kill(_ganesha_pid(mesh))
     back = tmp_path / "back.bin"
     took = await _until_readable(writable, back, "data.bin", SETTLE_SECONDS)
@@ -88,7 +99,7 @@ async def test_an_interrupted_create_never_stays_creating(
         ss.CreateShareRequest(parent="projects/alpha", share_id=share_id, share=Share(size_gib=1)),
     )
     await asyncio.sleep(delay)
-    await _kill(mesh.children[victim].pid)
+    await _kill_child(mesh, victim)
     started = time.monotonic()
     try:
         share = await alpha.wait(op, Share, timeout=SETTLE_SECONDS)
