@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.longrunning import operations_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from sharemesh.client import Client
@@ -143,6 +144,17 @@ async def test_request_id_retry_returns_the_same_operation_and_acts_once(
     third = await alpha.call(alpha.shares.CreateShare, request)
     assert third.name == first.name and third.done
     assert sum(s.share.name == "projects/alpha/shares/once" for s in await live_shares(mesh)) == 1
+    fetched = await alpha.call(
+        alpha.operations.GetOperation, operations_pb2.GetOperationRequest(name=first.name)
+    )
+    assert fetched.done and fetched.response.Is(Share.DESCRIPTOR)
+    listed = await alpha.call(
+        alpha.operations.ListOperations,
+        operations_pb2.ListOperationsRequest(
+            name="projects/alpha", filter="done=true", page_size=1000
+        ),
+    )
+    assert first.name in [op.name for op in listed.operations]
 
     request.share.size_gib = 2  # same id, other body
     error = await _refused(

@@ -14,6 +14,8 @@ import pytest
 
 from sharemesh.client import Client, OperationFailed
 from sharemesh.launcher import LocalMesh
+from sharemesh.runtime.coordination import Store, connect, keys
+from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_service_pb2 as ss
 
 from mesh_ops import RO, RW, AccessRule, Share, create_share, delete_share, grant, read, write
@@ -143,3 +145,25 @@ async def test_a_restarted_mesh_serves_its_shares_again(tmp_path: Path) -> None:
             assert back.read_bytes() == data.read_bytes()
             await delete_share(alpha, share.name)
     assert_host_clean(state)
+
+
+async def test_sigterm_drains_and_revokes_the_lease_at_once(mesh: LocalMesh) -> None:
+    """An orderly stop deletes the service's leased keys now, not a TTL later."""
+    assert mesh.etcd is not None and mesh.config is not None
+    async with connect(mesh.etcd.endpoint) as client:
+        store = Store(client)
+        key = keys.host_key(store.root, mesh.config.gateway.host)
+        found = await store.get(key, records_pb2.HostRecord)
+        assert found is not None
+        events = store.watch_prefix(key, found.mod_revision + 1)
+        child = mesh.children["gateway"]
+        assert child.pid
+        os.kill(child.pid, signal.SIGTERM)
+        signalled = time.monotonic()
+        async with asyncio.timeout(mesh.config.etcd.lease_ttl_seconds):
+            async for event in events:
+                if event.key == key and event.kind == "DELETE":
+                    break
+        took = time.monotonic() - signalled
+        print(f"\nregistration gone {took:.2f}s after SIGTERM (lease TTL 3s)")
+        assert took < 1.5
