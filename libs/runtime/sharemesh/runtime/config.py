@@ -59,6 +59,14 @@ class ApiConfig:
 class SchedulerConfig:
     listen: str = "127.0.0.1:0"
     """Address of the scheduler's internal service."""
+    filters: tuple[str, ...] = ("retry", "availability_zone", "capacity", "capabilities")
+    """Filters in the order they run (modules under `sharemesh.scheduler.filters`)."""
+    weighers: Mapping[str, float] = field(
+        default_factory=lambda: {"capacity": 1.0, "goodness": 0.0}
+    )
+    """Weigher multipliers: capacity > 0 spreads shares, < 0 stacks them."""
+    max_attempts: int = 3
+    """Pools a create may be tried on before it fails."""
 
 
 @dataclass(frozen=True)

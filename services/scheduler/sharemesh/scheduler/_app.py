@@ -16,6 +16,7 @@ from sharemesh.scheduler.v1 import scheduler_service_pb2, scheduler_service_pb2_
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_pb2
 
+from ._compose import placement
 from ._placer import Placer
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ class SchedulerApp:
         log.info("standing for leadership")
         leadership = await election.campaign(endpoint.encode())
         log.info("leading; placing shares")
-        self.placer = Placer(self._store, self._peers, leadership)
+        self.placer = Placer(
+            self._store, self._peers, leadership, placement(self._context.config.scheduler)
+        )
         try:
             while not leadership.done.is_set():
                 await self.reconcile()

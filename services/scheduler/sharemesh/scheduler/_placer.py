@@ -12,9 +12,9 @@ from sharemesh.runtime.coordination import Leadership, Store, Versioned, keys
 from sharemesh.runtime.errors import Aborted, ResourceExhausted
 from sharemesh.runtime.peers import Peers
 from sharemesh.state.v1 import records_pb2
-from sharemesh.v1 import share_pb2
+from sharemesh.v1 import share_pb2, share_type_pb2
 
-from ._placement import Candidate, NoValidPool, choose
+from ._placement import Candidate, NoValidPool, Placement, Request
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,11 @@ _ATTEMPTS = 10
 
 
 class Placer:
-    def __init__(self, store: Store, peers: Peers, leadership: Leadership) -> None:
+    def __init__(
+        self, store: Store, peers: Peers, leadership: Leadership, placement: Placement
+    ) -> None:
         self._store = store
+        self._placement = placement
         self._peers = peers
         self._leadership = leadership
         # One decision at a time: each reads allocations that the previous one wrote.
@@ -55,7 +58,7 @@ class Placer:
             return None
         candidates, allocations = await self._candidates()
         try:
-            chosen = choose(candidates, record.share.size_gib, record.tried_pools)
+            chosen = self._placement.choose(candidates, await self._request(record))
         except NoValidPool as reason:
             await self._fail(found, str(reason))
             return None
@@ -108,12 +111,27 @@ class Placer:
                 backend.name,
                 pool.total_gib,
                 allocations[pool.name].value.allocated_gib if pool.name in allocations else 0,
-                dict(pool.capabilities),
+                pool.capabilities,
+                pool.availability_zone or pool.capabilities.get("availability_zone", ""),
             )
             for backend in backends
             for pool in backend.pools
         ]
         return candidates, allocations
+
+    async def _request(self, record: records_pb2.ShareRecord) -> Request:
+        specs: dict[str, str] = {}
+        found = await self._store.get(
+            self._store.key_of(record.share.share_type), share_type_pb2.ShareType
+        )
+        if found is not None:
+            specs = dict(found.value.extra_specs)
+        return Request(
+            record.share.size_gib,
+            specs,
+            record.share.availability_zone,
+            frozenset(record.tried_pools),
+        )
 
     async def _fail(self, found: Versioned[records_pb2.ShareRecord], reason: str) -> None:
         record = found.value
