@@ -27,6 +27,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help=f"public API port on loopback (default {DEFAULT_API_PORT}; 0 picks one)",
     )
     up.add_argument("--lease-ttl", type=int, help="lease TTL in seconds (tests use 2-3)")
+    up.add_argument(
+        "--schedulers",
+        type=int,
+        default=1,
+        help="scheduler processes (one leads, the others stand by)",
+    )
     up.set_defaults(run=run)
 
 
@@ -35,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger("sharemesh.up")
 
     async def main(stop: asyncio.Event) -> None:
-        async with LocalMesh(args.state_dir, args.config, args.api_port, args.lease_ttl) as mesh:
+        async with LocalMesh(
+            args.state_dir, args.config, args.api_port, args.lease_ttl, args.schedulers
+        ) as mesh:
             print(f"sharemesh api listening on {mesh.api_address}", flush=True)
             log.info(
                 "admin key in %s; logs in %s",

@@ -39,8 +39,13 @@ class LocalMesh:
         config_file: Path | None = None,
         api_port: int = DEFAULT_API_PORT,
         lease_ttl_seconds: int | None = None,
+        schedulers: int = 1,
     ) -> None:
         self.state_dir = state_dir.resolve()
+        # Standby schedulers listen on ports of their own; only the leader places.
+        self._standby_schedulers = {
+            f"scheduler-{i}": f"127.0.0.1:{free_port()}" for i in range(2, schedulers + 1)
+        }
         self._config_file = config_file
         self._api_port = api_port
         self._lease_ttl = lease_ttl_seconds
@@ -88,7 +93,7 @@ class LocalMesh:
         for child in self.children.values():
             await child.start()
         await asyncio.gather(
-            *(wait_serving(address, timeout=60) for address in self._addresses().values())
+            *(wait_serving(address, timeout=60) for address in self.addresses().values())
         )
 
     async def stop(self) -> None:
@@ -99,11 +104,13 @@ class LocalMesh:
         if self.etcd:
             await self.etcd.stop()
 
-    def _addresses(self) -> dict[str, str]:
+    def addresses(self) -> dict[str, str]:
+        """Every service's gRPC address, by child name."""
         assert self.config is not None
         addresses = {
             "api": self.config.api.listen,
             "scheduler": self.config.scheduler.listen,
+            **self._standby_schedulers,
             "gateway": self.config.gateway.listen,
         }
         for backend in self.config.backends:
@@ -120,6 +127,12 @@ class LocalMesh:
                 "scheduler", [py, "-m", "sharemesh.scheduler", *cfg], logs / "scheduler.log"
             )
         }
+        for name, listen in self._standby_schedulers.items():
+            children[name] = Child(
+                name,
+                [py, "-m", "sharemesh.scheduler", *cfg, "--listen", listen],
+                logs / f"{name}.log",
+            )
         for backend in self.config.backends:
             name = f"driver-host-{backend.name}"
             children[name] = Child(

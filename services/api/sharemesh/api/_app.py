@@ -7,11 +7,20 @@ from google.longrunning import operations_pb2_grpc, operations_proto_pb2
 from sharemesh.runtime.peers import Peers
 from sharemesh.runtime.process import Context
 from sharemesh.runtime.server import Binding
-from sharemesh.v1 import share_service_pb2, share_service_pb2_grpc
+from sharemesh.v1 import (
+    pool_service_pb2,
+    pool_service_pb2_grpc,
+    share_service_pb2,
+    share_service_pb2_grpc,
+    share_type_service_pb2,
+    share_type_service_pb2_grpc,
+)
 
 from ._access_rules import AccessRules
 from ._auth import Authenticator
 from ._operations import Operations
+from ._pools import Pools
+from ._share_types import ShareTypes
 from ._shares import Shares
 
 
@@ -33,6 +42,16 @@ class ApiApp:
                 _service_name(share_service_pb2, "ShareService"),
                 share_service_pb2_grpc.add_ShareServiceServicer_to_server,
                 ShareService(context.store, self.peers, auth),
+            ),
+            Binding(
+                _service_name(share_type_service_pb2, "ShareTypeService"),
+                share_type_service_pb2_grpc.add_ShareTypeServiceServicer_to_server,
+                ShareTypes(context.store, auth),
+            ),
+            Binding(
+                _service_name(pool_service_pb2, "PoolService"),
+                pool_service_pb2_grpc.add_PoolServiceServicer_to_server,
+                Pools(context.store, self.peers, auth),
             ),
             Binding(
                 _service_name(operations_proto_pb2, "Operations"),

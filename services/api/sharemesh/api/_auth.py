@@ -23,6 +23,10 @@ class Caller:
         if not self.admin and project != self.project:
             raise PermissionDenied(f"this key may not act in project {project!r}")
 
+    def check_admin(self) -> None:
+        if not self.admin:
+            raise PermissionDenied("this method needs an admin key")
+
     def check_resource(self, name: str) -> None:
         """Another project's resource answers as if it did not exist."""
         if not self.admin and names.project_of(name) != self.project:

@@ -14,12 +14,12 @@ from sharemesh.runtime.errors import FailedPrecondition, InvalidArgument, Resour
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_pb2, share_service_pb2
 
-from . import _paging
+from . import _paging, _share_types
 from ._base import Base, check_etag
 
 Share = share_pb2.Share
 MAX_SHARE_GIB = 16 * 1024
-DEFAULT_SHARE_TYPE = "shareTypes/default"
+DEFAULT_SHARE_TYPE = _share_types.DEFAULT
 _STATE_FILTER = re.compile(r"^\s*state\s*=\s*\"?([A-Z_]+)\"?\s*$")
 
 
@@ -89,7 +89,7 @@ class Shares(Base):
                 reason="SNAPSHOTS_UNAVAILABLE",
             )
         share_type = share.share_type or DEFAULT_SHARE_TYPE
-        names.SHARE_TYPE.parse("share.share_type", share_type)
+        await _share_types.share_type(self.store, share_type, "share.share_type")
         name = names.SHARE.format(project=project, share=request.share_id)
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:

@@ -90,6 +90,7 @@ class DriverHostApp:
                 provisioned_gib=int(pool.provisioned_gib),
             )
             capacity.capabilities.update(pool.capabilities)
+            capacity.availability_zone = pool.capabilities.get("availability_zone", "")
         return record
 
     async def run(self, endpoint: str) -> None:

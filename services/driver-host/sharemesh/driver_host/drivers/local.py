@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +55,11 @@ class LocalDriverConfig:
     """The Ganesha instance's state: config, export files, pidfiles, log, bus."""
     grace_seconds: int = 0
     bind_address: str | None = None
+    availability_zone: str = ""
+    """The zone the pool is in, for the scheduler's availability-zone filter."""
+    capabilities: Mapping[str, str] = field(default_factory=dict)
+    """Custom capabilities the operator gives the pool (e.g. `tier = "gold"`), matched
+    against share types' extra specs; they cannot override what the driver reports."""
 
 
 @dataclass
@@ -127,7 +132,11 @@ class LocalDriver:
             total_gib=total,
             free_gib=max(0.0, total - provisioned),
             provisioned_gib=provisioned,
-            capabilities=dict(CAPABILITIES),
+            capabilities={
+                **self.config.capabilities,
+                **CAPABILITIES,
+                "availability_zone": self.config.availability_zone,
+            },
         )
         return BackendStats(pools=(pool,))
 

@@ -1,0 +1,53 @@
+"""`sharemesh.v1.PoolService`: the admin's view of backends and pools, with what each
+reports (capacity, capabilities) and what the mesh has allocated on it."""
+
+from __future__ import annotations
+
+from sharemesh.runtime import names, validation
+from sharemesh.runtime.coordination import Store, keys
+from sharemesh.runtime.errors import InvalidArgument
+from sharemesh.runtime.peers import Peers
+from sharemesh.state.v1 import records_pb2
+from sharemesh.v1 import pool_pb2, pool_service_pb2, pool_service_pb2_grpc
+
+from ._auth import Authenticator
+
+
+class Pools(pool_service_pb2_grpc.PoolServiceServicer):
+    def __init__(self, store: Store, peers: Peers, auth: Authenticator) -> None:
+        self._store = store
+        self._peers = peers
+        self._auth = auth
+
+    async def ListPools(self, request, context):  # noqa: N802
+        self._auth.caller(context).check_admin()
+        validation.check_request(request)
+        parts = request.parent.split("/")
+        if len(parts) != 2 or parts[0] != "backends":
+            raise InvalidArgument("parent", "must be backends/- or backends/{backend}")
+        if parts[1] != "-":
+            names.check_id("parent", parts[1])
+        if request.page_token:
+            raise InvalidArgument("page_token", "pools fit on one page; list again")
+        pools = []
+        for backend in await self._peers.backends():
+            if parts[1] not in ("-", backend.name.split("/")[-1]):
+                continue
+            for capacity in backend.pools:
+                _, b, _, p = capacity.name.split("/")
+                allocation = await self._store.get(
+                    keys.allocation_key(self._store.root, b, p), records_pb2.PoolAllocation
+                )
+                pool = pool_pb2.Pool(
+                    name=capacity.name,
+                    total_gib=capacity.total_gib,
+                    free_gib=capacity.free_gib,
+                    provisioned_gib=capacity.provisioned_gib,
+                    allocated_gib=allocation.value.allocated_gib if allocation else 0,
+                    availability_zone=capacity.availability_zone
+                    or capacity.capabilities.get("availability_zone", ""),
+                    endpoint=backend.endpoint,
+                )
+                pool.capabilities.update(capacity.capabilities)
+                pools.append(pool)
+        return pool_service_pb2.ListPoolsResponse(pools=sorted(pools, key=lambda p: p.name))

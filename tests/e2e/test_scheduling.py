@@ -1,0 +1,190 @@
+"""Many backends behind one active/standby scheduler: shares land where their type and
+zone demand, the pool view shows it, and placement survives the leader's death."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from sharemesh.client import Client, OperationFailed
+from sharemesh.launcher import LocalMesh
+from sharemesh.runtime.coordination import connect, keys, leader
+from sharemesh.v1 import (
+    pool_service_pb2,
+    pool_service_pb2_grpc,
+    share_type_pb2,
+    share_type_service_pb2_grpc,
+)
+from sharemesh.v1 import share_service_pb2 as ss
+from sharemesh.v1 import share_type_service_pb2 as sts
+
+from conftest import assert_host_clean
+from mesh_ops import Share, create_share, delete_share, live_shares
+from support import ensure_rpcbind, pid_alive
+
+pytestmark = pytest.mark.e2e
+TTL = 3
+
+CONFIG = """
+reconcile_interval_seconds = 2
+[[api.tokens]]
+token = "alpha-key"
+project = "alpha"
+
+[[backends]]
+name = "big"
+[backends.options]
+capacity_gib = 20
+availability_zone = "az1"
+capabilities = { tier = "gold" }
+
+[[backends]]
+name = "small"
+[backends.options]
+capacity_gib = 6
+availability_zone = "az1"
+capabilities = { tier = "silver" }
+
+[[backends]]
+name = "remote"
+[backends.options]
+capacity_gib = 10
+availability_zone = "az2"
+"""
+
+TYPES = {
+    "gold": {"tier": "gold"},
+    "silverish": {"tier": "<or> silver <or> bronze"},
+    "far": {"availability_zones": "az2"},
+    "platinum": {"tier": "platinum"},
+}
+
+
+@pytest.fixture(scope="module")
+async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalMesh]:
+    ensure_rpcbind()
+    state = tmp_path_factory.mktemp("mesh")
+    (state / "mesh.toml").write_text(CONFIG)
+    async with LocalMesh(
+        state, state / "mesh.toml", api_port=0, lease_ttl_seconds=TTL, schedulers=2
+    ) as running:
+        yield running
+    assert_host_clean(state)
+
+
+async def _create(client: Client, share_id: str, **share: object) -> Share:
+    op = await client.call(
+        client.shares.CreateShare,
+        ss.CreateShareRequest(
+            parent="projects/alpha", share_id=share_id, share=Share(size_gib=1, **share)
+        ),
+    )
+    return await client.wait(op, Share)
+
+
+async def test_shares_land_where_type_and_zone_demand(
+    mesh: LocalMesh, admin: Client, alpha: Client
+) -> None:
+    types = share_type_service_pb2_grpc.ShareTypeServiceStub(admin._channel)
+    for type_id, specs in TYPES.items():
+        await types.CreateShareType(
+            sts.CreateShareTypeRequest(
+                share_type_id=type_id, share_type=share_type_pb2.ShareType(extra_specs=specs)
+            ),
+            metadata=admin.metadata,
+        )
+    tenant_types = share_type_service_pb2_grpc.ShareTypeServiceStub(alpha._channel)
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await tenant_types.CreateShareType(
+            sts.CreateShareTypeRequest(share_type_id="mine", share_type=share_type_pb2.ShareType()),
+            metadata=alpha.metadata,
+        )
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    listed = await tenant_types.ListShareTypes(sts.ListShareTypesRequest(), metadata=alpha.metadata)
+    assert {t.name for t in listed.share_types} >= {f"shareTypes/{t}" for t in TYPES}
+
+    placed = {
+        "g": (await _create(alpha, "g", share_type="shareTypes/gold")).pool,
+        "s": (await _create(alpha, "s", share_type="shareTypes/silverish")).pool,
+        "f": (await _create(alpha, "f", share_type="shareTypes/far")).pool,
+        "z": (await _create(alpha, "z", availability_zone="az2")).pool,
+        "d": (await _create(alpha, "d")).pool,  # default type: the pool with most room
+    }
+    assert placed == {
+        "g": "backends/big/pools/default",
+        "s": "backends/small/pools/default",
+        "f": "backends/remote/pools/default",
+        "z": "backends/remote/pools/default",
+        "d": "backends/big/pools/default",
+    }
+    with pytest.raises(OperationFailed) as failed:
+        await _create(alpha, "p", share_type="shareTypes/platinum")
+    assert failed.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    share = await alpha.call(
+        alpha.shares.GetShare, ss.GetShareRequest(name="projects/alpha/shares/p")
+    )
+    assert share.state == Share.ERROR and "capabilities filter" in share.state_message
+    with pytest.raises(OperationFailed, match="availability_zone filter"):
+        await _create(alpha, "nowhere", availability_zone="az9")
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await _create(alpha, "typo", share_type="shareTypes/nope")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+    pools = pool_service_pb2_grpc.PoolServiceStub(admin._channel)
+    view = await pools.ListPools(
+        pool_service_pb2.ListPoolsRequest(parent="backends/-"), metadata=admin.metadata
+    )
+    by_name = {p.name: p for p in view.pools}
+    assert by_name["backends/big/pools/default"].allocated_gib == 2
+    assert by_name["backends/big/pools/default"].capabilities["tier"] == "gold"
+    assert by_name["backends/remote/pools/default"].availability_zone == "az2"
+    assert by_name["backends/small/pools/default"].total_gib == 6
+
+    with pytest.raises(grpc.aio.AioRpcError) as in_use:
+        await types.DeleteShareType(
+            sts.DeleteShareTypeRequest(name="shareTypes/gold"), metadata=admin.metadata
+        )
+    assert in_use.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    for record in await live_shares(mesh):
+        await delete_share(alpha, record.share.name)
+    await types.DeleteShareType(
+        sts.DeleteShareTypeRequest(name="shareTypes/gold"), metadata=admin.metadata
+    )
+
+
+async def test_a_killed_leader_is_replaced_and_every_create_completes(
+    mesh: LocalMesh, alpha: Client
+) -> None:
+    assert mesh.etcd is not None
+    async with connect(mesh.etcd.endpoint) as client:
+        prefix = keys.election_prefix("/sharemesh/", "scheduler")
+        leading = (await leader(client, prefix) or b"").decode()
+        name = next(n for n, a in mesh.addresses().items() if a == leading)
+        creates = [
+            asyncio.create_task(create_share(alpha, "alpha", f"stream-{i}")) for i in range(4)
+        ]
+        await asyncio.sleep(0.1)
+        pid = mesh.children[name].pid
+        assert pid
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        while pid_alive(pid):
+            await asyncio.sleep(0.01)
+        creates += [
+            asyncio.create_task(create_share(alpha, "alpha", f"stream-{i}")) for i in range(4, 12)
+        ]
+        while (await leader(client, prefix) or b"").decode() in ("", leading):
+            await asyncio.sleep(0.05)
+        took = time.monotonic() - killed
+        print(f"\nnew leader {took:.2f}s after kill -9 of {name} (lease TTL {TTL}s)")
+        assert took <= TTL + 2
+        shares = await asyncio.gather(*creates)
+        assert all(s.state == Share.ACTIVE for s in shares)
+        for share in shares:
+            await delete_share(alpha, share.name)
