@@ -3,7 +3,7 @@ rest. Pure logic over a snapshot of pools, so it is tested and benchmarked alone
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,7 +38,9 @@ class Request:
 class Filter(Protocol):
     name: str
 
-    def passes(self, pool: Candidate, request: Request) -> bool: ...
+    def predicate(self, request: Request) -> Callable[[Candidate], bool]:
+        """The test for one request, prepared once and run on every pool."""
+        ...
 
     def reason(self, request: Request) -> str:
         """Why the last pools were rejected, for the share's state_message."""
@@ -67,7 +69,8 @@ class Placement:
         if not pools:
             raise NoValidPool("no backend with a pool is registered")
         for rule in self.filters:
-            kept = [pool for pool in pools if rule.passes(pool, request)]
+            passes = rule.predicate(request)
+            kept = [pool for pool in pools if passes(pool)]
             if not kept:
                 raise NoValidPool(f"{rule.name} filter: {rule.reason(request)}")
             pools = kept

@@ -1,5 +1,7 @@
 """Keeps pools in the zone the share asks for, or in one its type allows."""
 
+from collections.abc import Callable
+
 from .._placement import Candidate, Request
 
 
@@ -13,9 +15,9 @@ def _zones(request: Request) -> set[str]:
 class AvailabilityZoneFilter:
     name = "availability_zone"
 
-    def passes(self, pool: Candidate, request: Request) -> bool:
+    def predicate(self, request: Request) -> Callable[[Candidate], bool]:
         zones = _zones(request)
-        return not zones or pool.availability_zone in zones
+        return lambda pool: not zones or pool.availability_zone in zones
 
     def reason(self, request: Request) -> str:
         return f"no pool in availability zone {' or '.join(sorted(_zones(request)))}"

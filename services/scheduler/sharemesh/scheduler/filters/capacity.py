@@ -1,6 +1,8 @@
 """Keeps pools with room for the share, after the backend's reserved percentage, and
 with thin provisioning up to `max_over_subscription_ratio` times the usable capacity."""
 
+from collections.abc import Callable
+
 from .._placement import Candidate, Request
 
 
@@ -26,8 +28,8 @@ def limit_gib(pool: Candidate, request: Request) -> float:
 class CapacityFilter:
     name = "capacity"
 
-    def passes(self, pool: Candidate, request: Request) -> bool:
-        return pool.allocated_gib + request.size_gib <= limit_gib(pool, request)
+    def predicate(self, request: Request) -> Callable[[Candidate], bool]:
+        return lambda pool: pool.allocated_gib + request.size_gib <= limit_gib(pool, request)
 
     def reason(self, request: Request) -> str:
         return f"no pool has {request.size_gib} GiB unallocated"
