@@ -188,3 +188,34 @@ async def test_a_killed_leader_is_replaced_and_every_create_completes(
         assert all(s.state == Share.ACTIVE for s in shares)
         for share in shares:
             await delete_share(alpha, share.name)
+
+
+async def test_two_hundred_racing_creates_never_overcommit(mesh: LocalMesh, alpha: Client) -> None:
+    async def create(i: int) -> Share | OperationFailed:
+        try:
+            return await create_share(alpha, "alpha", f"race-{i}")
+        except OperationFailed as failed:
+            return failed
+
+    results = await asyncio.gather(*(create(i) for i in range(200)))
+    made = [r for r in results if isinstance(r, Share)]
+    refused = [r for r in results if isinstance(r, OperationFailed)]
+    assert all(f.code == grpc.StatusCode.RESOURCE_EXHAUSTED for f in refused)
+    capacity = {
+        "backends/big/pools/default": 20,
+        "backends/small/pools/default": 6,
+        "backends/remote/pools/default": 10,
+    }
+    # The default type takes any zone, so every pool fills to exactly its capacity.
+    assert len(made) == sum(capacity.values()) and len(refused) == 200 - len(made)
+    pools = pool_service_pb2_grpc.PoolServiceStub(alpha._channel)
+    async with Client(mesh.api_address, mesh.admin_token) as admin:
+        view = await pools.ListPools(
+            pool_service_pb2.ListPoolsRequest(parent="backends/-"), metadata=admin.metadata
+        )
+    records = await live_shares(mesh)
+    for pool in view.pools:
+        holding = sum(r.allocated_gib for r in records if r.pool == pool.name)
+        assert pool.allocated_gib == holding == capacity[pool.name], pool.name
+    await asyncio.gather(*(delete_share(alpha, r.share.name) for r in records))
+    assert not await live_shares(mesh)
