@@ -11,6 +11,7 @@ import logging
 from sharemesh.driver.v1 import driver_service_pb2, driver_service_pb2_grpc
 from sharemesh.runtime import names, operations
 from sharemesh.runtime.coordination import keys
+from sharemesh.runtime.peers import Peers
 from sharemesh.runtime.process import Context
 from sharemesh.runtime.server import Binding
 from sharemesh.state.v1 import records_pb2
@@ -47,7 +48,15 @@ class DriverHostApp:
         self.backend = f"backends/{backend_name}"
         self._own_servers = own_servers
         self.driver = drivers.create(self._config.driver, self._config.options)
-        self._sync = ShareSync(context.store, context.session, self.driver, self.backend)
+        self._peers = Peers(context.store)
+        self._sync = ShareSync(
+            context.store,
+            context.session,
+            self.driver,
+            self.backend,
+            self._peers,
+            context.config.scheduler.max_attempts,
+        )
         self._syncs: dict[str, asyncio.Task[None]] = {}
         self._endpoint = ""
         self.bindings = [
@@ -154,6 +163,7 @@ class DriverHostApp:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(task, 30)
         await self.driver.stop(stop_servers=self._own_servers)
+        await self._peers.close()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ import logging
 from sharemesh.runtime import operations
 from sharemesh.runtime.coordination import Mutex, Session, Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import Aborted, ShareMeshError
+from sharemesh.runtime.peers import Peers
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import access_rule_pb2, share_pb2
 
@@ -42,10 +43,20 @@ def rules_of(rules: list[Versioned[records_pb2.AccessRuleRecord]]) -> list[Acces
 
 
 class ShareSync:
-    def __init__(self, store: Store, session: Session, driver: Driver, backend: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        session: Session,
+        driver: Driver,
+        backend: str,
+        peers: Peers,
+        max_attempts: int,
+    ) -> None:
         self._store = store
         self._session = session
         self._driver = driver
+        self._peers = peers
+        self._max_attempts = max_attempts
         self.backend = backend  # `backends/{name}`
 
     async def sync(self, name: str) -> None:
@@ -195,6 +206,9 @@ class ShareSync:
         if record.realized_size_gib == 0:
             await self._driver.delete_share(spec)
             await self._release(txn, record)
+            if len(record.tried_pools) + 1 < self._max_attempts:
+                await self._place_elsewhere(txn, found, error)
+                return
         record.share.state = Share.ERROR
         record.share.state_message = error.message
         for rule in rules:
@@ -208,3 +222,20 @@ class ShareSync:
                 txn.put(rule.key, rule.value, rule.mod_revision)
         await self._finish(txn, found, error=error)
         await txn.commit()
+
+    async def _place_elsewhere(
+        self, txn: Txn, found: Versioned[records_pb2.ShareRecord], error: ShareMeshError
+    ) -> None:
+        """Hands a create that failed here back to the scheduler, which skips this pool."""
+        record = found.value
+        failed_pool = record.pool
+        record.tried_pools.append(failed_pool)
+        record.backend = record.pool = record.share.pool = ""
+        record.export_id = 0
+        record.share.state_message = f"retrying elsewhere: {failed_pool} failed: {error.message}"
+        record.share.update_time.CopyFrom(operations.now())
+        txn.put(found.key, record, found.mod_revision)
+        await txn.commit()
+        log.info("%s failed on %s; asked for another pool", record.share.name, failed_pool)
+        name = record.share.name
+        self._peers.nudge(f"place {name}", lambda: self._peers.place_share(name))
