@@ -3,6 +3,10 @@ unique root prefix per test so tests never see each other's keys."""
 
 from __future__ import annotations
 
+# First, before anything imports grpc: the runtime turns off gRPC's fork handlers, which
+# crash the children an in-process launcher forks.
+import sharemesh.runtime  # noqa: F401, I001
+
 import uuid
 from collections.abc import AsyncIterator
 

@@ -32,8 +32,7 @@ class Child:
         self.name = name
         self._argv = list(argv)
         self._log_path = log_path
-        # See sharemesh.runtime.process.main: gRPC's fork handlers crash exec'd children.
-        self._env = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false", **(env or {})}
+        self._env = {**os.environ, **(env or {})}
         self._process: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False

@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -98,9 +97,6 @@ def main(
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> None:
     """The entry point of a service process: flags, config, then `serve` on uvloop."""
-    # Services fork only to exec tools (mkfs, losetup, Ganesha); gRPC's fork handlers
-    # are for children that keep using gRPC, and crashed such children here (SIGSEGV).
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     parser = argparse.ArgumentParser(prog=f"sharemesh-{name}", description=doc)
     parser.add_argument("--config", help="mesh config (TOML, or the launcher's JSON)")
     parser.add_argument("--listen", help="HOST:PORT to serve on, instead of the config's")
