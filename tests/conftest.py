@@ -5,7 +5,7 @@ from __future__ import annotations
 
 # First, before anything imports grpc: the runtime turns off gRPC's fork handlers, which
 # crash the children an in-process launcher forks.
-import sharemesh.runtime  # noqa: F401, I001
+import sharemesh.runtime  # noqa: F401
 
 import uuid
 from collections.abc import AsyncIterator
