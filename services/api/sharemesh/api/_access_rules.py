@@ -95,9 +95,7 @@ class AccessRules(Base):
             txn.check(share.key, share.mod_revision)
             txn.create(self.store.key_of(name), record)
 
-        op = await self.recorder.record(
-            names.project_of(name), name, "create", request, request.request_id, write
-        )
+        op = await self.mutate(name, "create", request, write)
         await self.nudge_backend(request.parent)
         return op
 
@@ -119,15 +117,16 @@ class AccessRules(Base):
             if record.delete_requested:
                 raise FailedPrecondition("the rule is being deleted", reason="RULE_DELETING")
             record.rule.access_level = request.access_rule.access_level
-            record.rule.state = AccessRule.UPDATING
-            record.rule.update_time.CopyFrom(operations.now())
-            record.pending_operations.append(op.operation.name)
-            operations.set_progress(op, "applying the export's client list", 10)
-            txn.put(found.key, record, found.mod_revision)
+            self.queue(
+                txn,
+                found,
+                record.rule,
+                AccessRule.UPDATING,
+                op,
+                "applying the export's client list",
+            )
 
-        op = await self.recorder.record(
-            names.project_of(name), name, "update", request, request.request_id, write
-        )
+        op = await self.mutate(name, "update", request, write)
         await self.nudge_backend(name.rsplit("/accessRules/", 1)[0])
         return op
 
@@ -141,19 +140,15 @@ class AccessRules(Base):
             check_etag(request.etag, found, "etag")
             record = found.value
             record.delete_requested = True
-            record.rule.state = AccessRule.DELETING
-            record.rule.update_time.CopyFrom(operations.now())
-            record.pending_operations.append(op.operation.name)
-            operations.set_progress(op, "removing the client from the export", 10)
-            txn.put(found.key, record, found.mod_revision)
+            self.queue(
+                txn,
+                found,
+                record.rule,
+                AccessRule.DELETING,
+                op,
+                "removing the client from the export",
+            )
 
-        op = await self.recorder.record(
-            names.project_of(request.name),
-            request.name,
-            "delete",
-            request,
-            request.request_id,
-            write,
-        )
+        op = await self.mutate(request.name, "delete", request, write)
         await self.nudge_backend(request.name.rsplit("/accessRules/", 1)[0])
         return op

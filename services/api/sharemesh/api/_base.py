@@ -5,16 +5,17 @@ from __future__ import annotations
 from typing import TypeVar
 
 import grpc
+from google.longrunning import operations_pb2
 from google.protobuf.message import Message
 
-from sharemesh.runtime import names
-from sharemesh.runtime.coordination import Store, Versioned
+from sharemesh.runtime import names, operations
+from sharemesh.runtime.coordination import Store, Txn, Versioned
 from sharemesh.runtime.errors import Aborted, NotFound
 from sharemesh.runtime.peers import Peers
 from sharemesh.state.v1 import records_pb2
 
 from ._auth import Authenticator, Caller
-from ._mutations import Recorder
+from ._mutations import Recorder, Write
 
 M = TypeVar("M", bound=Message)
 
@@ -55,6 +56,31 @@ class Base:
             self.store.prefix_of(share, "accessRules"), records_pb2.AccessRuleRecord
         )
         return found
+
+    def queue(
+        self,
+        txn: Txn,
+        found: Versioned,
+        resource: Message,
+        state: int,  # type: ignore[type-arg]
+        op: records_pb2.OperationRecord,
+        detail: str,
+    ) -> None:
+        """Puts `resource` (the record's Share or AccessRule) into `state` and makes `op`
+        wait for the driver-host, in `txn`, compared with the record as it was read."""
+        resource.state = state  # type: ignore[attr-defined]
+        resource.update_time.CopyFrom(operations.now())  # type: ignore[attr-defined]
+        found.value.pending_operations.append(op.operation.name)
+        operations.set_progress(op, detail, 10)
+        txn.put(found.key, found.value, found.mod_revision)
+
+    async def mutate(
+        self, name: str, verb: str, request: Message, write: Write
+    ) -> operations_pb2.Operation:
+        """Records a mutation of `name` with its Operation and the request's id."""
+        return await self.recorder.record(
+            names.project_of(name), name, verb, request, request.request_id, write
+        )  # type: ignore[attr-defined]
 
     async def nudge_backend(self, share: str) -> None:
         found = await self.store.get(self.store.key_of(share), records_pb2.ShareRecord)

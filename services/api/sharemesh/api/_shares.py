@@ -107,7 +107,7 @@ class Shares(Base):
             operations.set_progress(op, "waiting for placement", 5)
             txn.create(self.store.key_of(name), record)
 
-        op = await self.recorder.record(project, name, "create", request, request.request_id, write)
+        op = await self.mutate(name, "create", request, write)
         self.peers.nudge(f"place {name}", lambda: self.peers.place_share(name))
         return op
 
@@ -131,9 +131,7 @@ class Shares(Base):
             txn.put(found.key, record, found.mod_revision)
             operations.finish(op, response=record.share)
 
-        return await self.recorder.record(
-            names.project_of(name), name, "update", request, request.request_id, write
-        )
+        return await self.mutate(name, "update", request, write)
 
     async def DeleteShare(self, request, context):  # noqa: N802
         validation.check_request(request)
@@ -160,23 +158,12 @@ class Shares(Base):
                 )
                 operations.finish(op, response=empty_pb2.Empty())
                 return
-            record.share.state = Share.DELETING
             record.share.state_message = ""
-            record.share.update_time.CopyFrom(operations.now())
             record.delete_requested = True
             record.force_delete = request.force
-            record.pending_operations.append(op.operation.name)
-            operations.set_progress(op, "deleting on the backend", 10)
-            txn.put(found.key, record, found.mod_revision)
+            self.queue(txn, found, record.share, Share.DELETING, op, "deleting on the backend")
 
-        op = await self.recorder.record(
-            names.project_of(request.name),
-            request.name,
-            "delete",
-            request,
-            request.request_id,
-            write,
-        )
+        op = await self.mutate(request.name, "delete", request, write)
         if not unplaced:
             await self.nudge_backend(request.name)
         return op
@@ -225,20 +212,11 @@ class Shares(Base):
                 txn.check(allocation_key, 0)
             record.share.size_gib = request.size_gib
             record.allocated_gib += delta
-            record.share.state = Share.UPDATING
-            record.share.update_time.CopyFrom(operations.now())
-            record.pending_operations.append(op.operation.name)
-            operations.set_progress(op, f"resizing to {request.size_gib} GiB", 10)
-            txn.put(found.key, record, found.mod_revision)
+            self.queue(
+                txn, found, record.share, Share.UPDATING, op, f"resizing to {request.size_gib} GiB"
+            )
 
-        op = await self.recorder.record(
-            names.project_of(request.name),
-            request.name,
-            "resize",
-            request,
-            request.request_id,
-            write,
-        )
+        op = await self.mutate(request.name, "resize", request, write)
         if not op.done:
             await self.nudge_backend(request.name)
         return op
