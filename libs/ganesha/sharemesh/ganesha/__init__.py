@@ -6,7 +6,15 @@ returns only when Ganesha reports the new client list.
 """
 
 from ._dbus import LiveExport
-from ._export import Access, ClientRule, Export, ProxyV4Fsal, VfsFsal, normalize_client
+from ._export import (
+    Access,
+    ClientRule,
+    Export,
+    ProxyV4Fsal,
+    VfsFsal,
+    client_rules,
+    normalize_client,
+)
 from ._instance import GaneshaInstance
 
 __all__ = [
@@ -17,5 +25,6 @@ __all__ = [
     "LiveExport",
     "ProxyV4Fsal",
     "VfsFsal",
+    "client_rules",
     "normalize_client",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -138,3 +139,20 @@ def _check_text(name: str, value: str) -> None:
         raise InvalidArgument(
             name, f"empty or contains a character Ganesha cannot quote: {value!r}"
         )
+
+
+def client_rules(rules: Iterable[tuple[str, Access]]) -> tuple[ClientRule, ...]:
+    """CLIENT blocks for (address or CIDR, access) pairs: one per network, most specific
+    first, since Ganesha grants the first match (a host's own rule beats its subnet's).
+    A network named twice gets the lesser access."""
+    levels: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, Access] = {}
+    for access_to, access in rules:
+        try:
+            net = ipaddress.ip_network(access_to, strict=False)
+        except ValueError:
+            raise InvalidArgument(
+                "access_to", f"not an IP address or CIDR: {access_to!r}"
+            ) from None
+        levels[net] = "RO" if levels.get(net) == "RO" else access
+    ordered = sorted(levels, key=lambda n: (-n.prefixlen, n.version, int(n.network_address)))
+    return tuple(ClientRule((str(net),), levels[net]) for net in ordered)

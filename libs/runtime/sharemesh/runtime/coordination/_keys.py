@@ -177,3 +177,21 @@ def request_ids_prefix(root: str, project: str | None = None) -> str:
 def export_ids_key(root: str, backend: str) -> str:
     """The durable counter of export ids handed out on one backend's Ganesha."""
     return f"{_check_root(root)}exportIds/{check_segment(backend, 'backend')}"
+
+
+def address_key(root: str, share_network: str, address: str) -> str:
+    """The reservation of one address on a share network (created only if absent)."""
+    ip = address.split("/")[0]
+    return f"{_check_root(root)}addresses/{check_name(share_network, 'share_network')}/{ip}"
+
+
+def addresses_prefix(root: str, share_network: str) -> str:
+    return f"{_check_root(root)}addresses/{check_name(share_network, 'share_network')}/"
+
+
+def gateway_key(root: str, host: str, share_network: str) -> str:
+    """The gateway one host runs for one share network."""
+    return (
+        f"{_check_root(root)}gateways/{check_segment(host, 'host')}/"
+        f"{check_name(share_network, 'share_network')}"
+    )

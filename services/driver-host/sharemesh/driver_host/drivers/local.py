@@ -7,7 +7,6 @@ shrinks (XFS cannot).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
 import time
@@ -15,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sharemesh.ganesha import ClientRule, Export, GaneshaInstance
+from sharemesh.ganesha import ClientRule, Export, GaneshaInstance, client_rules
 from sharemesh.runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -267,19 +266,9 @@ class LocalDriver:
 
 
 def _client_rules(rules: Sequence[AccessRuleSpec]) -> tuple[ClientRule, ...]:
-    """One CLIENT block per network, most specific first: Ganesha grants the first match,
-    so a host's own rule beats its subnet's. A network named twice gets the lesser level."""
-    levels: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, str] = {}
     for rule in rules:
-        try:
-            net = ipaddress.ip_network(rule.access_to, strict=False)
-        except ValueError:
-            raise InvalidArgument(
-                "access_to", f"not an IP address or CIDR: {rule.access_to!r}"
-            ) from None
         if rule.access_level not in ("READ_WRITE", "READ_ONLY"):
             raise InvalidArgument("access_level", f"unknown level {rule.access_level!r}")
-        access = "RW" if rule.access_level == "READ_WRITE" else "RO"
-        levels[net] = "RO" if levels.get(net) == "RO" else access
-    ordered = sorted(levels, key=lambda n: (-n.prefixlen, n.version, int(n.network_address)))
-    return tuple(ClientRule((str(net),), levels[net]) for net in ordered)  # type: ignore[arg-type]
+    return client_rules(
+        (rule.access_to, "RW" if rule.access_level == "READ_WRITE" else "RO") for rule in rules
+    )
