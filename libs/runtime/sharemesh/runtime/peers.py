@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from sharemesh.driver.v1 import driver_service_pb2, driver_service_pb2_grpc
+from sharemesh.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from sharemesh.scheduler.v1 import scheduler_service_pb2, scheduler_service_pb2_grpc
 from sharemesh.state.v1 import records_pb2
 
@@ -51,6 +52,24 @@ class Peers:
             keys.backends_prefix(self._store.root), records_pb2.BackendRecord
         )
         return [item.value for item in found]
+
+    async def hosts(self) -> list[str]:
+        """The hosts whose gateway service is up."""
+        found, _ = await self._store.list_all(
+            keys.hosts_prefix(self._store.root), records_pb2.HostRecord
+        )
+        return [item.value.name for item in found]
+
+    async def sync_share_network(self, host: str, share_network: str) -> None:
+        """Asks `host`'s gateway to make its part of the network match etcd, and waits."""
+        found = await self._store.get(keys.host_key(self._store.root, host), records_pb2.HostRecord)
+        if found is None:
+            raise ConnectionError(f"no gateway service runs on host {host}")
+        stub = gateway_service_pb2_grpc.GatewayServiceStub(self.channel(found.value.endpoint))
+        await stub.SyncShareNetwork(
+            gateway_service_pb2.SyncShareNetworkRequest(share_network=share_network),
+            timeout=NUDGE_TIMEOUT,
+        )
 
     async def place_share(self, name: str) -> None:
         endpoint = await self.scheduler_endpoint()

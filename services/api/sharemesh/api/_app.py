@@ -10,6 +10,8 @@ from sharemesh.runtime.server import Binding
 from sharemesh.v1 import (
     pool_service_pb2,
     pool_service_pb2_grpc,
+    share_network_service_pb2,
+    share_network_service_pb2_grpc,
     share_service_pb2,
     share_service_pb2_grpc,
     share_type_service_pb2,
@@ -20,6 +22,7 @@ from ._access_rules import AccessRules
 from ._auth import Authenticator
 from ._operations import Operations
 from ._pools import Pools
+from ._share_networks import ShareNetworks
 from ._share_types import ShareTypes
 from ._shares import Shares
 
@@ -47,6 +50,11 @@ class ApiApp:
                 _service_name(share_type_service_pb2, "ShareTypeService"),
                 share_type_service_pb2_grpc.add_ShareTypeServiceServicer_to_server,
                 ShareTypes(context.store, auth),
+            ),
+            Binding(
+                _service_name(share_network_service_pb2, "ShareNetworkService"),
+                share_network_service_pb2_grpc.add_ShareNetworkServiceServicer_to_server,
+                ShareNetworks(context.store, self.peers, auth),
             ),
             Binding(
                 _service_name(pool_service_pb2, "PoolService"),

@@ -79,10 +79,16 @@ class Shares(Base):
         if share.protocol not in (Share.PROTOCOL_UNSPECIFIED, Share.NFS):
             raise InvalidArgument("share.protocol", "only NFS is supported")
         if share.share_network:
-            names.SHARE_NETWORK.parse("share.share_network", share.share_network)
-            raise FailedPrecondition(
-                "share networks are not available yet", reason="SHARE_NETWORKS_UNAVAILABLE"
+            network = await self.record(
+                names.SHARE_NETWORK,
+                share.share_network,
+                "share.share_network",
+                records_pb2.ShareNetworkRecord,
             )
+            if network.value.project != project or network.value.delete_requested:
+                raise FailedPrecondition(
+                    f"{share.share_network} cannot take new shares", reason="SHARE_NETWORK_UNUSABLE"
+                )
         if share.source_snapshot:
             raise FailedPrecondition(
                 "creating a share from a snapshot is not available yet",
