@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _shares, _up
+from . import _networks, _shares, _up
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="sharemesh", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
     _up.add_parser(commands)
-    _shares.add_parsers(commands)
+    common = _shares.common_options()
+    _shares.add_parsers(commands, common)
+    _networks.add_parsers(commands, common)
     return top
 
 

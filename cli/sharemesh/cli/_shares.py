@@ -22,8 +22,13 @@ AccessRule = access_rule_pb2.AccessRule
 LEVELS = {"rw": AccessRule.READ_WRITE, "ro": AccessRule.READ_ONLY}
 
 
+def qualify(args: argparse.Namespace, value: str, collection: str) -> str:
+    """A full resource name from a full one, or from an id plus --project."""
+    return value if "/" in value else f"projects/{_project(args)}/{collection}/{value}"
+
+
 def _share_name(args: argparse.Namespace, value: str) -> str:
-    return value if "/" in value else f"projects/{_project(args)}/shares/{value}"
+    return qualify(args, value, "shares")
 
 
 def _project(args: argparse.Namespace) -> str:
@@ -73,7 +78,11 @@ RULE_COLUMNS = ["name", "access_to", "access_level", "state", "state_message"]
 
 
 async def share_create(c: Client, args: argparse.Namespace) -> None:
-    share = Share(size_gib=args.size, share_type=args.type or "", share_network=args.network or "")
+    share = Share(
+        size_gib=args.size,
+        share_type=args.type or "",
+        share_network=qualify(args, args.network, "shareNetworks") if args.network else "",
+    )
     op = await c.call(
         c.shares.CreateShare,
         ss.CreateShareRequest(
@@ -190,7 +199,7 @@ def _fail(error, code: str) -> None:  # type: ignore[no-untyped-def]
         print(f"  {field}: {description}", file=sys.stderr)
 
 
-def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--project", help="project (default: $SHAREMESH_PROJECT)")
     common.add_argument("--json", action="store_true", help="print JSON")
@@ -200,7 +209,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
         action="store_false",
         help="print the Operation instead of waiting for it",
     )
+    return common
 
+
+def add_parsers(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    common: argparse.ArgumentParser,
+) -> None:
     share = commands.add_parser("share", help="shares").add_subparsers(dest="verb", required=True)
     p = share.add_parser("create", parents=[common], help="create a share")
     p.add_argument("id")

@@ -9,7 +9,7 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import duration_pb2, message
 
 from sharemesh.runtime.errors import ShareMeshError, from_status
-from sharemesh.v1 import share_service_pb2_grpc
+from sharemesh.v1 import share_network_service_pb2_grpc, share_service_pb2_grpc
 
 M = TypeVar("M", bound=message.Message)
 
@@ -37,6 +37,7 @@ class Client:
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._channel = grpc.aio.insecure_channel(self.endpoint)
         self.shares = share_service_pb2_grpc.ShareServiceStub(self._channel)
+        self.networks = share_network_service_pb2_grpc.ShareNetworkServiceStub(self._channel)
         self.operations = operations_pb2_grpc.OperationsStub(self._channel)
 
     async def __aenter__(self) -> Client:

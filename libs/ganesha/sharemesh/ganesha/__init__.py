@@ -14,6 +14,7 @@ from ._export import (
     VfsFsal,
     client_rules,
     normalize_client,
+    share_pseudo,
 )
 from ._instance import GaneshaInstance
 
@@ -27,4 +28,5 @@ __all__ = [
     "VfsFsal",
     "client_rules",
     "normalize_client",
+    "share_pseudo",
 ]

@@ -156,3 +156,8 @@ def client_rules(rules: Iterable[tuple[str, Access]]) -> tuple[ClientRule, ...]:
         levels[net] = "RO" if levels.get(net) == "RO" else access
     ordered = sorted(levels, key=lambda n: (-n.prefixlen, n.version, int(n.network_address)))
     return tuple(ClientRule((str(net),), levels[net]) for net in ordered)
+
+
+def share_pseudo(share_uid: str) -> str:
+    """The NFSv4 pseudo path of a share, the same on its backend and on any gateway."""
+    return f"/shares/{share_uid}"

@@ -56,6 +56,7 @@ class DriverHostApp:
             self.backend,
             self._peers,
             context.config.scheduler.max_attempts,
+            context.config.gateway.host,
         )
         self._syncs: dict[str, asyncio.Task[None]] = {}
         self._endpoint = ""

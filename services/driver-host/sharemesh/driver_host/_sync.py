@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import logging
 
+import grpc
+
+from sharemesh.ganesha import share_pseudo
 from sharemesh.runtime import operations
 from sharemesh.runtime.coordination import Mutex, Session, Store, Txn, Versioned, keys
-from sharemesh.runtime.errors import Aborted, ShareMeshError
+from sharemesh.runtime.errors import Aborted, ShareMeshError, Unavailable, from_rpc_error
 from sharemesh.runtime.peers import Peers
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import access_rule_pb2, share_pb2
@@ -51,8 +54,10 @@ class ShareSync:
         backend: str,
         peers: Peers,
         max_attempts: int,
+        host: str,
     ) -> None:
         self._store = store
+        self._host = host  # the host this backend (and its gateway) runs on
         self._session = session
         self._driver = driver
         self._peers = peers
@@ -84,7 +89,11 @@ class ShareSync:
             await self._delete(found, rules, spec, lock)
             return
         try:
-            locations = await self._realize(record, spec, rules)
+            if record.share.share_network:
+                found, locations = await self._realize_behind_gateway(found, spec, lock)
+                record = found.value
+            else:
+                locations = await self._realize(record, spec, rules)
         except ShareMeshError as error:
             await self._fail(found, rules, spec, error, lock)
             return
@@ -119,13 +128,65 @@ class ShareSync:
         await self._driver.update_access(spec, desired)
         return locations
 
+    async def _realize_behind_gateway(
+        self, found: Versioned[records_pb2.ShareRecord], spec: ShareSpec, lock: Mutex
+    ) -> tuple[Versioned[records_pb2.ShareRecord], list[ExportLocation]]:
+        """A share on a share network, on this flat backend: the backend exports it to
+        nobody, and the gateway on its host re-exports it into the tenant network with the
+        tenant's rules. Done when the gateway has confirmed the export."""
+        record = found.value
+        if record.realized_size_gib == 0:
+            await self._driver.create_share(spec)
+        elif record.share.size_gib > record.realized_size_gib:
+            await self._driver.resize_share(spec, record.share.size_gib)
+        if not record.HasField("gateway_access"):
+            access = self._driver.gateway_access(spec)
+            record.gateway_access.CopyFrom(
+                records_pb2.GatewayAccess(
+                    fsal=access.fsal,
+                    path=access.path,
+                    server=access.server,
+                    nfs_port=access.nfs_port,
+                )
+            )
+            record.host = self._host
+            txn = self._store.txn().fence(lock).put(found.key, record, found.mod_revision)
+            found = Versioned(record, await txn.commit(), found.create_revision, found.key)
+        await self._sync_gateway(record)
+        gateway = await self._store.get(
+            keys.gateway_key(self._store.root, record.host, record.share.share_network),
+            records_pb2.GatewayRecord,
+        )
+        if gateway is None:
+            raise Unavailable(f"the gateway of {record.share.share_network} is not up")
+        address = gateway.value.address.split("/")[0]
+        return found, [
+            ExportLocation(
+                f"{address}:{share_pseudo(record.share.uid)}",
+                gateway.value.nfs_port,
+                gateway.value.mount_port,
+            )
+        ]
+
+    async def _sync_gateway(self, record: records_pb2.ShareRecord) -> None:
+        try:
+            await self._peers.sync_share_network(record.host, record.share.share_network)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+        except ConnectionError as error:
+            raise Unavailable(str(error)) from None
+
     async def ensure(self, found: Versioned[records_pb2.ShareRecord]) -> None:
         """After a restart: mount and export an ACTIVE share again, with its rules."""
         rules, _ = await self._store.list_all(
             self._store.prefix_of(found.value.share.name, "accessRules"),
             records_pb2.AccessRuleRecord,
         )
-        await self._driver.ensure_share(spec_of(found.value), rules_of(rules))
+        # A share behind a gateway is exported to nobody here: its rules apply there.
+        behind_gateway = bool(found.value.share.share_network)
+        await self._driver.ensure_share(
+            spec_of(found.value), [] if behind_gateway else rules_of(rules)
+        )
 
     async def _settle_rules(
         self, txn: Txn, rules: list[Versioned[records_pb2.AccessRuleRecord]]
@@ -166,6 +227,8 @@ class ShareSync:
         lock: Mutex,
     ) -> None:
         record = found.value
+        if record.HasField("gateway_access"):
+            await self._sync_gateway(record)  # the gateway lets go of it first
         await self._driver.delete_share(spec)
         txn = self._store.txn().fence(lock)
         for rule in rules:

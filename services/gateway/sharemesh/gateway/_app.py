@@ -1,56 +1,90 @@
-"""The gateway process: one per hypervisor host, registered under its lease.
-
-Tenant-network gateways (a Ganesha per host and share network) come with share
-networks; until then its RPCs answer UNIMPLEMENTED, as the generated base does."""
+"""The gateway process: one per hypervisor host, registered under its lease. It plugs
+namespaces into share networks and runs one Ganesha per share network that has
+gateway-mediated shares on this host (`_networks`), and heals both."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+from pathlib import Path
 
 from sharemesh.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
+from sharemesh.runtime import names
 from sharemesh.runtime.coordination import keys
 from sharemesh.runtime.process import Context
 from sharemesh.runtime.server import Binding
 from sharemesh.state.v1 import records_pb2
 
+from ._networks import Networks
+
 log = logging.getLogger(__name__)
 
 
+class GatewayService(gateway_service_pb2_grpc.GatewayServiceServicer):
+    def __init__(self, networks: Networks) -> None:
+        self._networks = networks
+
+    async def SyncShareNetwork(self, request, context):  # noqa: N802
+        names.SHARE_NETWORK.parse("share_network", request.share_network)
+        # Shielded: a caller that gives up must not cancel half-made plumbing.
+        await asyncio.shield(self._networks.sync(request.share_network))
+        return gateway_service_pb2.SyncShareNetworkResponse()
+
+    async def SyncAttachment(self, request, context):  # noqa: N802
+        names.SHARE_NETWORK.parse("share_network", request.share_network)
+        await asyncio.shield(self._networks.sync(request.share_network))
+        return gateway_service_pb2.SyncAttachmentResponse()
+
+
 class GatewayApp:
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, own_servers: bool) -> None:
         self._context = context
+        self._own_servers = own_servers
+        config = context.config.gateway
+        self.networks = Networks(context.store, config.host, Path(config.state_dir))
         self.bindings = [
             Binding(
                 gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
                 gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server,
-                gateway_service_pb2_grpc.GatewayServiceServicer(),
+                GatewayService(self.networks),
             )
         ]
 
     async def run(self, endpoint: str) -> None:
         host = self._context.config.gateway.host
         store = self._context.store
+        # Rebuild (or adopt) this host's networks before saying we are here.
+        await self.reconcile()
         await store.put(
             keys.host_key(store.root, host),
             records_pb2.HostRecord(name=host, endpoint=endpoint),
             lease=self._context.session.lease_id,
         )
         log.info("registered host %s at %s", host, endpoint)
-        await asyncio.Event().wait()
+        while True:
+            await asyncio.sleep(self._context.config.reconcile_interval_seconds)
+            await self.reconcile()
+
+    async def reconcile(self) -> None:
+        for name in sorted(await self.networks.networks_here()):
+            try:
+                await self.networks.sync(name)
+            except Exception:
+                log.exception("could not sync %s; trying again next round", name)
 
     async def close(self) -> None:
-        """No gateways run yet, so there is nothing to stop."""
+        await self.networks.stop(stop_servers=self._own_servers)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--own-servers",
         action="store_true",
-        help="stop this host's gateway Ganesha processes on an orderly exit",
+        help="stop this host's gateways and remove its bridges on an orderly "
+        "exit (the launcher sets it); without it they keep serving",
     )
 
 
 async def build(context: Context, args: argparse.Namespace) -> GatewayApp:
-    return GatewayApp(context)
+    return GatewayApp(context, args.own_servers)

@@ -12,6 +12,7 @@ from .base import (
     BackendStats,
     Driver,
     ExportLocation,
+    GatewayAccess,
     PoolStats,
     ShareSpec,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "BackendStats",
     "Driver",
     "ExportLocation",
+    "GatewayAccess",
     "LOCAL_CAPABILITIES",
     "LocalDriver",
     "LocalDriverConfig",

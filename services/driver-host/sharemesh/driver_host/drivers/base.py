@@ -39,6 +39,18 @@ class AccessRuleSpec:
 
 
 @dataclass(frozen=True)
+class GatewayAccess:
+    """How a gateway on the backend's host reaches a share: a native FSAL on a path the
+    host has mounted (`VFS`), or the backend's NFS export (`PROXY_V4`)."""
+
+    fsal: Literal["VFS", "PROXY_V4"]
+    path: str
+    """VFS: the share's directory on the host; PROXY_V4: its path on the server."""
+    server: str = ""
+    nfs_port: int = 0
+
+
+@dataclass(frozen=True)
 class ExportLocation:
     """Where clients mount the share."""
 
@@ -95,6 +107,9 @@ class Driver(Protocol):
         self, share: ShareSpec, rules: Sequence[AccessRuleSpec]
     ) -> list[ExportLocation]:
         """Make an existing share mounted and exported with `rules` again (after a restart)."""
+
+    def gateway_access(self, share: ShareSpec) -> GatewayAccess:
+        """How a gateway on this backend's host reaches the share."""
 
     async def supervise(self) -> None:
         """Keep the backend's servers running until `stop`; restart and re-export on death."""

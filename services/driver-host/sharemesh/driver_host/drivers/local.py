@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sharemesh.ganesha import ClientRule, Export, GaneshaInstance, client_rules
+from sharemesh.ganesha import ClientRule, Export, GaneshaInstance, client_rules, share_pseudo
 from sharemesh.runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -24,7 +24,14 @@ from sharemesh.runtime.errors import (
 
 from . import _loopfs
 from ._loopfs import GIB
-from .base import AccessRuleSpec, BackendStats, ExportLocation, PoolStats, ShareSpec
+from .base import (
+    AccessRuleSpec,
+    BackendStats,
+    ExportLocation,
+    GatewayAccess,
+    PoolStats,
+    ShareSpec,
+)
 
 log = logging.getLogger("sharemesh.driver_host.local")
 
@@ -157,6 +164,10 @@ class LocalDriver:
         if share.pool != self.config.pool_name:
             raise InvalidArgument("pool", f"this backend has pool {self.config.pool_name!r} only")
 
+    def gateway_access(self, share: ShareSpec) -> GatewayAccess:
+        # The gateway runs on this host, so it reads the mounted filesystem directly.
+        return GatewayAccess(fsal="VFS", path=str(self._mountpoint(share)))
+
     def _locations(self, share: ShareSpec) -> list[ExportLocation]:
         return [
             ExportLocation(
@@ -168,7 +179,7 @@ class LocalDriver:
 
     @staticmethod
     def _pseudo(share: ShareSpec) -> str:
-        return f"/shares/{share.share_id}"
+        return share_pseudo(share.share_id)
 
     def _export(self, share: ShareSpec, rules: Sequence[AccessRuleSpec]) -> Export:
         return Export(

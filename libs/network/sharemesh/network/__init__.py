@@ -1,0 +1,32 @@
+"""The `netns` tenant-network plugin: a share network is a Linux bridge, each member a
+network namespace joined to it by a veth pair (DESIGN §8)."""
+
+from ._netns import (
+    bridge_name,
+    ensure_bridge,
+    ensure_namespace,
+    exec_in,
+    host_ifname,
+    join,
+    leave,
+    members,
+    namespace_exists,
+    netns_name,
+    remove_bridge,
+    remove_namespace,
+)
+
+__all__ = [
+    "bridge_name",
+    "ensure_bridge",
+    "ensure_namespace",
+    "exec_in",
+    "host_ifname",
+    "join",
+    "leave",
+    "members",
+    "namespace_exists",
+    "netns_name",
+    "remove_bridge",
+    "remove_namespace",
+]
