@@ -70,3 +70,10 @@ def pid_alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def assert_host_clean(state: Path) -> None:
+    """No mount, loop device or process of the mesh under `state` is left."""
+    assert not mounts_under(state), mounts_under(state)
+    assert not loops_under(state), loops_under(state)
+    assert not processes_mentioning(str(state)), processes_mentioning(str(state))

@@ -4,32 +4,14 @@ its Ganesha, all started by the same launcher as `sharemesh up`."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from sharemesh.client import Client
 from sharemesh.launcher import LocalMesh
 
-from support import ensure_rpcbind, loops_under, mounts_under, processes_mentioning
-
-MESH_CONFIG = """
-reconcile_interval_seconds = 2
-
-[[api.tokens]]
-token = "alpha-key"
-project = "alpha"
-
-[[api.tokens]]
-token = "beta-key"
-project = "beta"
-
-[[backends]]
-name = "local"
-driver = "local"
-[backends.options]
-capacity_gib = {capacity_gib}
-"""
+from mesh_ops import MESH_CONFIG
+from support import assert_host_clean, ensure_rpcbind
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +30,6 @@ async def mesh(
     async with LocalMesh(state, config, api_port=0, lease_ttl_seconds=3) as running:
         yield running
     assert_host_clean(state)
-
-
-def assert_host_clean(state: Path) -> None:
-    assert not mounts_under(state), mounts_under(state)
-    assert not loops_under(state), loops_under(state)
-    assert not processes_mentioning(str(state)), processes_mentioning(str(state))
 
 
 @pytest.fixture(scope="module")

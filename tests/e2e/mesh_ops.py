@@ -20,6 +20,25 @@ Share = share_pb2.Share
 AccessRule = access_rule_pb2.AccessRule
 RW, RO = AccessRule.READ_WRITE, AccessRule.READ_ONLY
 
+# The mesh of most e2e modules: one local backend, and keys for two projects.
+MESH_CONFIG = """
+reconcile_interval_seconds = 2
+
+[[api.tokens]]
+token = "alpha-key"
+project = "alpha"
+
+[[api.tokens]]
+token = "beta-key"
+project = "beta"
+
+[[backends]]
+name = "local"
+driver = "local"
+[backends.options]
+capacity_gib = {capacity_gib}
+"""
+
 
 async def create_share(
     client: Client, project: str, share_id: str, size_gib: int = 1, request_id: str = ""

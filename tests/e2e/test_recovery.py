@@ -18,8 +18,19 @@ from sharemesh.runtime.coordination import Store, connect, keys
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_service_pb2 as ss
 
-from mesh_ops import RO, RW, AccessRule, Share, create_share, delete_share, grant, read, write
-from support import pid_alive
+from mesh_ops import (
+    MESH_CONFIG,
+    RO,
+    RW,
+    AccessRule,
+    Share,
+    create_share,
+    delete_share,
+    grant,
+    read,
+    write,
+)
+from support import assert_host_clean, pid_alive
 
 pytestmark = pytest.mark.e2e
 DRIVER_HOST = "driver-host-local"
@@ -121,8 +132,6 @@ async def test_an_interrupted_create_never_stays_creating(
 async def test_a_restarted_mesh_serves_its_shares_again(tmp_path: Path) -> None:
     """`sharemesh up` ended in order and started again on the same state directory:
     shares, rules and data are all back, and the host was clean in between."""
-    from conftest import MESH_CONFIG, assert_host_clean
-
     state = tmp_path / "state"
     config = tmp_path / "mesh.toml"
     config.write_text(MESH_CONFIG.format(capacity_gib=4))

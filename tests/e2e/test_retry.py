@@ -16,9 +16,8 @@ from sharemesh.launcher import LocalMesh
 from sharemesh.v1 import share_pb2
 from sharemesh.v1 import share_service_pb2 as ss
 
-from conftest import assert_host_clean
 from mesh_ops import create_share, delete_share, live_shares
-from support import ensure_rpcbind, mounts_under
+from support import assert_host_clean, ensure_rpcbind, mounts_under
 
 pytestmark = pytest.mark.e2e
 

@@ -24,9 +24,8 @@ from sharemesh.v1 import (
 from sharemesh.v1 import share_service_pb2 as ss
 from sharemesh.v1 import share_type_service_pb2 as sts
 
-from conftest import assert_host_clean
 from mesh_ops import Share, create_share, delete_share, live_shares
-from support import ensure_rpcbind, pid_alive
+from support import assert_host_clean, ensure_rpcbind, pid_alive
 
 pytestmark = pytest.mark.e2e
 TTL = 3

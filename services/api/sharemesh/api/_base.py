@@ -69,7 +69,8 @@ class Base:
         """Puts `resource` (the record's Share or AccessRule) into `state` and makes `op`
         wait for the driver-host, in `txn`, compared with the record as it was read."""
         resource.state = state  # type: ignore[attr-defined]
-        resource.update_time.CopyFrom(operations.now())  # type: ignore[attr-defined]
+        if "update_time" in resource.DESCRIPTOR.fields_by_name:
+            resource.update_time.CopyFrom(operations.now())  # type: ignore[attr-defined]
         found.value.pending_operations.append(op.operation.name)
         operations.set_progress(op, detail, 10)
         txn.put(found.key, found.value, found.mod_revision)

@@ -1,0 +1,201 @@
+"""Tenant networks through gateways (mode 2): a share on network A is served by this
+host's gateway into A only, to the addresses its rules allow; a client on network B
+(same CIDR, same address) or on the flat network cannot reach it; the gateway heals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from sharemesh.client import Client
+from sharemesh.ganesha import share_pseudo
+from sharemesh.launcher import LocalMesh
+from sharemesh.v1 import share_network_pb2
+from sharemesh.v1 import share_network_service_pb2 as sns
+from sharemesh.v1 import share_service_pb2 as ss
+
+from mesh_ops import RW, Share, delete_share, grant
+from support import assert_host_clean, ensure_rpcbind, nfs_url, pid_alive, processes_mentioning, run
+
+pytestmark = pytest.mark.e2e
+CIDR = "10.31.0.0/24"
+CONFIG = """
+reconcile_interval_seconds = 2
+[[api.tokens]]
+token = "alpha-key"
+project = "alpha"
+[[backends]]
+name = "local"
+[backends.options]
+capacity_gib = 6
+"""
+
+
+@pytest.fixture(scope="module")
+async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalMesh]:
+    ensure_rpcbind()
+    state = tmp_path_factory.mktemp("mesh")
+    (state / "mesh.toml").write_text(CONFIG)
+    async with LocalMesh(state, state / "mesh.toml", api_port=0, lease_ttl_seconds=3) as running:
+        yield running
+    assert_host_clean(state)
+    bridges = subprocess.run(
+        ["ip", "-o", "link", "show", "type", "bridge"], capture_output=True, text=True
+    ).stdout
+    assert "smb" not in bridges, bridges
+
+
+@pytest.fixture(scope="module")
+def clients() -> dict[str, str]:
+    """Tenant client namespaces this test makes (and removes), as a hypervisor's guests."""
+    suffix = uuid.uuid4().hex[:6]
+    made = {role: f"t{suffix}-{role}" for role in ("a-ok", "a-other", "b")}
+    for netns in made.values():
+        subprocess.run(["ip", "netns", "add", netns], check=True)
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+    yield made
+    for netns in made.values():
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+async def _network(client: Client, net_id: str) -> str:
+    op = await client.call(
+        client.networks.CreateShareNetwork,
+        sns.CreateShareNetworkRequest(
+            parent="projects/alpha",
+            share_network_id=net_id,
+            share_network=share_network_pb2.ShareNetwork(cidr=CIDR),
+        ),
+    )
+    return (await client.wait(op, share_network_pb2.ShareNetwork)).name
+
+
+async def _attach(client: Client, network: str, netns: str, address: str) -> None:
+    op = await client.call(
+        client.networks.CreateAttachment,
+        sns.CreateAttachmentRequest(
+            parent=network,
+            attachment_id=netns.replace("_", "-"),
+            attachment=share_network_pb2.Attachment(netns=netns, address=address),
+        ),
+    )
+    await client.wait(op)
+
+
+async def _nfs(netns: str | None, *args: str) -> int:
+    prefix = ("ip", "netns", "exec", netns) if netns else ()
+    code, _ = await run(*prefix, "timeout", "8", "nfs-cp", *args)
+    return code
+
+
+def _where(share: Share, name: str, version: int) -> str:
+    location = share.export_locations[0]
+    host, pseudo = location.path.split(":", 1)
+    return nfs_url(host, pseudo, name, version, location.nfs_port, location.mount_port)
+
+
+async def _read(netns: str | None, share: Share, dst: Path) -> int:
+    dst.unlink(missing_ok=True)
+    return await _nfs(netns, _where(share, "data.bin", 4), str(dst))
+
+
+async def test_gateway_share_reaches_only_its_tenants(
+    mesh: LocalMesh, alpha: Client, clients: dict[str, str], tmp_path: Path
+) -> None:
+    net_a = await _network(alpha, "net-a")
+    net_b = await _network(alpha, "net-b")  # the same CIDR: tenants choose their ranges
+    await _attach(alpha, net_a, clients["a-ok"], "10.31.0.10")
+    await _attach(alpha, net_a, clients["a-other"], "10.31.0.11")
+    await _attach(alpha, net_b, clients["b"], "10.31.0.10")
+    with pytest.raises(grpc.aio.AioRpcError) as taken:
+        await _attach(alpha, net_a, clients["b"], "10.31.0.10")
+    assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+    op = await alpha.call(
+        alpha.shares.CreateShare,
+        ss.CreateShareRequest(
+            parent="projects/alpha", share_id="tenant", share=Share(size_gib=1, share_network=net_a)
+        ),
+    )
+    share = await alpha.wait(op, Share)
+    assert share.state == Share.ACTIVE
+    gateway_ip = share.export_locations[0].path.split(":")[0]
+    assert gateway_ip.startswith("10.31.0.") and gateway_ip not in ("10.31.0.10", "10.31.0.11")
+    await grant(alpha, share.name, "10.31.0.10", RW)
+
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(1 << 20))
+    back = tmp_path / "back.bin"
+    assert await _nfs(clients["a-ok"], str(data), _where(share, "data.bin", 3)) == 0
+    assert await _read(clients["a-ok"], share, back) == 0
+    assert back.read_bytes() == data.read_bytes()
+    # On A but not allowed; on B with the very same address.
+    assert await _read(clients["a-other"], share, back) != 0
+    assert await _read(clients["b"], share, back) != 0
+    # On the flat network: the backend's own export admits nobody for this share, and
+    # the host has no route into the tenant network (looked up, no packet sent: its
+    # default route leads off this machine).
+    backend = json.loads((mesh.state_dir / "mesh.json").read_text())["backends"][0]["options"]
+    flat = nfs_url("127.0.0.1", share_pseudo(share.uid), "data.bin", 4, backend["nfs_port"])
+    back.unlink(missing_ok=True)
+    assert await _nfs(None, flat, str(back)) != 0
+    route = subprocess.run(["ip", "route", "get", gateway_ip], capture_output=True, text=True)
+    assert not any(dev in route.stdout for dev in (" smb", " smv")), route.stdout
+
+    with pytest.raises(grpc.aio.AioRpcError) as busy:
+        await alpha.call(
+            alpha.networks.DeleteShareNetwork, sns.DeleteShareNetworkRequest(name=net_a)
+        )
+    assert busy.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    # The gateway's Ganesha dies during a read loop: it is back, with its rules.
+    state = mesh.state_dir / "gateway"
+    (pidfile,) = state.glob("*/ganesha.pid")
+    pid = int(pidfile.read_text())
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    while (await _read(clients["a-ok"], share, back)) != 0:
+        assert time.monotonic() - killed < 20, "the gateway did not come back"
+        await asyncio.sleep(0.1)
+    print(f"\ngateway Ganesha serving again {time.monotonic() - killed:.2f}s after kill -9")
+    assert back.read_bytes() == data.read_bytes()
+    assert await _read(clients["a-other"], share, back) != 0
+
+    # The gateway service itself dies: on restart its tenant exports serve again.
+    gateway = mesh.children["gateway"]
+    assert gateway.pid
+    os.kill(gateway.pid, signal.SIGKILL)
+    await asyncio.sleep(0.5)
+    killed = time.monotonic()
+    while (await _read(clients["a-ok"], share, back)) != 0:
+        assert time.monotonic() - killed < 30
+        await asyncio.sleep(0.2)
+    assert back.read_bytes() == data.read_bytes()
+
+    await delete_share(alpha, share.name)
+    for network in (net_a, net_b):
+        await alpha.wait(
+            await alpha.call(
+                alpha.networks.DeleteShareNetwork, sns.DeleteShareNetworkRequest(name=network)
+            )
+        )
+        with pytest.raises(grpc.aio.AioRpcError):
+            await alpha.call(
+                alpha.networks.GetShareNetwork, sns.GetShareNetworkRequest(name=network)
+            )
+    assert not processes_mentioning(str(state))
+    assert not [p for p in [pid] if pid_alive(p)]
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "smb" not in links, links
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "sm-gw-" not in namespaces, namespaces
