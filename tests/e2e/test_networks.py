@@ -17,12 +17,14 @@ from pathlib import Path
 import grpc
 import pytest
 
+from sharemesh import network
 from sharemesh.client import Client
 from sharemesh.ganesha import share_pseudo
 from sharemesh.launcher import LocalMesh
-from sharemesh.v1 import share_network_pb2
+from sharemesh.v1 import share_network_pb2, share_type_pb2, share_type_service_pb2_grpc
 from sharemesh.v1 import share_network_service_pb2 as sns
 from sharemesh.v1 import share_service_pb2 as ss
+from sharemesh.v1 import share_type_service_pb2 as sts
 
 from mesh_ops import RW, Share, delete_share, grant
 from support import assert_host_clean, ensure_rpcbind, nfs_url, pid_alive, processes_mentioning, run
@@ -38,7 +40,15 @@ project = "alpha"
 name = "local"
 [backends.options]
 capacity_gib = 6
+
+[[backends]]
+name = "servers"
+[backends.options]
+capacity_gib = 6
+driver_handles_share_servers = true
 """
+
+TYPES = {"via-gateway": "<is> False", "via-server": "<is> True"}
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +59,21 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalM
     async with LocalMesh(state, state / "mesh.toml", api_port=0, lease_ttl_seconds=3) as running:
         yield running
     assert_host_clean(state)
-    bridges = subprocess.run(
-        ["ip", "-o", "link", "show", "type", "bridge"], capture_output=True, text=True
-    ).stdout
-    assert "smb" not in bridges, bridges
+
+
+@pytest.fixture(scope="module")
+async def types(mesh: LocalMesh, admin: Client) -> None:
+    stub = share_type_service_pb2_grpc.ShareTypeServiceStub(admin._channel)
+    for type_id, spec in TYPES.items():
+        await stub.CreateShareType(
+            sts.CreateShareTypeRequest(
+                share_type_id=type_id,
+                share_type=share_type_pb2.ShareType(
+                    extra_specs={"driver_handles_share_servers": spec}
+                ),
+            ),
+            metadata=admin.metadata,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +113,23 @@ async def _attach(client: Client, network: str, netns: str, address: str) -> Non
     await client.wait(op)
 
 
+def _host_parts_gone(uids: list[str], server_dirs: Path) -> None:
+    """No bridge of these networks, and no namespace of their servers, is left."""
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    for uid in uids:
+        assert network.bridge_name(uid) not in links
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for netns in (d.name for d in server_dirs.glob("sm-*")):
+        assert netns not in namespaces, netns
+
+
+async def _uids(client: Client, *names: str) -> list[str]:
+    return [
+        (await client.call(client.networks.GetShareNetwork, sns.GetShareNetworkRequest(name=n))).uid
+        for n in names
+    ]
+
+
 async def _nfs(netns: str | None, *args: str) -> int:
     prefix = ("ip", "netns", "exec", netns) if netns else ()
     code, _ = await run(*prefix, "timeout", "8", "nfs-cp", *args)
@@ -110,7 +148,7 @@ async def _read(netns: str | None, share: Share, dst: Path) -> int:
 
 
 async def test_gateway_share_reaches_only_its_tenants(
-    mesh: LocalMesh, alpha: Client, clients: dict[str, str], tmp_path: Path
+    mesh: LocalMesh, alpha: Client, clients: dict[str, str], types: None, tmp_path: Path
 ) -> None:
     net_a = await _network(alpha, "net-a")
     net_b = await _network(alpha, "net-b")  # the same CIDR: tenants choose their ranges
@@ -124,11 +162,13 @@ async def test_gateway_share_reaches_only_its_tenants(
     op = await alpha.call(
         alpha.shares.CreateShare,
         ss.CreateShareRequest(
-            parent="projects/alpha", share_id="tenant", share=Share(size_gib=1, share_network=net_a)
+            parent="projects/alpha",
+            share_id="tenant",
+            share=Share(size_gib=1, share_network=net_a, share_type="shareTypes/via-gateway"),
         ),
     )
     share = await alpha.wait(op, Share)
-    assert share.state == Share.ACTIVE
+    assert share.state == Share.ACTIVE and share.pool.startswith("backends/local/")
     gateway_ip = share.export_locations[0].path.split(":")[0]
     assert gateway_ip.startswith("10.31.0.") and gateway_ip not in ("10.31.0.10", "10.31.0.11")
     await grant(alpha, share.name, "10.31.0.10", RW)
@@ -182,20 +222,72 @@ async def test_gateway_share_reaches_only_its_tenants(
         await asyncio.sleep(0.2)
     assert back.read_bytes() == data.read_bytes()
 
+    uids = await _uids(alpha, net_a, net_b)
     await delete_share(alpha, share.name)
-    for network in (net_a, net_b):
+    for name in (net_a, net_b):
         await alpha.wait(
             await alpha.call(
-                alpha.networks.DeleteShareNetwork, sns.DeleteShareNetworkRequest(name=network)
+                alpha.networks.DeleteShareNetwork, sns.DeleteShareNetworkRequest(name=name)
             )
         )
         with pytest.raises(grpc.aio.AioRpcError):
-            await alpha.call(
-                alpha.networks.GetShareNetwork, sns.GetShareNetworkRequest(name=network)
-            )
+            await alpha.call(alpha.networks.GetShareNetwork, sns.GetShareNetworkRequest(name=name))
     assert not processes_mentioning(str(state))
-    assert not [p for p in [pid] if pid_alive(p)]
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    assert "smb" not in links, links
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "sm-gw-" not in namespaces, namespaces
+    assert not pid_alive(pid)
+    _host_parts_gone(uids, state)
+
+
+async def test_share_server_share_reaches_only_its_tenants(
+    mesh: LocalMesh, alpha: Client, clients: dict[str, str], types: None, tmp_path: Path
+) -> None:
+    """Mode 1: a backend that handles share servers serves the share from its own Ganesha
+    on the tenant network, set up with the network's first share and gone with its last."""
+    net_c = await _network(alpha, "net-c")
+    net_d = await _network(alpha, "net-d")
+    await _attach(alpha, net_c, clients["a-ok"], "10.31.0.10")
+    await _attach(alpha, net_c, clients["a-other"], "10.31.0.11")
+    await _attach(alpha, net_d, clients["b"], "10.31.0.10")
+    op = await alpha.call(
+        alpha.shares.CreateShare,
+        ss.CreateShareRequest(
+            parent="projects/alpha",
+            share_id="served",
+            share=Share(size_gib=1, share_network=net_c, share_type="shareTypes/via-server"),
+        ),
+    )
+    share = await alpha.wait(op, Share)
+    assert share.state == Share.ACTIVE and share.pool.startswith("backends/servers/")
+    await grant(alpha, share.name, "10.31.0.10", RW)
+    servers = mesh.state_dir / "pools" / "servers" / "servers"
+    (pidfile,) = servers.glob("*/ganesha.pid")
+    assert not list((mesh.state_dir / "gateway").glob("*/ganesha.pid")), "a gateway served it"
+
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(1 << 20))
+    back = tmp_path / "back.bin"
+    assert await _nfs(clients["a-ok"], str(data), _where(share, "data.bin", 3)) == 0
+    assert await _read(clients["a-ok"], share, back) == 0
+    assert back.read_bytes() == data.read_bytes()
+    assert await _read(clients["a-other"], share, back) != 0
+    assert await _read(clients["b"], share, back) != 0
+
+    # The share server dies: its driver-host brings it back with its exports.
+    pid = int(pidfile.read_text())
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    while (await _read(clients["a-ok"], share, back)) != 0:
+        assert time.monotonic() - killed < 20, "the share server did not come back"
+        await asyncio.sleep(0.1)
+    print(f"\nshare server serving again {time.monotonic() - killed:.2f}s after kill -9")
+
+    uids = await _uids(alpha, net_c, net_d)
+    await delete_share(alpha, share.name)
+    assert not processes_mentioning(str(servers)), "the share server outlived its last share"
+    _host_parts_gone([], servers)
+    for name in (net_c, net_d):
+        await alpha.wait(
+            await alpha.call(
+                alpha.networks.DeleteShareNetwork, sns.DeleteShareNetworkRequest(name=name)
+            )
+        )
+    _host_parts_gone(uids, servers)

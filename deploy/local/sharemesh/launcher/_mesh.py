@@ -198,6 +198,7 @@ class LocalMesh:
             options = backend.setdefault("options", {})
             if backend.get("driver", "local") == "local":
                 home = self.state_dir / "pools" / backend["name"]
+                backend.setdefault("state_dir", str(home / "servers"))
                 options.setdefault("pool_dir", str(home))
                 options.setdefault("state_dir", str(home / "ganesha"))
                 options.setdefault("nfs_port", port(f"{backend['name']}_nfs"))

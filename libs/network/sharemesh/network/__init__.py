@@ -15,8 +15,13 @@ from ._netns import (
     remove_bridge,
     remove_namespace,
 )
+from ._servers import NetworkServers, Served, location, tenant_rules
 
 __all__ = [
+    "NetworkServers",
+    "Served",
+    "location",
+    "tenant_rules",
     "bridge_name",
     "ensure_bridge",
     "ensure_namespace",

@@ -79,6 +79,8 @@ class BackendConfig:
     """Address of this backend's driver-host."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """Driver-specific settings, checked by the driver's own config type."""
+    state_dir: str = ""
+    """Where the driver-host keeps its share servers (default: under /var/lib/sharemesh)."""
 
 
 @dataclass(frozen=True)

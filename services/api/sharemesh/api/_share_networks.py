@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import uuid
 
 from sharemesh.runtime import names, operations, validation
 from sharemesh.runtime.coordination import Store, Txn, Versioned, keys
@@ -90,6 +91,7 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
             record = records_pb2.ShareNetworkRecord(project=project)
             record.share_network.CopyFrom(request.share_network)
             record.share_network.name = name
+            record.share_network.uid = uuid.uuid4().hex
             record.share_network.cidr = str(cidr)
             # Nothing exists on any host until a share or a namespace joins the network.
             record.share_network.state = ShareNetwork.ACTIVE

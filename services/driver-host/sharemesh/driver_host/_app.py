@@ -7,7 +7,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
+from sharemesh import network
 from sharemesh.driver.v1 import driver_service_pb2, driver_service_pb2_grpc
 from sharemesh.runtime import names, operations
 from sharemesh.runtime.coordination import keys
@@ -59,6 +61,7 @@ class DriverHostApp:
             context.config.gateway.host,
         )
         self._syncs: dict[str, asyncio.Task[None]] = {}
+        self.share_servers: network.NetworkServers | None = None
         self._endpoint = ""
         self.bindings = [
             Binding(
@@ -67,6 +70,20 @@ class DriverHostApp:
                 DriverService(self),
             )
         ]
+
+    async def enable_share_servers(self) -> None:
+        """A driver that handles share servers gets a network server per share network."""
+        stats = await self.driver.stats()
+        if any(
+            pool.capabilities.get("driver_handles_share_servers") == "true" for pool in stats.pools
+        ):
+            state_dir = Path(
+                self._config.state_dir or f"/var/lib/sharemesh/backends/{self._config.name}"
+            )
+            self.share_servers = network.NetworkServers(
+                self._store, "shareServers", self._config.name, state_dir
+            )
+            self._sync.use_share_servers(self.share_servers)
 
     def sync(self, name: str) -> asyncio.Task[None]:
         """One sync per share at a time here; a nudge during one queues behind it."""
@@ -163,6 +180,8 @@ class DriverHostApp:
         for task in list(self._syncs.values()):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(task, 30)
+        if self.share_servers is not None:
+            await self.share_servers.stop(stop_servers=self._own_servers)
         await self.driver.stop(stop_servers=self._own_servers)
         await self._peers.close()
 
@@ -180,4 +199,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def build(context: Context, args: argparse.Namespace) -> DriverHostApp:
     app = DriverHostApp(context, args.backend, args.own_servers)
     await app.driver.start()
+    await app.enable_share_servers()
     return app

@@ -8,7 +8,8 @@ import logging
 
 import grpc
 
-from sharemesh.ganesha import share_pseudo
+from sharemesh import network
+from sharemesh.ganesha import VfsFsal
 from sharemesh.runtime import operations
 from sharemesh.runtime.coordination import Mutex, Session, Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import Aborted, ShareMeshError, Unavailable, from_rpc_error
@@ -57,12 +58,18 @@ class ShareSync:
         host: str,
     ) -> None:
         self._store = store
+        # Set when this backend handles share servers (mode 1); otherwise shares on
+        # share networks go through the host's gateway (mode 2).
+        self._share_servers: network.NetworkServers | None = None
         self._host = host  # the host this backend (and its gateway) runs on
         self._session = session
         self._driver = driver
         self._peers = peers
         self._max_attempts = max_attempts
         self.backend = backend  # `backends/{name}`
+
+    def use_share_servers(self, servers: network.NetworkServers) -> None:
+        self._share_servers = servers
 
     async def sync(self, name: str) -> None:
         async with Mutex(self._session, keys.lock_prefix(self._store.root, name)).lock() as lock:
@@ -89,7 +96,9 @@ class ShareSync:
             await self._delete(found, rules, spec, lock)
             return
         try:
-            if record.share.share_network:
+            if record.share.share_network and self._share_servers is not None:
+                found, locations = await self._realize_on_share_server(found, spec)
+            elif record.share.share_network:
                 found, locations = await self._realize_behind_gateway(found, spec, lock)
                 record = found.value
             else:
@@ -154,19 +163,58 @@ class ShareSync:
             found = Versioned(record, await txn.commit(), found.create_revision, found.key)
         await self._sync_gateway(record)
         gateway = await self._store.get(
-            keys.gateway_key(self._store.root, record.host, record.share.share_network),
-            records_pb2.GatewayRecord,
+            keys.network_server_key(
+                self._store.root, "gateways", record.host, record.share.share_network
+            ),
+            records_pb2.NetworkServerRecord,
         )
         if gateway is None:
             raise Unavailable(f"the gateway of {record.share.share_network} is not up")
-        address = gateway.value.address.split("/")[0]
-        return found, [
-            ExportLocation(
-                f"{address}:{share_pseudo(record.share.uid)}",
-                gateway.value.nfs_port,
-                gateway.value.mount_port,
+        return found, [ExportLocation(*network.location(gateway.value, record.share.uid))]
+
+    async def _realize_on_share_server(
+        self, found: Versioned[records_pb2.ShareRecord], spec: ShareSpec
+    ) -> tuple[Versioned[records_pb2.ShareRecord], list[ExportLocation]]:
+        """A share on a share network, on a backend that handles share servers: the
+        backend's own server on that network exports it (set up with the network's first
+        share); its flat export admits nobody."""
+        record = found.value
+        if record.realized_size_gib == 0:
+            await self._driver.create_share(spec)
+        elif record.share.size_gib > record.realized_size_gib:
+            await self._driver.resize_share(spec, record.share.size_gib)
+        server = await self._serve_network(record.share.share_network, including=record)
+        assert server is not None
+        return found, [ExportLocation(*network.location(server, record.share.uid))]
+
+    async def _serve_network(
+        self, share_network: str, including: records_pb2.ShareRecord | None = None
+    ) -> records_pb2.NetworkServerRecord | None:
+        """Makes this backend's share server on the network export exactly its live
+        shares there (`including` one being made); none left tears the server down."""
+        assert self._share_servers is not None
+        served = []
+        for found in await self._store.scan(self._store.root + "shares/", records_pb2.ShareRecord):
+            share = found.value
+            if share.share.uid == (including.share.uid if including else None):
+                share = including
+            elif (
+                share.backend != self.backend
+                or share.share.share_network != share_network
+                or share.delete_requested
+                or not share.realized_size_gib
+            ):
+                continue
+            rules, _ = await self._store.list_all(
+                self._store.prefix_of(share.share.name, "accessRules"), records_pb2.AccessRuleRecord
             )
-        ]
+            path = self._driver.gateway_access(spec_of(share)).path
+            served.append(
+                network.Served(
+                    share.share.uid, path, VfsFsal(), network.tenant_rules(r.value for r in rules)
+                )
+            )
+        return await self._share_servers.serve(share_network, served)
 
     async def _sync_gateway(self, record: records_pb2.ShareRecord) -> None:
         try:
@@ -227,8 +275,11 @@ class ShareSync:
         lock: Mutex,
     ) -> None:
         record = found.value
+        # Whoever serves it on its tenant network lets go of it before the backend does.
         if record.HasField("gateway_access"):
-            await self._sync_gateway(record)  # the gateway lets go of it first
+            await self._sync_gateway(record)
+        elif record.share.share_network and self._share_servers is not None:
+            await self._serve_network(record.share.share_network)
         await self._driver.delete_share(spec)
         txn = self._store.txn().fence(lock)
         for rule in rules:

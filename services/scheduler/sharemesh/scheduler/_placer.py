@@ -126,6 +126,9 @@ class Placer:
         )
         if found is not None:
             specs = dict(found.value.extra_specs)
+        if not record.share.share_network:
+            # A backend that handles share servers serves shares on share networks only.
+            specs.setdefault("driver_handles_share_servers", "<is> False")
         return Request(
             record.share.size_gib,
             specs,

@@ -189,9 +189,19 @@ def addresses_prefix(root: str, share_network: str) -> str:
     return f"{_check_root(root)}addresses/{check_name(share_network, 'share_network')}/"
 
 
-def gateway_key(root: str, host: str, share_network: str) -> str:
-    """The gateway one host runs for one share network."""
+def network_server_key(root: str, kind: str, owner: str, share_network: str) -> str:
+    """The Ganesha `owner` runs for a share network: kind `gateways` (owner a host) or
+    `shareServers` (owner a backend)."""
+    if kind not in ("gateways", "shareServers"):
+        raise InvalidArgument("kind", f"unknown network server kind {kind!r}")
     return (
-        f"{_check_root(root)}gateways/{check_segment(host, 'host')}/"
+        f"{_check_root(root)}{kind}/{check_segment(owner, 'owner')}/"
         f"{check_name(share_network, 'share_network')}"
     )
+
+
+def network_servers_prefix(root: str, kind: str, owner: str) -> str:
+    """Every network server of one owner (scan it: the keys below are nested names)."""
+    if kind not in ("gateways", "shareServers"):
+        raise InvalidArgument("kind", f"unknown network server kind {kind!r}")
+    return f"{_check_root(root)}{kind}/{check_segment(owner, 'owner')}/"

@@ -63,6 +63,9 @@ class LocalDriverConfig:
     bind_address: str | None = None
     availability_zone: str = ""
     """The zone the pool is in, for the scheduler's availability-zone filter."""
+    driver_handles_share_servers: bool = False
+    """Serve shares on share networks from a share server of this backend on each
+    network (mode 1), instead of through the host's gateway (mode 2)."""
     capabilities: Mapping[str, str] = field(default_factory=dict)
     """Custom capabilities the operator gives the pool (e.g. `tier = "gold"`), matched
     against share types' extra specs; they cannot override what the driver reports."""
@@ -142,6 +145,9 @@ class LocalDriver:
                 **self.config.capabilities,
                 **CAPABILITIES,
                 "availability_zone": self.config.availability_zone,
+                "driver_handles_share_servers": str(
+                    self.config.driver_handles_share_servers
+                ).lower(),
             },
         )
         return BackendStats(pools=(pool,))

@@ -1,0 +1,234 @@
+"""Network servers: a Ganesha in a namespace of its own on a share network, exporting a
+set of shares to the network's tenants. A host's gateway (mode 2) and a backend's share
+server (mode 1) are both this; they differ only in who runs them (`kind`, `owner`).
+
+The server's namespace, address, ports and export ids live in etcd, so a restart after
+a crash adopts the running Ganesha or rebuilds it the same, and clients' locations and
+file handles stay valid. Export ids are never reused."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sharemesh.ganesha import (
+    Access,
+    Export,
+    GaneshaInstance,
+    ProxyV4Fsal,
+    VfsFsal,
+    client_rules,
+    share_pseudo,
+)
+from sharemesh.runtime.coordination import Store, Txn, Versioned, keys
+from sharemesh.runtime.errors import ResourceExhausted
+from sharemesh.runtime.ports import free_port
+from sharemesh.state.v1 import records_pb2
+from sharemesh.v1 import access_rule_pb2
+
+from . import _netns as netns_plugin
+
+log = logging.getLogger(__name__)
+
+_NETNS_KIND = {"gateways": "gw", "shareServers": "ss"}
+
+
+@dataclass(frozen=True)
+class Served:
+    """A share a network server exports: where its data is, and who may mount it."""
+
+    uid: str
+    path: str
+    fsal: VfsFsal | ProxyV4Fsal
+    rules: tuple[tuple[str, Access], ...]
+
+
+def tenant_rules(rules: Iterable[records_pb2.AccessRuleRecord]) -> tuple[tuple[str, Access], ...]:
+    """The (address or CIDR, access) pairs of a share's live access rules."""
+    rw = access_rule_pb2.AccessRule.READ_WRITE
+    return tuple(
+        (r.rule.access_to, "RW" if r.rule.access_level == rw else "RO")
+        for r in rules
+        if not r.delete_requested
+    )
+
+
+def location(server: records_pb2.NetworkServerRecord, uid: str) -> tuple[str, int, int]:
+    """Where tenants mount a share the server exports: (`host:/pseudo`, nfs, mount port)."""
+    address = server.address.split("/")[0]
+    return f"{address}:{share_pseudo(uid)}", server.nfs_port, server.mount_port
+
+
+class NetworkServers:
+    def __init__(self, store: Store, kind: str, owner: str, state_dir: Path) -> None:
+        self._store = store
+        self.kind = kind  # "gateways" or "shareServers"
+        self.owner = owner
+        self._state_dir = state_dir
+        self._ganeshas: dict[str, GaneshaInstance] = {}
+        self._supervisors: dict[str, asyncio.Task[None]] = {}
+
+    def key(self, share_network: str) -> str:
+        return keys.network_server_key(self._store.root, self.kind, self.owner, share_network)
+
+    async def serve(
+        self, share_network: str, shares: Sequence[Served]
+    ) -> records_pb2.NetworkServerRecord | None:
+        """Makes this owner's server on the network export exactly `shares`, returning
+        once Ganesha has confirmed them; with no shares the server goes (Ganesha,
+        namespace, address). Returns the server's record, or None when there is none."""
+        found = await self._store.get(self.key(share_network), records_pb2.NetworkServerRecord)
+        if not shares:
+            if found is not None:
+                await self._remove(share_network, found)
+            return None
+        found = await self._record(share_network, found, [s.uid for s in shares])
+        server = found.value
+        await netns_plugin.ensure_bridge(server.bridge)
+        await netns_plugin.ensure_namespace(server.netns)
+        await netns_plugin.join(server.bridge, server.netns, server.address)
+        ganesha = self._instance(share_network, server)
+        await ganesha.start()
+        await ganesha.sync(
+            [
+                Export(
+                    export_id=server.export_ids[s.uid],
+                    path=s.path,
+                    pseudo=share_pseudo(s.uid),
+                    fsal=s.fsal,
+                    clients=client_rules(s.rules),
+                )
+                for s in shares
+            ]
+        )
+        self._supervise(share_network, ganesha)
+        return server
+
+    async def owned(self) -> list[records_pb2.NetworkServerRecord]:
+        found = await self._store.scan(
+            keys.network_servers_prefix(self._store.root, self.kind, self.owner),
+            records_pb2.NetworkServerRecord,
+        )
+        return [f.value for f in found]
+
+    async def stop(self, stop_servers: bool) -> None:
+        """Leaves servers serving unless the whole mesh is stopping (`stop_servers`);
+        then each Ganesha stops and its namespace goes, to be rebuilt on the next start."""
+        for task in self._supervisors.values():
+            task.cancel()
+        if not stop_servers:
+            return
+        for server in await self.owned():
+            self._instance(server.share_network, server)
+            await self._stop_instance(server.share_network)
+            await netns_plugin.remove_namespace(server.netns)
+            await netns_plugin.remove_bridge(server.bridge)
+
+    async def _record(
+        self,
+        share_network: str,
+        found: Versioned[records_pb2.NetworkServerRecord] | None,
+        uids: list[str],
+    ) -> Versioned[records_pb2.NetworkServerRecord]:
+        """The server's record, made once: namespace, an address from the network's range,
+        stable ports, and an export id for every share it serves."""
+        key = self.key(share_network)
+        txn = self._store.txn()
+        if found is None:
+            network = await self._store.get(
+                self._store.key_of(share_network), records_pb2.ShareNetworkRecord
+            )
+            if network is None:
+                raise ResourceExhausted(f"{share_network} does not exist")
+            uid = network.value.share_network.uid
+            server = records_pb2.NetworkServerRecord(
+                share_network=share_network,
+                owner=self.owner,
+                bridge=netns_plugin.bridge_name(uid),
+                netns=netns_plugin.netns_name(_NETNS_KIND[self.kind], f"{self.owner}/{uid}"),
+                nfs_port=free_port(),
+                mount_port=free_port(),
+            )
+            server.address = await self._reserve_address(txn, network.value, server.netns)
+            txn.create(key, server)
+        else:
+            server = found.value
+            txn.put(key, server, found.mod_revision)
+        missing = [uid for uid in uids if uid not in server.export_ids]
+        if found is not None and not missing:
+            return found
+        for uid in missing:
+            server.last_export_id += 1
+            server.export_ids[uid] = server.last_export_id
+        revision = await txn.commit()
+        return Versioned(server, revision, found.create_revision if found else revision, key)
+
+    async def _reserve_address(
+        self, txn: Txn, network: records_pb2.ShareNetworkRecord, netns: str
+    ) -> str:
+        share_network = network.share_network.name
+        cidr = ipaddress.ip_network(network.share_network.cidr)
+        taken, _ = await self._store.list_all(
+            keys.addresses_prefix(self._store.root, share_network), records_pb2.AttachmentRecord
+        )
+        used = {t.value.address.split("/")[0] for t in taken}
+        for address in cidr.hosts():
+            if str(address) not in used:
+                cidr_form = f"{address}/{cidr.prefixlen}"
+                # Created, not put: a race for the same address fails the whole txn.
+                txn.create(
+                    keys.address_key(self._store.root, share_network, str(address)),
+                    records_pb2.AttachmentRecord(
+                        share_network=share_network, netns=netns, address=cidr_form, host=self.owner
+                    ),
+                )
+                return cidr_form
+        raise ResourceExhausted(f"{share_network} has no free address for a server")
+
+    def _instance(
+        self, share_network: str, server: records_pb2.NetworkServerRecord
+    ) -> GaneshaInstance:
+        if share_network not in self._ganeshas:
+            self._ganeshas[share_network] = GaneshaInstance(
+                self._state_dir / server.netns,
+                server.nfs_port,
+                server.mount_port,
+                netns=server.netns,
+                bind_address=server.address.split("/")[0],
+            )
+        return self._ganeshas[share_network]
+
+    def _supervise(self, share_network: str, ganesha: GaneshaInstance) -> None:
+        task = self._supervisors.get(share_network)
+        if task is None or task.done():
+            self._supervisors[share_network] = asyncio.create_task(
+                ganesha.supervise(), name=f"supervise {self.kind} {share_network}"
+            )
+
+    async def _stop_instance(self, share_network: str) -> None:
+        task = self._supervisors.pop(share_network, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        ganesha = self._ganeshas.pop(share_network, None)
+        if ganesha is not None:
+            await ganesha.stop()
+
+    async def _remove(
+        self, share_network: str, found: Versioned[records_pb2.NetworkServerRecord]
+    ) -> None:
+        server = found.value
+        self._instance(share_network, server)  # also one a crash left: it stops by pidfile
+        await self._stop_instance(share_network)
+        await netns_plugin.leave(server.bridge, server.netns)
+        await netns_plugin.remove_namespace(server.netns)
+        txn = self._store.txn().delete(found.key, found.mod_revision)
+        txn.delete(keys.address_key(self._store.root, share_network, server.address))
+        await txn.commit()
+        log.info("removed the %s server of %s on %s", self.kind, share_network, self.owner)
