@@ -25,7 +25,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sharemesh.client import Client
+import grpc
+
+from sharemesh.client import Client, OperationFailed
 from sharemesh.launcher import LocalMesh
 from sharemesh.v1 import access_rule_pb2, share_network_pb2, share_pb2
 from sharemesh.v1 import share_network_service_pb2 as sns
@@ -241,10 +243,25 @@ async def teardown(client: Client, made: Made) -> None:
         ),
     ]
     for method, request in steps:
-        try:
-            await client.wait(await client.call(method, request))
-        except Exception as error:  # noqa: BLE001 - cleanup goes on
-            print(f"cleanup: could not delete {request.name}: {error}", file=sys.stderr)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                await client.wait(await client.call(method, request))
+                break
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    break
+                failure: Exception = error
+            except OperationFailed as error:
+                if error.code == grpc.StatusCode.NOT_FOUND:
+                    break
+                failure = error
+            except Exception as error:  # noqa: BLE001 - cleanup goes on
+                failure = error
+            if time.monotonic() > deadline:  # e.g. a share still being created
+                print(f"cleanup: could not delete {request.name}: {failure}", file=sys.stderr)
+                break
+            await asyncio.sleep(1)
 
 
 async def bench(mesh: LocalMesh, client: Client, netns: str, tmp: Path, args) -> None:  # type: ignore[no-untyped-def]

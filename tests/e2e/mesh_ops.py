@@ -11,14 +11,16 @@ from sharemesh.client import Client
 from sharemesh.launcher import LocalMesh
 from sharemesh.runtime.coordination import Store, connect, keys
 from sharemesh.state.v1 import records_pb2
-from sharemesh.v1 import access_rule_pb2, share_pb2
+from sharemesh.v1 import access_rule_pb2, share_network_pb2, share_pb2
+from sharemesh.v1 import share_network_service_pb2 as sns
 from sharemesh.v1 import share_service_pb2 as ss
 
-from support import nfs_read, nfs_write
+from support import nfs_read, nfs_url, nfs_write, run
 
 Share = share_pb2.Share
 AccessRule = access_rule_pb2.AccessRule
 RW, RO = AccessRule.READ_WRITE, AccessRule.READ_ONLY
+TENANT_CIDR = "10.31.0.0/24"
 
 # The mesh of most e2e modules: one local backend, and keys for two projects.
 MESH_CONFIG = """
@@ -120,3 +122,44 @@ async def live_shares(mesh: LocalMesh) -> list[records_pb2.ShareRecord]:
     async with connect(mesh.etcd.endpoint) as client:
         store = Store(client)
         return [f.value for f in await store.scan(store.root + "shares/", records_pb2.ShareRecord)]
+
+
+async def create_network(client: Client, net_id: str, cidr: str = TENANT_CIDR) -> str:
+    op = await client.call(
+        client.networks.CreateShareNetwork,
+        sns.CreateShareNetworkRequest(
+            parent="projects/alpha",
+            share_network_id=net_id,
+            share_network=share_network_pb2.ShareNetwork(cidr=cidr),
+        ),
+    )
+    return (await client.wait(op, share_network_pb2.ShareNetwork)).name
+
+
+async def attach(client: Client, network: str, netns: str, address: str) -> None:
+    op = await client.call(
+        client.networks.CreateAttachment,
+        sns.CreateAttachmentRequest(
+            parent=network,
+            attachment_id=netns.replace("_", "-"),
+            attachment=share_network_pb2.Attachment(netns=netns, address=address),
+        ),
+    )
+    await client.wait(op)
+
+
+async def nfs_in(netns: str | None, *args: str) -> int:
+    prefix = ("ip", "netns", "exec", netns) if netns else ()
+    code, _ = await run(*prefix, "timeout", "8", "nfs-cp", *args)
+    return code
+
+
+def nfs_location(share: Share, name: str, version: int) -> str:
+    location = share.export_locations[0]
+    host, pseudo = location.path.split(":", 1)
+    return nfs_url(host, pseudo, name, version, location.nfs_port, location.mount_port)
+
+
+async def read_in(netns: str | None, share: Share, dst: Path) -> int:
+    dst.unlink(missing_ok=True)
+    return await nfs_in(netns, nfs_location(share, "data.bin", 4), str(dst))

@@ -21,16 +21,25 @@ from sharemesh import network
 from sharemesh.client import Client
 from sharemesh.ganesha import share_pseudo
 from sharemesh.launcher import LocalMesh
-from sharemesh.v1 import share_network_pb2, share_type_pb2, share_type_service_pb2_grpc
 from sharemesh.v1 import share_network_service_pb2 as sns
 from sharemesh.v1 import share_service_pb2 as ss
+from sharemesh.v1 import share_type_pb2, share_type_service_pb2_grpc
 from sharemesh.v1 import share_type_service_pb2 as sts
 
-from mesh_ops import RW, Share, delete_share, grant
-from support import assert_host_clean, ensure_rpcbind, nfs_url, pid_alive, processes_mentioning, run
+from mesh_ops import (
+    RW,
+    Share,
+    attach,
+    create_network,
+    delete_share,
+    grant,
+    nfs_in,
+    nfs_location,
+    read_in,
+)
+from support import assert_host_clean, ensure_rpcbind, nfs_url, pid_alive, processes_mentioning
 
 pytestmark = pytest.mark.e2e
-CIDR = "10.31.0.0/24"
 CONFIG = """
 reconcile_interval_seconds = 2
 [[api.tokens]]
@@ -89,30 +98,6 @@ def clients() -> dict[str, str]:
         subprocess.run(["ip", "netns", "del", netns], check=False)
 
 
-async def _network(client: Client, net_id: str) -> str:
-    op = await client.call(
-        client.networks.CreateShareNetwork,
-        sns.CreateShareNetworkRequest(
-            parent="projects/alpha",
-            share_network_id=net_id,
-            share_network=share_network_pb2.ShareNetwork(cidr=CIDR),
-        ),
-    )
-    return (await client.wait(op, share_network_pb2.ShareNetwork)).name
-
-
-async def _attach(client: Client, network: str, netns: str, address: str) -> None:
-    op = await client.call(
-        client.networks.CreateAttachment,
-        sns.CreateAttachmentRequest(
-            parent=network,
-            attachment_id=netns.replace("_", "-"),
-            attachment=share_network_pb2.Attachment(netns=netns, address=address),
-        ),
-    )
-    await client.wait(op)
-
-
 def _host_parts_gone(uids: list[str], server_dirs: Path) -> None:
     """No bridge of these networks, and no namespace of their servers, is left."""
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
@@ -130,33 +115,16 @@ async def _uids(client: Client, *names: str) -> list[str]:
     ]
 
 
-async def _nfs(netns: str | None, *args: str) -> int:
-    prefix = ("ip", "netns", "exec", netns) if netns else ()
-    code, _ = await run(*prefix, "timeout", "8", "nfs-cp", *args)
-    return code
-
-
-def _where(share: Share, name: str, version: int) -> str:
-    location = share.export_locations[0]
-    host, pseudo = location.path.split(":", 1)
-    return nfs_url(host, pseudo, name, version, location.nfs_port, location.mount_port)
-
-
-async def _read(netns: str | None, share: Share, dst: Path) -> int:
-    dst.unlink(missing_ok=True)
-    return await _nfs(netns, _where(share, "data.bin", 4), str(dst))
-
-
 async def test_gateway_share_reaches_only_its_tenants(
     mesh: LocalMesh, alpha: Client, clients: dict[str, str], types: None, tmp_path: Path
 ) -> None:
-    net_a = await _network(alpha, "net-a")
-    net_b = await _network(alpha, "net-b")  # the same CIDR: tenants choose their ranges
-    await _attach(alpha, net_a, clients["a-ok"], "10.31.0.10")
-    await _attach(alpha, net_a, clients["a-other"], "10.31.0.11")
-    await _attach(alpha, net_b, clients["b"], "10.31.0.10")
+    net_a = await create_network(alpha, "net-a")
+    net_b = await create_network(alpha, "net-b")  # the same CIDR: tenants choose their ranges
+    await attach(alpha, net_a, clients["a-ok"], "10.31.0.10")
+    await attach(alpha, net_a, clients["a-other"], "10.31.0.11")
+    await attach(alpha, net_b, clients["b"], "10.31.0.10")
     with pytest.raises(grpc.aio.AioRpcError) as taken:
-        await _attach(alpha, net_a, clients["b"], "10.31.0.10")
+        await attach(alpha, net_a, clients["b"], "10.31.0.10")
     assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
     op = await alpha.call(
@@ -176,19 +144,19 @@ async def test_gateway_share_reaches_only_its_tenants(
     data = tmp_path / "data.bin"
     data.write_bytes(os.urandom(1 << 20))
     back = tmp_path / "back.bin"
-    assert await _nfs(clients["a-ok"], str(data), _where(share, "data.bin", 3)) == 0
-    assert await _read(clients["a-ok"], share, back) == 0
+    assert await nfs_in(clients["a-ok"], str(data), nfs_location(share, "data.bin", 3)) == 0
+    assert await read_in(clients["a-ok"], share, back) == 0
     assert back.read_bytes() == data.read_bytes()
     # On A but not allowed; on B with the very same address.
-    assert await _read(clients["a-other"], share, back) != 0
-    assert await _read(clients["b"], share, back) != 0
+    assert await read_in(clients["a-other"], share, back) != 0
+    assert await read_in(clients["b"], share, back) != 0
     # On the flat network: the backend's own export admits nobody for this share, and
     # the host has no route into the tenant network (looked up, no packet sent: its
     # default route leads off this machine).
     backend = json.loads((mesh.state_dir / "mesh.json").read_text())["backends"][0]["options"]
     flat = nfs_url("127.0.0.1", share_pseudo(share.uid), "data.bin", 4, backend["nfs_port"])
     back.unlink(missing_ok=True)
-    assert await _nfs(None, flat, str(back)) != 0
+    assert await nfs_in(None, flat, str(back)) != 0
     route = subprocess.run(["ip", "route", "get", gateway_ip], capture_output=True, text=True)
     assert not any(dev in route.stdout for dev in (" smb", " smv")), route.stdout
 
@@ -204,12 +172,12 @@ async def test_gateway_share_reaches_only_its_tenants(
     pid = int(pidfile.read_text())
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
-    while (await _read(clients["a-ok"], share, back)) != 0:
+    while (await read_in(clients["a-ok"], share, back)) != 0:
         assert time.monotonic() - killed < 20, "the gateway did not come back"
         await asyncio.sleep(0.1)
     print(f"\ngateway Ganesha serving again {time.monotonic() - killed:.2f}s after kill -9")
     assert back.read_bytes() == data.read_bytes()
-    assert await _read(clients["a-other"], share, back) != 0
+    assert await read_in(clients["a-other"], share, back) != 0
 
     # The gateway service itself dies: on restart its tenant exports serve again.
     gateway = mesh.children["gateway"]
@@ -217,7 +185,7 @@ async def test_gateway_share_reaches_only_its_tenants(
     os.kill(gateway.pid, signal.SIGKILL)
     await asyncio.sleep(0.5)
     killed = time.monotonic()
-    while (await _read(clients["a-ok"], share, back)) != 0:
+    while (await read_in(clients["a-ok"], share, back)) != 0:
         assert time.monotonic() - killed < 30
         await asyncio.sleep(0.2)
     assert back.read_bytes() == data.read_bytes()
@@ -242,11 +210,11 @@ async def test_share_server_share_reaches_only_its_tenants(
 ) -> None:
     """Mode 1: a backend that handles share servers serves the share from its own Ganesha
     on the tenant network, set up with the network's first share and gone with its last."""
-    net_c = await _network(alpha, "net-c")
-    net_d = await _network(alpha, "net-d")
-    await _attach(alpha, net_c, clients["a-ok"], "10.31.0.10")
-    await _attach(alpha, net_c, clients["a-other"], "10.31.0.11")
-    await _attach(alpha, net_d, clients["b"], "10.31.0.10")
+    net_c = await create_network(alpha, "net-c")
+    net_d = await create_network(alpha, "net-d")
+    await attach(alpha, net_c, clients["a-ok"], "10.31.0.10")
+    await attach(alpha, net_c, clients["a-other"], "10.31.0.11")
+    await attach(alpha, net_d, clients["b"], "10.31.0.10")
     op = await alpha.call(
         alpha.shares.CreateShare,
         ss.CreateShareRequest(
@@ -265,17 +233,17 @@ async def test_share_server_share_reaches_only_its_tenants(
     data = tmp_path / "data.bin"
     data.write_bytes(os.urandom(1 << 20))
     back = tmp_path / "back.bin"
-    assert await _nfs(clients["a-ok"], str(data), _where(share, "data.bin", 3)) == 0
-    assert await _read(clients["a-ok"], share, back) == 0
+    assert await nfs_in(clients["a-ok"], str(data), nfs_location(share, "data.bin", 3)) == 0
+    assert await read_in(clients["a-ok"], share, back) == 0
     assert back.read_bytes() == data.read_bytes()
-    assert await _read(clients["a-other"], share, back) != 0
-    assert await _read(clients["b"], share, back) != 0
+    assert await read_in(clients["a-other"], share, back) != 0
+    assert await read_in(clients["b"], share, back) != 0
 
     # The share server dies: its driver-host brings it back with its exports.
     pid = int(pidfile.read_text())
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
-    while (await _read(clients["a-ok"], share, back)) != 0:
+    while (await read_in(clients["a-ok"], share, back)) != 0:
         assert time.monotonic() - killed < 20, "the share server did not come back"
         await asyncio.sleep(0.1)
     print(f"\nshare server serving again {time.monotonic() - killed:.2f}s after kill -9")

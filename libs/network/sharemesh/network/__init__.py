@@ -2,9 +2,11 @@
 network namespace joined to it by a veth pair (DESIGN §8)."""
 
 from ._netns import (
+    STORAGE_RANGE,
     bridge_name,
     ensure_bridge,
     ensure_namespace,
+    ensure_storage_leg,
     exec_in,
     host_ifname,
     join,
@@ -14,10 +16,14 @@ from ._netns import (
     netns_name,
     remove_bridge,
     remove_namespace,
+    storage_addresses,
 )
 from ._servers import NetworkServers, Served, location, tenant_rules
 
 __all__ = [
+    "STORAGE_RANGE",
+    "ensure_storage_leg",
+    "storage_addresses",
     "NetworkServers",
     "Served",
     "location",

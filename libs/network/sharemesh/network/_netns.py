@@ -338,3 +338,35 @@ async def leave(bridge: str, netns: str) -> None:
         raise FailedPrecondition(f"{host} is not a veth")
     await _delete_link(host)
     log.info("%s left %s", netns, bridge)
+
+
+# Storage legs: point-to-point links from the host to its gateways' namespaces, so a
+# gateway can proxy a backend's NFS export. Link-local, so no tenant range overlaps it
+# inside the gateway's namespace; backends grant this range, which only gateways have.
+STORAGE_RANGE = ipaddress.ip_network("169.254.64.0/18")
+
+
+def storage_addresses(index: int) -> tuple[str, str]:
+    """(host end, namespace end) of storage leg `index`, each a /30 address."""
+    base = int(STORAGE_RANGE.network_address) + 4 * index
+    if base + 4 > int(STORAGE_RANGE.broadcast_address) + 1:
+        raise FailedPrecondition("no storage leg left on this host")
+    host = ipaddress.ip_address(base + 1)
+    return f"{host}/30", f"{host + 1}/30"
+
+
+async def ensure_storage_leg(netns: str, index: int, ifname: str = "storage0") -> None:
+    """A veth from the host into `netns`, addressed as storage leg `index`."""
+    _check_netns(netns)
+    host = "sms" + _digest(netns)[:12]
+    host_address, ns_address = storage_addresses(index)
+    if not await _pair_intact(host, netns, ifname):
+        await _delete_link(host)
+        await _ip("link", "add", "name", host, "type", "veth", "peer", "name", ifname,
+                  "netns", netns)  # fmt: skip
+    _host_sysctl(host, "ipv6.disable_ipv6", "1")
+    await _ip("addr", "replace", host_address, "dev", host)
+    await _ip("link", "set", "dev", host, "up")
+    await _ip("addr", "replace", ns_address, "dev", ifname, netns=netns)
+    await _ip("link", "set", "dev", ifname, "up", netns=netns)
+    log.info("storage leg %s <-> %s:%s (%s)", host, netns, ifname, ns_address)

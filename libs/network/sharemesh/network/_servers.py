@@ -44,8 +44,11 @@ class Served:
 
     uid: str
     path: str
-    fsal: VfsFsal | ProxyV4Fsal
+    """VFS: the share's directory on this host; proxied: its path on the backend."""
     rules: tuple[tuple[str, Access], ...]
+    proxy_port: int = 0
+    """Non-zero: proxy (PROXY_V4) the NFS server on this host's port, through the
+    server's storage leg, instead of reading the directory (VFS)."""
 
 
 def tenant_rules(rules: Iterable[records_pb2.AccessRuleRecord]) -> tuple[tuple[str, Access], ...]:
@@ -87,11 +90,16 @@ class NetworkServers:
             if found is not None:
                 await self._remove(share_network, found)
             return None
-        found = await self._record(share_network, found, [s.uid for s in shares])
+        found = await self._record(
+            share_network, found, [s.uid for s in shares], proxies=any(s.proxy_port for s in shares)
+        )
         server = found.value
         await netns_plugin.ensure_bridge(server.bridge)
         await netns_plugin.ensure_namespace(server.netns)
         await netns_plugin.join(server.bridge, server.netns, server.address)
+        if server.storage_leg:
+            await netns_plugin.ensure_storage_leg(server.netns, server.storage_leg - 1)
+        backend = netns_plugin.storage_addresses(max(server.storage_leg - 1, 0))[0]
         ganesha = self._instance(share_network, server)
         await ganesha.start()
         await ganesha.sync(
@@ -100,7 +108,9 @@ class NetworkServers:
                     export_id=server.export_ids[s.uid],
                     path=s.path,
                     pseudo=share_pseudo(s.uid),
-                    fsal=s.fsal,
+                    fsal=ProxyV4Fsal(backend.split("/")[0], s.proxy_port)
+                    if s.proxy_port
+                    else VfsFsal(),
                     clients=client_rules(s.rules),
                 )
                 for s in shares
@@ -134,6 +144,7 @@ class NetworkServers:
         share_network: str,
         found: Versioned[records_pb2.NetworkServerRecord] | None,
         uids: list[str],
+        proxies: bool,
     ) -> Versioned[records_pb2.NetworkServerRecord]:
         """The server's record, made once: namespace, an address from the network's range,
         stable ports, and an export id for every share it serves."""
@@ -160,8 +171,12 @@ class NetworkServers:
             server = found.value
             txn.put(key, server, found.mod_revision)
         missing = [uid for uid in uids if uid not in server.export_ids]
-        if found is not None and not missing:
+        leg_missing = proxies and not server.storage_leg
+        if found is not None and not missing and not leg_missing:
             return found
+        if leg_missing:
+            used = {s.storage_leg for s in await self.owned()}
+            server.storage_leg = next(i for i in range(1, len(used) + 2) if i not in used)
         for uid in missing:
             server.last_export_id += 1
             server.export_ids[uid] = server.last_export_id

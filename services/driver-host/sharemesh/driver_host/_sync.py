@@ -9,7 +9,6 @@ import logging
 import grpc
 
 from sharemesh import network
-from sharemesh.ganesha import VfsFsal
 from sharemesh.runtime import operations
 from sharemesh.runtime.coordination import Mutex, Session, Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import Aborted, ShareMeshError, Unavailable, from_rpc_error
@@ -148,8 +147,13 @@ class ShareSync:
             await self._driver.create_share(spec)
         elif record.share.size_gib > record.realized_size_gib:
             await self._driver.resize_share(spec, record.share.size_gib)
+        access = self._driver.gateway_access(spec)
+        if access.fsal == "PROXY_V4":
+            # The gateway proxies the backend's own export: grant the gateways' links.
+            await self._driver.update_access(
+                spec, [AccessRuleSpec(str(network.STORAGE_RANGE), "READ_WRITE")]
+            )
         if not record.HasField("gateway_access"):
-            access = self._driver.gateway_access(spec)
             record.gateway_access.CopyFrom(
                 records_pb2.GatewayAccess(
                     fsal=access.fsal,
@@ -210,9 +214,7 @@ class ShareSync:
             )
             path = self._driver.gateway_access(spec_of(share)).path
             served.append(
-                network.Served(
-                    share.share.uid, path, VfsFsal(), network.tenant_rules(r.value for r in rules)
-                )
+                network.Served(share.share.uid, path, network.tenant_rules(r.value for r in rules))
             )
         return await self._share_servers.serve(share_network, served)
 

@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 
 from sharemesh import network
-from sharemesh.ganesha import ProxyV4Fsal, VfsFsal
 from sharemesh.runtime import operations
 from sharemesh.runtime.coordination import Store, Versioned, keys
 from sharemesh.runtime.errors import Aborted
@@ -98,14 +97,12 @@ class Networks:
                 self._store.prefix_of(share.share.name, "accessRules"), records_pb2.AccessRuleRecord
             )
             access = share.gateway_access
-            fsal = (
-                ProxyV4Fsal(access.server, access.nfs_port)
-                if access.fsal == "PROXY_V4"
-                else VfsFsal()
-            )
             served.append(
                 network.Served(
-                    share.share.uid, access.path, fsal, network.tenant_rules(r.value for r in rules)
+                    share.share.uid,
+                    access.path,
+                    network.tenant_rules(r.value for r in rules),
+                    proxy_port=access.nfs_port if access.fsal == "PROXY_V4" else 0,
                 )
             )
         return served

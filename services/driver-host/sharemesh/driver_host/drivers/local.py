@@ -63,6 +63,9 @@ class LocalDriverConfig:
     bind_address: str | None = None
     availability_zone: str = ""
     """The zone the pool is in, for the scheduler's availability-zone filter."""
+    gateway_fsal: str = "VFS"
+    """How a gateway on this host reaches the shares: `VFS` reads the mounted filesystem;
+    `PROXY_V4` proxies this backend's NFS export (slower; for tests and remote hosts)."""
     driver_handles_share_servers: bool = False
     """Serve shares on share networks from a share server of this backend on each
     network (mode 1), instead of through the host's gateway (mode 2)."""
@@ -171,7 +174,11 @@ class LocalDriver:
             raise InvalidArgument("pool", f"this backend has pool {self.config.pool_name!r} only")
 
     def gateway_access(self, share: ShareSpec) -> GatewayAccess:
-        # The gateway runs on this host, so it reads the mounted filesystem directly.
+        if self.config.gateway_fsal == "PROXY_V4":
+            return GatewayAccess(
+                fsal="PROXY_V4", path=self._pseudo(share), nfs_port=self.config.nfs_port
+            )
+        # The gateway runs on this host, so it can read the mounted filesystem directly.
         return GatewayAccess(fsal="VFS", path=str(self._mountpoint(share)))
 
     def _locations(self, share: ShareSpec) -> list[ExportLocation]:

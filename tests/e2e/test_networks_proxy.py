@@ -1,0 +1,93 @@
+"""A gateway that proxies its backend's NFS export (PROXY_V4) instead of reading the
+filesystem: forced by the backend's `gateway_fsal` option, since on one host the
+gateway would always choose VFS. The backend grants only the gateways' storage links."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from sharemesh.client import Client
+from sharemesh.launcher import LocalMesh
+from sharemesh.v1 import share_network_service_pb2 as sns
+from sharemesh.v1 import share_service_pb2 as ss
+
+from mesh_ops import (
+    RW,
+    Share,
+    attach,
+    create_network,
+    delete_share,
+    grant,
+    nfs_in,
+    nfs_location,
+    read_in,
+)
+from support import assert_host_clean, ensure_rpcbind
+
+pytestmark = pytest.mark.e2e
+CONFIG = """
+reconcile_interval_seconds = 2
+[[api.tokens]]
+token = "alpha-key"
+project = "alpha"
+[[backends]]
+name = "local"
+[backends.options]
+capacity_gib = 4
+gateway_fsal = "PROXY_V4"
+"""
+
+
+@pytest.fixture(scope="module")
+async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalMesh]:
+    ensure_rpcbind()
+    state = tmp_path_factory.mktemp("mesh")
+    (state / "mesh.toml").write_text(CONFIG)
+    async with LocalMesh(state, state / "mesh.toml", api_port=0, lease_ttl_seconds=3) as running:
+        yield running
+    assert_host_clean(state)
+
+
+@pytest.fixture(scope="module")
+def tenant() -> Iterator[str]:
+    netns = f"t{uuid.uuid4().hex[:6]}-proxy"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+    yield netns
+    subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+async def test_a_proxying_gateway_serves_the_tenant(
+    mesh: LocalMesh, alpha: Client, tenant: str, tmp_path: Path
+) -> None:
+    net = await create_network(alpha, "proxied")
+    await attach(alpha, net, tenant, "10.31.0.20")
+    op = await alpha.call(
+        alpha.shares.CreateShare,
+        ss.CreateShareRequest(
+            parent="projects/alpha", share_id="proxied", share=Share(size_gib=1, share_network=net)
+        ),
+    )
+    share = await alpha.wait(op, Share)
+    assert share.state == Share.ACTIVE
+    await grant(alpha, share.name, "10.31.0.20", RW)
+    (export,) = (mesh.state_dir / "gateway").glob("*/exports.d/*.conf")
+    assert "PROXY_V4" in export.read_text()
+
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(512 << 10))
+    back = tmp_path / "back.bin"
+    assert await nfs_in(tenant, str(data), nfs_location(share, "data.bin", 3)) == 0
+    assert await read_in(tenant, share, back) == 0
+    assert back.read_bytes() == data.read_bytes()
+
+    await delete_share(alpha, share.name)
+    await alpha.wait(
+        await alpha.call(alpha.networks.DeleteShareNetwork, sns.DeleteShareNetworkRequest(name=net))
+    )
