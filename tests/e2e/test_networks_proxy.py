@@ -4,8 +4,11 @@ gateway would always choose VFS. The backend grants only the gateways' storage l
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -85,6 +88,17 @@ async def test_a_proxying_gateway_serves_the_tenant(
     back = tmp_path / "back.bin"
     assert await nfs_in(tenant, str(data), nfs_location(share, "data.bin", 3)) == 0
     assert await read_in(tenant, share, back) == 0
+    assert back.read_bytes() == data.read_bytes()
+
+    # The backend's Ganesha dies: its driver-host restarts it, and the gateway, whose
+    # proxy would otherwise stay broken, restarts its own.
+    backend_pid = int((mesh.state_dir / "pools/local/ganesha/ganesha/ganesha.pid").read_text())
+    os.kill(backend_pid, signal.SIGKILL)
+    killed = time.monotonic()
+    while (await read_in(tenant, share, back)) != 0:
+        assert time.monotonic() - killed < 30, "the proxying gateway did not recover"
+        await asyncio.sleep(0.2)
+    print(f"\nproxied share readable {time.monotonic() - killed:.2f}s after the backend's kill -9")
     assert back.read_bytes() == data.read_bytes()
 
     await delete_share(alpha, share.name)

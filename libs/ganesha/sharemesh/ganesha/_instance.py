@@ -132,6 +132,18 @@ class GaneshaInstance:
         pid = _read_pid(self.bus_pid_file)
         return pid if _running(pid, _DBUS, str(self.bus_config)) else None
 
+    def generation(self) -> str:
+        """Which incarnation of Ganesha serves now (pid and start time): a proxy made
+        against one incarnation stays broken after the next starts."""
+        pid = self._ganesha_pid()
+        if pid is None:
+            return ""
+        try:
+            started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return ""
+        return f"{pid}:{started}"
+
     def is_alive(self) -> bool:
         """Ganesha and its bus both run (without the bus it cannot be managed)."""
         return self._ganesha_pid() is not None and self._bus_pid() is not None

@@ -49,6 +49,8 @@ class Served:
     proxy_port: int = 0
     """Non-zero: proxy (PROXY_V4) the NFS server on this host's port, through the
     server's storage leg, instead of reading the directory (VFS)."""
+    proxy_generation: str = ""
+    """The proxied server's incarnation: when it changes, the proxy must be rebuilt."""
 
 
 def tenant_rules(rules: Iterable[records_pb2.AccessRuleRecord]) -> tuple[tuple[str, Access], ...]:
@@ -75,6 +77,8 @@ class NetworkServers:
         self._state_dir = state_dir
         self._ganeshas: dict[str, GaneshaInstance] = {}
         self._supervisors: dict[str, asyncio.Task[None]] = {}
+        # Per network, the incarnations of the servers its proxies were made against.
+        self._proxied: dict[str, dict[str, str]] = {}
 
     def key(self, share_network: str) -> str:
         return keys.network_server_key(self._store.root, self.kind, self.owner, share_network)
@@ -101,7 +105,23 @@ class NetworkServers:
             await netns_plugin.ensure_storage_leg(server.netns, server.storage_leg - 1)
         backend = netns_plugin.storage_addresses(max(server.storage_leg - 1, 0))[0]
         ganesha = self._instance(share_network, server)
+        proxied = {s.uid: s.proxy_generation for s in shares if s.proxy_port}
+        made = self._proxied.get(share_network)
+        stale = (
+            (made is None and ganesha.adopt())
+            if made is None
+            else any(made.get(uid, generation) != generation for uid, generation in proxied.items())
+        )
+        if proxied and stale:
+            # A proxy made against an earlier incarnation of its backend stays broken
+            # (NFS4ERR_INVAL) until Ganesha restarts; one we adopt after our own restart
+            # may have been made against anything, so it restarts too.
+            log.info(
+                "restarting the %s server of %s: its backends restarted", self.kind, share_network
+            )
+            await ganesha.stop()
         await ganesha.start()
+        self._proxied[share_network] = proxied
         await ganesha.sync(
             [
                 Export(

@@ -127,7 +127,7 @@ class DriverHostApp:
         await self._store.put(key, await self.registration(), lease=self._context.session.lease_id)
         log.info("registered %s at %s", self.backend, endpoint)
         async with asyncio.TaskGroup() as group:
-            group.create_task(self.driver.supervise())
+            group.create_task(self.driver.supervise(self._backend_server_restarted))
             group.create_task(self._refresh(key))
             group.create_task(self._reconcile_forever())
 
@@ -143,6 +143,13 @@ class DriverHostApp:
     async def _mine(self):  # type: ignore[no-untyped-def]
         shares = await self._store.scan(self._store.root + "shares/", records_pb2.ShareRecord)
         return [s for s in shares if s.value.backend == self.backend]
+
+    async def _backend_server_restarted(self) -> None:
+        """A restarted backend server breaks the gateways that proxy it: syncing those
+        shares records the new incarnation, and their gateways restart their proxies."""
+        for found in await self._mine():
+            if found.value.gateway_access.fsal == "PROXY_V4":
+                self.sync(found.value.share.name)
 
     async def _refresh(self, key: str) -> None:
         interval = max(self._context.config.etcd.lease_ttl_seconds / 2, 1)

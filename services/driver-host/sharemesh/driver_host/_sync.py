@@ -153,15 +153,15 @@ class ShareSync:
             await self._driver.update_access(
                 spec, [AccessRuleSpec(str(network.STORAGE_RANGE), "READ_WRITE")]
             )
-        if not record.HasField("gateway_access"):
-            record.gateway_access.CopyFrom(
-                records_pb2.GatewayAccess(
-                    fsal=access.fsal,
-                    path=access.path,
-                    server=access.server,
-                    nfs_port=access.nfs_port,
-                )
-            )
+        wanted = records_pb2.GatewayAccess(
+            fsal=access.fsal,
+            path=access.path,
+            server=access.server,
+            nfs_port=access.nfs_port,
+            server_generation=access.server_generation,
+        )
+        if record.gateway_access != wanted or record.host != self._host:
+            record.gateway_access.CopyFrom(wanted)
             record.host = self._host
             txn = self._store.txn().fence(lock).put(found.key, record, found.mod_revision)
             found = Versioned(record, await txn.commit(), found.create_revision, found.key)

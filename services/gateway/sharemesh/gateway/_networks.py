@@ -103,6 +103,7 @@ class Networks:
                     access.path,
                     network.tenant_rules(r.value for r in rules),
                     proxy_port=access.nfs_port if access.fsal == "PROXY_V4" else 0,
+                    proxy_generation=access.server_generation,
                 )
             )
         return served

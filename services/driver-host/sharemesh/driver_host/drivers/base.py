@@ -7,7 +7,7 @@ these plain values, never protos or etcd records.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -48,6 +48,8 @@ class GatewayAccess:
     """VFS: the share's directory on the host; PROXY_V4: its path on the server."""
     server: str = ""
     nfs_port: int = 0
+    server_generation: str = ""
+    """PROXY_V4: the serving NFS server's incarnation; it changes when the server restarts."""
 
 
 @dataclass(frozen=True)
@@ -111,5 +113,6 @@ class Driver(Protocol):
     def gateway_access(self, share: ShareSpec) -> GatewayAccess:
         """How a gateway on this backend's host reaches the share."""
 
-    async def supervise(self) -> None:
-        """Keep the backend's servers running until `stop`; restart and re-export on death."""
+    async def supervise(self, on_restart: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Keep the backend's servers running until `stop`; restart and re-export on
+        death, then call `on_restart` (so what proxies them can follow)."""

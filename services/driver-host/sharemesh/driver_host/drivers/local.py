@@ -10,7 +10,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,12 +122,14 @@ class LocalDriver:
                 await _loopfs.unmount(self._mountpoint(image.stem))
                 await _loopfs.detach(image)
 
-    async def supervise(self) -> None:
-        await self.ganesha.supervise(self._reexport, until=self._stopping)
+    async def supervise(self, on_restart: Callable[[], Awaitable[None]] | None = None) -> None:
+        async def restarted() -> None:
+            for export in self.ganesha.known_exports():
+                await self.ganesha.apply(export)
+            if on_restart is not None:
+                await on_restart()
 
-    async def _reexport(self) -> None:
-        for export in self.ganesha.known_exports():
-            await self.ganesha.apply(export)
+        await self.ganesha.supervise(restarted, until=self._stopping)
 
     # ---- stats -----------------------------------------------------------------------
 
@@ -176,7 +178,10 @@ class LocalDriver:
     def gateway_access(self, share: ShareSpec) -> GatewayAccess:
         if self.config.gateway_fsal == "PROXY_V4":
             return GatewayAccess(
-                fsal="PROXY_V4", path=self._pseudo(share), nfs_port=self.config.nfs_port
+                fsal="PROXY_V4",
+                path=self._pseudo(share),
+                nfs_port=self.config.nfs_port,
+                server_generation=self.ganesha.generation(),
             )
         # The gateway runs on this host, so it can read the mounted filesystem directly.
         return GatewayAccess(fsal="VFS", path=str(self._mountpoint(share)))
