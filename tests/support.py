@@ -4,7 +4,10 @@ checks that the host is left clean."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -77,3 +80,19 @@ def assert_host_clean(state: Path) -> None:
     assert not mounts_under(state), mounts_under(state)
     assert not loops_under(state), loops_under(state)
     assert not processes_mentioning(str(state)), processes_mentioning(str(state))
+
+
+@contextlib.contextmanager
+def guest_namespaces(*roles: str) -> Iterator[dict[str, str]]:
+    """Network namespaces standing for tenants' guests, one per role, with names unique
+    to this run; removed afterwards, whatever happened."""
+    suffix = uuid.uuid4().hex[:6]
+    made = {role: f"t{suffix}-{role}" for role in roles}
+    try:
+        for netns in made.values():
+            subprocess.run(["ip", "netns", "add", netns], check=True)
+            subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        yield made
+    finally:
+        for netns in made.values():
+            subprocess.run(["ip", "netns", "del", netns], check=False)

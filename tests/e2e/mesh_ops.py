@@ -3,8 +3,11 @@ through its export, and read what the mesh has allocated."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from google.protobuf import field_mask_pb2
 
 from sharemesh.client import Client
@@ -15,7 +18,7 @@ from sharemesh.v1 import access_rule_pb2, share_network_pb2, share_pb2
 from sharemesh.v1 import share_network_service_pb2 as sns
 from sharemesh.v1 import share_service_pb2 as ss
 
-from support import nfs_read, nfs_url, nfs_write, run
+from support import assert_host_clean, ensure_rpcbind, nfs_read, nfs_url, nfs_write, run
 
 Share = share_pb2.Share
 AccessRule = access_rule_pb2.AccessRule
@@ -163,3 +166,19 @@ def nfs_location(share: Share, name: str, version: int) -> str:
 async def read_in(netns: str | None, share: Share, dst: Path) -> int:
     dst.unlink(missing_ok=True)
     return await nfs_in(netns, nfs_location(share, "data.bin", 4), str(dst))
+
+
+@contextlib.asynccontextmanager
+async def running_mesh(
+    tmp_path_factory: pytest.TempPathFactory, config: str, **options: object
+) -> AsyncIterator[LocalMesh]:
+    """A whole mesh from `config` (TOML) for one test module; afterwards the host must be
+    clean of its mounts, loop devices and processes."""
+    ensure_rpcbind()
+    state = tmp_path_factory.mktemp("mesh")
+    (state / "mesh.toml").write_text(config)
+    async with LocalMesh(
+        state, state / "mesh.toml", api_port=0, lease_ttl_seconds=3, **options
+    ) as mesh:  # type: ignore[arg-type]
+        yield mesh
+    assert_host_clean(state)

@@ -10,8 +10,7 @@ import os
 import signal
 import subprocess
 import time
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -36,8 +35,14 @@ from mesh_ops import (
     nfs_in,
     nfs_location,
     read_in,
+    running_mesh,
 )
-from support import assert_host_clean, ensure_rpcbind, nfs_url, pid_alive, processes_mentioning
+from support import (
+    guest_namespaces,
+    nfs_url,
+    pid_alive,
+    processes_mentioning,
+)
 
 pytestmark = pytest.mark.e2e
 CONFIG = """
@@ -62,12 +67,8 @@ TYPES = {"via-gateway": "<is> False", "via-server": "<is> True"}
 
 @pytest.fixture(scope="module")
 async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalMesh]:
-    ensure_rpcbind()
-    state = tmp_path_factory.mktemp("mesh")
-    (state / "mesh.toml").write_text(CONFIG)
-    async with LocalMesh(state, state / "mesh.toml", api_port=0, lease_ttl_seconds=3) as running:
-        yield running
-    assert_host_clean(state)
+    async with running_mesh(tmp_path_factory, CONFIG) as mesh:
+        yield mesh
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +87,9 @@ async def types(mesh: LocalMesh, admin: Client) -> None:
 
 
 @pytest.fixture(scope="module")
-def clients() -> dict[str, str]:
-    """Tenant client namespaces this test makes (and removes), as a hypervisor's guests."""
-    suffix = uuid.uuid4().hex[:6]
-    made = {role: f"t{suffix}-{role}" for role in ("a-ok", "a-other", "b")}
-    for netns in made.values():
-        subprocess.run(["ip", "netns", "add", netns], check=True)
-        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
-    yield made
-    for netns in made.values():
-        subprocess.run(["ip", "netns", "del", netns], check=False)
+def clients() -> Iterator[dict[str, str]]:
+    with guest_namespaces("a-ok", "a-other", "b") as made:
+        yield made
 
 
 def _host_parts_gone(uids: list[str], server_dirs: Path) -> None:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -30,8 +28,9 @@ from mesh_ops import (
     nfs_in,
     nfs_location,
     read_in,
+    running_mesh,
 )
-from support import assert_host_clean, ensure_rpcbind
+from support import guest_namespaces
 
 pytestmark = pytest.mark.e2e
 CONFIG = """
@@ -49,21 +48,14 @@ gateway_fsal = "PROXY_V4"
 
 @pytest.fixture(scope="module")
 async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalMesh]:
-    ensure_rpcbind()
-    state = tmp_path_factory.mktemp("mesh")
-    (state / "mesh.toml").write_text(CONFIG)
-    async with LocalMesh(state, state / "mesh.toml", api_port=0, lease_ttl_seconds=3) as running:
-        yield running
-    assert_host_clean(state)
+    async with running_mesh(tmp_path_factory, CONFIG) as mesh:
+        yield mesh
 
 
 @pytest.fixture(scope="module")
 def tenant() -> Iterator[str]:
-    netns = f"t{uuid.uuid4().hex[:6]}-proxy"
-    subprocess.run(["ip", "netns", "add", netns], check=True)
-    subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
-    yield netns
-    subprocess.run(["ip", "netns", "del", netns], check=False)
+    with guest_namespaces("proxy") as made:
+        yield made["proxy"]
 
 
 async def test_a_proxying_gateway_serves_the_tenant(

@@ -16,8 +16,8 @@ from sharemesh.launcher import LocalMesh
 from sharemesh.v1 import share_pb2
 from sharemesh.v1 import share_service_pb2 as ss
 
-from mesh_ops import create_share, delete_share, live_shares
-from support import assert_host_clean, ensure_rpcbind, mounts_under
+from mesh_ops import create_share, delete_share, live_shares, running_mesh
+from support import mounts_under
 
 pytestmark = pytest.mark.e2e
 
@@ -55,12 +55,9 @@ def cramped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 async def mesh(tmp_path_factory: pytest.TempPathFactory, cramped: Path) -> AsyncIterator[LocalMesh]:
-    ensure_rpcbind()
-    state = tmp_path_factory.mktemp("mesh")
-    (state / "mesh.toml").write_text(CONFIG.format(attempts=2, cramped=cramped))
-    async with LocalMesh(state, state / "mesh.toml", api_port=0, lease_ttl_seconds=3) as running:
-        yield running
-    assert_host_clean(state)
+    config = CONFIG.format(attempts=2, cramped=cramped)
+    async with running_mesh(tmp_path_factory, config) as mesh:
+        yield mesh
 
 
 async def test_a_failed_create_lands_on_another_pool(mesh: LocalMesh, alpha: Client) -> None:

@@ -24,8 +24,8 @@ from sharemesh.v1 import (
 from sharemesh.v1 import share_service_pb2 as ss
 from sharemesh.v1 import share_type_service_pb2 as sts
 
-from mesh_ops import Share, create_share, delete_share, live_shares
-from support import assert_host_clean, ensure_rpcbind, pid_alive
+from mesh_ops import Share, create_share, delete_share, live_shares, running_mesh
+from support import pid_alive
 
 pytestmark = pytest.mark.e2e
 TTL = 3
@@ -67,14 +67,8 @@ TYPES = {
 
 @pytest.fixture(scope="module")
 async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalMesh]:
-    ensure_rpcbind()
-    state = tmp_path_factory.mktemp("mesh")
-    (state / "mesh.toml").write_text(CONFIG)
-    async with LocalMesh(
-        state, state / "mesh.toml", api_port=0, lease_ttl_seconds=TTL, schedulers=2
-    ) as running:
-        yield running
-    assert_host_clean(state)
+    async with running_mesh(tmp_path_factory, CONFIG, schedulers=2) as mesh:
+        yield mesh
 
 
 async def _create(client: Client, share_id: str, **share: object) -> Share:
