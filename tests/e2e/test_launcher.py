@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from grpc_health.v1 import health_pb2
 
 from sharemesh.runtime.health import check
 
-from support import loops_under, mounts_under, pid_alive, run
+from support import guest_namespaces, loops_under, mounts_under, pid_alive, run
 
 pytestmark = pytest.mark.e2e
 
@@ -72,6 +73,35 @@ async def _cli_round_trip(api: str, token: str) -> None:
         {**env, "SHAREMESH_TOKEN": "wrong"}, "share", "list", "--project", "demo"
     )
     assert code == 1 and "UNAUTHENTICATED" in out, out
+    with guest_namespaces("cli") as guests:
+        code, out = await _cli(
+            env, "network", "create", "net1", "--cidr", "10.33.0.0/24", "--project", "demo"
+        )
+        assert code == 0 and "ACTIVE" in out, out
+        code, out = await _cli(
+            env,
+            "network",
+            "attach",
+            "net1",
+            guests["cli"],
+            "--address",
+            "10.33.0.7",
+            "--project",
+            "demo",
+        )
+        assert code == 0 and "ACTIVE" in out, out
+        address = subprocess.run(
+            ["ip", "-n", guests["cli"], "-o", "addr"], capture_output=True, text=True
+        ).stdout
+        assert "10.33.0.7/24" in address, address
+        code, out = await _cli(env, "network", "detach", "net1", guests["cli"], "--project", "demo")
+        assert code == 0, out
+        address = subprocess.run(
+            ["ip", "-n", guests["cli"], "-o", "addr"], capture_output=True, text=True
+        ).stdout
+        assert "10.33.0.7" not in address, address
+        code, out = await _cli(env, "network", "delete", "net1", "--project", "demo")
+        assert code == 0, out
     code, out = await _cli(env, "share", "delete", "cli-demo", "--project", "demo")
     assert code == 0, out
     code, out = await _cli(env, "share", "list", "--project", "demo", "--json")

@@ -109,6 +109,23 @@ async def _uids(client: Client, *names: str) -> list[str]:
     ]
 
 
+async def _unreachable_from_flat_network(
+    mesh: LocalMesh, share: Share, dst: Path, backend: int
+) -> None:
+    """On the flat network: the backend's own export admits nobody for the share, and the
+    host has no route into the tenant network (looked up, no packet sent: the host's
+    default route leads off this machine)."""
+    options = json.loads((mesh.state_dir / "mesh.json").read_text())["backends"][backend]
+    flat = nfs_url(
+        "127.0.0.1", share_pseudo(share.uid), "data.bin", 4, options["options"]["nfs_port"]
+    )
+    dst.unlink(missing_ok=True)
+    assert await nfs_in(None, flat, str(dst)) != 0
+    address = share.export_locations[0].path.split(":")[0]
+    route = subprocess.run(["ip", "route", "get", address], capture_output=True, text=True)
+    assert not any(dev in route.stdout for dev in (" smb", " smv")), route.stdout
+
+
 async def test_gateway_share_reaches_only_its_tenants(
     mesh: LocalMesh, alpha: Client, clients: dict[str, str], types: None, tmp_path: Path
 ) -> None:
@@ -144,15 +161,7 @@ async def test_gateway_share_reaches_only_its_tenants(
     # On A but not allowed; on B with the very same address.
     assert await read_in(clients["a-other"], share, back) != 0
     assert await read_in(clients["b"], share, back) != 0
-    # On the flat network: the backend's own export admits nobody for this share, and
-    # the host has no route into the tenant network (looked up, no packet sent: its
-    # default route leads off this machine).
-    backend = json.loads((mesh.state_dir / "mesh.json").read_text())["backends"][0]["options"]
-    flat = nfs_url("127.0.0.1", share_pseudo(share.uid), "data.bin", 4, backend["nfs_port"])
-    back.unlink(missing_ok=True)
-    assert await nfs_in(None, flat, str(back)) != 0
-    route = subprocess.run(["ip", "route", "get", gateway_ip], capture_output=True, text=True)
-    assert not any(dev in route.stdout for dev in (" smb", " smv")), route.stdout
+    await _unreachable_from_flat_network(mesh, share, back, backend=0)
 
     with pytest.raises(grpc.aio.AioRpcError) as busy:
         await alpha.call(
@@ -171,7 +180,9 @@ async def test_gateway_share_reaches_only_its_tenants(
         await asyncio.sleep(0.1)
     print(f"\ngateway Ganesha serving again {time.monotonic() - killed:.2f}s after kill -9")
     assert back.read_bytes() == data.read_bytes()
-    assert await read_in(clients["a-other"], share, back) != 0
+    assert await read_in(clients["a-other"], share, back) != 0, "a rule was lost"
+    exports = list(pidfile.parent.glob("exports.d/*.conf"))
+    assert len(exports) == 1, f"exports not in etcd appeared: {exports}"
 
     # The gateway service itself dies: on restart its tenant exports serve again.
     gateway = mesh.children["gateway"]
@@ -232,6 +243,7 @@ async def test_share_server_share_reaches_only_its_tenants(
     assert back.read_bytes() == data.read_bytes()
     assert await read_in(clients["a-other"], share, back) != 0
     assert await read_in(clients["b"], share, back) != 0
+    await _unreachable_from_flat_network(mesh, share, back, backend=1)
 
     # The share server dies: its driver-host brings it back with its exports.
     pid = int(pidfile.read_text())
