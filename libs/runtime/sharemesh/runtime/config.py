@@ -51,8 +51,6 @@ class ApiConfig:
     """Static credentials; key management is a later feature."""
     admin_token_file: str = ""
     """A file holding one admin key (the launcher writes `DIR/admin.token`)."""
-    operation_retention_days: int = 7
-    """How long finished Operations and request ids are kept."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +98,8 @@ class MeshConfig:
     scheduler: SchedulerConfig = SchedulerConfig()
     backends: tuple[BackendConfig, ...] = ()
     gateway: GatewayConfig = GatewayConfig()
+    operation_retention_seconds: float = 7 * 24 * 3600
+    """How long a finished Operation, and the request id that made it, are kept."""
     reconcile_interval_seconds: float = 30.0
     """How often each service re-reads etcd for work a crash may have dropped."""
     log_level: str = "INFO"

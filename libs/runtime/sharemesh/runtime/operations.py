@@ -14,8 +14,8 @@ from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import operation_metadata_pb2
 
 from . import names
-from .coordination import Store, Txn
-from .errors import to_status
+from .coordination import Store, Txn, keys
+from .errors import Aborted, to_status
 
 API_VERSION = "v1"
 
@@ -101,3 +101,26 @@ async def finish_pending(
         if found is not None and not found.value.operation.done:
             finish(found.value, response=response, error=error)
             txn.put(found.key, found.value, found.mod_revision)
+
+
+async def expire(store: Store, retention_seconds: float, fence: object) -> int:
+    """Deletes finished operations older than the retention period, with their request
+    ids (a retry after that is a new request). Returns how many went."""
+    cutoff = now().ToSeconds() - retention_seconds
+    expired = 0
+    for found in await store.scan(store.root + "operations/", records_pb2.OperationRecord):
+        record = found.value
+        if not record.operation.done or metadata_of(record).end_time.ToSeconds() > cutoff:
+            continue
+        txn = store.txn().fence(fence).delete(found.key, found.mod_revision)
+        if record.request_id:
+            rid = keys.request_id_key(store.root, record.project or "-", record.request_id)
+            rid_found = await store.get(rid, records_pb2.RequestIdRecord)
+            if rid_found is not None and rid_found.value.operation == record.operation.name:
+                txn.delete(rid, rid_found.mod_revision)
+        try:
+            await txn.commit()
+            expired += 1
+        except Aborted:
+            continue  # it changed meanwhile; the next round looks again
+    return expired

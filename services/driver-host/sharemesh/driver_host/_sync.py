@@ -277,12 +277,22 @@ class ShareSync:
         lock: Mutex,
     ) -> None:
         record = found.value
-        # Whoever serves it on its tenant network lets go of it before the backend does.
-        if record.HasField("gateway_access"):
-            await self._sync_gateway(record)
-        elif record.share.share_network and self._share_servers is not None:
-            await self._serve_network(record.share.share_network)
-        await self._driver.delete_share(spec)
+        try:
+            # Whoever serves it on its tenant network lets go of it before the backend.
+            if record.HasField("gateway_access"):
+                await self._sync_gateway(record)
+            elif record.share.share_network and self._share_servers is not None:
+                await self._serve_network(record.share.share_network)
+            await self._driver.delete_share(spec)
+        except ShareMeshError as error:
+            if not record.force_delete:
+                await self._refuse_delete(found, error, lock)
+                return
+            log.warning(
+                "force-deleting %s although the backend failed: %s",
+                record.share.name,
+                error.message,
+            )
         txn = self._store.txn().fence(lock)
         for rule in rules:
             txn.delete(rule.key, rule.mod_revision)
@@ -292,6 +302,20 @@ class ShareSync:
         await operations.finish_pending(self._store, txn, record.pending_operations)
         await txn.commit()
         log.info("deleted %s", record.share.name)
+
+    async def _refuse_delete(
+        self, found: Versioned[records_pb2.ShareRecord], error: ShareMeshError, lock: Mutex
+    ) -> None:
+        """A delete the backend refused leaves the share in ERROR with the reason, to be
+        deleted again (with `force` to drop the record whatever the backend says)."""
+        record = found.value
+        log.warning("could not delete %s: %s", record.share.name, error.message)
+        record.delete_requested = False
+        record.share.state = Share.ERROR
+        record.share.state_message = f"delete failed: {error.message}"
+        txn = self._store.txn().fence(lock)
+        await self._finish(txn, found, error=error)
+        await txn.commit()
 
     async def _release(self, txn: Txn, record: records_pb2.ShareRecord) -> None:
         """Gives the share's reservation back to its pool."""

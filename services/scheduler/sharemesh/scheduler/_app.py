@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import logging
 
-from sharemesh.runtime.coordination import Election, keys
+from sharemesh.runtime import operations
+from sharemesh.runtime.coordination import Election, Leadership, keys
 from sharemesh.runtime.errors import Unavailable
 from sharemesh.runtime.peers import Peers
 from sharemesh.runtime.process import Context
@@ -75,6 +76,7 @@ class SchedulerApp:
         try:
             while not leadership.done.is_set():
                 await self.reconcile()
+                await self.expire_operations(leadership)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(
                         leadership.done.wait(), self._context.config.reconcile_interval_seconds
@@ -83,7 +85,8 @@ class SchedulerApp:
             self.placer = None
 
     async def reconcile(self) -> None:
-        """Finds shares a lost nudge or a crash left waiting, and places them."""
+        """Finds shares a lost nudge or a crash left waiting, and places them; and, as
+        the mesh's one leader, expires old operations."""
         placer = self.placer
         assert placer is not None
         waiting = (share_pb2.Share.CREATING, share_pb2.Share.UPDATING, share_pb2.Share.DELETING)
@@ -95,6 +98,13 @@ class SchedulerApp:
                 self._peers.nudge(
                     f"sync {name}", lambda b=backend, n=name: self._peers.sync_share(b, n)
                 )
+
+    async def expire_operations(self, leadership: Leadership) -> None:
+        expired = await operations.expire(
+            self._store, self._context.config.operation_retention_seconds, leadership
+        )
+        if expired:
+            log.info("expired %d finished operations", expired)
 
     async def close(self) -> None:
         for task in list(self._tasks):
