@@ -92,12 +92,24 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True)
+class QuotaConfig:
+    default_gib: int = 0
+    """GiB of shares a project may hold; 0 is no limit."""
+    projects: Mapping[str, int] = field(default_factory=dict)
+    """Per-project limits in GiB, overriding the default (0: no limit)."""
+
+    def limit_gib(self, project: str) -> int:
+        return int(self.projects.get(project, self.default_gib))
+
+
+@dataclass(frozen=True)
 class MeshConfig:
     etcd: EtcdConfig = EtcdConfig()
     api: ApiConfig = ApiConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     backends: tuple[BackendConfig, ...] = ()
     gateway: GatewayConfig = GatewayConfig()
+    quotas: QuotaConfig = QuotaConfig()
     operation_retention_seconds: float = 7 * 24 * 3600
     """How long a finished Operation, and the request id that made it, are kept."""
     reconcile_interval_seconds: float = 30.0

@@ -44,7 +44,7 @@ class ApiApp:
             Binding(
                 _service_name(share_service_pb2, "ShareService"),
                 share_service_pb2_grpc.add_ShareServiceServicer_to_server,
-                ShareService(context.store, self.peers, auth),
+                ShareService(context.store, self.peers, auth, context.config.quotas),
             ),
             Binding(
                 _service_name(share_type_service_pb2, "ShareTypeService"),

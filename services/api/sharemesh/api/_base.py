@@ -9,6 +9,7 @@ from google.longrunning import operations_pb2
 from google.protobuf.message import Message
 
 from sharemesh.runtime import names, operations
+from sharemesh.runtime.config import QuotaConfig
 from sharemesh.runtime.coordination import Store, Txn, Versioned
 from sharemesh.runtime.errors import Aborted, NotFound
 from sharemesh.runtime.peers import Peers
@@ -29,8 +30,11 @@ def check_etag(etag: str, found: Versioned, field: str) -> None:  # type: ignore
 
 
 class Base:
-    def __init__(self, store: Store, peers: Peers, auth: Authenticator) -> None:
+    def __init__(
+        self, store: Store, peers: Peers, auth: Authenticator, quotas: QuotaConfig | None = None
+    ) -> None:
         self.store = store
+        self.quotas = quotas or QuotaConfig()
         self.peers = peers
         self.auth = auth
         self.recorder = Recorder(store)

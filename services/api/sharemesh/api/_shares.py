@@ -8,7 +8,7 @@ import uuid
 
 from google.protobuf import empty_pb2
 
-from sharemesh.runtime import names, operations, validation
+from sharemesh.runtime import names, operations, quota, validation
 from sharemesh.runtime.coordination import Txn, Versioned, keys
 from sharemesh.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from sharemesh.state.v1 import records_pb2
@@ -97,6 +97,8 @@ class Shares(Base):
         share_type = share.share_type or DEFAULT_SHARE_TYPE
         await _share_types.share_type(self.store, share_type, "share.share_type")
         name = names.SHARE.format(project=project, share=request.share_id)
+        # A first look, for a clear answer now; the scheduler reserves the quota for real.
+        quota.check(self.quotas, project, await quota.used_gib(self.store, project), share.size_gib)
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
             record = records_pb2.ShareRecord(
@@ -209,6 +211,14 @@ class Shares(Base):
                     f"growing by {delta} GiB does not fit",
                     reason="POOL_FULL",
                 )
+            if delta > 0:
+                quota.check(
+                    self.quotas,
+                    record.project,
+                    await quota.used_gib(self.store, record.project),
+                    delta,
+                )
+            await quota.adjust(self.store, txn, record.project, delta)
             txn.put(
                 allocation_key,
                 records_pb2.PoolAllocation(allocated_gib=allocated + delta),

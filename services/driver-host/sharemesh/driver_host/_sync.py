@@ -9,7 +9,7 @@ import logging
 import grpc
 
 from sharemesh import network
-from sharemesh.runtime import operations
+from sharemesh.runtime import operations, quota
 from sharemesh.runtime.coordination import Mutex, Session, Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import Aborted, ShareMeshError, Unavailable, from_rpc_error
 from sharemesh.runtime.peers import Peers
@@ -326,6 +326,7 @@ class ShareSync:
         allocation = await self._store.get(key, records_pb2.PoolAllocation)
         if allocation is None:
             return
+        await quota.adjust(self._store, txn, record.project, -record.allocated_gib)
         left = max(allocation.value.allocated_gib - record.allocated_gib, 0)
         txn.put(key, records_pb2.PoolAllocation(allocated_gib=left), allocation.mod_revision)
         record.allocated_gib = 0

@@ -71,7 +71,11 @@ class SchedulerApp:
         leadership = await election.campaign(endpoint.encode())
         log.info("leading; placing shares")
         self.placer = Placer(
-            self._store, self._peers, leadership, placement(self._context.config.scheduler)
+            self._store,
+            self._peers,
+            leadership,
+            placement(self._context.config.scheduler),
+            self._context.config.quotas,
         )
         try:
             while not leadership.done.is_set():

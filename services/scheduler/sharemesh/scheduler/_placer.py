@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sharemesh.runtime import operations
+from sharemesh.runtime import operations, quota
+from sharemesh.runtime.config import QuotaConfig
 from sharemesh.runtime.coordination import Leadership, Store, Versioned, keys
 from sharemesh.runtime.errors import Aborted, ResourceExhausted
 from sharemesh.runtime.peers import Peers
@@ -24,9 +25,15 @@ _ATTEMPTS = 10
 
 class Placer:
     def __init__(
-        self, store: Store, peers: Peers, leadership: Leadership, placement: Placement
+        self,
+        store: Store,
+        peers: Peers,
+        leadership: Leadership,
+        placement: Placement,
+        quotas: QuotaConfig,
     ) -> None:
         self._store = store
+        self._quotas = quotas
         self._placement = placement
         self._peers = peers
         self._leadership = leadership
@@ -56,14 +63,32 @@ class Placer:
             return record.backend if waiting else None
         if record.share.state != Share.CREATING or record.delete_requested:
             return None
+        size = record.share.size_gib
+        try:
+            # The quota is reserved here, where placements are one at a time, so racing
+            # creates cannot together overshoot it (the api's check is only a first look).
+            quota.check(
+                self._quotas,
+                record.project,
+                await quota.used_gib(self._store, record.project),
+                size,
+            )
+        except ResourceExhausted as over:
+            await self._fail(found, over.message, over)
+            return None
         candidates, allocations = await self._candidates()
         try:
             chosen = self._placement.choose(candidates, await self._request(record))
         except NoValidPool as reason:
-            await self._fail(found, str(reason))
+            await self._fail(
+                found,
+                f"no valid pool: {reason}",
+                ResourceExhausted(f"no pool can hold {size} GiB: {reason}", reason="NO_VALID_POOL"),
+            )
             return None
         allocation = allocations.get(chosen.pool)
         txn = self._store.txn().fence(self._leadership)
+        await quota.adjust(self._store, txn, record.project, size)
         key = keys.allocation_key(self._store.root, *_parts(chosen.pool))
         txn.put(
             key,
@@ -136,24 +161,19 @@ class Placer:
             frozenset(record.tried_pools),
         )
 
-    async def _fail(self, found: Versioned[records_pb2.ShareRecord], reason: str) -> None:
+    async def _fail(
+        self, found: Versioned[records_pb2.ShareRecord], message: str, error: ResourceExhausted
+    ) -> None:
         record = found.value
         record.share.state = Share.ERROR
-        record.share.state_message = f"no valid pool: {reason}"
+        record.share.state_message = message
         record.share.update_time.CopyFrom(operations.now())
         pending = list(record.pending_operations)
         del record.pending_operations[:]
         txn = self._store.txn().fence(self._leadership).put(found.key, record, found.mod_revision)
-        await operations.finish_pending(
-            self._store,
-            txn,
-            pending,
-            error=ResourceExhausted(
-                f"no pool can hold {record.share.size_gib} GiB: {reason}", reason="NO_VALID_POOL"
-            ),
-        )
+        await operations.finish_pending(self._store, txn, pending, error=error)
         await txn.commit()
-        log.info("%s cannot be placed: %s", record.share.name, reason)
+        log.info("%s cannot be placed: %s", record.share.name, message)
 
 
 def _parts(pool: str) -> tuple[str, str]:

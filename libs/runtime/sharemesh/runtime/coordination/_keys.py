@@ -205,3 +205,8 @@ def network_servers_prefix(root: str, kind: str, owner: str) -> str:
     if kind not in ("gateways", "shareServers"):
         raise InvalidArgument("kind", f"unknown network server kind {kind!r}")
     return f"{_check_root(root)}{kind}/{check_segment(owner, 'owner')}/"
+
+
+def usage_key(root: str, project: str) -> str:
+    """What a project's shares hold, for its quota."""
+    return f"{_check_root(root)}usage/{check_segment(project, 'project')}"
