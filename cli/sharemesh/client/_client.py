@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -28,14 +29,21 @@ class OperationFailed(Exception):
 
 
 class Client:
-    """`async with Client(endpoint, token) as c:`; endpoint and token default to
-    SHAREMESH_ENDPOINT and SHAREMESH_TOKEN."""
+    """`async with Client(endpoint, token) as c:`; endpoint, token and the CA file for
+    TLS default to SHAREMESH_ENDPOINT, SHAREMESH_TOKEN and SHAREMESH_CA_FILE."""
 
-    def __init__(self, endpoint: str | None = None, token: str | None = None) -> None:
+    def __init__(
+        self, endpoint: str | None = None, token: str | None = None, ca_file: str | None = None
+    ) -> None:
         self.endpoint = endpoint or os.environ.get("SHAREMESH_ENDPOINT", "127.0.0.1:8470")
         token = token if token is not None else os.environ.get("SHAREMESH_TOKEN", "")
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = grpc.aio.insecure_channel(self.endpoint)
+        ca_file = ca_file or os.environ.get("SHAREMESH_CA_FILE", "")
+        if ca_file:  # TLS, trusting the CA (or self-signed certificate) in this file
+            credentials = grpc.ssl_channel_credentials(Path(ca_file).read_bytes())
+            self._channel = grpc.aio.secure_channel(self.endpoint, credentials)
+        else:
+            self._channel = grpc.aio.insecure_channel(self.endpoint)
         self.shares = share_service_pb2_grpc.ShareServiceStub(self._channel)
         self.networks = share_network_service_pb2_grpc.ShareNetworkServiceStub(self._channel)
         self.operations = operations_pb2_grpc.OperationsStub(self._channel)

@@ -92,8 +92,15 @@ class LocalMesh:
         # The api goes last, so that when it answers the services it nudges are there.
         for child in self.children.values():
             await child.start()
+        api = self.config.api
+        api_root = Path(api.tls_cert_file).read_bytes() if api.tls_cert_file else None
         await asyncio.gather(
-            *(wait_serving(address, timeout=60) for address in self.addresses().values())
+            *(
+                wait_serving(
+                    address, timeout=60, root_certificates=api_root if name == "api" else None
+                )
+                for name, address in self.addresses().items()
+            )
         )
 
     async def stop(self) -> None:

@@ -51,6 +51,10 @@ class ApiConfig:
     """Static credentials; key management is a later feature."""
     admin_token_file: str = ""
     """A file holding one admin key (the launcher writes `DIR/admin.token`)."""
+    tls_cert_file: str = ""
+    """PEM certificate (chain) the API serves TLS with; required beyond loopback."""
+    tls_key_file: str = ""
+    """PEM private key of `tls_cert_file`."""
 
 
 @dataclass(frozen=True)

@@ -11,20 +11,31 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from .errors import Unavailable
 
 
-async def check(address: str, service: str = "", timeout: float = 1.0) -> int:
-    """The serving status of `service` at `address` (a HealthCheckResponse status)."""
-    async with grpc.aio.insecure_channel(address) as channel:
+async def check(
+    address: str, service: str = "", timeout: float = 1.0, root_certificates: bytes | None = None
+) -> int:
+    """The serving status of `service` at `address` (a HealthCheckResponse status);
+    over TLS when `root_certificates` are given."""
+    channel = (
+        grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates))
+        if root_certificates
+        else grpc.aio.insecure_channel(address)
+    )
+    async with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         return int(response.status)
 
 
-async def wait_serving(address: str, timeout: float = 30.0, service: str = "") -> None:
+async def wait_serving(
+    address: str, timeout: float = 30.0, service: str = "", root_certificates: bytes | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            if await check(address, service) == health_pb2.HealthCheckResponse.SERVING:
+            status = await check(address, service, root_certificates=root_certificates)
+            if status == health_pb2.HealthCheckResponse.SERVING:
                 return
             last = "not serving"
         except grpc.aio.AioRpcError as e:

@@ -61,7 +61,7 @@ async def serve(
     async with connect(config.etcd.endpoint) as client:
         async with Session(client, ttl=config.etcd.lease_ttl_seconds) as session:
             app = await build(Context(config, client, Store(client, config.etcd.prefix), session))
-            server = GrpcServer(listen, app.bindings)
+            server = GrpcServer(listen, app.bindings, getattr(app, "credentials", None))
             port = await server.start()
             host = listen.rpartition(":")[0]
             endpoint = f"{host}:{port}"

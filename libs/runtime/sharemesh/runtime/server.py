@@ -89,9 +89,15 @@ class GrpcServer:
     """A grpc.aio server with health and reflection. `start()` returns the bound port,
     so tests can listen on port 0."""
 
-    def __init__(self, listen: str, bindings: Sequence[Binding]) -> None:
+    def __init__(
+        self,
+        listen: str,
+        bindings: Sequence[Binding],
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
         self._listen = listen
         self._bindings = list(bindings)
+        self._credentials = credentials
         self.health = HealthServicer()
         self._server = grpc.aio.server(interceptors=[ErrorInterceptor()])
         self.port = 0
@@ -109,7 +115,10 @@ class GrpcServer:
             ],
             self._server,
         )
-        self.port = self._server.add_insecure_port(self._listen)
+        if self._credentials is not None:
+            self.port = self._server.add_secure_port(self._listen, self._credentials)
+        else:
+            self.port = self._server.add_insecure_port(self._listen)
         if not self.port:
             raise OSError(f"cannot listen on {self._listen}")
         await self._server.start()

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
+from pathlib import Path
+
+import grpc
 from google.longrunning import operations_pb2_grpc, operations_proto_pb2
 
+from sharemesh.runtime.config import ApiConfig, split_host_port
+from sharemesh.runtime.errors import FailedPrecondition
 from sharemesh.runtime.peers import Peers
 from sharemesh.runtime.process import Context
 from sharemesh.runtime.server import Binding
@@ -36,8 +42,23 @@ def _service_name(module, name: str) -> str:  # type: ignore[no-untyped-def]
     return module.DESCRIPTOR.services_by_name[name].full_name
 
 
+def _credentials(config: ApiConfig) -> grpc.ServerCredentials | None:
+    """TLS when configured; listening beyond loopback without it is refused."""
+    if config.tls_cert_file:
+        key = Path(config.tls_key_file).read_bytes()
+        return grpc.ssl_server_credentials([(key, Path(config.tls_cert_file).read_bytes())])
+    host = split_host_port(config.listen)[0]
+    if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+        raise FailedPrecondition(
+            f"the API listens on {config.listen} beyond loopback: "
+            "configure api.tls_cert_file and api.tls_key_file"
+        )
+    return None
+
+
 class ApiApp:
     def __init__(self, context: Context) -> None:
+        self.credentials = _credentials(context.config.api)
         self.peers = Peers(context.store)
         auth = Authenticator(context.config.api)
         self.bindings = [
