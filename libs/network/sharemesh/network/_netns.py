@@ -68,6 +68,12 @@ def netns_name(kind: str, key: str) -> str:
     return f"{_NETNS_PREFIX}-{kind}-{_digest(key)[:12]}"
 
 
+def member_ifname(network_id: str) -> str:
+    """The interface a member namespace has on a network: named after the network, so a
+    namespace can be on several networks (or join a new one while an old one goes)."""
+    return "smn" + _digest(network_id)[:10]
+
+
 def host_ifname(bridge: str, netns: str) -> str:
     """The host end of the veth joining `netns` to `bridge` (15 characters)."""
     _check_ifname("bridge", bridge)

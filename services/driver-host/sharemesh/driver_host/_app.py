@@ -97,8 +97,19 @@ class DriverHostApp:
 
         task = asyncio.create_task(run(), name=f"sync {name}")
         self._syncs[name] = task
-        task.add_done_callback(lambda t: self._syncs.get(name) is t and self._syncs.pop(name))
+        task.add_done_callback(lambda t: self._sync_done(name, t))
         return task
+
+    def _sync_done(self, name: str, task: asyncio.Task[None]) -> None:
+        if self._syncs.get(name) is task:
+            self._syncs.pop(name)
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            log.warning(
+                "sync of %s failed (%s); the reconciler tries again",
+                name,
+                getattr(error, "message", error),
+            )
 
     async def registration(self) -> records_pb2.BackendRecord:
         stats = await self.driver.stats()

@@ -102,6 +102,8 @@ class ShareSync:
                 record = found.value
             else:
                 locations = await self._realize(record, spec, rules)
+        except Unavailable:
+            raise  # a peer is down for now: the reconciler tries again
         except ShareMeshError as error:
             await self._fail(found, rules, spec, error, lock)
             return
@@ -284,6 +286,8 @@ class ShareSync:
             elif record.share.share_network and self._share_servers is not None:
                 await self._serve_network(record.share.share_network)
             await self._driver.delete_share(spec)
+        except Unavailable:
+            raise  # a peer is down for now: the reconciler tries again
         except ShareMeshError as error:
             if not record.force_delete:
                 await self._refuse_delete(found, error, lock)

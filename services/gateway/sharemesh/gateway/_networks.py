@@ -70,7 +70,9 @@ class Networks:
             log.info("unplugged %s from %s", record.netns, record.share_network)
             return
         await network.ensure_bridge(bridge)
-        await network.join(bridge, record.netns, record.address)
+        await network.join(
+            bridge, record.netns, record.address, ifname=network.member_ifname(bridge)
+        )
         if record.attachment.state != Attachment.ACTIVE or record.pending_operations:
             pending = list(record.pending_operations)
             del record.pending_operations[:]
