@@ -96,6 +96,12 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True)
+class TelemetryConfig:
+    spans_dir: str = ""
+    """Where each process writes its trace spans as JSON lines; empty: no tracing."""
+
+
+@dataclass(frozen=True)
 class QuotaConfig:
     default_gib: int = 0
     """GiB of shares a project may hold; 0 is no limit."""
@@ -114,6 +120,7 @@ class MeshConfig:
     backends: tuple[BackendConfig, ...] = ()
     gateway: GatewayConfig = GatewayConfig()
     quotas: QuotaConfig = QuotaConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     operation_retention_seconds: float = 7 * 24 * 3600
     """How long a finished Operation, and the request id that made it, are kept."""
     reconcile_interval_seconds: float = 30.0

@@ -16,6 +16,7 @@ from sharemesh.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from sharemesh.scheduler.v1 import scheduler_service_pb2, scheduler_service_pb2_grpc
 from sharemesh.state.v1 import records_pb2
 
+from . import telemetry
 from .coordination import Store, keys, leader
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,9 @@ class Peers:
 
     def channel(self, endpoint: str) -> grpc.aio.Channel:
         if endpoint not in self._channels:
-            self._channels[endpoint] = grpc.aio.insecure_channel(endpoint)
+            self._channels[endpoint] = grpc.aio.insecure_channel(
+                endpoint, interceptors=telemetry.client_interceptors()
+            )
         return self._channels[endpoint]
 
     async def scheduler_endpoint(self) -> str | None:

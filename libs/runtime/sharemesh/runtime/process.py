@@ -16,7 +16,7 @@ from typing import Protocol
 
 import aetcd
 
-from . import logs, server
+from . import logs, server, telemetry
 from .config import MeshConfig
 from .config import load as load_config
 from .coordination import Session, Store, connect
@@ -58,6 +58,7 @@ async def serve(
     stop: asyncio.Event,
 ) -> None:
     logs.configure(name, config.log_level)
+    telemetry.configure(name, config.telemetry)
     async with connect(config.etcd.endpoint) as client:
         async with Session(client, ttl=config.etcd.lease_ttl_seconds) as session:
             app = await build(Context(config, client, Store(client, config.etcd.prefix), session))
@@ -86,6 +87,7 @@ async def serve(
             if session.done.is_set() and not stop.is_set():
                 log.error("%s lost its etcd lease; exiting so it restarts clean", name)
                 raise LeaseLost()
+    telemetry.shutdown()
     log.info("%s stopped", name)
 
 

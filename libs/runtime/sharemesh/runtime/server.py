@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from . import telemetry
 from .errors import ShareMeshError, status_code_of, to_status
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,9 @@ class GrpcServer:
         self._bindings = list(bindings)
         self._credentials = credentials
         self.health = HealthServicer()
-        self._server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+        self._server = grpc.aio.server(
+            interceptors=[*telemetry.server_interceptors(), ErrorInterceptor()]
+        )
         self.port = 0
 
     async def start(self) -> int:
