@@ -94,3 +94,22 @@ async def test_a_refused_delete_ends_in_error_and_force_removes_the_record(
     finally:
         holder.kill()
         holder.wait()
+
+    # The force-deleted share's image is still on the backend (it outlives the record
+    # until the mesh stops), so the backend refuses a grow that the pool's books allow:
+    # the share stays ACTIVE at its size and gives back what the grow reserved.
+    share = await create_share(alpha, "alpha", "grower")
+    with pytest.raises(OperationFailed) as refused:
+        await alpha.wait(
+            await alpha.call(
+                alpha.shares.ResizeShare, ss.ResizeShareRequest(name=share.name, size_gib=4)
+            )
+        )
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    after = await alpha.call(alpha.shares.GetShare, ss.GetShareRequest(name=share.name))
+    assert after.state == Share.ACTIVE and after.size_gib == 1
+    assert "resize to 4 GiB failed" in after.state_message
+    assert await allocated_gib(mesh) == 1
+    await alpha.wait(
+        await alpha.call(alpha.shares.DeleteShare, ss.DeleteShareRequest(name=share.name))
+    )

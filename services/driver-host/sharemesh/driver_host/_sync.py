@@ -321,19 +321,22 @@ class ShareSync:
         await self._finish(txn, found, error=error)
         await txn.commit()
 
-    async def _release(self, txn: Txn, record: records_pb2.ShareRecord) -> None:
-        """Gives the share's reservation back to its pool."""
-        if not record.allocated_gib:
+    async def _release(
+        self, txn: Txn, record: records_pb2.ShareRecord, gib: int | None = None
+    ) -> None:
+        """Gives the share's reservation (or `gib` of it) back to its pool and project."""
+        gib = record.allocated_gib if gib is None else gib
+        if not gib:
             return
         backend, pool = record.pool.split("/")[1], record.pool.split("/")[3]
         key = keys.allocation_key(self._store.root, backend, pool)
         allocation = await self._store.get(key, records_pb2.PoolAllocation)
         if allocation is None:
             return
-        await quota.adjust(self._store, txn, record.project, -record.allocated_gib)
-        left = max(allocation.value.allocated_gib - record.allocated_gib, 0)
+        await quota.adjust(self._store, txn, record.project, -gib)
+        left = max(allocation.value.allocated_gib - gib, 0)
         txn.put(key, records_pb2.PoolAllocation(allocated_gib=left), allocation.mod_revision)
-        record.allocated_gib = 0
+        record.allocated_gib -= gib
 
     async def _fail(
         self,
@@ -343,19 +346,26 @@ class ShareSync:
         error: ShareMeshError,
         lock: Mutex,
     ) -> None:
-        """A create that failed is undone on the backend and gives its capacity back;
-        a later change that failed leaves the share in ERROR with the reason."""
+        """A create that failed is undone on the backend and gives its capacity back; a
+        grow that failed leaves the share ACTIVE at its size and gives back what it took;
+        any other change that failed leaves the share in ERROR with the reason."""
         record = found.value
         log.warning("%s failed on the backend: %s", record.share.name, error.message)
         txn = self._store.txn().fence(lock)
+        record.share.state = Share.ERROR
+        record.share.state_message = error.message
         if record.realized_size_gib == 0:
             await self._driver.delete_share(spec)
             await self._release(txn, record)
             if len(record.tried_pools) + 1 < self._max_attempts:
                 await self._place_elsewhere(txn, found, error)
                 return
-        record.share.state = Share.ERROR
-        record.share.state_message = error.message
+        elif record.share.size_gib > record.realized_size_gib:
+            wanted = record.share.size_gib
+            await self._release(txn, record, wanted - record.realized_size_gib)
+            record.share.size_gib = record.realized_size_gib
+            record.share.state = Share.ACTIVE
+            record.share.state_message = f"resize to {wanted} GiB failed: {error.message}"
         for rule in rules:
             if rule.value.pending_operations:
                 await operations.finish_pending(
