@@ -164,7 +164,7 @@ def from_mapping(cls: type, raw: Mapping[str, Any], where: str = "") -> Any:
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise InvalidArgument(where, "must be a table")
         return from_mapping(hint, value, f"{where}.")

@@ -41,7 +41,10 @@ class Context:
 
 
 class App(Protocol):
-    bindings: Sequence[Binding]
+    @property
+    def bindings(self) -> Sequence[Binding]:
+        """The servicers the process serves."""
+        ...
 
     async def run(self, endpoint: str) -> None:
         """Background work (registration, elections, reconcilers) until cancelled."""

@@ -22,6 +22,7 @@ _provider: TracerProvider | None = None
 
 def _line(span: ReadableSpan) -> str:
     context = span.get_span_context()
+    assert context is not None  # a recorded span always has one
     return (
         json.dumps(
             {

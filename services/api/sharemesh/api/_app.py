@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 from pathlib import Path
 
@@ -96,5 +97,5 @@ class ApiApp:
         await self.peers.close()
 
 
-async def build(context: Context, args: object = None) -> ApiApp:
+async def build(context: Context, args: argparse.Namespace) -> ApiApp:
     return ApiApp(context)

@@ -202,7 +202,7 @@ class ShareSync:
         served = []
         for found in await self._store.scan(self._store.root + "shares/", records_pb2.ShareRecord):
             share = found.value
-            if share.share.uid == (including.share.uid if including else None):
+            if including is not None and share.share.uid == including.share.uid:
                 share = including
             elif (
                 share.backend != self.backend

@@ -3,8 +3,10 @@ places; the others wait in the queue and take over when its lease ends."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 
 from sharemesh.runtime import operations
@@ -98,9 +100,11 @@ class SchedulerApp:
             if found.value.share.state == share_pb2.Share.CREATING and not found.value.backend:
                 self.spawn(placer.place(found.value.share.name))
             elif found.value.share.state in waiting and found.value.backend:
-                backend, name = found.value.backend, found.value.share.name
                 self._peers.nudge(
-                    f"sync {name}", lambda b=backend, n=name: self._peers.sync_share(b, n)
+                    f"sync {found.value.share.name}",
+                    functools.partial(
+                        self._peers.sync_share, found.value.backend, found.value.share.name
+                    ),
                 )
 
     async def expire_operations(self, leadership: Leadership) -> None:
@@ -116,5 +120,5 @@ class SchedulerApp:
         await self._peers.close()
 
 
-async def build(context: Context, args: object = None) -> SchedulerApp:
+async def build(context: Context, args: argparse.Namespace) -> SchedulerApp:
     return SchedulerApp(context)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -293,9 +294,9 @@ class Store:
 
     async def list_all(
         self, prefix: str, msg_type: type[M], page: int = 500
-    ) -> tuple[list[Versioned[M]], int]:
+    ) -> tuple[builtins.list[Versioned[M]], int]:
         """Every record under `prefix` at one revision (for reconcilers)."""
-        items: list[Versioned[M]] = []
+        items: builtins.list[Versioned[M]] = []
         start_after, revision = None, None
         while True:
             batch, revision, more = await self.list(prefix, msg_type, start_after, page, revision)
@@ -316,11 +317,13 @@ class Store:
                 )
                 start_after = raw.kvs[-1].key.decode()
 
-    async def scan(self, prefix: str, msg_type: type[M], page: int = 500) -> list[Versioned[M]]:
+    async def scan(
+        self, prefix: str, msg_type: type[M], page: int = 500
+    ) -> builtins.list[Versioned[M]]:
         """Every record anywhere below `prefix` (e.g. all projects' shares), in key
         order at one revision; for reconcilers, not for public listings."""
         self.check_key(prefix)
-        items: list[Versioned[M]] = []
+        items: builtins.list[Versioned[M]] = []
         start, end, revision = prefix.encode(), _client.prefix_end(prefix), 0
         while True:
             response = await _client.range_(
