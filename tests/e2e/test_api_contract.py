@@ -230,5 +230,11 @@ async def test_list_pages_and_filters(alpha: Client) -> None:
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
+    await _refused(
+        alpha.call(
+            alpha.shares.ListShares, ss.ListSharesRequest(parent="projects/alpha", order_by="size")
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
     for name in names:
         await delete_share(alpha, name)

@@ -127,16 +127,31 @@ async def _unreachable_from_flat_network(
 
 
 async def test_gateway_share_reaches_only_its_tenants(
-    mesh: LocalMesh, alpha: Client, clients: dict[str, str], types: None, tmp_path: Path
+    mesh: LocalMesh,
+    alpha: Client,
+    admin: Client,
+    clients: dict[str, str],
+    types: None,
+    tmp_path: Path,
 ) -> None:
     net_a = await create_network(alpha, "net-a")
     net_b = await create_network(alpha, "net-b")  # the same CIDR: tenants choose their ranges
-    await attach(alpha, net_a, clients["a-ok"], "10.31.0.10")
-    await attach(alpha, net_a, clients["a-other"], "10.31.0.11")
-    await attach(alpha, net_b, clients["b"], "10.31.0.10")
+    await attach(admin, net_a, clients["a-ok"], "10.31.0.10")
+    await attach(admin, net_a, clients["a-other"], "10.31.0.11")
+    await attach(admin, net_b, clients["b"], "10.31.0.10")
     with pytest.raises(grpc.aio.AioRpcError) as taken:
-        await attach(alpha, net_a, clients["b"], "10.31.0.10")
+        await attach(admin, net_a, clients["b"], "10.31.0.10")
     assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    # Plugging namespaces in is the hypervisor's job, and the mesh's own are not for it.
+    with pytest.raises(grpc.aio.AioRpcError) as tenant:
+        await attach(alpha, net_a, clients["b"], "10.31.0.12")
+    assert tenant.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as own:
+        await attach(admin, net_a, "sm-gw-0123456789ab", "10.31.0.12")
+    assert own.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as storage:
+        await create_network(alpha, "clash", cidr="169.254.64.0/24")
+    assert storage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     op = await alpha.call(
         alpha.shares.CreateShare,
@@ -211,15 +226,20 @@ async def test_gateway_share_reaches_only_its_tenants(
 
 
 async def test_share_server_share_reaches_only_its_tenants(
-    mesh: LocalMesh, alpha: Client, clients: dict[str, str], types: None, tmp_path: Path
+    mesh: LocalMesh,
+    alpha: Client,
+    admin: Client,
+    clients: dict[str, str],
+    types: None,
+    tmp_path: Path,
 ) -> None:
     """Mode 1: a backend that handles share servers serves the share from its own Ganesha
     on the tenant network, set up with the network's first share and gone with its last."""
     net_c = await create_network(alpha, "net-c")
     net_d = await create_network(alpha, "net-d")
-    await attach(alpha, net_c, clients["a-ok"], "10.31.0.10")
-    await attach(alpha, net_c, clients["a-other"], "10.31.0.11")
-    await attach(alpha, net_d, clients["b"], "10.31.0.10")
+    await attach(admin, net_c, clients["a-ok"], "10.31.0.10")
+    await attach(admin, net_c, clients["a-other"], "10.31.0.11")
+    await attach(admin, net_d, clients["b"], "10.31.0.10")
     op = await alpha.call(
         alpha.shares.CreateShare,
         ss.CreateShareRequest(

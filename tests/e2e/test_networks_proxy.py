@@ -59,10 +59,10 @@ def tenant() -> Iterator[str]:
 
 
 async def test_a_proxying_gateway_serves_the_tenant(
-    mesh: LocalMesh, alpha: Client, tenant: str, tmp_path: Path
+    mesh: LocalMesh, alpha: Client, admin: Client, tenant: str, tmp_path: Path
 ) -> None:
     net = await create_network(alpha, "proxied")
-    await attach(alpha, net, tenant, "10.31.0.20")
+    await attach(admin, net, tenant, "10.31.0.20")
     op = await alpha.call(
         alpha.shares.CreateShare,
         ss.CreateShareRequest(

@@ -2,6 +2,7 @@
 network namespace joined to it by a veth pair (DESIGN §8)."""
 
 from ._netns import (
+    MESH_NETNS_PREFIX,
     STORAGE_RANGE,
     bridge_name,
     ensure_bridge,
@@ -22,6 +23,7 @@ from ._netns import (
 from ._servers import NetworkServers, Served, location, tenant_rules
 
 __all__ = [
+    "MESH_NETNS_PREFIX",
     "STORAGE_RANGE",
     "ensure_storage_leg",
     "storage_addresses",

@@ -33,7 +33,8 @@ _NETNS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _KIND = re.compile(r"^[a-z0-9]{1,16}$")
 _BRIDGE_PREFIX = "smb"
 _VETH_PREFIX = "smv"
-_NETNS_PREFIX = "sm"
+# Every namespace the mesh makes for itself starts with this; tenants' never may.
+MESH_NETNS_PREFIX = "sm-"
 
 # stderr of `ip` when the thing it was asked about is not there
 _ABSENT = (
@@ -65,7 +66,7 @@ def netns_name(kind: str, key: str) -> str:
         raise InvalidArgument("kind", "must be 1-16 characters a-z, 0-9")
     if not key:
         raise InvalidArgument("key", "must not be empty")
-    return f"{_NETNS_PREFIX}-{kind}-{_digest(key)[:12]}"
+    return f"{MESH_NETNS_PREFIX}{kind}-{_digest(key)[:12]}"
 
 
 def member_ifname(network_id: str) -> str:

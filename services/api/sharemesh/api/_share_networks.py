@@ -8,6 +8,7 @@ import ipaddress
 import re
 import uuid
 
+from sharemesh import network
 from sharemesh.runtime import names, operations, validation
 from sharemesh.runtime.coordination import Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import (
@@ -81,6 +82,10 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
             raise InvalidArgument(
                 "share_network.cidr", "is not a CIDR such as 10.0.0.0/24"
             ) from None
+        if cidr.overlaps(network.STORAGE_RANGE):
+            raise InvalidArgument(
+                "share_network.cidr", f"overlaps {network.STORAGE_RANGE}, which the mesh uses"
+            )
         if cidr.num_addresses < 4:
             raise InvalidArgument("share_network.cidr", "needs room for at least two members")
         if not 0 <= request.share_network.segmentation_id <= 4094:
@@ -152,10 +157,14 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
 
     async def CreateAttachment(self, request, context):  # noqa: N802
         validation.check_request(request, "attachment")
-        self.caller(context).check_resource(request.parent)
+        # Plugging a host's namespaces in is the hypervisor's (an operator's) job: a
+        # tenant could otherwise pull another tenant's guest onto its network.
+        self.caller(context).check_admin()
         names.check_id("attachment_id", request.attachment_id)
         if not _NETNS.match(request.attachment.netns):
             raise InvalidArgument("attachment.netns", "is not a network namespace name")
+        if request.attachment.netns.startswith(network.MESH_NETNS_PREFIX):
+            raise InvalidArgument("attachment.netns", "is one of the mesh's own namespaces")
         host = request.attachment.host or await self._only_host()
         name = f"{request.parent}/attachments/{request.attachment_id}"
 
@@ -204,7 +213,7 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
     async def DeleteAttachment(self, request, context):  # noqa: N802
         validation.check_request(request)
         ATTACHMENT.parse("name", request.name)
-        self.caller(context).check_resource(request.name)
+        self.caller(context).check_admin()
         host = ""
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:

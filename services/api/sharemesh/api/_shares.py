@@ -46,6 +46,8 @@ class Shares(Base):
         validation.check_request(request)
         project = names.PROJECT.parse("parent", request.parent)["project"]
         self.caller(context).check_parent(project)
+        if request.order_by not in ("", "name"):
+            raise InvalidArgument("order_by", "shares list in name order only (`name`)")
         wanted = None
         if request.filter:
             match = _STATE_FILTER.match(request.filter)
