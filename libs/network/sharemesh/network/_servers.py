@@ -26,7 +26,7 @@ from sharemesh.ganesha import (
     share_pseudo,
 )
 from sharemesh.runtime.coordination import Store, Txn, Versioned, keys
-from sharemesh.runtime.errors import ResourceExhausted
+from sharemesh.runtime.errors import Aborted, AlreadyExists, ResourceExhausted
 from sharemesh.runtime.ports import free_port
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import access_rule_pb2
@@ -200,7 +200,11 @@ class NetworkServers:
         for uid in missing:
             server.last_export_id += 1
             server.export_ids[uid] = server.last_export_id
-        revision = await txn.commit()
+        try:
+            revision = await txn.commit()
+        except AlreadyExists as race:
+            # Another server (or attachment) took the address or made the record first.
+            raise Aborted(str(race)) from None
         return Versioned(server, revision, found.create_revision if found else revision, key)
 
     async def _reserve_address(

@@ -124,3 +124,20 @@ async def expire(store: Store, retention_seconds: float, fence: object) -> int:
         except Aborted:
             continue  # it changed meanwhile; the next round looks again
     return expired
+
+
+async def finish_for_deleted(store: Store, txn: Txn, pending: Iterable[str]) -> None:
+    """A resource is gone: its delete operations succeed, and anything else that waited
+    on it (a create, a resize, a rule change) fails, rather than seeming done."""
+    gone = Aborted(
+        "the resource was deleted before this change finished", reason="RESOURCE_DELETED"
+    )
+    for name in pending:
+        found = await store.get(store.key_of(name), records_pb2.OperationRecord)
+        if found is None or found.value.operation.done:
+            continue
+        if metadata_of(found.value).verb == "delete":
+            finish(found.value)
+        else:
+            finish(found.value, error=gone)
+        txn.put(found.key, found.value, found.mod_revision)

@@ -40,6 +40,13 @@ class AccessRules(Base):
     async def _rule(self, name: str, field: str) -> Versioned[records_pb2.AccessRuleRecord]:
         return await self.record(names.ACCESS_RULE, name, field, records_pb2.AccessRuleRecord)
 
+    async def _share_takes_changes(self, rule: str) -> None:
+        share = await self.share_record(rule.rsplit("/accessRules/", 1)[0], "name")
+        if share.value.share.state == share_pb2.Share.ERROR:
+            raise FailedPrecondition(
+                "the share is in ERROR; delete the share instead", reason="SHARE_NOT_USABLE"
+            )
+
     async def GetAccessRule(self, request, context):  # noqa: N802
         validation.check_request(request)
         self.caller(context).check_resource(request.name)
@@ -91,8 +98,9 @@ class AccessRules(Base):
             record.rule.create_time.CopyFrom(operations.now())
             record.rule.update_time.CopyFrom(record.rule.create_time)
             operations.set_progress(op, "applying the export's client list", 10)
-            # The share must still be what we read, so a concurrent delete cannot orphan us.
-            txn.check(share.key, share.mod_revision)
+            # The share is written, not just compared: two rules for one address created at
+            # once then conflict, and a concurrent delete cannot orphan the rule.
+            txn.put(share.key, share.value, share.mod_revision)
             txn.create(self.store.key_of(name), record)
 
         op = await self.mutate(name, "create", request, write)
@@ -114,6 +122,7 @@ class AccessRules(Base):
             found = await self._rule(name, "access_rule.name")
             check_etag(request.access_rule.etag, found, "access_rule.etag")
             record = found.value
+            await self._share_takes_changes(name)
             if record.delete_requested:
                 raise FailedPrecondition("the rule is being deleted", reason="RULE_DELETING")
             record.rule.access_level = request.access_rule.access_level
@@ -138,6 +147,7 @@ class AccessRules(Base):
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
             found = await self._rule(request.name, "name")
             check_etag(request.etag, found, "etag")
+            await self._share_takes_changes(request.name)
             record = found.value
             record.delete_requested = True
             self.queue(

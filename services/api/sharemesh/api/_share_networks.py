@@ -165,7 +165,12 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
             raise InvalidArgument("attachment.netns", "is not a network namespace name")
         if request.attachment.netns.startswith(network.MESH_NETNS_PREFIX):
             raise InvalidArgument("attachment.netns", "is one of the mesh's own namespaces")
+        hosts = await self.peers.hosts()
         host = request.attachment.host or await self._only_host()
+        if host not in hosts:
+            raise InvalidArgument(
+                "attachment.host", f"no gateway service runs on host {host!r}; hosts: {hosts}"
+            )
         name = f"{request.parent}/attachments/{request.attachment_id}"
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:

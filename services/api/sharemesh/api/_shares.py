@@ -10,7 +10,12 @@ from google.protobuf import empty_pb2
 
 from sharemesh.runtime import names, operations, quota, validation
 from sharemesh.runtime.coordination import Txn, Versioned, keys
-from sharemesh.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from sharemesh.runtime.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_pb2, share_service_pb2
 
@@ -81,16 +86,7 @@ class Shares(Base):
         if share.protocol not in (Share.PROTOCOL_UNSPECIFIED, Share.NFS):
             raise InvalidArgument("share.protocol", "only NFS is supported")
         if share.share_network:
-            network = await self.record(
-                names.SHARE_NETWORK,
-                share.share_network,
-                "share.share_network",
-                records_pb2.ShareNetworkRecord,
-            )
-            if network.value.project != project or network.value.delete_requested:
-                raise FailedPrecondition(
-                    f"{share.share_network} cannot take new shares", reason="SHARE_NETWORK_UNUSABLE"
-                )
+            await self._usable_network(share.share_network, project)
         if share.source_snapshot:
             raise FailedPrecondition(
                 "creating a share from a snapshot is not available yet",
@@ -116,10 +112,27 @@ class Shares(Base):
             record.share.update_time.CopyFrom(record.share.create_time)
             operations.set_progress(op, "waiting for placement", 5)
             txn.create(self.store.key_of(name), record)
+            if share.share_network:
+                # Written, not just compared, so a concurrent delete of the network and
+                # this create conflict whichever commits first.
+                network = await self._usable_network(share.share_network, project)
+                txn.put(network.key, network.value, network.mod_revision)
 
         op = await self.mutate(name, "create", request, write)
         self.peers.nudge(f"place {name}", lambda: self.peers.place_share(name))
         return op
+
+    async def _usable_network(
+        self, name: str, project: str
+    ) -> Versioned[records_pb2.ShareNetworkRecord]:
+        network = await self.record(
+            names.SHARE_NETWORK, name, "share.share_network", records_pb2.ShareNetworkRecord
+        )
+        if network.value.project != project or network.value.delete_requested:
+            raise FailedPrecondition(
+                f"{name} cannot take new shares", reason="SHARE_NETWORK_UNUSABLE"
+            )
+        return network
 
     async def UpdateShare(self, request, context):  # noqa: N802
         validation.check_request(request, "share", update=True)
@@ -160,12 +173,10 @@ class Shares(Base):
                 txn.delete(found.key, found.mod_revision)
                 for rule in await self.rule_records(request.name):
                     txn.delete(rule.key, rule.mod_revision)
-                await operations.finish_pending(
-                    self.store,
-                    txn,
-                    record.pending_operations,
-                    error=FailedPrecondition("the share was deleted before it was placed"),
-                )
+                    await operations.finish_for_deleted(
+                        self.store, txn, rule.value.pending_operations
+                    )
+                await operations.finish_for_deleted(self.store, txn, record.pending_operations)
                 operations.finish(op, response=empty_pb2.Empty())
                 return
             record.share.state_message = ""
@@ -213,14 +224,9 @@ class Shares(Base):
                     f"growing by {delta} GiB does not fit",
                     reason="POOL_FULL",
                 )
+            used = await quota.adjust(self.store, txn, record.project, delta)
             if delta > 0:
-                quota.check(
-                    self.quotas,
-                    record.project,
-                    await quota.used_gib(self.store, record.project),
-                    delta,
-                )
-            await quota.adjust(self.store, txn, record.project, delta)
+                quota.check(self.quotas, record.project, used - delta, delta)
             txn.put(
                 allocation_key,
                 records_pb2.PoolAllocation(allocated_gib=allocated + delta),
@@ -244,7 +250,7 @@ class Shares(Base):
         for pool in backend.pools if backend else ():
             if pool.name == record.pool:
                 return pool
-        raise FailedPrecondition(
+        raise Unavailable(
             f"the backend of {record.pool} is not reachable now; retry later", reason="BACKEND_DOWN"
         )
 

@@ -4,6 +4,7 @@ in one transaction fenced by the share's lock."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -60,6 +61,7 @@ class ShareSync:
         # Set when this backend handles share servers (mode 1); otherwise shares on
         # share networks go through the host's gateway (mode 2).
         self._share_servers: network.NetworkServers | None = None
+        self._network_locks: dict[str, asyncio.Lock] = {}
         self._host = host  # the host this backend (and its gateway) runs on
         self._session = session
         self._driver = driver
@@ -135,6 +137,8 @@ class ShareSync:
                 return locations  # a new export already admits nobody
         elif record.share.size_gib > record.realized_size_gib:
             await self._driver.resize_share(spec, record.share.size_gib)
+            # Grown for real (XFS cannot shrink back): a later failure must not undo it.
+            record.realized_size_gib = record.share.size_gib
         await self._driver.update_access(spec, desired)
         return locations
 
@@ -149,6 +153,8 @@ class ShareSync:
             await self._driver.create_share(spec)
         elif record.share.size_gib > record.realized_size_gib:
             await self._driver.resize_share(spec, record.share.size_gib)
+            # Grown for real (XFS cannot shrink back): a later failure must not undo it.
+            record.realized_size_gib = record.share.size_gib
         access = self._driver.gateway_access(spec)
         if access.fsal == "PROXY_V4":
             # The gateway proxies the backend's own export: grant the gateways' links.
@@ -189,6 +195,8 @@ class ShareSync:
             await self._driver.create_share(spec)
         elif record.share.size_gib > record.realized_size_gib:
             await self._driver.resize_share(spec, record.share.size_gib)
+            # Grown for real (XFS cannot shrink back): a later failure must not undo it.
+            record.realized_size_gib = record.share.size_gib
         server = await self._serve_network(record.share.share_network, including=record)
         assert server is not None
         return found, [ExportLocation(*network.location(server, record.share.uid))]
@@ -199,6 +207,19 @@ class ShareSync:
         """Makes this backend's share server on the network export exactly its live
         shares there (`including` one being made); none left tears the server down."""
         assert self._share_servers is not None
+        # One network at a time: each sync builds the server's whole export set, so two
+        # at once could each drop the share the other is adding.
+        async with self._network_locks.setdefault(share_network, asyncio.Lock()):
+            return await self._serve_network_locked(share_network, including)
+
+    async def _serve_network_locked(
+        self, share_network: str, including: records_pb2.ShareRecord | None
+    ) -> records_pb2.NetworkServerRecord | None:
+        assert self._share_servers is not None
+        server = await self._store.get(
+            self._share_servers.key(share_network), records_pb2.NetworkServerRecord
+        )
+        exported = set(server.value.export_ids) if server else set()
         served = []
         for found in await self._store.scan(self._store.root + "shares/", records_pb2.ShareRecord):
             share = found.value
@@ -208,7 +229,8 @@ class ShareSync:
                 share.backend != self.backend
                 or share.share.share_network != share_network
                 or share.delete_requested
-                or not share.realized_size_gib
+                # Realized, or being made by another sync that got here first.
+                or not (share.realized_size_gib or share.share.uid in exported)
             ):
                 continue
             rules, _ = await self._store.list_all(
@@ -300,10 +322,10 @@ class ShareSync:
         txn = self._store.txn().fence(lock)
         for rule in rules:
             txn.delete(rule.key, rule.mod_revision)
-            await operations.finish_pending(self._store, txn, rule.value.pending_operations)
+            await operations.finish_for_deleted(self._store, txn, rule.value.pending_operations)
         await self._release(txn, record)
         txn.delete(found.key, found.mod_revision)
-        await operations.finish_pending(self._store, txn, record.pending_operations)
+        await operations.finish_for_deleted(self._store, txn, record.pending_operations)
         await txn.commit()
         log.info("deleted %s", record.share.name)
 
@@ -385,8 +407,10 @@ class ShareSync:
         record = found.value
         failed_pool = record.pool
         record.tried_pools.append(failed_pool)
-        record.backend = record.pool = record.share.pool = ""
+        record.backend = record.pool = record.share.pool = record.host = ""
         record.export_id = 0
+        record.ClearField("gateway_access")
+        record.share.state = Share.CREATING  # waiting for placement again
         record.share.state_message = f"retrying elsewhere: {failed_pool} failed: {error.message}"
         record.share.update_time.CopyFrom(operations.now())
         txn.put(found.key, record, found.mod_revision)

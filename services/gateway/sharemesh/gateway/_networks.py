@@ -14,7 +14,7 @@ from pathlib import Path
 from sharemesh import network
 from sharemesh.runtime import operations
 from sharemesh.runtime.coordination import Store, Versioned, keys
-from sharemesh.runtime.errors import Aborted
+from sharemesh.runtime.errors import Aborted, ShareMeshError
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_network_pb2
 
@@ -51,7 +51,12 @@ class Networks:
         )
         for attachment in attachments:
             if attachment.value.host == self.host:
-                await self._sync_attachment(bridge, attachment, going)
+                try:
+                    await self._sync_attachment(bridge, attachment, going)
+                except Aborted:
+                    raise
+                except ShareMeshError as error:  # that attachment's problem, not the network's
+                    await self._attachment_failed(attachment, error)
         await self.gateways.serve(name, [] if going else await self._served(name))
         if going:
             await network.remove_bridge(bridge)
@@ -81,6 +86,25 @@ class Networks:
             await operations.finish_pending(self._store, txn, pending, response=record.attachment)
             await txn.commit()
             log.info("plugged %s into %s as %s", record.netns, record.share_network, record.address)
+
+    async def _attachment_failed(
+        self, found: Versioned[records_pb2.AttachmentRecord], error: ShareMeshError
+    ) -> None:
+        """An attachment that cannot be plugged in (say, its namespace does not exist)
+        ends in ERROR with the reason; deleting it still works."""
+        record = found.value
+        log.warning(
+            "could not plug %s into %s: %s", record.netns, record.share_network, error.message
+        )
+        if record.attachment.state == Attachment.ERROR and not record.pending_operations:
+            return
+        pending = list(record.pending_operations)
+        del record.pending_operations[:]
+        record.attachment.state = Attachment.ERROR
+        record.attachment.state_message = error.message
+        txn = self._store.txn().put(found.key, record, found.mod_revision)
+        await operations.finish_pending(self._store, txn, pending, error=error)
+        await txn.commit()
 
     async def _served(self, name: str) -> list[network.Served]:
         """The network's shares this host's gateway serves: on a flat backend of this

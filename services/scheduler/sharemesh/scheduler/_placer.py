@@ -88,7 +88,14 @@ class Placer:
             return None
         allocation = allocations.get(chosen.pool)
         txn = self._store.txn().fence(self._leadership)
-        await quota.adjust(self._store, txn, record.project, size)
+        used = await quota.adjust(self._store, txn, record.project, size)
+        try:
+            # Checked again against the value this txn compares, so nothing slips in
+            # between (a resize through the api).
+            quota.check(self._quotas, record.project, used - size, size)
+        except ResourceExhausted as over:
+            await self._fail(found, over.message, over)
+            return None
         key = keys.allocation_key(self._store.root, *_parts(chosen.pool))
         txn.put(
             key,
