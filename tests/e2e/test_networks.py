@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from sharemesh import network
-from sharemesh.client import Client
+from sharemesh.client import Client, OperationFailed
 from sharemesh.ganesha import share_pseudo
 from sharemesh.launcher import LocalMesh
 from sharemesh.v1 import share_network_service_pb2 as sns
@@ -139,6 +139,10 @@ async def test_gateway_share_reaches_only_its_tenants(
     await attach(admin, net_a, clients["a-ok"], "10.31.0.10")
     await attach(admin, net_a, clients["a-other"], "10.31.0.11")
     await attach(admin, net_b, clients["b"], "10.31.0.10")
+    # A namespace that does not exist: that attachment fails alone, the network works on.
+    with pytest.raises(OperationFailed) as missing:
+        await attach(admin, net_a, f"{clients['b']}-missing", "10.31.0.13")
+    assert missing.value.code == grpc.StatusCode.FAILED_PRECONDITION
     with pytest.raises(grpc.aio.AioRpcError) as taken:
         await attach(admin, net_a, clients["b"], "10.31.0.10")
     assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
@@ -240,19 +244,25 @@ async def test_share_server_share_reaches_only_its_tenants(
     await attach(admin, net_c, clients["a-ok"], "10.31.0.10")
     await attach(admin, net_c, clients["a-other"], "10.31.0.11")
     await attach(admin, net_d, clients["b"], "10.31.0.10")
-    op = await alpha.call(
-        alpha.shares.CreateShare,
-        ss.CreateShareRequest(
-            parent="projects/alpha",
-            share_id="served",
-            share=Share(size_gib=1, share_network=net_c, share_type="shareTypes/via-server"),
-        ),
-    )
-    share = await alpha.wait(op, Share)
+    # Two shares on one network at once: the share server exports both.
+    ops = [
+        await alpha.call(
+            alpha.shares.CreateShare,
+            ss.CreateShareRequest(
+                parent="projects/alpha",
+                share_id=share_id,
+                share=Share(size_gib=1, share_network=net_c, share_type="shareTypes/via-server"),
+            ),
+        )
+        for share_id in ("served", "served-too")
+    ]
+    share, other = [await alpha.wait(op, Share) for op in ops]
+    assert other.state == Share.ACTIVE
     assert share.state == Share.ACTIVE and share.pool.startswith("backends/servers/")
     await grant(alpha, share.name, "10.31.0.10", RW)
     servers = mesh.state_dir / "pools" / "servers" / "servers"
     (pidfile,) = servers.glob("*/ganesha.pid")
+    assert len(list(pidfile.parent.glob("exports.d/*.conf"))) == 2
     assert not list((mesh.state_dir / "gateway").glob("*/ganesha.pid")), "a gateway served it"
 
     data = tmp_path / "data.bin"
@@ -275,6 +285,7 @@ async def test_share_server_share_reaches_only_its_tenants(
     print(f"\nshare server serving again {time.monotonic() - killed:.2f}s after kill -9")
 
     uids = await _uids(alpha, net_c, net_d)
+    await delete_share(alpha, other.name)
     await delete_share(alpha, share.name)
     assert not processes_mentioning(str(servers)), "the share server outlived its last share"
     _host_parts_gone([], servers)
