@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -16,13 +15,7 @@ from sharemesh.runtime.ports import free_port
 
 from support import ensure_rpcbind, nfs_read, nfs_write, processes_mentioning
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not shutil.which("ganesha.nfsd") or not shutil.which("nfs-cp"),
-        reason="needs root, nfs-ganesha and libnfs-utils",
-    ),
-]
+pytestmark = pytest.mark.integration
 
 
 async def _write(g: GaneshaInstance, src: Path, pseudo: str, name: str) -> tuple[int, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -28,16 +27,7 @@ from sharemesh.runtime.ports import free_port
 
 from support import ensure_rpcbind, nfs_read, nfs_url, nfs_write, processes_mentioning, run
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        os.geteuid() != 0
-        or not shutil.which("ganesha.nfsd")
-        or not shutil.which("nfs-cp")
-        or not shutil.which("mkfs.xfs"),
-        reason="needs root, nfs-ganesha, libnfs-utils and xfsprogs",
-    ),
-]
+pytestmark = pytest.mark.integration
 
 RW = [AccessRuleSpec("127.0.0.1", "READ_WRITE")]
 RO = [AccessRuleSpec("127.0.0.1", "READ_ONLY")]
