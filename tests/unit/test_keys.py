@@ -126,3 +126,11 @@ def test_collection_and_parent() -> None:
     assert keys.collection_of("projects/p1/shares/s1") == "shares"
     assert keys.parent_of("projects/p1/shares/s1") == "projects/p1"
     assert keys.parent_of("shareTypes/x") == ""
+
+
+def test_pool_allocation_keys_round_trip():
+    key = keys.pool_allocation_key(R, "backends/lvm1/pools/pool-a")
+    assert key == keys.allocation_key(R, "lvm1", "pool-a")
+    assert keys.pool_of_allocation_key(R, key) == "backends/lvm1/pools/pool-a"
+    with pytest.raises(InvalidArgument):
+        keys.pool_allocation_key(R, "backends/lvm1/pool-a")

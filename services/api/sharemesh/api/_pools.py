@@ -4,10 +4,10 @@ reports (capacity, capabilities) and what the mesh has allocated on it."""
 from __future__ import annotations
 
 from sharemesh.runtime import names, validation
-from sharemesh.runtime.coordination import Store, keys
+from sharemesh.runtime.capacity import pool_allocations
+from sharemesh.runtime.coordination import Store
 from sharemesh.runtime.errors import InvalidArgument
 from sharemesh.runtime.peers import Peers
-from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import pool_pb2, pool_service_pb2, pool_service_pb2_grpc
 
 from ._auth import Authenticator
@@ -30,14 +30,12 @@ class Pools(pool_service_pb2_grpc.PoolServiceServicer):
         if request.page_token:
             raise InvalidArgument("page_token", "pools fit on one page; list again")
         pools = []
+        allocations = await pool_allocations(self._store)
         for backend in await self._peers.backends():
             if parts[1] not in ("-", backend.name.split("/")[-1]):
                 continue
             for capacity in backend.pools:
-                _, b, _, p = capacity.name.split("/")
-                allocation = await self._store.get(
-                    keys.allocation_key(self._store.root, b, p), records_pb2.PoolAllocation
-                )
+                allocation = allocations.get(capacity.name)
                 pool = pool_pb2.Pool(
                     name=capacity.name,
                     total_gib=capacity.total_gib,

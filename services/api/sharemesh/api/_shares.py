@@ -215,7 +215,7 @@ class Shares(Base):
                     reason="SHRINK_NOT_SUPPORTED",
                     metadata={"capability": "shrink_support"},
                 )
-            allocation_key = keys.allocation_key(self.store.root, *_pool_parts(record.pool))
+            allocation_key = keys.pool_allocation_key(self.store.root, record.pool)
             allocation = await self.store.get(allocation_key, records_pb2.PoolAllocation)
             allocated = allocation.value.allocated_gib if allocation else 0
             if delta > 0 and allocated + delta > pool.total_gib:
@@ -253,8 +253,3 @@ class Shares(Base):
         raise Unavailable(
             f"the backend of {record.pool} is not reachable now; retry later", reason="BACKEND_DOWN"
         )
-
-
-def _pool_parts(pool: str) -> tuple[str, str]:
-    parts = names.POOL.parse("pool", pool)
-    return parts["backend"], parts["pool"]

@@ -350,8 +350,7 @@ class ShareSync:
         gib = record.allocated_gib if gib is None else gib
         if not gib:
             return
-        backend, pool = record.pool.split("/")[1], record.pool.split("/")[3]
-        key = keys.allocation_key(self._store.root, backend, pool)
+        key = keys.pool_allocation_key(self._store.root, record.pool)
         allocation = await self._store.get(key, records_pb2.PoolAllocation)
         if allocation is None:
             return

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sharemesh.runtime import operations, quota
+from sharemesh.runtime import capacity, operations, quota
 from sharemesh.runtime.config import QuotaConfig
 from sharemesh.runtime.coordination import Leadership, Store, Versioned, keys
 from sharemesh.runtime.errors import Aborted, ResourceExhausted
@@ -96,7 +96,7 @@ class Placer:
         except ResourceExhausted as over:
             await self._fail(found, over.message, over)
             return None
-        key = keys.allocation_key(self._store.root, *_parts(chosen.pool))
+        key = keys.pool_allocation_key(self._store.root, chosen.pool)
         txn.put(
             key,
             records_pb2.PoolAllocation(allocated_gib=chosen.allocated_gib + record.share.size_gib),
@@ -127,16 +127,8 @@ class Placer:
     async def _candidates(
         self,
     ) -> tuple[list[Candidate], dict[str, Versioned[records_pb2.PoolAllocation]]]:
-        allocations: dict[str, Versioned[records_pb2.PoolAllocation]] = {}
         backends = await self._peers.backends()
-        for backend in backends:
-            for pool in backend.pools:
-                found = await self._store.get(
-                    keys.allocation_key(self._store.root, *_parts(pool.name)),
-                    records_pb2.PoolAllocation,
-                )
-                if found:
-                    allocations[pool.name] = found
+        allocations = await capacity.pool_allocations(self._store)
         candidates = [
             Candidate(
                 pool.name,
@@ -181,8 +173,3 @@ class Placer:
         await operations.finish_pending(self._store, txn, pending, error=error)
         await txn.commit()
         log.info("%s cannot be placed: %s", record.share.name, message)
-
-
-def _parts(pool: str) -> tuple[str, str]:
-    parts = pool.split("/")
-    return parts[1], parts[3]

@@ -134,6 +134,20 @@ def allocation_key(root: str, backend: str, pool: str) -> str:
     )
 
 
+def pool_allocation_key(root: str, pool: str) -> str:
+    """The allocation record of the pool named `backends/{backend}/pools/{pool}`."""
+    parts = pool.split("/")
+    if len(parts) != 4 or parts[0] != "backends" or parts[2] != "pools":
+        raise InvalidArgument("pool", f"{pool!r} is not backends/{{backend}}/pools/{{pool}}")
+    return allocation_key(root, parts[1], parts[3])
+
+
+def pool_of_allocation_key(root: str, key: str) -> str:
+    """The inverse of `pool_allocation_key`."""
+    backend, pool = key[len(allocations_prefix(root)) :].split("/")
+    return f"backends/{backend}/pools/{pool}"
+
+
 def allocations_prefix(root: str, backend: str | None = None) -> str:
     if backend is None:
         return f"{_check_root(root)}allocations/"
