@@ -36,7 +36,6 @@ class Child:
         self._process: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
-        self.restarts = 0
 
     @property
     def pid(self) -> int | None:
@@ -80,7 +79,6 @@ class Child:
             if self._stopping:
                 return
             backoff = min(backoff * 2, 10.0)
-            self.restarts += 1
             await self._spawn()
 
     async def stop(self, timeout: float = 15.0) -> None:

@@ -86,7 +86,7 @@ class Shares(Base):
         if share.protocol not in (Share.PROTOCOL_UNSPECIFIED, Share.NFS):
             raise InvalidArgument("share.protocol", "only NFS is supported")
         if share.share_network:
-            await self._usable_network(share.share_network, project)
+            names.SHARE_NETWORK.parse("share.share_network", share.share_network)
         if share.source_snapshot:
             raise FailedPrecondition(
                 "creating a share from a snapshot is not available yet",

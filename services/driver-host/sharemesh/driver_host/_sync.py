@@ -129,18 +129,26 @@ class ShareSync:
         spec: ShareSpec,
         rules: list[Versioned[records_pb2.AccessRuleRecord]],
     ) -> list[ExportLocation]:
-        locations: list[ExportLocation] = []
         desired = rules_of(rules)
+        created = record.realized_size_gib == 0
+        locations = await self._create_or_grow(record, spec)
+        if created and not desired:
+            return locations  # a new export already admits nobody
+        await self._driver.update_access(spec, desired)
+        return locations
+
+    async def _create_or_grow(
+        self, record: records_pb2.ShareRecord, spec: ShareSpec
+    ) -> list[ExportLocation]:
+        """Makes the share on the backend, or grows it to its recorded size; returns the
+        backend's export locations when it made the share."""
         if record.realized_size_gib == 0:
-            locations = await self._driver.create_share(spec)
-            if not desired:
-                return locations  # a new export already admits nobody
-        elif record.share.size_gib > record.realized_size_gib:
+            return await self._driver.create_share(spec)
+        if record.share.size_gib > record.realized_size_gib:
             await self._driver.resize_share(spec, record.share.size_gib)
             # Grown for real (XFS cannot shrink back): a later failure must not undo it.
             record.realized_size_gib = record.share.size_gib
-        await self._driver.update_access(spec, desired)
-        return locations
+        return []
 
     async def _realize_behind_gateway(
         self, found: Versioned[records_pb2.ShareRecord], spec: ShareSpec, lock: Mutex
@@ -149,12 +157,7 @@ class ShareSync:
         nobody, and the gateway on its host re-exports it into the tenant network with the
         tenant's rules. Done when the gateway has confirmed the export."""
         record = found.value
-        if record.realized_size_gib == 0:
-            await self._driver.create_share(spec)
-        elif record.share.size_gib > record.realized_size_gib:
-            await self._driver.resize_share(spec, record.share.size_gib)
-            # Grown for real (XFS cannot shrink back): a later failure must not undo it.
-            record.realized_size_gib = record.share.size_gib
+        await self._create_or_grow(record, spec)
         access = self._driver.gateway_access(spec)
         if access.fsal == "PROXY_V4":
             # The gateway proxies the backend's own export: grant the gateways' links.
@@ -191,12 +194,7 @@ class ShareSync:
         backend's own server on that network exports it (set up with the network's first
         share); its flat export admits nobody."""
         record = found.value
-        if record.realized_size_gib == 0:
-            await self._driver.create_share(spec)
-        elif record.share.size_gib > record.realized_size_gib:
-            await self._driver.resize_share(spec, record.share.size_gib)
-            # Grown for real (XFS cannot shrink back): a later failure must not undo it.
-            record.realized_size_gib = record.share.size_gib
+        await self._create_or_grow(record, spec)
         server = await self._serve_network(record.share.share_network, including=record)
         assert server is not None
         return found, [ExportLocation(*network.location(server, record.share.uid))]

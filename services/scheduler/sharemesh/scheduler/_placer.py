@@ -64,15 +64,13 @@ class Placer:
         if record.share.state != Share.CREATING or record.delete_requested:
             return None
         size = record.share.size_gib
+        txn = self._store.txn().fence(self._leadership)
+        # The quota is reserved here, where placements are one at a time, and checked
+        # against the usage this txn compares, so racing creates and resizes cannot
+        # together overshoot it (the api's check is only a first look).
+        used = await quota.adjust(self._store, txn, record.project, size)
         try:
-            # The quota is reserved here, where placements are one at a time, so racing
-            # creates cannot together overshoot it (the api's check is only a first look).
-            quota.check(
-                self._quotas,
-                record.project,
-                await quota.used_gib(self._store, record.project),
-                size,
-            )
+            quota.check(self._quotas, record.project, used - size, size)
         except ResourceExhausted as over:
             await self._fail(found, over.message, over)
             return None
@@ -87,15 +85,6 @@ class Placer:
             )
             return None
         allocation = allocations.get(chosen.pool)
-        txn = self._store.txn().fence(self._leadership)
-        used = await quota.adjust(self._store, txn, record.project, size)
-        try:
-            # Checked again against the value this txn compares, so nothing slips in
-            # between (a resize through the api).
-            quota.check(self._quotas, record.project, used - size, size)
-        except ResourceExhausted as over:
-            await self._fail(found, over.message, over)
-            return None
         key = keys.pool_allocation_key(self._store.root, chosen.pool)
         txn.put(
             key,

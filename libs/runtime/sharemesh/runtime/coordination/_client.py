@@ -168,10 +168,6 @@ class Fence(Compare):
     def create_revision(self) -> int:
         return self.value
 
-    def as_aetcd(self) -> aetcd.transactions.Create:
-        """The same compare as an aetcd compare object, for `client.transaction()`."""
-        return aetcd.transactions.Create(self.key) == self.value
-
 
 # ---- raw calls ----------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import TypeVar
 import aetcd
 from aetcd import rpc
 
-from sharemesh.runtime.errors import Aborted, FencedOut, Unavailable
+from sharemesh.runtime.errors import Aborted, Unavailable
 
 from . import _client
 from ._client import Fence
@@ -169,17 +169,6 @@ class Leadership:
         """Whether our key is still the leader key (a read, not a guarantee: fence writes)."""
         owner, _ = await _first(self.election.session.client, self.election.queue)
         return owner is not None and owner.create_revision == self.revision
-
-    async def proclaim(self, value: bytes) -> None:
-        """Change the leader value without an election (fenced)."""
-        response = await _client.txn(
-            self.election.session.client,
-            [self.fence()],
-            success=[_client.op_put(self.key, value, self.election.session.lease_id)],
-        )
-        if not response.succeeded:
-            raise FencedOut(f"leadership of {self.election.prefix} lost")
-        self.value = value
 
     async def resign(self) -> None:
         await self.election.resign()
