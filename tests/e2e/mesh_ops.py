@@ -25,10 +25,9 @@ AccessRule = access_rule_pb2.AccessRule
 RW, RO = AccessRule.READ_WRITE, AccessRule.READ_ONLY
 TENANT_CIDR = "10.31.0.0/24"
 
-# The mesh of most e2e modules: one local backend, and keys for two projects.
-MESH_CONFIG = """
-reconcile_interval_seconds = 2
-
+# The keys of the e2e tests' two tenants. Configs end with them: TOML keys after a
+# table header belong to that table, so top-level settings must come first.
+TENANT_KEYS = """
 [[api.tokens]]
 token = "alpha-key"
 project = "alpha"
@@ -36,6 +35,13 @@ project = "alpha"
 [[api.tokens]]
 token = "beta-key"
 project = "beta"
+"""
+
+# The mesh of most e2e modules: one local backend, and keys for two projects.
+MESH_CONFIG = (
+    """
+reconcile_interval_seconds = 2
+
 
 [[backends]]
 name = "local"
@@ -43,6 +49,8 @@ driver = "local"
 [backends.options]
 capacity_gib = {capacity_gib}
 """
+    + TENANT_KEYS
+)
 
 
 async def create_share(

@@ -16,21 +16,21 @@ from sharemesh.client import Client, OperationFailed
 from sharemesh.launcher import LocalMesh
 from sharemesh.v1 import share_service_pb2 as ss
 
-from mesh_ops import Share, allocated_gib, create_share, live_shares, running_mesh
+from mesh_ops import TENANT_KEYS, Share, allocated_gib, create_share, live_shares, running_mesh
 
 pytestmark = pytest.mark.e2e
 RETENTION_SECONDS = 2
-CONFIG = f"""
+CONFIG = (
+    f"""
 reconcile_interval_seconds = 1
 operation_retention_seconds = {RETENTION_SECONDS}
-[[api.tokens]]
-token = "alpha-key"
-project = "alpha"
 [[backends]]
 name = "local"
 [backends.options]
 capacity_gib = 4
 """
+    + TENANT_KEYS
+)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from sharemesh.v1 import share_type_service_pb2 as sts
 
 from mesh_ops import (
     RW,
+    TENANT_KEYS,
     Share,
     attach,
     create_network,
@@ -45,11 +46,9 @@ from support import (
 )
 
 pytestmark = pytest.mark.e2e
-CONFIG = """
+CONFIG = (
+    """
 reconcile_interval_seconds = 2
-[[api.tokens]]
-token = "alpha-key"
-project = "alpha"
 [[backends]]
 name = "local"
 [backends.options]
@@ -61,6 +60,8 @@ name = "servers"
 capacity_gib = 6
 driver_handles_share_servers = true
 """
+    + TENANT_KEYS
+)
 
 TYPES = {"via-gateway": "<is> False", "via-server": "<is> True"}
 

@@ -20,6 +20,7 @@ from sharemesh.v1 import share_service_pb2 as ss
 
 from mesh_ops import (
     RW,
+    TENANT_KEYS,
     Share,
     attach,
     create_network,
@@ -33,17 +34,17 @@ from mesh_ops import (
 from support import guest_namespaces
 
 pytestmark = pytest.mark.e2e
-CONFIG = """
+CONFIG = (
+    """
 reconcile_interval_seconds = 2
-[[api.tokens]]
-token = "alpha-key"
-project = "alpha"
 [[backends]]
 name = "local"
 [backends.options]
 capacity_gib = 4
 gateway_fsal = "PROXY_V4"
 """
+    + TENANT_KEYS
+)
 
 
 @pytest.fixture(scope="module")

@@ -15,24 +15,21 @@ from sharemesh.runtime import quota
 from sharemesh.runtime.coordination import Store, connect
 from sharemesh.v1 import share_service_pb2 as ss
 
-from mesh_ops import Share, create_share, delete_share, live_shares, running_mesh
+from mesh_ops import TENANT_KEYS, Share, create_share, delete_share, live_shares, running_mesh
 
 pytestmark = pytest.mark.e2e
-CONFIG = """
+CONFIG = (
+    """
 reconcile_interval_seconds = 2
 [quotas]
 projects = { alpha = 3 }
-[[api.tokens]]
-token = "alpha-key"
-project = "alpha"
-[[api.tokens]]
-token = "beta-key"
-project = "beta"
 [[backends]]
 name = "local"
 [backends.options]
 capacity_gib = 10
 """
+    + TENANT_KEYS
+)
 
 
 @pytest.fixture(scope="module")

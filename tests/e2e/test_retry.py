@@ -16,18 +16,16 @@ from sharemesh.launcher import LocalMesh
 from sharemesh.v1 import share_pb2
 from sharemesh.v1 import share_service_pb2 as ss
 
-from mesh_ops import create_share, delete_share, live_shares, running_mesh
+from mesh_ops import TENANT_KEYS, create_share, delete_share, live_shares, running_mesh
 from support import mounts_under
 
 pytestmark = pytest.mark.e2e
 
-CONFIG = """
+CONFIG = (
+    """
 reconcile_interval_seconds = 2
 [scheduler]
 max_attempts = {attempts}
-[[api.tokens]]
-token = "alpha-key"
-project = "alpha"
 
 [[backends]]
 name = "cramped"          # the most room on paper, so the scheduler tries it first
@@ -40,6 +38,8 @@ name = "roomy"
 [backends.options]
 capacity_gib = 5
 """
+    + TENANT_KEYS
+)
 
 
 @pytest.fixture(scope="module")

@@ -24,17 +24,15 @@ from sharemesh.v1 import (
 from sharemesh.v1 import share_service_pb2 as ss
 from sharemesh.v1 import share_type_service_pb2 as sts
 
-from mesh_ops import Share, create_share, delete_share, live_shares, running_mesh
+from mesh_ops import TENANT_KEYS, Share, create_share, delete_share, live_shares, running_mesh
 from support import pid_alive
 
 pytestmark = pytest.mark.e2e
 TTL = 3
 
-CONFIG = """
+CONFIG = (
+    """
 reconcile_interval_seconds = 2
-[[api.tokens]]
-token = "alpha-key"
-project = "alpha"
 
 [[backends]]
 name = "big"
@@ -56,6 +54,8 @@ name = "remote"
 capacity_gib = 10
 availability_zone = "az2"
 """
+    + TENANT_KEYS
+)
 
 TYPES = {
     "gold": {"tier": "gold"},

@@ -14,7 +14,7 @@ from sharemesh.client import Client
 from sharemesh.launcher import LocalMesh
 from sharemesh.v1 import share_service_pb2 as ss
 
-from mesh_ops import create_share, delete_share, running_mesh
+from mesh_ops import TENANT_KEYS, create_share, delete_share, running_mesh
 
 pytestmark = pytest.mark.e2e
 
@@ -54,18 +54,18 @@ async def mesh(
     tmp_path_factory: pytest.TempPathFactory, certificate: tuple[Path, Path]
 ) -> AsyncIterator[LocalMesh]:
     cert, key = certificate
-    config = f"""
+    config = (
+        f"""
 [api]
 tls_cert_file = "{cert}"
 tls_key_file = "{key}"
-[[api.tokens]]
-token = "alpha-key"
-project = "alpha"
 [[backends]]
 name = "local"
 [backends.options]
 capacity_gib = 2
 """
+        + TENANT_KEYS
+    )
     async with running_mesh(tmp_path_factory, config) as mesh:
         yield mesh
 

@@ -11,7 +11,7 @@ import pytest
 
 from sharemesh.client import Client
 
-from mesh_ops import create_share, running_mesh
+from mesh_ops import TENANT_KEYS, create_share, running_mesh
 
 pytestmark = pytest.mark.e2e
 
@@ -20,17 +20,17 @@ async def test_a_create_is_one_trace_across_services(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
     spans_dir = tmp_path / "spans"
-    config = f"""
+    config = (
+        f"""
 [telemetry]
 spans_dir = "{spans_dir}"
-[[api.tokens]]
-token = "alpha-key"
-project = "alpha"
 [[backends]]
 name = "local"
 [backends.options]
 capacity_gib = 2
 """
+        + TENANT_KEYS
+    )
     async with running_mesh(tmp_path_factory, config) as mesh:
         async with Client(mesh.api_address, "alpha-key") as alpha:
             await create_share(alpha, "alpha", "traced")
