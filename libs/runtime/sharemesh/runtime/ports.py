@@ -1,10 +1,40 @@
-"""Free TCP ports for children the mesh or a test starts (etcd, Ganesha, services)."""
+"""Free TCP ports for children the mesh or a test starts (etcd, Ganesha, services).
 
+A port is chosen, released, and bound later by another process. Two things could
+take it in between: an outgoing connection (the kernel gives those ports from the
+ephemeral range) and another pick. So ports come from below the ephemeral range,
+and a process never hands out the same port twice.
+"""
+
+import random
 import socket
+from pathlib import Path
+
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST = 10000
+_handed_out: set[int] = set()
+
+
+def _candidates() -> range:
+    try:
+        first_ephemeral = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 32768
+    return range(_LOWEST, max(first_ephemeral, _LOWEST + 1000))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago; the caller binds it soon after."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port that nothing listens on, outside the ephemeral range; bind it soon."""
+    candidates = _candidates()
+    for _ in range(1000):
+        port = random.choice(candidates)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise OSError(f"no free port in {candidates.start}-{candidates.stop - 1} on {host}")

@@ -101,7 +101,10 @@ class GrpcServer:
         self._credentials = credentials
         self.health = HealthServicer()
         self._server = grpc.aio.server(
-            interceptors=[*telemetry.server_interceptors(), ErrorInterceptor()]
+            interceptors=[*telemetry.server_interceptors(), ErrorInterceptor()],
+            # gRPC shares ports by default: a second server on a taken port would
+            # silently get half of its calls. Fail the bind instead.
+            options=[("grpc.so_reuseport", 0)],
         )
         self.port = 0
 
