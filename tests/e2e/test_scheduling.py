@@ -29,6 +29,7 @@ from support import pid_alive
 
 pytestmark = pytest.mark.e2e
 TTL = 3
+GIB = 1 << 30
 
 CONFIG = (
     """
@@ -45,6 +46,7 @@ capabilities = { tier = "gold" }
 name = "small"
 [backends.options]
 capacity_gib = 6
+max_over_subscription_ratio = 1.5   # its images are sparse: it may promise 9 GiB
 availability_zone = "az1"
 capabilities = { tier = "silver" }
 
@@ -71,11 +73,11 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalM
         yield mesh
 
 
-async def _create(client: Client, share_id: str, **share: object) -> Share:
+async def _create(client: Client, share_id: str, size_gib: int = 1, **share: object) -> Share:
     op = await client.call(
         client.shares.CreateShare,
         ss.CreateShareRequest(
-            parent="projects/alpha", share_id=share_id, share=Share(size_gib=1, **share)
+            parent="projects/alpha", share_id=share_id, share=Share(size_gib=size_gib, **share)
         ),
     )
     return await client.wait(op, Share)
@@ -151,6 +153,106 @@ async def test_shares_land_where_type_and_zone_demand(
     )
 
 
+async def test_a_thin_pool_promises_its_ratio_and_thick_shares_own_their_blocks(
+    mesh: LocalMesh, admin: Client, alpha: Client
+) -> None:
+    types = share_type_service_pb2_grpc.ShareTypeServiceStub(admin._channel)
+    for type_id, specs in {
+        "thin-silver": {"tier": "silver"},
+        "thick-silver": {"tier": "silver", "thin_provisioning": "<is> False"},
+    }.items():
+        await types.CreateShareType(
+            sts.CreateShareTypeRequest(
+                share_type_id=type_id, share_type=share_type_pb2.ShareType(extra_specs=specs)
+            ),
+            metadata=admin.metadata,
+        )
+    thick = await _create(alpha, "thick", share_type="shareTypes/thick-silver", size_gib=2)
+    thin = [
+        await _create(alpha, f"thin-{i}", share_type="shareTypes/thin-silver") for i in range(7)
+    ]
+    assert {s.pool for s in [thick, *thin]} == {"backends/small/pools/default"}
+    # 9 GiB promised on a 6 GiB pool: the ratio of 1.5 allows that, and no more.
+    with pytest.raises(OperationFailed, match="capacity filter") as full:
+        await _create(alpha, "thin-7", share_type="shareTypes/thin-silver")
+    assert full.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    images = mesh.state_dir / "pools" / "small" / "images"
+    uids = {r.share.name.rsplit("/", 1)[-1]: r.share.uid for r in await live_shares(mesh)}
+
+    def on_disk(share_id: str) -> tuple[int, int]:
+        stat = (images / f"{uids[share_id]}.img").stat()
+        return stat.st_size, stat.st_blocks * 512
+
+    size, held = on_disk("thick")
+    assert size == 2 * GIB and held >= size  # every block reserved on the pool's filesystem
+    size, held = on_disk("thin-0")
+    assert size == GIB and held < GIB // 8  # only what XFS wrote
+
+    # With 6 GiB promised, the pool has no usable GiB left for thick growth or shares,
+    # while thin shares may still take the over-subscribed 3.
+    for share in thin[4:]:
+        await delete_share(alpha, share.name)
+    with pytest.raises(grpc.aio.AioRpcError) as no_room:
+        await alpha.call(
+            alpha.shares.ResizeShare, ss.ResizeShareRequest(name=thick.name, size_gib=3)
+        )
+    assert no_room.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(OperationFailed, match="capacity filter"):
+        await _create(alpha, "thick-2", share_type="shareTypes/thick-silver")
+    grown = await alpha.wait(
+        await alpha.call(
+            alpha.shares.ResizeShare, ss.ResizeShareRequest(name=thin[0].name, size_gib=3)
+        ),
+        Share,
+    )
+    assert grown.size_gib == 3 and on_disk("thin-0")[1] < GIB // 8
+    for record in await live_shares(mesh):
+        await delete_share(alpha, record.share.name)
+    for type_id in ("thin-silver", "thick-silver"):
+        await types.DeleteShareType(
+            sts.DeleteShareTypeRequest(name=f"shareTypes/{type_id}"), metadata=admin.metadata
+        )
+
+
+async def test_a_backend_that_stops_answering_leaves_placement_and_comes_back(
+    mesh: LocalMesh, admin: Client, alpha: Client
+) -> None:
+    pools = pool_service_pb2_grpc.PoolServiceStub(admin._channel)
+
+    async def listed() -> set[str]:
+        view = await pools.ListPools(
+            pool_service_pb2.ListPoolsRequest(parent="backends/-"), metadata=admin.metadata
+        )
+        return {p.name for p in view.pools}
+
+    remote = "backends/remote/pools/default"
+    assert remote in await listed()
+    pid = mesh.children["driver-host-remote"].pid
+    assert pid
+    # A frozen process keeps its sockets but renews nothing: its lease runs out.
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        frozen = time.monotonic()
+        while remote in await listed():
+            assert time.monotonic() - frozen <= TTL + 2, "the pool outlived its lease"
+            await asyncio.sleep(0.1)
+        print(f"\nremote pool left placement {time.monotonic() - frozen:.2f}s after SIGSTOP")
+        with pytest.raises(OperationFailed, match="availability_zone filter"):
+            await _create(alpha, "while-away", availability_zone="az2")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # Thawed, it finds its lease gone, exits, and its supervisor starts it afresh.
+    deadline = time.monotonic() + 60
+    while remote not in await listed():
+        assert time.monotonic() < deadline, "the backend never registered again"
+        await asyncio.sleep(0.2)
+    back = await _create(alpha, "back", availability_zone="az2")
+    assert back.state == Share.ACTIVE and back.pool == remote
+    for record in await live_shares(mesh):
+        await delete_share(alpha, record.share.name)
+
+
 async def test_a_killed_leader_is_replaced_and_every_create_completes(
     mesh: LocalMesh, alpha: Client
 ) -> None:
@@ -196,10 +298,10 @@ async def test_two_hundred_racing_creates_never_overcommit(mesh: LocalMesh, alph
     assert all(f.code == grpc.StatusCode.RESOURCE_EXHAUSTED for f in refused)
     capacity = {
         "backends/big/pools/default": 20,
-        "backends/small/pools/default": 6,
+        "backends/small/pools/default": 9,  # 6 GiB over-subscribed 1.5 times
         "backends/remote/pools/default": 10,
     }
-    # The default type takes any zone, so every pool fills to exactly its capacity.
+    # The default type takes any zone, so every pool fills to exactly what it may promise.
     assert len(made) == sum(capacity.values()) and len(refused) == 200 - len(made)
     pools = pool_service_pb2_grpc.PoolServiceStub(alpha._channel)
     async with Client(mesh.api_address, mesh.admin_token) as admin:

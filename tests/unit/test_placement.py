@@ -1,5 +1,6 @@
 import pytest
 
+from sharemesh.runtime import capacity
 from sharemesh.runtime.config import SchedulerConfig
 from sharemesh.scheduler._compose import placement
 from sharemesh.scheduler._placement import Candidate, NoValidPool, Request
@@ -55,6 +56,19 @@ def test_thin_provisioning_allows_the_oversubscription_ratio_and_no_more():
         DEFAULT.choose([thin], Request(3))
     with pytest.raises(NoValidPool, match="capacity"):  # the type asks for thick
         DEFAULT.choose([thin], Request(1, {"thin_provisioning": "false"}))
+    with pytest.raises(NoValidPool, match="capacity"):
+        DEFAULT.choose([thin], Request(1, {"thin_provisioning": "<is> False"}))
+
+
+def test_a_pool_that_cannot_provision_thin_counts_every_share_thick():
+    assert not capacity.provisions_thin({}, {})
+    assert not capacity.provisions_thin(
+        {"thin_provisioning": "true"}, {"thin_provisioning": "False"}
+    )
+    assert capacity.provisions_thin({"thin_provisioning": "true"}, {})
+    thick_only = {"max_over_subscription_ratio": "3", "reserved_percentage": "10"}
+    assert capacity.limit_gib(10, thick_only, thin=False) == pytest.approx(9)
+    assert capacity.limit_gib(10, thick_only, thin=True) == pytest.approx(27)
 
 
 def test_retry_skips_tried_pools():
@@ -114,3 +128,9 @@ def test_unknown_filter_names_the_setting():
     with pytest.raises(InvalidArgument) as error:
         placement(SchedulerConfig(filters=("capacity", "nope")))
     assert error.value.field_violations[0][0] == "scheduler.filters"
+
+
+def test_full_pools_of_the_right_kind_are_reported_as_full():
+    pools = [pool("gold", 10, 10, tier="gold"), pool("silver", 10, 0, tier="silver")]
+    with pytest.raises(NoValidPool, match="^capacity filter"):
+        DEFAULT.choose(pools, Request(1, {"tier": "gold"}))

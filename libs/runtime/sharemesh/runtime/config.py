@@ -61,8 +61,10 @@ class ApiConfig:
 class SchedulerConfig:
     listen: str = "127.0.0.1:0"
     """Address of the scheduler's internal service."""
-    filters: tuple[str, ...] = ("retry", "availability_zone", "capacity", "capabilities")
-    """Filters in the order they run (modules under `sharemesh.scheduler.filters`)."""
+    filters: tuple[str, ...] = ("retry", "availability_zone", "capabilities", "capacity")
+    """Filters in the order they run (modules under `sharemesh.scheduler.filters`). A share
+    that no pool takes is told the filter that rejected the last pools, so what a pool
+    is comes before what it has left: "capacity" then means the fitting pools are full."""
     weighers: Mapping[str, float] = field(
         default_factory=lambda: {"capacity": 1.0, "goodness": 0.0}
     )

@@ -8,7 +8,7 @@ import uuid
 
 from google.protobuf import empty_pb2
 
-from sharemesh.runtime import names, operations, quota, validation
+from sharemesh.runtime import capacity, names, operations, quota, validation
 from sharemesh.runtime.coordination import Txn, Versioned, keys
 from sharemesh.runtime.errors import (
     FailedPrecondition,
@@ -218,9 +218,12 @@ class Shares(Base):
             allocation_key = keys.pool_allocation_key(self.store.root, record.pool)
             allocation = await self.store.get(allocation_key, records_pb2.PoolAllocation)
             allocated = allocation.value.allocated_gib if allocation else 0
-            if delta > 0 and allocated + delta > pool.total_gib:
+            limit = capacity.limit_gib(
+                pool.total_gib, pool.capabilities, thin=not record.thick_provisioned
+            )
+            if delta > 0 and allocated + delta > limit:
                 raise ResourceExhausted(
-                    f"pool {record.pool} has {pool.total_gib - allocated} GiB unallocated; "
+                    f"pool {record.pool} may allocate {limit:g} GiB and has {allocated}; "
                     f"growing by {delta} GiB does not fit",
                     reason="POOL_FULL",
                 )

@@ -33,6 +33,7 @@ def spec_of(record: records_pb2.ShareRecord) -> ShareSpec:
         size_gib=record.share.size_gib,
         pool=record.pool.rsplit("/", 1)[-1],
         export_id=record.export_id,
+        thick=record.thick_provisioned,
     )
 
 

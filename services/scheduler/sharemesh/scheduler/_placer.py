@@ -75,8 +75,9 @@ class Placer:
             await self._fail(found, over.message, over)
             return None
         candidates, allocations = await self._candidates()
+        request = await self._request(record)
         try:
-            chosen = self._placement.choose(candidates, await self._request(record))
+            chosen = self._placement.choose(candidates, request)
         except NoValidPool as reason:
             await self._fail(
                 found,
@@ -107,6 +108,9 @@ class Placer:
         record.backend = chosen.backend
         record.pool = chosen.pool
         record.allocated_gib = record.share.size_gib
+        record.thick_provisioned = not capacity.provisions_thin(
+            chosen.capabilities, request.extra_specs
+        )
         record.share.pool = chosen.pool
         txn.put(found.key, record, found.mod_revision)
         await txn.commit()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sharemesh.runtime import commands
 from sharemesh.runtime.commands import CommandError
-from sharemesh.runtime.errors import Internal
+from sharemesh.runtime.errors import Internal, ResourceExhausted
 
 log = logging.getLogger("sharemesh.driver_host.loopfs")
 
@@ -29,15 +29,16 @@ async def run(*argv: str, timeout: float = 120.0) -> str:
 # ---- image files -----------------------------------------------------------------------
 
 
-async def create_image(image: Path, size_bytes: int) -> None:
-    """A sparse file holding a fresh XFS; appears under its name only when complete."""
+async def create_image(image: Path, size_bytes: int, reserve: bool = False) -> None:
+    """A sparse file holding a fresh XFS, or with `reserve` one whose blocks are all
+    allocated on the pool's filesystem; appears under its name only when complete."""
     if image.exists():
         return
     image.parent.mkdir(parents=True, exist_ok=True)
     tmp = image.with_name(f".{image.name}.tmp")
     tmp.unlink(missing_ok=True)
-    await run("truncate", "-s", str(size_bytes), str(tmp))
     try:
+        await _size(tmp, size_bytes, reserve)
         await run("mkfs.xfs", "-q", str(tmp))
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -49,9 +50,33 @@ def image_size(image: Path) -> int:
     return image.stat().st_size
 
 
-async def grow_image(image: Path, size_bytes: int) -> None:
-    if image_size(image) < size_bytes:
-        await run("truncate", "-s", str(size_bytes), str(image))
+def reserved_bytes(image: Path) -> int:
+    """The bytes the pool's filesystem has allocated to the image."""
+    return image.stat().st_blocks * 512
+
+
+async def grow_image(image: Path, size_bytes: int, reserve: bool = False) -> None:
+    if image_size(image) < size_bytes or (reserve and reserved_bytes(image) < size_bytes):
+        await _size(image, size_bytes, reserve)
+
+
+async def _size(image: Path, size_bytes: int, reserve: bool) -> None:
+    def resize() -> None:
+        fd = os.open(image, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            if reserve:
+                os.posix_fallocate(fd, 0, size_bytes)  # ENOSPC if the pool cannot hold it
+            else:
+                os.ftruncate(fd, size_bytes)
+        finally:
+            os.close(fd)
+
+    try:
+        await asyncio.to_thread(resize)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise ResourceExhausted(f"the pool's filesystem cannot hold {image.name}") from error
+        raise
 
 
 def delete_image(image: Path) -> None:

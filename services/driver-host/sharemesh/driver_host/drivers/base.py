@@ -28,6 +28,8 @@ class ShareSpec:
     """The pool the scheduler placed it in."""
     export_id: int
     """Ganesha Export_Id, allocated by the mesh, unique per Ganesha instance."""
+    thick: bool = False
+    """The pool counts the share thick: the backend reserves all of its blocks."""
 
 
 @dataclass(frozen=True)

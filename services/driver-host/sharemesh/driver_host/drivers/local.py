@@ -52,7 +52,12 @@ class LocalDriverConfig:
     """Holds `images/` (one sparse image per share) and `mnt/` (their mountpoints)."""
     pool_name: str = "default"
     capacity_gib: int
-    """What the pool offers; shares' sizes add up to at most this."""
+    """What the pool offers; shares' sizes add up to at most this times the ratio."""
+    max_over_subscription_ratio: float = 1.0
+    """Images are sparse, so the pool may promise more than it has: up to this many
+    times `capacity_gib` in all (Manila's thin provisioning). 1.0 promises no more."""
+    reserved_percentage: float = 0.0
+    """Capacity the scheduler keeps free, in percent, e.g. for growth of what is written."""
     host: str = "127.0.0.1"
     """The address clients use, in export locations."""
     nfs_port: int
@@ -96,6 +101,12 @@ class LocalDriver:
             grace_seconds=config.grace_seconds,
             bind_address=config.bind_address,
         )
+        if config.max_over_subscription_ratio < 1:
+            raise InvalidArgument(
+                "options.max_over_subscription_ratio", "must be at least 1 (1 means thick)"
+            )
+        if not 0 <= config.reserved_percentage < 100:
+            raise InvalidArgument("options.reserved_percentage", "must be from 0 to under 100")
         self._locks = _Locks()
         self._capacity = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -133,6 +144,11 @@ class LocalDriver:
 
     # ---- stats -----------------------------------------------------------------------
 
+    def _limit_bytes(self) -> int:
+        """What the pool may provision in all; the scheduler's policy is finer (a type
+        may ask for thick shares), this is the backend's own hard stop."""
+        return int(self.config.capacity_gib * self.config.max_over_subscription_ratio * GIB)
+
     def _provisioned_bytes(self) -> int:
         if not self.images.is_dir():
             return 0
@@ -150,6 +166,8 @@ class LocalDriver:
                 **self.config.capabilities,
                 **CAPABILITIES,
                 "availability_zone": self.config.availability_zone,
+                "max_over_subscription_ratio": str(self.config.max_over_subscription_ratio),
+                "reserved_percentage": str(self.config.reserved_percentage),
                 "driver_handles_share_servers": str(
                     self.config.driver_handles_share_servers
                 ).lower(),
@@ -219,13 +237,14 @@ class LocalDriver:
             if not image.exists():
                 async with self._capacity:
                     wanted = self._provisioned_bytes() + share.size_gib * GIB
-                    if wanted > self.config.capacity_gib * GIB:
+                    if wanted > self._limit_bytes():
                         raise ResourceExhausted(
-                            f"pool {self.config.pool_name} has {self.config.capacity_gib} GiB, "
+                            f"pool {self.config.pool_name} may provision "
+                            f"{self._limit_bytes() / GIB:.0f} GiB, "
                             f"{self._provisioned_bytes() / GIB:.0f} GiB provisioned; "
                             f"{share.size_gib} GiB more do not fit"
                         )
-                    await _loopfs.create_image(image, share.size_gib * GIB)
+                    await _loopfs.create_image(image, share.size_gib * GIB, reserve=share.thick)
             await self._mount(share.share_id)
             # A repeat must not reset the clients that update_access set since.
             if share.export_id not in await self.ganesha.live_export_ids():
@@ -264,15 +283,17 @@ class LocalDriver:
                     reason="SHRINK_NOT_SUPPORTED",
                     metadata={"capability": "shrink_support"},
                 )
-            if new > current:
-                async with self._capacity:
-                    if self._provisioned_bytes() - current + new > self.config.capacity_gib * GIB:
-                        raise ResourceExhausted(
-                            f"pool {self.config.pool_name} cannot grow {share.name} to "
-                            f"{new_size_gib} GiB: capacity {self.config.capacity_gib} GiB"
-                        )
-                    await _loopfs.grow_image(image, new)
-            # Always, so a repeat after a crash between the steps completes the grow.
+            async with self._capacity:
+                if new > current and self._provisioned_bytes() - current + new > (
+                    self._limit_bytes()
+                ):
+                    raise ResourceExhausted(
+                        f"pool {self.config.pool_name} cannot grow {share.name} to "
+                        f"{new_size_gib} GiB: it may provision "
+                        f"{self._limit_bytes() / GIB:.0f} GiB"
+                    )
+                await _loopfs.grow_image(image, new, reserve=share.thick)
+            # Every step always, so a repeat after a crash between them completes the grow.
             await self._mount(share.share_id)
             await _loopfs.refresh_size(await _loopfs.attach(image))
             await _loopfs.grow_filesystem(self._mountpoint(share))

@@ -3,26 +3,15 @@ with thin provisioning up to `max_over_subscription_ratio` times the usable capa
 
 from collections.abc import Callable
 
+from sharemesh.runtime import capacity
+
 from .._placement import Candidate, Request
-
-
-def _number(capabilities: object, key: str, default: float) -> float:
-    try:
-        return float(capabilities.get(key, default))  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        return default
 
 
 def limit_gib(pool: Candidate, request: Request) -> float:
     """How much the pool may hand out in all for a share of this request."""
-    usable = pool.total_gib * (1 - _number(pool.capabilities, "reserved_percentage", 0) / 100)
-    thin = (
-        pool.capabilities.get("thin_provisioning", "false").lower() == "true"
-        and request.extra_specs.get("thin_provisioning", "true").lower() != "false"
-    )
-    if thin:
-        return usable * max(_number(pool.capabilities, "max_over_subscription_ratio", 1.0), 1.0)
-    return usable
+    thin = capacity.provisions_thin(pool.capabilities, request.extra_specs)
+    return capacity.limit_gib(pool.total_gib, pool.capabilities, thin)
 
 
 class CapacityFilter:
