@@ -1,12 +1,15 @@
-"""Operations expire after the retention period (with their request ids), and a delete
-the backend refuses leaves the share in ERROR until it is deleted again with force."""
+"""Operations expire after the retention period (with their request ids), a deleted
+share's export id comes back only after its quarantine, and a delete the backend
+refuses leaves the share in ERROR until it is deleted again with force."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,14 +19,27 @@ from sharemesh.client import Client, OperationFailed
 from sharemesh.launcher import LocalMesh
 from sharemesh.v1 import share_service_pb2 as ss
 
-from mesh_ops import TENANT_KEYS, Share, allocated_gib, create_share, live_shares, running_mesh
+from mesh_ops import (
+    TENANT_KEYS,
+    Share,
+    allocated_gib,
+    create_share,
+    delete_share,
+    grant,
+    live_shares,
+    read,
+    running_mesh,
+    write,
+)
 
 pytestmark = pytest.mark.e2e
 RETENTION_SECONDS = 2
+QUARANTINE_SECONDS = 4
 CONFIG = (
     f"""
 reconcile_interval_seconds = 1
 operation_retention_seconds = {RETENTION_SECONDS}
+export_id_quarantine_seconds = {QUARANTINE_SECONDS}
 [[backends]]
 name = "local"
 [backends.options]
@@ -37,6 +53,34 @@ capacity_gib = 4
 async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalMesh]:
     async with running_mesh(tmp_path_factory, CONFIG) as mesh:
         yield mesh
+
+
+async def test_an_export_id_comes_back_only_after_its_quarantine(
+    mesh: LocalMesh, alpha: Client, tmp_path: Path
+) -> None:
+    async def export_id(share: Share) -> int:
+        (record,) = [r for r in await live_shares(mesh) if r.share.name == share.name]
+        return record.export_id
+
+    first = await create_share(alpha, "alpha", "ids-first")
+    first_id = await export_id(first)
+    await delete_share(alpha, first.name)
+    released = time.monotonic()
+    second = await create_share(alpha, "alpha", "ids-second")
+    assert time.monotonic() - released < QUARANTINE_SECONDS  # else the check means nothing
+    assert await export_id(second) != first_id
+    await asyncio.sleep(QUARANTINE_SECONDS - (time.monotonic() - released) + 0.2)
+    third = await create_share(alpha, "alpha", "ids-third")
+    assert await export_id(third) == first_id
+    # The id's new share is served for real, with its own data.
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(os.urandom(64 << 10))
+    await grant(alpha, third.name, "127.0.0.1")
+    assert (await write(third, src, "data.bin"))[0] == 0
+    assert (await read(third, dst, "data.bin"))[0] == 0
+    assert dst.read_bytes() == src.read_bytes()
+    for share in (second, third):
+        await delete_share(alpha, share.name)
 
 
 async def test_finished_operations_expire_with_their_request_ids(alpha: Client) -> None:

@@ -20,6 +20,8 @@ from sharemesh import network
 from sharemesh.client import Client, OperationFailed
 from sharemesh.ganesha import share_pseudo
 from sharemesh.launcher import LocalMesh
+from sharemesh.runtime.coordination import Store, connect, keys
+from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_network_service_pb2 as sns
 from sharemesh.v1 import share_service_pb2 as ss
 from sharemesh.v1 import share_type_pb2, share_type_service_pb2_grpc
@@ -230,6 +232,14 @@ async def test_gateway_share_reaches_only_its_tenants(
     _host_parts_gone(uids, state)
 
 
+async def _share_servers(mesh: LocalMesh, backend: str) -> list[records_pb2.NetworkServerRecord]:
+    assert mesh.etcd is not None
+    async with connect(mesh.etcd.endpoint) as client:
+        store = Store(client)
+        prefix = keys.network_servers_prefix(store.root, "shareServers", backend)
+        return [found.value for found in await store.scan(prefix, records_pb2.NetworkServerRecord)]
+
+
 async def test_share_server_share_reaches_only_its_tenants(
     mesh: LocalMesh,
     alpha: Client,
@@ -287,6 +297,12 @@ async def test_share_server_share_reaches_only_its_tenants(
 
     uids = await _uids(alpha, net_c, net_d)
     await delete_share(alpha, other.name)
+    # The share that left is withdrawn from the server, and its export id rests.
+    assert len(list(pidfile.parent.glob("exports.d/*.conf"))) == 1
+    (server,) = await _share_servers(mesh, "servers")
+    assert len(server.export_ids) == 1 and len(server.released_export_ids) == 1
+    assert server.released_export_ids[0].export_id not in server.export_ids.values()
+    assert await read_in(clients["a-ok"], share, back) == 0
     await delete_share(alpha, share.name)
     assert not processes_mentioning(str(servers)), "the share server outlived its last share"
     _host_parts_gone([], servers)

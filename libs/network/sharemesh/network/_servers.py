@@ -25,6 +25,7 @@ from sharemesh.ganesha import (
     client_rules,
     share_pseudo,
 )
+from sharemesh.runtime import export_ids, operations
 from sharemesh.runtime.coordination import Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import Aborted, AlreadyExists, ResourceExhausted
 from sharemesh.runtime.ports import free_port
@@ -70,8 +71,16 @@ def location(server: records_pb2.NetworkServerRecord, uid: str) -> tuple[str, in
 
 
 class NetworkServers:
-    def __init__(self, store: Store, kind: str, owner: str, state_dir: Path) -> None:
+    def __init__(
+        self,
+        store: Store,
+        kind: str,
+        owner: str,
+        state_dir: Path,
+        export_id_quarantine_seconds: float,
+    ) -> None:
         self._store = store
+        self._export_id_quarantine = export_id_quarantine_seconds
         self.kind = kind  # "gateways" or "shareServers"
         self.owner = owner
         self._state_dir = state_dir
@@ -167,7 +176,8 @@ class NetworkServers:
         proxies: bool,
     ) -> Versioned[records_pb2.NetworkServerRecord]:
         """The server's record, made once: namespace, an address from the network's range,
-        stable ports, and an export id for every share it serves."""
+        stable ports; and an export id for every share it serves, while the ids of shares
+        that left go into quarantine."""
         key = self.key(share_network)
         txn = self._store.txn()
         if found is None:
@@ -186,20 +196,37 @@ class NetworkServers:
                 mount_port=free_port(),
             )
             server.address = await self._reserve_address(txn, network.value, server.netns)
-            txn.create(key, server)
         else:
             server = found.value
-            txn.put(key, server, found.mod_revision)
         missing = [uid for uid in uids if uid not in server.export_ids]
+        gone = [uid for uid in server.export_ids if uid not in uids]
         leg_missing = proxies and not server.storage_leg
-        if found is not None and not missing and not leg_missing:
+        if found is not None and not missing and not gone and not leg_missing:
             return found
         if leg_missing:
             used = {s.storage_leg for s in await self.owned()}
             server.storage_leg = next(i for i in range(1, len(used) + 2) if i not in used)
+        now = operations.now()
+        for uid in gone:  # the sync below withdraws their exports
+            server.released_export_ids.append(export_ids.released(server.export_ids.pop(uid), now))
         for uid in missing:
-            server.last_export_id += 1
-            server.export_ids[uid] = server.last_export_id
+            released = server.released_export_ids
+            choice = export_ids.choose(
+                server.last_export_id,
+                released[0] if released else None,
+                now,
+                self._export_id_quarantine,
+            )
+            if choice.reused:
+                del released[0]
+            else:
+                server.last_export_id = choice.export_id
+            server.export_ids[uid] = choice.export_id
+        # Written last: a txn holds the record as it was when put.
+        if found is None:
+            txn.create(key, server)
+        else:
+            txn.put(key, server, found.mod_revision)
         try:
             revision = await txn.commit()
         except AlreadyExists as race:

@@ -125,6 +125,9 @@ class MeshConfig:
     telemetry: TelemetryConfig = TelemetryConfig()
     operation_retention_seconds: float = 7 * 24 * 3600
     """How long a finished Operation, and the request id that made it, are kept."""
+    export_id_quarantine_seconds: float = 3600.0
+    """How long a deleted share's Ganesha Export_Id rests before another share gets it:
+    clients may still hold file handles naming it."""
     reconcile_interval_seconds: float = 30.0
     """How often each service re-reads etcd for work a crash may have dropped."""
     log_level: str = "INFO"

@@ -81,7 +81,11 @@ class DriverHostApp:
                 self._config.state_dir or f"/var/lib/sharemesh/backends/{self._config.name}"
             )
             self.share_servers = network.NetworkServers(
-                self._store, "shareServers", self._config.name, state_dir
+                self._store,
+                "shareServers",
+                self._config.name,
+                state_dir,
+                self._context.config.export_id_quarantine_seconds,
             )
             self._sync.use_share_servers(self.share_servers)
 

@@ -10,7 +10,7 @@ import logging
 import grpc
 
 from sharemesh import network
-from sharemesh.runtime import operations, quota
+from sharemesh.runtime import export_ids, operations, quota
 from sharemesh.runtime.coordination import Mutex, Session, Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import Aborted, ShareMeshError, Unavailable, from_rpc_error
 from sharemesh.runtime.peers import Peers
@@ -323,6 +323,7 @@ class ShareSync:
             txn.delete(rule.key, rule.mod_revision)
             await operations.finish_for_deleted(self._store, txn, rule.value.pending_operations)
         await self._release(txn, record)
+        self._release_export_id(txn, record)
         txn.delete(found.key, found.mod_revision)
         await operations.finish_for_deleted(self._store, txn, record.pending_operations)
         await txn.commit()
@@ -357,6 +358,17 @@ class ShareSync:
         left = max(allocation.value.allocated_gib - gib, 0)
         txn.put(key, records_pb2.PoolAllocation(allocated_gib=left), allocation.mod_revision)
         record.allocated_gib -= gib
+
+    def _release_export_id(self, txn: Txn, record: records_pb2.ShareRecord) -> None:
+        """Gives the share's Export_Id back, to rest in quarantine; its export is gone."""
+        if not record.export_id:
+            return
+        now = operations.now()
+        backend = self.backend.split("/")[-1]
+        key = keys.released_export_id_key(
+            self._store.root, backend, now.ToMilliseconds(), record.export_id
+        )
+        txn.put(key, export_ids.released(record.export_id, now))
 
     async def _fail(
         self,
@@ -406,6 +418,7 @@ class ShareSync:
         failed_pool = record.pool
         record.tried_pools.append(failed_pool)
         record.backend = record.pool = record.share.pool = record.host = ""
+        self._release_export_id(txn, record)
         record.export_id = 0
         record.ClearField("gateway_access")
         record.share.state = Share.CREATING  # waiting for placement again

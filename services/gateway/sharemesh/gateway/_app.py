@@ -42,7 +42,12 @@ class GatewayApp:
         self._context = context
         self._own_servers = own_servers
         config = context.config.gateway
-        self.networks = Networks(context.store, config.host, Path(config.state_dir))
+        self.networks = Networks(
+            context.store,
+            config.host,
+            Path(config.state_dir),
+            context.config.export_id_quarantine_seconds,
+        )
         self.bindings = [
             Binding(
                 gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,

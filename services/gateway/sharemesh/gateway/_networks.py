@@ -25,10 +25,14 @@ _ATTEMPTS = 8
 
 
 class Networks:
-    def __init__(self, store: Store, host: str, state_dir: Path) -> None:
+    def __init__(
+        self, store: Store, host: str, state_dir: Path, export_id_quarantine_seconds: float
+    ) -> None:
         self._store = store
         self.host = host
-        self.gateways = network.NetworkServers(store, "gateways", host, state_dir)
+        self.gateways = network.NetworkServers(
+            store, "gateways", host, state_dir, export_id_quarantine_seconds
+        )
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def sync(self, name: str) -> None:

@@ -78,6 +78,7 @@ class SchedulerApp:
             leadership,
             placement(self._context.config.scheduler),
             self._context.config.quotas,
+            self._context.config.export_id_quarantine_seconds,
         )
         try:
             while not leadership.done.is_set():

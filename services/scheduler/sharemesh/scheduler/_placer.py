@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sharemesh.runtime import capacity, operations, quota
+from sharemesh.runtime import capacity, export_ids, operations, quota
 from sharemesh.runtime.config import QuotaConfig
-from sharemesh.runtime.coordination import Leadership, Store, Versioned, keys
+from sharemesh.runtime.coordination import Leadership, Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import Aborted, ResourceExhausted
 from sharemesh.runtime.peers import Peers
 from sharemesh.state.v1 import records_pb2
@@ -31,8 +31,10 @@ class Placer:
         leadership: Leadership,
         placement: Placement,
         quotas: QuotaConfig,
+        export_id_quarantine_seconds: float,
     ) -> None:
         self._store = store
+        self._export_id_quarantine = export_id_quarantine_seconds
         self._quotas = quotas
         self._placement = placement
         self._peers = peers
@@ -94,17 +96,11 @@ class Placer:
         )
         if allocation is None:
             txn.check(key, 0)
-        # Export ids are unique per backend Ganesha; only the leader hands them out.
-        ids_key = keys.export_ids_key(self._store.root, chosen.backend.split("/")[-1])
-        ids = await self._store.get(ids_key, records_pb2.ExportIdCounter)
-        record.export_id = (ids.value.last_export_id if ids else 0) + 1
-        txn.put(
-            ids_key,
-            records_pb2.ExportIdCounter(last_export_id=record.export_id),
-            ids.mod_revision if ids else None,
-        )
-        if ids is None:
-            txn.check(ids_key, 0)
+        try:
+            record.export_id = await self._take_export_id(txn, chosen.backend.split("/")[-1])
+        except ResourceExhausted as exhausted:
+            await self._fail(found, exhausted.message, exhausted)
+            return None
         record.backend = chosen.backend
         record.pool = chosen.pool
         record.allocated_gib = record.share.size_gib
@@ -116,6 +112,33 @@ class Placer:
         await txn.commit()
         log.info("placed %s on %s", name, chosen.pool)
         return chosen.backend
+
+    async def _take_export_id(self, txn: Txn, backend: str) -> int:
+        """Export ids are unique per backend Ganesha; only the leader hands them out."""
+        root = self._store.root
+        ids_key = keys.export_ids_key(root, backend)
+        ids = await self._store.get(ids_key, records_pb2.ExportIdCounter)
+        last = ids.value.last_export_id if ids else 0
+        oldest, _, _ = await self._store.list(
+            keys.released_export_ids_prefix(root, backend), records_pb2.ReleasedExportId, limit=1
+        )
+        choice = export_ids.choose(
+            last,
+            oldest[0].value if oldest else None,
+            operations.now(),
+            self._export_id_quarantine,
+        )
+        if choice.reused:
+            txn.delete(oldest[0].key, oldest[0].mod_revision)
+            return choice.export_id
+        txn.put(
+            ids_key,
+            records_pb2.ExportIdCounter(last_export_id=choice.export_id),
+            ids.mod_revision if ids else None,
+        )
+        if ids is None:
+            txn.check(ids_key, 0)
+        return choice.export_id
 
     async def _candidates(
         self,

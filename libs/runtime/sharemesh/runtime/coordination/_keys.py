@@ -193,6 +193,19 @@ def export_ids_key(root: str, backend: str) -> str:
     return f"{_check_root(root)}exportIds/{check_segment(backend, 'backend')}"
 
 
+def released_export_ids_prefix(root: str, backend: str) -> str:
+    """Export ids of one backend's deleted shares, oldest release first."""
+    return f"{export_ids_key(root, backend)}/released/"
+
+
+def released_export_id_key(root: str, backend: str, released_ms: int, export_id: int) -> str:
+    """One released export id, keyed by release time so the oldest is read first; a
+    separate key per id, so that deletes never race each other for one record."""
+    if released_ms < 0 or not 0 < export_id <= 0xFFFF:
+        raise InvalidArgument("export_id", f"{export_id} released at {released_ms}")
+    return f"{released_export_ids_prefix(root, backend)}{released_ms:015d}-{export_id:05d}"
+
+
 def address_key(root: str, share_network: str, address: str) -> str:
     """The reservation of one address on a share network (created only if absent)."""
     ip = address.split("/")[0]
