@@ -246,17 +246,38 @@ async def test_driver_host_restart_adopts_ganesha(
     assert (await backend.read(share, "one", tmp_path / "back"))[0] == 0
 
 
+async def test_a_repeat_after_a_crash_between_steps_reuses_the_loop_device(
+    backend: Backend, share: ShareSpec, payload: Path, tmp_path: Path
+) -> None:
+    """The driver-host died after `losetup` but before `mount`: the repeat finds the
+    image's loop device instead of attaching a second one, and serves the data."""
+    await backend.driver.update_access(share, RW)
+    assert (await backend.write(share, payload, "one"))[0] == 0
+    image = backend.config.pool_dir / "images" / f"{share.share_id}.img"
+    mountpoint = backend.config.pool_dir / "mnt" / share.share_id
+    (device,) = _loopfs.loop_devices(image)
+    await backend.driver.ganesha.remove(share.export_id)
+    await _loopfs.unmount(mountpoint)
+    assert _loopfs.mounted_device(mountpoint) is None and _loopfs.loop_devices(image) == [device]
+
+    await backend.driver.create_share(share)
+    await backend.driver.update_access(share, RW)
+    assert _loopfs.loop_devices(image) == [device] == [_loopfs.mounted_device(mountpoint)]
+    assert (await backend.read(share, "one", tmp_path / "back"))[0] == 0
+
+
 async def test_delete_leaves_nothing(backend: Backend, share: ShareSpec, payload: Path) -> None:
     await backend.driver.update_access(share, RW)
     assert (await backend.write(share, payload, "one"))[0] == 0
     image = backend.config.pool_dir / "images" / f"{share.share_id}.img"
     mountpoint = backend.config.pool_dir / "mnt" / share.share_id
-    assert await _loopfs.loop_devices(image)
+    listed = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True)
+    assert _loopfs.loop_devices(image) == [listed.stdout.split(":")[0]]
 
     await backend.driver.delete_share(share)
     await backend.driver.delete_share(share)  # missing is success
 
-    assert not await _loopfs.loop_devices(image)
+    assert not _loopfs.loop_devices(image)
     assert subprocess.run(["losetup", "-j", str(image)], capture_output=True).stdout == b""
     assert str(mountpoint) not in Path("/proc/mounts").read_text()
     assert not image.exists() and not mountpoint.exists()

@@ -319,6 +319,10 @@ class GaneshaInstance:
         """The exports this object applied (and did not remove), for re-applying."""
         return list(self._known.values())
 
+    async def serves(self, export_id: int) -> bool:
+        """Whether Ganesha serves the export right now (one DisplayExport, not a list)."""
+        return await self._mgr.display(export_id) is not None
+
     async def live_export_ids(self) -> set[int]:
         """Export ids Ganesha serves right now (without its pseudo root, 0)."""
         return await self._mgr.export_ids()

@@ -12,7 +12,13 @@ import grpc
 from sharemesh import network
 from sharemesh.runtime import export_ids, operations, quota
 from sharemesh.runtime.coordination import Mutex, Session, Store, Txn, Versioned, keys
-from sharemesh.runtime.errors import Aborted, ShareMeshError, Unavailable, from_rpc_error
+from sharemesh.runtime.errors import (
+    Aborted,
+    FencedOut,
+    ShareMeshError,
+    Unavailable,
+    from_rpc_error,
+)
 from sharemesh.runtime.peers import Peers
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import access_rule_pb2, share_pb2
@@ -318,16 +324,45 @@ class ShareSync:
                 record.share.name,
                 error.message,
             )
-        txn = self._store.txn().fence(lock)
-        for rule in rules:
-            txn.delete(rule.key, rule.mod_revision)
-            await operations.finish_for_deleted(self._store, txn, rule.value.pending_operations)
-        await self._release(txn, record)
-        self._release_export_id(txn, record)
-        txn.delete(found.key, found.mod_revision)
-        await operations.finish_for_deleted(self._store, txn, record.pending_operations)
-        await txn.commit()
+        await self._forget(found, rules, lock)
         log.info("deleted %s", record.share.name)
+
+    async def _forget(
+        self,
+        found: Versioned[records_pb2.ShareRecord],
+        rules: list[Versioned[records_pb2.AccessRuleRecord]],
+        lock: Mutex,
+    ) -> None:
+        """Removes a share gone from its backend from etcd, with its rules, and gives back
+        its capacity, quota and export id. Concurrent deletes race only for the pool's and
+        project's counters; such a race is counted again here, rather than redoing the
+        backend's work, which a retry of the whole sync would."""
+        for attempt in range(_ATTEMPTS):
+            record = records_pb2.ShareRecord()
+            record.CopyFrom(found.value)
+            txn = self._store.txn().fence(lock)
+            for rule in rules:
+                txn.delete(rule.key, rule.mod_revision)
+                await operations.finish_for_deleted(self._store, txn, rule.value.pending_operations)
+            await self._release(txn, record)
+            self._release_export_id(txn, record)
+            txn.delete(found.key, found.mod_revision)
+            await operations.finish_for_deleted(self._store, txn, record.pending_operations)
+            try:
+                await txn.commit()
+                return
+            except FencedOut:
+                raise  # the lock is lost: whoever holds it now finishes
+            except Aborted:
+                now = await self._store.get(found.key, records_pb2.ShareRecord)
+                if now is None or now.mod_revision != found.mod_revision:
+                    raise  # the share itself changed: the whole sync decides again
+                if attempt == _ATTEMPTS - 1:
+                    raise
+                rules, _ = await self._store.list_all(
+                    self._store.prefix_of(record.share.name, "accessRules"),
+                    records_pb2.AccessRuleRecord,
+                )
 
     async def _refuse_delete(
         self, found: Versioned[records_pb2.ShareRecord], error: ShareMeshError, lock: Mutex

@@ -1,6 +1,6 @@
 """XFS filesystems in sparse image files on loop devices: the local driver's storage.
 
-Every operation is idempotent: it checks the kernel's state (losetup -j, /proc/mounts)
+Every operation is idempotent: it checks the kernel's state (loop backing files, mounts)
 and does only what is missing, so a repeat after a crash finishes the job.
 """
 
@@ -29,11 +29,12 @@ async def run(*argv: str, timeout: float = 120.0) -> str:
 # ---- image files -----------------------------------------------------------------------
 
 
-async def create_image(image: Path, size_bytes: int, reserve: bool = False) -> None:
+async def create_image(image: Path, size_bytes: int, reserve: bool = False) -> bool:
     """A sparse file holding a fresh XFS, or with `reserve` one whose blocks are all
-    allocated on the pool's filesystem; appears under its name only when complete."""
+    allocated on the pool's filesystem; appears under its name only when complete.
+    Returns False if the image was there already."""
     if image.exists():
-        return
+        return False
     image.parent.mkdir(parents=True, exist_ok=True)
     tmp = image.with_name(f".{image.name}.tmp")
     tmp.unlink(missing_ok=True)
@@ -44,6 +45,7 @@ async def create_image(image: Path, size_bytes: int, reserve: bool = False) -> N
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, image)
+    return True
 
 
 def image_size(image: Path) -> int:
@@ -79,22 +81,46 @@ async def _size(image: Path, size_bytes: int, reserve: bool) -> None:
         raise
 
 
-def delete_image(image: Path) -> None:
-    image.unlink(missing_ok=True)
-    image.with_name(f".{image.name}.tmp").unlink(missing_ok=True)
+async def delete_image(image: Path) -> None:
+    def unlink() -> None:
+        image.unlink(missing_ok=True)
+        image.with_name(f".{image.name}.tmp").unlink(missing_ok=True)
+
+    await asyncio.to_thread(unlink)  # freeing a big image's extents takes milliseconds
 
 
 # ---- loop devices ------------------------------------------------------------------------
 
 
-async def loop_devices(image: Path) -> list[str]:
-    """Loop devices backed by `image` (`losetup -j`)."""
-    out = await run("losetup", "-j", str(image))
-    return [line.split(":", 1)[0] for line in out.splitlines() if line.strip()]
+def backing_file(device: str) -> str | None:
+    """The file a loop device reads, or None when it is free."""
+    try:
+        text = Path(f"/sys/block/{Path(device).name}/loop/backing_file").read_text()
+    except OSError:
+        return None
+    return text.rstrip("\n")
 
 
-async def attach(image: Path) -> str:
-    devices = await loop_devices(image)
+def loop_devices(image: Path) -> list[str]:
+    """Loop devices backed by `image`, found as `losetup -j` finds them: by reading every
+    loop device's backing file. A host may have a thousand loop devices, so this is for
+    repairs after a crash; a mounted share names its device through its mount."""
+    target = _real_path(image)
+    found = []
+    for name in os.listdir("/sys/block"):
+        if name.startswith("loop") and backing_file(name) == target:
+            found.append(f"/dev/{name}")
+    return sorted(found)
+
+
+def _real_path(image: Path) -> str:
+    return os.fspath(image.resolve())  # the kernel names the file by its real path
+
+
+async def attach(image: Path, fresh: bool = False) -> str:
+    """A loop device for `image`: the one it has, or a new one. A `fresh` image (made in
+    this very call chain) cannot have one, so nothing is searched."""
+    devices = [] if fresh else loop_devices(image)
     if devices:
         return devices[0]
     return (await run("losetup", "-f", "--show", str(image))).strip()
@@ -105,10 +131,11 @@ async def refresh_size(device: str) -> None:
     await run("losetup", "-c", device)
 
 
-async def detach(image: Path) -> None:
-    for device in await loop_devices(image):
+async def detach(image: Path, device: str | None = None) -> None:
+    """Frees the loop devices of `image`: `device` if the caller knows it, else any."""
+    for each in [device] if device else loop_devices(image):
         try:
-            await run("losetup", "-d", device)
+            await run("losetup", "-d", each)
         except CommandError as error:
             if "No such device" not in error.stderr:
                 raise
@@ -117,38 +144,32 @@ async def detach(image: Path) -> None:
 # ---- mounts --------------------------------------------------------------------------------
 
 
-def _unescape(field: str) -> str:
-    # /proc/mounts writes space, tab, newline and backslash as octal escapes.
-    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(code, char)
-    return field
+def mounted_device(mountpoint: Path) -> str | None:
+    """The block device mounted at `mountpoint` (from the mount's device number), or None."""
+    if not os.path.ismount(mountpoint):
+        return None
+    number = os.stat(mountpoint).st_dev
+    block = os.readlink(f"/sys/dev/block/{os.major(number)}:{os.minor(number)}")
+    return f"/dev/{Path(block).name}"
 
 
-def mounted_source(mountpoint: Path) -> str | None:
-    """The device mounted at `mountpoint`, or None."""
-    target = str(mountpoint)
-    source = None
-    with open("/proc/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 2 and _unescape(parts[1]) == target:
-                source = _unescape(parts[0])  # the last one is on top
-    return source
-
-
-async def mount(device: str, mountpoint: Path) -> None:
+async def mount(image: Path, mountpoint: Path, fresh: bool = False) -> str:
+    """Mounts the image's filesystem at `mountpoint` through a loop device, unless it is
+    mounted there already; returns the loop device."""
     mountpoint.mkdir(parents=True, exist_ok=True)
-    source = mounted_source(mountpoint)
-    if source == device:
-        return
-    if source is not None:
-        raise Internal(f"{mountpoint} already has {source} mounted, not {device}")
+    device = mounted_device(mountpoint)
+    if device is not None:
+        if backing_file(device) != _real_path(image):
+            raise Internal(f"{mountpoint} has {device} mounted, not a device of {image}")
+        return device
+    device = await attach(image, fresh)
     await run("mount", "-t", "xfs", device, str(mountpoint))
+    return device
 
 
 async def unmount(mountpoint: Path, attempts: int = 20) -> None:
     for attempt in range(attempts):
-        if mounted_source(mountpoint) is None:
+        if not os.path.ismount(mountpoint):
             return
         try:
             await run("umount", str(mountpoint))

@@ -130,8 +130,7 @@ class LocalDriver:
             # pool, and the next start mounts them again.
             await self.ganesha.stop()
             for image in sorted(self.images.glob("*.img")):
-                await _loopfs.unmount(self._mountpoint(image.stem))
-                await _loopfs.detach(image)
+                await self._unmount(image.stem)
 
     async def supervise(self, on_restart: Callable[[], Awaitable[None]] | None = None) -> None:
         async def restarted() -> None:
@@ -225,15 +224,25 @@ class LocalDriver:
             clients=_client_rules(rules),
         )
 
-    async def _mount(self, share_id: str) -> None:
-        device = await _loopfs.attach(self._image(share_id))
-        await _loopfs.mount(device, self._mountpoint(share_id))
+    async def _mount(self, share_id: str, fresh: bool = False) -> str:
+        """Mounts the share's image (through its loop device); returns the device."""
+        return await _loopfs.mount(self._image(share_id), self._mountpoint(share_id), fresh)
+
+    async def _unmount(self, share_id: str) -> None:
+        """Unmounts the share and frees its loop device."""
+        mountpoint, image = self._mountpoint(share_id), self._image(share_id)
+        device = _loopfs.mounted_device(mountpoint)
+        await _loopfs.unmount(mountpoint)
+        if device is None and not image.exists():
+            return  # a repeat: the image goes only after its device was freed
+        await _loopfs.detach(image, device)
 
     async def create_share(self, share: ShareSpec) -> list[ExportLocation]:
         self._check(share)
         started = time.monotonic()
         async with self._locks.of(share.share_id):
             image = self._image(share)
+            fresh = False
             if not image.exists():
                 async with self._capacity:
                     wanted = self._provisioned_bytes() + share.size_gib * GIB
@@ -244,10 +253,12 @@ class LocalDriver:
                             f"{self._provisioned_bytes() / GIB:.0f} GiB provisioned; "
                             f"{share.size_gib} GiB more do not fit"
                         )
-                    await _loopfs.create_image(image, share.size_gib * GIB, reserve=share.thick)
-            await self._mount(share.share_id)
+                    fresh = await _loopfs.create_image(
+                        image, share.size_gib * GIB, reserve=share.thick
+                    )
+            await self._mount(share.share_id, fresh)
             # A repeat must not reset the clients that update_access set since.
-            if share.export_id not in await self.ganesha.live_export_ids():
+            if not await self.ganesha.serves(share.export_id):
                 await self.ganesha.apply(self._export(share, ()))
         log.info(
             "created share %s (%s GiB) in %.2fs",
@@ -260,11 +271,9 @@ class LocalDriver:
     async def delete_share(self, share: ShareSpec) -> None:
         async with self._locks.of(share.share_id):
             await self.ganesha.remove(share.export_id)
-            mountpoint = self._mountpoint(share)
-            await _loopfs.unmount(mountpoint)
-            await _loopfs.detach(self._image(share))
-            _loopfs.delete_image(self._image(share))
-            _loopfs.remove_mountpoint(mountpoint)
+            await self._unmount(share.share_id)
+            await _loopfs.delete_image(self._image(share))
+            _loopfs.remove_mountpoint(self._mountpoint(share))
         self._locks.by_share.pop(share.share_id, None)
         log.info("deleted share %s", share.name)
 
@@ -294,8 +303,7 @@ class LocalDriver:
                     )
                 await _loopfs.grow_image(image, new, reserve=share.thick)
             # Every step always, so a repeat after a crash between them completes the grow.
-            await self._mount(share.share_id)
-            await _loopfs.refresh_size(await _loopfs.attach(image))
+            await _loopfs.refresh_size(await self._mount(share.share_id))
             await _loopfs.grow_filesystem(self._mountpoint(share))
         log.info("resized share %s to %s GiB", share.name, new_size_gib)
 
