@@ -102,6 +102,12 @@ async def _cli_round_trip(api: str, token: str) -> None:
         assert "10.33.0.7" not in address, address
         code, out = await _cli(env, "network", "delete", "net1", "--project", "demo")
         assert code == 0, out
+    # The admin marks the share failed, then has it made true again.
+    for state, shown in (("error", "ERROR"), ("active", "ACTIVE")):
+        code, out = await _cli(
+            env, "share", "reset-state", "cli-demo", "--state", state, "--project", "demo"
+        )
+        assert code == 0 and shown in out, out
     code, out = await _cli(env, "share", "delete", "cli-demo", "--project", "demo")
     assert code == 0, out
     code, out = await _cli(env, "share", "list", "--project", "demo", "--json")

@@ -1,11 +1,13 @@
 """Operations expire after the retention period (with their request ids), a deleted
-share's export id comes back only after its quarantine, and a delete the backend
-refuses leaves the share in ERROR until it is deleted again with force."""
+share's export id comes back only after its quarantine, a delete the backend refuses
+leaves the share in ERROR until it is deleted again with force, and an admin can reset
+a failed or stuck share's state."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -157,3 +159,81 @@ async def test_a_refused_delete_ends_in_error_and_force_removes_the_record(
     await alpha.wait(
         await alpha.call(alpha.shares.DeleteShare, ss.DeleteShareRequest(name=share.name))
     )
+
+
+async def _reset(client: Client, name: str, state: int) -> Share:
+    op = await client.call(
+        client.shares.ResetShareState, ss.ResetShareStateRequest(name=name, state=state)
+    )
+    return await client.wait(op, Share)
+
+
+async def test_an_admin_brings_a_failed_share_back_to_active(
+    mesh: LocalMesh, alpha: Client, admin: Client, tmp_path: Path
+) -> None:
+    share = await create_share(alpha, "alpha", "fixable")
+    await grant(alpha, share.name, "127.0.0.1")
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(os.urandom(64 << 10))
+    assert (await write(share, src, "data.bin"))[0] == 0
+    mountpoint = mesh.state_dir / "pools" / "local" / "mnt" / share.uid
+    holder = subprocess.Popen(["sleep", "120"], cwd=mountpoint)  # keeps the mount busy
+    try:
+        with pytest.raises(OperationFailed):
+            await delete_share(alpha, share.name)
+    finally:
+        holder.kill()
+        holder.wait()
+    failed = await alpha.call(alpha.shares.GetShare, ss.GetShareRequest(name=share.name))
+    assert failed.state == Share.ERROR  # and its export is gone: the delete got that far
+    assert (await read(share, dst, "data.bin"))[0] != 0
+
+    with pytest.raises(grpc.aio.AioRpcError) as tenant:
+        await _reset(alpha, share.name, Share.ACTIVE)
+    assert tenant.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await _reset(admin, share.name, Share.DELETING)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # The cause is gone (the holder): the admin asks for the share back, rules and all.
+    back = await _reset(admin, share.name, Share.ACTIVE)
+    assert back.state == Share.ACTIVE and not back.state_message
+    assert (await read(share, dst, "data.bin"))[0] == 0
+    assert dst.read_bytes() == src.read_bytes()
+
+    # A share that never reached a backend cannot be made ACTIVE; it can only go.
+    with pytest.raises(OperationFailed):
+        await create_share(alpha, "alpha", "too-big", size_gib=100)
+    with pytest.raises(grpc.aio.AioRpcError) as never:
+        await _reset(admin, "projects/alpha/shares/too-big", Share.ACTIVE)
+    assert never.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    for name in (share.name, "projects/alpha/shares/too-big"):
+        await delete_share(alpha, name)
+    assert not await live_shares(mesh) and await allocated_gib(mesh) == 0
+
+
+async def test_an_admin_ends_a_stuck_create_in_error(
+    mesh: LocalMesh, alpha: Client, admin: Client
+) -> None:
+    pid = mesh.children["driver-host-local"].pid
+    assert pid
+    os.kill(pid, signal.SIGSTOP)  # the backend hangs mid-create
+    try:
+        op = await alpha.call(
+            alpha.shares.CreateShare,
+            ss.CreateShareRequest(
+                parent="projects/alpha", share_id="stuck", share=Share(size_gib=1)
+            ),
+        )
+        name = "projects/alpha/shares/stuck"
+        while not (await alpha.call(alpha.shares.GetShare, ss.GetShareRequest(name=name))).pool:
+            await asyncio.sleep(0.05)  # placed, waiting for its backend
+        reset = await _reset(admin, name, Share.ERROR)
+        assert reset.state == Share.ERROR and "administrator" in reset.state_message
+        with pytest.raises(OperationFailed) as create:
+            await alpha.wait(op)
+        assert create.value.code == grpc.StatusCode.ABORTED
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # The backend, back, leaves the ERROR share alone until it is deleted.
+    await delete_share(alpha, name)
+    assert not await live_shares(mesh) and await allocated_gib(mesh) == 0

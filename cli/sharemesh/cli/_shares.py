@@ -137,6 +137,16 @@ async def share_resize(c: Client, args: argparse.Namespace) -> None:
     _print(args, await c.wait(op, Share) if args.wait else op, SHARE_COLUMNS)
 
 
+async def share_reset_state(c: Client, args: argparse.Namespace) -> None:
+    op = await c.call(
+        c.shares.ResetShareState,
+        ss.ResetShareStateRequest(
+            name=_share_name(args, args.name), state=Share.State.Value(args.state.upper())
+        ),
+    )
+    _print(args, await c.wait(op, Share) if args.wait else op, SHARE_COLUMNS)
+
+
 async def access_create(c: Client, args: argparse.Namespace) -> None:
     op = await c.call(
         c.shares.CreateAccessRule,
@@ -237,6 +247,12 @@ def add_parsers(
     p.add_argument("name")
     p.add_argument("--size", type=int, required=True)
     p.set_defaults(run=_run(share_resize))
+    p = share.add_parser(
+        "reset-state", parents=[common], help="set a stuck or failed share's state (admin)"
+    )
+    p.add_argument("name")
+    p.add_argument("--state", choices=["active", "error"], required=True)
+    p.set_defaults(run=_run(share_reset_state))
 
     access = commands.add_parser("access", help="access rules").add_subparsers(
         dest="verb", required=True

@@ -11,18 +11,20 @@ from google.protobuf import empty_pb2
 from sharemesh.runtime import capacity, names, operations, quota, validation
 from sharemesh.runtime.coordination import Txn, Versioned, keys
 from sharemesh.runtime.errors import (
+    Aborted,
     FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
     Unavailable,
 )
 from sharemesh.state.v1 import records_pb2
-from sharemesh.v1 import share_pb2, share_service_pb2
+from sharemesh.v1 import access_rule_pb2, share_pb2, share_service_pb2
 
 from . import _paging, _share_types
 from ._base import Base, check_etag
 
 Share = share_pb2.Share
+AccessRule = access_rule_pb2.AccessRule
 MAX_SHARE_GIB = 16 * 1024
 DEFAULT_SHARE_TYPE = _share_types.DEFAULT
 _STATE_FILTER = re.compile(r"^\s*state\s*=\s*\"?([A-Z_]+)\"?\s*$")
@@ -244,6 +246,53 @@ class Shares(Base):
             )
 
         op = await self.mutate(request.name, "resize", request, write)
+        if not op.done:
+            await self.nudge_backend(request.name)
+        return op
+
+    async def ResetShareState(self, request, context):  # noqa: N802
+        validation.check_request(request)
+        names.SHARE.parse("name", request.name)
+        self.caller(context).check_admin()
+        if request.state not in (Share.ACTIVE, Share.ERROR):
+            raise InvalidArgument("state", "must be ACTIVE or ERROR")
+        wanted = Share.State.Name(request.state)
+
+        async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
+            found = await self.share_record(request.name, "name")
+            record = found.value
+            if request.state == Share.ACTIVE and record.realized_size_gib == 0:
+                raise FailedPrecondition(
+                    f"{request.name} was never made on a backend; delete it instead",
+                    reason="SHARE_NOT_REALIZED",
+                )
+            # Whatever waited on the share waits no more; a reset share is not deleting.
+            stopped = Aborted(f"{request.name} was reset to {wanted} by an administrator")
+            pending = list(record.pending_operations)
+            del record.pending_operations[:]
+            await operations.finish_pending(self.store, txn, pending, error=stopped)
+            record.delete_requested = record.force_delete = False
+            if request.state == Share.ACTIVE:
+                record.share.state_message = ""
+                self.queue(txn, found, record.share, Share.UPDATING, op, "making it true again")
+                return
+            for rule in await self.rule_records(request.name):
+                if rule.value.pending_operations:
+                    await operations.finish_pending(
+                        self.store, txn, rule.value.pending_operations, error=stopped
+                    )
+                    del rule.value.pending_operations[:]
+                    if not rule.value.delete_requested:
+                        rule.value.rule.state = AccessRule.ERROR
+                        rule.value.rule.state_message = stopped.message
+                    txn.put(rule.key, rule.value, rule.mod_revision)
+            record.share.state = Share.ERROR
+            record.share.state_message = "reset to ERROR by an administrator"
+            record.share.update_time.CopyFrom(operations.now())
+            txn.put(found.key, record, found.mod_revision)
+            operations.finish(op, response=record.share)
+
+        op = await self.mutate(request.name, "reset", request, write)
         if not op.done:
             await self.nudge_backend(request.name)
         return op
