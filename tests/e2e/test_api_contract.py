@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.longrunning import operations_pb2
+from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from sharemesh.client import Client
@@ -170,6 +171,21 @@ async def test_request_id_retry_returns_the_same_operation_and_acts_once(
         ),
         grpc.StatusCode.ALREADY_EXISTS,
     )
+    # A change the api finishes at once (labels) is stored finished, so a retry and a
+    # Get see it done too, not only the first answer.
+    update = ss.UpdateShareRequest(
+        share=Share(name="projects/alpha/shares/once", labels={"team": "storage"}),
+        update_mask=field_mask_pb2.FieldMask(paths=["labels"]),
+        request_id="0b9a7c3e-8d1f-4c62-b1e5-5d4c3b2a1f00",
+    )
+    labelled = await alpha.call(alpha.shares.UpdateShare, update)
+    assert labelled.done
+    again = await alpha.call(alpha.shares.UpdateShare, update)
+    assert again.name == labelled.name and again.done
+    stored = await alpha.call(
+        alpha.operations.GetOperation, operations_pb2.GetOperationRequest(name=labelled.name)
+    )
+    assert stored.done and stored.response.Is(Share.DESCRIPTOR)
     await delete_share(alpha, "projects/alpha/shares/once")
 
 

@@ -40,7 +40,7 @@ class Recorder:
             if rid_key and (replayed := await self._replay(rid_key, fingerprint)):
                 return replayed
             op = operations.new(project, target, verb, request_id, fingerprint)
-            txn = self._store.txn().create(self._store.key_of(op.operation.name), op)
+            txn = self._store.txn()
             if rid_key:
                 txn.create(
                     rid_key,
@@ -49,6 +49,9 @@ class Recorder:
                     ),
                 )
             await write(txn, op)
+            # Added after `write`, which may finish it or note progress: a txn holds a
+            # record as it was when added.
+            txn.create(self._store.key_of(op.operation.name), op)
             try:
                 await txn.commit()
                 return op.operation
