@@ -17,7 +17,14 @@ from grpc_health.v1 import health_pb2
 
 from sharemesh.runtime.health import check
 
-from support import guest_namespaces, loops_under, mounts_under, pid_alive, run
+from support import (
+    guest_namespaces,
+    loops_under,
+    mounts_under,
+    pid_alive,
+    processes_mentioning,
+    run,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -26,11 +33,25 @@ VENV_BIN = Path(sys.executable).parent
 
 def _descendants(pid: int) -> set[int]:
     found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children = (task / "children").read_text().split()
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return found  # it exited meanwhile
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue  # a thread that ended meanwhile
         for child in map(int, children):
             found |= {child} | _descendants(child)
     return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""  # it exited meanwhile
 
 
 async def _wait_for_line(process: asyncio.subprocess.Process, prefix: str, timeout: float) -> str:
@@ -167,3 +188,36 @@ async def test_up_serves_health_reflection_and_stops_clean(tmp_path: Path) -> No
         await asyncio.sleep(0.2)
     assert not [p for p in pids if pid_alive(p)], "processes left after SIGTERM"
     assert not mounts_under(state) and not loops_under(state)
+
+
+async def test_a_stop_during_a_service_restart_leaves_nothing(tmp_path: Path) -> None:
+    """The launcher is stopped just as it restarts a crashed driver-host: the new process,
+    still importing, must stop in order and take the Ganesha it adopts with it."""
+    state = tmp_path / "state"
+    process = await asyncio.create_subprocess_exec(
+        str(VENV_BIN / "sharemesh"),
+        "up",
+        "--state-dir",
+        str(state),
+        "--api-port",
+        "0",
+        "--lease-ttl",
+        "3",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await _wait_for_line(process, "sharemesh api listening on ", 90)
+        (driver_host,) = [
+            pid for pid in _descendants(process.pid) if b"sharemesh.driver_host" in _cmdline(pid)
+        ]
+        os.kill(driver_host, signal.SIGKILL)
+        await asyncio.sleep(0.7)  # restarted after 0.5 s, and still starting
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 60)
+    assert code == 0
+    deadline = time.monotonic() + 10
+    while processes_mentioning(str(state)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert not processes_mentioning(str(state)), "a process outlived the launcher"

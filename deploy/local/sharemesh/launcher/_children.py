@@ -9,6 +9,7 @@ import ctypes
 import logging
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,22 +19,58 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def _prepare_child() -> None:
     # A launcher killed with SIGKILL cannot stop its children; the kernel does it for us.
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    # A stop that comes while the child is still starting must not kill it before it
+    # can release what it holds (an adopted Ganesha, say): the signals stay pending
+    # until the service has its handlers (`sharemesh.runtime.server.run`).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+
+
+async def _exited(process: subprocess.Popen[bytes]) -> int:
+    """The process's exit code, awaited on its pidfd: no thread per waiting child."""
+    if process.poll() is not None:
+        return process.returncode
+    fd = os.pidfd_open(process.pid)
+    try:
+        loop = asyncio.get_running_loop()
+        readable: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(fd, wake)
+        try:
+            if process.poll() is None:
+                await readable
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
+    return process.wait()
 
 
 class Child:
     """One supervised service process."""
 
     def __init__(
-        self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        releases_on_stop: bool = False,
     ) -> None:
         self.name = name
+        # It holds host resources that outlive it (Ganesha, mounts) and lets go of them
+        # when stopped; if it is down when the mesh stops, it runs once more to do so.
+        self._releases_on_stop = releases_on_stop
         self._argv = list(argv)
         self._log_path = log_path
         self._env = {**os.environ, **(env or {})}
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -47,15 +84,17 @@ class Child:
         self._watcher = asyncio.create_task(self._watch(), name=f"watch-{self.name}")
 
     async def _spawn(self) -> None:
+        # `subprocess`, not the event loop's spawn: uvloop's (libuv's) clears the signal
+        # mask that `_prepare_child` sets in the child.
         with open(self._log_path, "ab") as out:
-            self._process = await asyncio.create_subprocess_exec(
-                *self._argv,
-                stdin=asyncio.subprocess.DEVNULL,
+            self._process = subprocess.Popen(
+                self._argv,
+                stdin=subprocess.DEVNULL,
                 stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
+                stderr=subprocess.STDOUT,
                 env=self._env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_prepare_child,
             )
 
     async def _watch(self) -> None:
@@ -63,7 +102,7 @@ class Child:
         while True:
             assert self._process is not None
             started = time.monotonic()
-            code = await self._process.wait()
+            code = await _exited(self._process)
             if self._stopping:
                 return
             if time.monotonic() - started > 5:
@@ -88,13 +127,20 @@ class Child:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
-        process = self._process
-        if process is None or process.returncode is not None:
+        process, self._process = self._process, None  # a second stop has nothing to do
+        if process is None:
             return
-        process.send_signal(signal.SIGTERM)
+        if process.poll() is not None:
+            if not self._releases_on_stop:
+                return
+            log.info("%s is down; starting it once to release what it held", self.name)
+            await self._spawn()
+            process, self._process = self._process, None
+            assert process is not None
+        process.send_signal(signal.SIGTERM)  # pending until it can stop in order
         try:
-            await asyncio.wait_for(process.wait(), timeout)
+            await asyncio.wait_for(_exited(process), timeout)
         except asyncio.TimeoutError:
             log.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
             process.kill()
-            await process.wait()
+            await _exited(process)

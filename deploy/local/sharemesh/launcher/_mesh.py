@@ -19,7 +19,7 @@ from typing import Any
 
 from sharemesh.runtime import config as mesh_config
 from sharemesh.runtime.health import wait_serving
-from sharemesh.runtime.ports import free_port
+from sharemesh.runtime.ports import free_port, reserve
 
 from ._children import Child
 from .etcd_server import EtcdServer
@@ -154,9 +154,13 @@ class LocalMesh:
                     "--own-servers",
                 ],
                 logs / f"{name}.log",
+                releases_on_stop=True,
             )
         children["gateway"] = Child(
-            "gateway", [py, "-m", "sharemesh.gateway", *cfg, "--own-servers"], logs / "gateway.log"
+            "gateway",
+            [py, "-m", "sharemesh.gateway", *cfg, "--own-servers"],
+            logs / "gateway.log",
+            releases_on_stop=True,
         )
         children["api"] = Child("api", [py, "-m", "sharemesh.api", *cfg], logs / "api.log")
         return children
@@ -176,6 +180,8 @@ class LocalMesh:
                 raw = tomllib.load(f)
         ports_file = self.state_dir / "ports.json"
         kept = json.loads(ports_file.read_text()) if ports_file.exists() else {}
+        for kept_port in kept.values():
+            reserve(int(kept_port))  # before any new pick can land on one
 
         def port(key: str) -> int:
             if key not in kept:

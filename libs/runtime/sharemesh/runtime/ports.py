@@ -38,3 +38,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         _handed_out.add(port)
         return port
     raise OSError(f"no free port in {candidates.start}-{candidates.stop - 1} on {host}")
+
+
+def reserve(port: int) -> None:
+    """Never hand out `port`: it is promised to a child that may not have bound it yet
+    (e.g. one kept from the last run)."""
+    _handed_out.add(port)

@@ -147,6 +147,9 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # The launcher starts services with these blocked, so that one sent while the
+        # process was still importing waits for the handlers above.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         await main(stop)
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
