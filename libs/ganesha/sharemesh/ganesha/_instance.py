@@ -319,9 +319,11 @@ class GaneshaInstance:
         """The exports this object applied (and did not remove), for re-applying."""
         return list(self._known.values())
 
-    async def serves(self, export_id: int) -> bool:
-        """Whether Ganesha serves the export right now (one DisplayExport, not a list)."""
-        return await self._mgr.display(export_id) is not None
+    async def serves(self, export: Export) -> bool:
+        """Whether Ganesha serves this export (its id, on its path and pseudo path) right
+        now, whatever its clients; one DisplayExport, not a list."""
+        live = await self._mgr.display(export.export_id)
+        return live is not None and (live.path, live.pseudo) == (export.path, export.pseudo)
 
     async def live_export_ids(self) -> set[int]:
         """Export ids Ganesha serves right now (without its pseudo root, 0)."""

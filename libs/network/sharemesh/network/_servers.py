@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,18 +93,26 @@ class NetworkServers:
         return keys.network_server_key(self._store.root, self.kind, self.owner, share_network)
 
     async def serve(
-        self, share_network: str, shares: Sequence[Served]
+        self, share_network: str, shares: Sequence[Served], retained: Collection[str] = ()
     ) -> records_pb2.NetworkServerRecord | None:
         """Makes this owner's server on the network export exactly `shares`, returning
         once Ganesha has confirmed them; with no shares the server goes (Ganesha,
-        namespace, address). Returns the server's record, or None when there is none."""
+        namespace, address). Returns the server's record, or None when there is none.
+
+        Shares that are not exported now but may come back (a delete that may yet be
+        refused) are `retained` by uid: they keep their export ids, so clients' file
+        handles stay good if they return."""
         found = await self._store.get(self.key(share_network), records_pb2.NetworkServerRecord)
         if not shares:
             if found is not None:
                 await self._remove(share_network, found)
             return None
         found = await self._record(
-            share_network, found, [s.uid for s in shares], proxies=any(s.proxy_port for s in shares)
+            share_network,
+            found,
+            [s.uid for s in shares],
+            retained,
+            proxies=any(s.proxy_port for s in shares),
         )
         server = found.value
         await netns_plugin.ensure_bridge(server.bridge)
@@ -173,6 +181,7 @@ class NetworkServers:
         share_network: str,
         found: Versioned[records_pb2.NetworkServerRecord] | None,
         uids: list[str],
+        retained: Collection[str],
         proxies: bool,
     ) -> Versioned[records_pb2.NetworkServerRecord]:
         """The server's record, made once: namespace, an address from the network's range,
@@ -199,7 +208,7 @@ class NetworkServers:
         else:
             server = found.value
         missing = [uid for uid in uids if uid not in server.export_ids]
-        gone = [uid for uid in server.export_ids if uid not in uids]
+        gone = [uid for uid in server.export_ids if uid not in uids and uid not in retained]
         leg_missing = proxies and not server.storage_leg
         if found is not None and not missing and not gone and not leg_missing:
             return found

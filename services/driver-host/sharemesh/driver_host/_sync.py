@@ -157,6 +157,16 @@ class ShareSync:
             record.realized_size_gib = record.share.size_gib
         return []
 
+    async def _export_on_backend(
+        self, spec: ShareSpec, created: bool, rules: list[AccessRuleSpec]
+    ) -> None:
+        """The backend's side of a share served on a share network: mounted, and exported
+        to `rules` (the gateways' links, or nobody). A new share is that already; one that
+        existed is made so every time, because a share reset to ACTIVE after a failed
+        delete may be neither, and the server would re-export an empty directory."""
+        if not created or rules:
+            await self._driver.update_access(spec, rules)
+
     async def _realize_behind_gateway(
         self, found: Versioned[records_pb2.ShareRecord], spec: ShareSpec, lock: Mutex
     ) -> tuple[Versioned[records_pb2.ShareRecord], list[ExportLocation]]:
@@ -164,13 +174,13 @@ class ShareSync:
         nobody, and the gateway on its host re-exports it into the tenant network with the
         tenant's rules. Done when the gateway has confirmed the export."""
         record = found.value
+        created = record.realized_size_gib == 0
         await self._create_or_grow(record, spec)
         access = self._driver.gateway_access(spec)
-        if access.fsal == "PROXY_V4":
-            # The gateway proxies the backend's own export: grant the gateways' links.
-            await self._driver.update_access(
-                spec, [AccessRuleSpec(str(network.STORAGE_RANGE), "READ_WRITE")]
-            )
+        # A proxying gateway reads the backend's own export: grant the gateways' links.
+        proxies = access.fsal == "PROXY_V4"
+        storage = [AccessRuleSpec(str(network.STORAGE_RANGE), "READ_WRITE")] if proxies else []
+        await self._export_on_backend(spec, created, storage)
         wanted = records_pb2.GatewayAccess(
             fsal=access.fsal,
             path=access.path,
@@ -201,7 +211,9 @@ class ShareSync:
         backend's own server on that network exports it (set up with the network's first
         share); its flat export admits nobody."""
         record = found.value
+        created = record.realized_size_gib == 0
         await self._create_or_grow(record, spec)
+        await self._export_on_backend(spec, created, [])
         server = await self._serve_network(record.share.share_network, including=record)
         assert server is not None
         return found, [ExportLocation(*network.location(server, record.share.uid))]
@@ -225,18 +237,18 @@ class ShareSync:
             self._share_servers.key(share_network), records_pb2.NetworkServerRecord
         )
         exported = set(server.value.export_ids) if server else set()
-        served = []
+        served, retained = [], []
         for found in await self._store.scan(self._store.root + "shares/", records_pb2.ShareRecord):
             share = found.value
             if including is not None and share.share.uid == including.share.uid:
                 share = including
-            elif (
-                share.backend != self.backend
-                or share.share.share_network != share_network
-                or share.delete_requested
+            elif share.backend != self.backend or share.share.share_network != share_network:
+                continue
+            elif share.delete_requested or not (
                 # Realized, or being made by another sync that got here first.
-                or not (share.realized_size_gib or share.share.uid in exported)
+                share.realized_size_gib or share.share.uid in exported
             ):
+                retained.append(share.share.uid)  # not served now; its id stays its own
                 continue
             rules, _ = await self._store.list_all(
                 self._store.prefix_of(share.share.name, "accessRules"), records_pb2.AccessRuleRecord
@@ -245,7 +257,7 @@ class ShareSync:
             served.append(
                 network.Served(share.share.uid, path, network.tenant_rules(r.value for r in rules))
             )
-        return await self._share_servers.serve(share_network, served)
+        return await self._share_servers.serve(share_network, served, retained)
 
     async def _sync_gateway(self, record: records_pb2.ShareRecord) -> None:
         try:
@@ -306,6 +318,7 @@ class ShareSync:
         lock: Mutex,
     ) -> None:
         record = found.value
+        export_gone = True
         try:
             # Whoever serves it on its tenant network lets go of it before the backend.
             if record.HasField("gateway_access"):
@@ -324,19 +337,36 @@ class ShareSync:
                 record.share.name,
                 error.message,
             )
-        await self._forget(found, rules, lock)
+            export_gone = False
+        await self._forget(found, rules, lock, export_gone)
         log.info("deleted %s", record.share.name)
+        await self._let_network_server_forget(record)
+
+    async def _let_network_server_forget(self, record: records_pb2.ShareRecord) -> None:
+        """Once the record is gone, the share's server on its network puts the share's
+        export id into quarantine (while it was being deleted, the id stayed its own)."""
+        try:
+            if record.HasField("gateway_access"):
+                await self._sync_gateway(record)
+            elif record.share.share_network and self._share_servers is not None:
+                await self._serve_network(record.share.share_network)
+        except ShareMeshError as error:  # the next sync of the network does it then
+            log.info("network %s not synced after a delete: %s", record.share.share_network, error)
 
     async def _forget(
         self,
         found: Versioned[records_pb2.ShareRecord],
         rules: list[Versioned[records_pb2.AccessRuleRecord]],
         lock: Mutex,
+        export_gone: bool,
     ) -> None:
         """Removes a share gone from its backend from etcd, with its rules, and gives back
-        its capacity, quota and export id. Concurrent deletes race only for the pool's and
-        project's counters; such a race is counted again here, rather than redoing the
-        backend's work, which a retry of the whole sync would."""
+        its capacity, quota and export id; the id only if its export is gone (a forced
+        delete may leave it live, and no other share may get its id then).
+
+        Concurrent deletes race only for the pool's and project's counters; such a race
+        is counted again here, rather than redoing the backend's work, which a retry of
+        the whole sync would."""
         for attempt in range(_ATTEMPTS):
             record = records_pb2.ShareRecord()
             record.CopyFrom(found.value)
@@ -345,7 +375,8 @@ class ShareSync:
                 txn.delete(rule.key, rule.mod_revision)
                 await operations.finish_for_deleted(self._store, txn, rule.value.pending_operations)
             await self._release(txn, record)
-            self._release_export_id(txn, record)
+            if export_gone:
+                self._release_export_id(txn, record)
             txn.delete(found.key, found.mod_revision)
             await operations.finish_for_deleted(self._store, txn, record.pending_operations)
             try:

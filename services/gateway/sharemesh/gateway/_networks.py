@@ -61,7 +61,8 @@ class Networks:
                     raise
                 except ShareMeshError as error:  # that attachment's problem, not the network's
                     await self._attachment_failed(attachment, error)
-        await self.gateways.serve(name, [] if going else await self._served(name))
+        served, retained = ([], []) if going else await self._served(name)
+        await self.gateways.serve(name, served, retained)
         if going:
             await network.remove_bridge(bridge)
             await self._finish_delete(found)
@@ -110,18 +111,22 @@ class Networks:
         await operations.finish_pending(self._store, txn, pending, error=error)
         await txn.commit()
 
-    async def _served(self, name: str) -> list[network.Served]:
+    async def _served(self, name: str) -> tuple[list[network.Served], list[str]]:
         """The network's shares this host's gateway serves: on a flat backend of this
-        host, handed over by their driver-host (`gateway_access`), not being deleted."""
-        served = []
+        host, handed over by their driver-host (`gateway_access`), not being deleted; and
+        the uids of those being deleted, which keep their export ids until they are gone."""
+        served: list[network.Served] = []
+        retained: list[str] = []
         for found in await self._store.scan(self._store.root + "shares/", records_pb2.ShareRecord):
             share = found.value
             if (
                 share.share.share_network != name
                 or share.host != self.host
                 or not share.HasField("gateway_access")
-                or share.delete_requested
             ):
+                continue
+            if share.delete_requested:
+                retained.append(share.share.uid)
                 continue
             rules, _ = await self._store.list_all(
                 self._store.prefix_of(share.share.name, "accessRules"), records_pb2.AccessRuleRecord
@@ -136,7 +141,7 @@ class Networks:
                     proxy_generation=access.server_generation,
                 )
             )
-        return served
+        return served, retained
 
     async def _finish_delete(self, found: Versioned[records_pb2.ShareNetworkRecord]) -> None:
         """The network goes once nothing of it is left anywhere: no attachment, and no

@@ -66,10 +66,15 @@ async def _size(image: Path, size_bytes: int, reserve: bool) -> None:
     def resize() -> None:
         fd = os.open(image, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
-            if reserve:
-                os.posix_fallocate(fd, 0, size_bytes)  # ENOSPC if the pool cannot hold it
-            else:
+            if not reserve:
                 os.ftruncate(fd, size_bytes)
+                return
+            before = os.fstat(fd).st_size
+            try:
+                os.posix_fallocate(fd, 0, size_bytes)  # ENOSPC if the pool cannot hold it
+            except OSError:
+                os.ftruncate(fd, before)  # it may have grown part way: the share did not
+                raise
         finally:
             os.close(fd)
 

@@ -7,6 +7,7 @@ shrinks (XFS cannot).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -149,9 +150,11 @@ class LocalDriver:
         return int(self.config.capacity_gib * self.config.max_over_subscription_ratio * GIB)
 
     def _provisioned_bytes(self) -> int:
-        if not self.images.is_dir():
-            return 0
-        return sum(_loopfs.image_size(p) for p in self.images.glob("*.img"))
+        total = 0
+        for image in self.images.glob("*.img") if self.images.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):  # a delete removed it meanwhile
+                total += _loopfs.image_size(image)
+        return total
 
     async def stats(self) -> BackendStats:
         total = float(self.config.capacity_gib)
@@ -258,8 +261,9 @@ class LocalDriver:
                     )
             await self._mount(share.share_id, fresh)
             # A repeat must not reset the clients that update_access set since.
-            if not await self.ganesha.serves(share.export_id):
-                await self.ganesha.apply(self._export(share, ()))
+            export = self._export(share, ())
+            if not await self.ganesha.serves(export):
+                await self.ganesha.apply(export)
         log.info(
             "created share %s (%s GiB) in %.2fs",
             share.name,
