@@ -354,6 +354,18 @@ async def test_txn_writes_record_operation_and_counter_atomically(etcd_client, e
     assert await store.get(share2, S) is None
 
 
+async def test_txn_writes_records_as_they_are_at_commit(etcd_client, etcd_root):  # type: ignore[no-untyped-def]
+    """A record changed after it was added (an Operation finished by the mutation it
+    records) is written with that change."""
+    store = Store(etcd_client, etcd_root)
+    key = store.key_of("projects/p1/operations/late")
+    record = S(value="running")
+    txn = store.txn().create(key, record)
+    record.value = "done"
+    await txn.commit()
+    assert (await store.get(key, S)).value.value == "done"
+
+
 # 4. mutex
 
 

@@ -231,7 +231,6 @@ class NetworkServers:
             else:
                 server.last_export_id = choice.export_id
             server.export_ids[uid] = choice.export_id
-        # Written last: a txn holds the record as it was when put.
         if found is None:
             txn.create(key, server)
         else:

@@ -49,8 +49,6 @@ class Recorder:
                     ),
                 )
             await write(txn, op)
-            # Added after `write`, which may finish it or note progress: a txn holds a
-            # record as it was when added.
             txn.create(self._store.key_of(op.operation.name), op)
             try:
                 await txn.commit()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -89,7 +89,10 @@ class Txn:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._compares: list[tuple[str, Compare]] = []  # (role, compare)
-        self._ops: list[rpc.RequestOp] = []
+        # Operations are built at commit: a record is written as it is then, so a change
+        # made to it after `put` (say, finishing the Operation a mutation waits on) is
+        # never lost.
+        self._ops: list[Callable[[], rpc.RequestOp]] = []
         self._keys: set[str] = set()
         self._committed = False
 
@@ -103,7 +106,7 @@ class Txn:
     def create(self, key: str, msg: Message, *, lease: int = 0) -> Txn:
         key = self._key(key)
         self._compares.append(("create", Compare(key.encode(), "create", "==", 0)))
-        self._ops.append(_client.op_put(key, msg.SerializeToString(), lease))
+        self._ops.append(lambda: _client.op_put(key, msg.SerializeToString(), lease))
         return self
 
     def put(
@@ -115,7 +118,7 @@ class Txn:
             self._compares.append(
                 ("mod", Compare(key.encode(), "mod", "==", expected_mod_revision))
             )
-        self._ops.append(_client.op_put(key, msg.SerializeToString(), lease))
+        self._ops.append(lambda: _client.op_put(key, msg.SerializeToString(), lease))
         return self
 
     def delete(self, key: str, expected_mod_revision: int | None = None) -> Txn:
@@ -124,7 +127,7 @@ class Txn:
             self._compares.append(
                 ("mod", Compare(key.encode(), "mod", "==", expected_mod_revision))
             )
-        self._ops.append(_client.op_delete(key))
+        self._ops.append(lambda: _client.op_delete(key))
         return self
 
     def check(self, key: str, mod_revision: int) -> Txn:
@@ -146,7 +149,8 @@ class Txn:
         compares = [c for _, c in self._compares]
         compared_keys = list(dict.fromkeys(c.key for c in compares))
         failure = [_client.op_range(_client.range_request(k)) for k in compared_keys]
-        response = await _client.txn(self._store.client, compares, self._ops, failure)
+        ops = [build() for build in self._ops]
+        response = await _client.txn(self._store.client, compares, ops, failure)
         if response.succeeded:
             return response.header.revision
         read: dict[bytes, rpc.KeyValue | None] = {}
