@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 
 import grpc
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 Share = share_pb2.Share
 AccessRule = access_rule_pb2.AccessRule
 _ATTEMPTS = 8
+_COUNTER_ATTEMPTS = 20
 
 
 def spec_of(record: records_pb2.ShareRecord) -> ShareSpec:
@@ -367,7 +369,7 @@ class ShareSync:
         Concurrent deletes race only for the pool's and project's counters; such a race
         is counted again here, rather than redoing the backend's work, which a retry of
         the whole sync would."""
-        for attempt in range(_ATTEMPTS):
+        for attempt in range(_COUNTER_ATTEMPTS):
             record = records_pb2.ShareRecord()
             record.CopyFrom(found.value)
             txn = self._store.txn().fence(lock)
@@ -388,8 +390,10 @@ class ShareSync:
                 now = await self._store.get(found.key, records_pb2.ShareRecord)
                 if now is None or now.mod_revision != found.mod_revision:
                     raise  # the share itself changed: the whole sync decides again
-                if attempt == _ATTEMPTS - 1:
+                if attempt == _COUNTER_ATTEMPTS - 1:
                     raise
+                # Many deletes at once all want the same counters: spread the retries.
+                await asyncio.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
                 rules, _ = await self._store.list_all(
                     self._store.prefix_of(record.share.name, "accessRules"),
                     records_pb2.AccessRuleRecord,
