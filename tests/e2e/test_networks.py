@@ -295,6 +295,22 @@ async def test_share_server_share_reaches_only_its_tenants(
         await asyncio.sleep(0.1)
     print(f"\nshare server serving again {time.monotonic() - killed:.2f}s after kill -9")
 
+    # Its driver-host dies, then the server too, unseen: the restarted driver-host
+    # rebuilds the server from etcd and supervises it again.
+    driver_host = mesh.children["driver-host-servers"].pid
+    assert driver_host
+    os.kill(driver_host, signal.SIGKILL)
+    while pid_alive(driver_host):
+        await asyncio.sleep(0.05)
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    killed = time.monotonic()
+    while (await read_in(clients["a-ok"], share, back)) != 0:
+        assert time.monotonic() - killed < 30, "the share server was not rebuilt"
+        await asyncio.sleep(0.2)
+    print(f"share server rebuilt {time.monotonic() - killed:.2f}s after its driver-host died")
+    assert back.read_bytes() == data.read_bytes()
+    assert await read_in(clients["a-other"], share, back) != 0, "a rule was lost"
+
     uids = await _uids(alpha, net_c, net_d)
     await delete_share(alpha, other.name)
     # The share that left is withdrawn from the server, and its export id rests.

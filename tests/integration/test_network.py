@@ -40,7 +40,7 @@ from sharemesh.network import (
 from sharemesh.runtime.errors import FailedPrecondition, InvalidArgument
 from sharemesh.runtime.ports import free_port
 
-from support import ensure_rpcbind, nfs_url, processes_mentioning
+from support import ensure_rpcbind, nfs_url, processes_mentioning, run
 
 pytestmark = pytest.mark.integration
 
@@ -364,3 +364,18 @@ async def test_ganesha_serves_only_its_network(
         await ganesha.stop()
         assert not processes_mentioning(str(ganesha.state_dir)), "a ganesha process survived"
         assert not processes_mentioning(str(ganesha.bus_config)), "a dbus-daemon survived"
+
+
+async def test_a_mesh_namespace_never_forwards_even_on_a_forwarding_host(lab: Lab) -> None:
+    """Hypervisors usually forward; a gateway's namespace must not route between its
+    tenant bridge and its storage leg."""
+    host_setting = Path("/proc/sys/net/ipv4/ip_forward")
+    before = host_setting.read_text().strip()
+    ns = lab.netns("fwd")
+    host_setting.write_text("1")
+    try:
+        await ensure_namespace(ns)
+    finally:
+        host_setting.write_text(before)
+    code, out = await run("ip", "netns", "exec", ns, "cat", "/proc/sys/net/ipv4/ip_forward")
+    assert (code, out.strip()) == (0, "0")

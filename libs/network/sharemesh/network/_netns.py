@@ -215,6 +215,7 @@ async def ensure_namespace(netns: str) -> None:
                     raise
         try:
             await _ip("link", "set", "dev", "lo", "up", netns=netns)
+            await _no_forwarding(netns)
             return
         except CommandError as error:
             # A crash inside `ip netns add` can leave the name without a namespace behind it.
@@ -223,6 +224,22 @@ async def ensure_namespace(netns: str) -> None:
                 raise
             log.warning("namespace %s is unusable (%s); recreating", netns, error.stderr.strip())
             await _ip_netns_del(netns)
+
+
+async def _no_forwarding(netns: str) -> None:
+    """A mesh namespace sits on a tenant bridge and may have a storage leg to the host:
+    it must never route between them. A new namespace copies the host's IPv4 forwarding
+    setting, which a hypervisor often has on, so it is switched off explicitly."""
+    await run(
+        "ip",
+        "netns",
+        "exec",
+        netns,
+        "sh",
+        "-c",
+        "echo 0 > /proc/sys/net/ipv4/conf/all/forwarding",
+        timeout=_IP_TIMEOUT,
+    )
 
 
 async def remove_namespace(netns: str) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import shutil
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,7 @@ class NetworkServers:
     ) -> None:
         self._store = store
         self._export_id_quarantine = export_id_quarantine_seconds
+        self._records = asyncio.Lock()
         self.kind = kind  # "gateways" or "shareServers"
         self.owner = owner
         self._state_dir = state_dir
@@ -107,13 +109,16 @@ class NetworkServers:
             if found is not None:
                 await self._remove(share_network, found)
             return None
-        found = await self._record(
-            share_network,
-            found,
-            [s.uid for s in shares],
-            retained,
-            proxies=any(s.proxy_port for s in shares),
-        )
+        # One record change at a time: servers of different networks pick storage legs
+        # from what the others hold.
+        async with self._records:
+            found = await self._record(
+                share_network,
+                found,
+                [s.uid for s in shares],
+                retained,
+                proxies=any(s.proxy_port for s in shares),
+            )
         server = found.value
         await netns_plugin.ensure_bridge(server.bridge)
         await netns_plugin.ensure_namespace(server.netns)
@@ -302,6 +307,8 @@ class NetworkServers:
         await self._stop_instance(share_network)
         await netns_plugin.leave(server.bridge, server.netns)
         await netns_plugin.remove_namespace(server.netns)
+        # A later server of this network starts afresh, not from these export files.
+        await asyncio.to_thread(shutil.rmtree, self._state_dir / server.netns, True)
         txn = self._store.txn().delete(found.key, found.mod_revision)
         txn.delete(keys.address_key(self._store.root, share_network, server.address))
         await txn.commit()

@@ -147,13 +147,16 @@ class DriverHostApp:
             group.create_task(self._reconcile_forever())
 
     async def _ensure_active(self) -> None:
-        """After a restart, every ACTIVE share of this backend serves again, with its rules."""
-        for found in await self._mine():
+        """After a restart, every ACTIVE share of this backend serves again, with its rules,
+        and so do its share servers."""
+        mine = await self._mine()
+        for found in mine:
             if found.value.share.state == Share.ACTIVE:
                 try:
                     await self._sync.ensure(found)
                 except Exception:
                     log.exception("could not re-export %s", found.value.share.name)
+        await self._sync.serve_networks(mine)
 
     async def _mine(self):  # type: ignore[no-untyped-def]
         shares = await self._store.scan(self._store.root + "shares/", records_pb2.ShareRecord)
@@ -192,11 +195,13 @@ class DriverHostApp:
             for r in rules
             if r.value.rule.state != access_rule_pb2.AccessRule.ACTIVE
         }
-        for found in await self._mine():
+        mine = await self._mine()
+        for found in mine:
             name = found.value.share.name
             if found.value.share.state in _WAITING or name in pending_rules:
                 if name not in self._syncs:
                     self.sync(name)
+        await self._sync.serve_networks(mine)
 
     async def close(self) -> None:
         for task in list(self._syncs.values()):

@@ -220,6 +220,20 @@ class ShareSync:
         assert server is not None
         return found, [ExportLocation(*network.location(server, record.share.uid))]
 
+    async def serve_networks(self, shares: list[Versioned[records_pb2.ShareRecord]]) -> None:
+        """Every share server of this backend made true: after a restart (a server the
+        mesh stopped is rebuilt, one that died unseen is restarted and supervised), and
+        on each reconcile (a server no share needs any more goes)."""
+        if self._share_servers is None:
+            return
+        networks = {s.value.share.share_network for s in shares if s.value.share.share_network}
+        networks |= {server.share_network for server in await self._share_servers.owned()}
+        for share_network in sorted(networks):
+            try:
+                await self._serve_network(share_network)
+            except ShareMeshError as error:
+                log.warning("share server of %s not in order: %s", share_network, error.message)
+
     async def _serve_network(
         self, share_network: str, including: records_pb2.ShareRecord | None = None
     ) -> records_pb2.NetworkServerRecord | None:
@@ -247,8 +261,10 @@ class ShareSync:
             elif share.backend != self.backend or share.share.share_network != share_network:
                 continue
             elif share.delete_requested or not (
-                # Realized, or being made by another sync that got here first.
-                share.realized_size_gib or share.share.uid in exported
+                # Realized, or being made by another sync that got here first (not one
+                # whose create failed: its filesystem is gone).
+                share.realized_size_gib
+                or (share.share.uid in exported and share.share.state == Share.CREATING)
             ):
                 retained.append(share.share.uid)  # not served now; its id stays its own
                 continue
@@ -276,10 +292,15 @@ class ShareSync:
             records_pb2.AccessRuleRecord,
         )
         # A share behind a gateway is exported to nobody here: its rules apply there.
-        behind_gateway = bool(found.value.share.share_network)
-        await self._driver.ensure_share(
-            spec_of(found.value), [] if behind_gateway else rules_of(rules)
-        )
+        record = found.value
+        behind_gateway = bool(record.share.share_network)
+        await self._driver.ensure_share(spec_of(record), [] if behind_gateway else rules_of(rules))
+        if record.HasField("gateway_access"):
+            # The gateway serves a share's filesystem only once it is mounted: tell it.
+            try:
+                await self._sync_gateway(record)
+            except ShareMeshError as error:  # its own reconcile catches up
+                log.info("gateway of %s not told: %s", record.share.name, error.message)
 
     async def _settle_rules(
         self, txn: Txn, rules: list[Versioned[records_pb2.AccessRuleRecord]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 from sharemesh import network
@@ -16,11 +17,12 @@ from sharemesh.runtime import operations
 from sharemesh.runtime.coordination import Store, Versioned, keys
 from sharemesh.runtime.errors import Aborted, ShareMeshError
 from sharemesh.state.v1 import records_pb2
-from sharemesh.v1 import share_network_pb2
+from sharemesh.v1 import share_network_pb2, share_pb2
 
 log = logging.getLogger(__name__)
 
 Attachment = share_network_pb2.Attachment
+Share = share_pb2.Share
 _ATTEMPTS = 8
 
 
@@ -113,8 +115,9 @@ class Networks:
 
     async def _served(self, name: str) -> tuple[list[network.Served], list[str]]:
         """The network's shares this host's gateway serves: on a flat backend of this
-        host, handed over by their driver-host (`gateway_access`), not being deleted; and
-        the uids of those being deleted, which keep their export ids until they are gone."""
+        host, handed over by their driver-host (`gateway_access`), mounted, not failed and
+        not being deleted; and the uids of the others, which keep their export ids until
+        their records are gone."""
         served: list[network.Served] = []
         retained: list[str] = []
         for found in await self._store.scan(self._store.root + "shares/", records_pb2.ShareRecord):
@@ -125,13 +128,19 @@ class Networks:
                 or not share.HasField("gateway_access")
             ):
                 continue
-            if share.delete_requested:
+            access = share.gateway_access
+            if (
+                share.delete_requested
+                or (share.share.state == Share.ERROR and not share.realized_size_gib)
+                # Not mounted (yet, or any more): an export would serve the empty
+                # directory beneath, and tenants' writes would land on the host.
+                or (access.fsal == "VFS" and not os.path.ismount(access.path))
+            ):
                 retained.append(share.share.uid)
                 continue
             rules, _ = await self._store.list_all(
                 self._store.prefix_of(share.share.name, "accessRules"), records_pb2.AccessRuleRecord
             )
-            access = share.gateway_access
             served.append(
                 network.Served(
                     share.share.uid,
