@@ -423,8 +423,10 @@ class GaneshaInstance:
 
         Runs until cancelled, until `until` is set, or once `stop()` was called.
         """
+        failures = 0
         while not (until is not None and until.is_set()):
-            await asyncio.sleep(interval)
+            # A Ganesha that keeps failing to start is retried less and less often.
+            await asyncio.sleep(min(interval * 2**failures, 30.0))
             if self._stopped or (until is not None and until.is_set()):
                 return
             if self.is_alive():
@@ -439,8 +441,14 @@ class GaneshaInstance:
                 if on_restart is not None:
                     await on_restart()
             except Exception:
-                log.exception("restarting ganesha %s failed; retrying", self.state_dir)
+                failures += 1
+                log.exception(
+                    "restarting ganesha %s failed (%d in a row); retrying",
+                    self.state_dir,
+                    failures,
+                )
                 continue
+            failures = 0
             log.info("ganesha %s back in %.2fs", self.state_dir, time.monotonic() - died)
 
 
