@@ -13,7 +13,7 @@ import pytest
 from sharemesh.ganesha import ClientRule, Export, GaneshaInstance
 from sharemesh.runtime.ports import free_port
 
-from support import ensure_rpcbind, nfs_read, nfs_write, processes_mentioning
+from support import ensure_rpcbind, nfs_read, nfs_write, pid_alive, processes_mentioning
 
 pytestmark = pytest.mark.integration
 
@@ -160,3 +160,25 @@ async def test_supervise_restarts_killed_ganesha(
     finally:
         until.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_a_bus_left_without_its_pidfile_is_replaced_not_doubled(tmp_path: Path) -> None:
+    """A crash between starting Ganesha's D-Bus daemon and writing its pidfile leaves an
+    untracked bus; the next start stops it rather than running a second one."""
+    ensure_rpcbind()
+    instance = GaneshaInstance(tmp_path / "ganesha", free_port(), free_port())
+    try:
+        await instance.start()
+        pid = int(instance.pid_file.read_text())
+        os.kill(pid, signal.SIGKILL)
+        while pid_alive(pid):
+            await asyncio.sleep(0.02)
+        instance.bus_pid_file.unlink()  # as if the crash came before it was written
+
+        await instance.start()
+        buses = [p for p in processes_mentioning(str(instance.bus_config)) if "dbus-daemon" in p]
+        assert len(buses) == 1, buses
+        assert await instance.live_export_ids() == set()  # the new bus reaches Ganesha
+    finally:
+        await instance.stop()
+    assert not processes_mentioning(str(instance.state_dir)), "a test process survived"

@@ -52,6 +52,13 @@ def _running(pid: int | None, comm: str, needle: str) -> bool:
     return needle.encode() in cmdline
 
 
+def _running_with(comm: str, needle: str) -> list[int]:
+    """Every live `comm` process with `needle` on its command line (one a crash left
+    without a pidfile, say)."""
+    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return [pid for pid in pids if _running(pid, comm, needle)]
+
+
 def _read_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().split()[0])
@@ -201,6 +208,9 @@ class GaneshaInstance:
         )
 
     async def _start_bus(self) -> None:
+        # A crash between starting a bus and writing its pidfile leaves one untracked.
+        for pid in _running_with(_DBUS, str(self.bus_config)):
+            await self._terminate(pid, "dbus-daemon")
         self.bus_config.write_text(_BUS_CONFIG.format(socket=self.bus_socket))
         self.bus_socket.unlink(missing_ok=True)
         proc = _spawn([_DBUS, f"--config-file={self.bus_config}", "--nofork", "--nopidfile"])
