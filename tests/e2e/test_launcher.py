@@ -135,9 +135,9 @@ async def _cli_round_trip(api: str, token: str) -> None:
     assert json.loads(out) == []
 
 
-async def test_up_serves_health_reflection_and_stops_clean(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    process = await asyncio.create_subprocess_exec(
+async def _sharemesh_up(state: Path) -> asyncio.subprocess.Process:
+    """`sharemesh up` as people run it, on a free API port and a short lease."""
+    return await asyncio.create_subprocess_exec(
         str(VENV_BIN / "sharemesh"),
         "up",
         "--state-dir",
@@ -149,6 +149,11 @@ async def test_up_serves_health_reflection_and_stops_clean(tmp_path: Path) -> No
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
+
+
+async def test_up_serves_health_reflection_and_stops_clean(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    process = await _sharemesh_up(state)
     pids: set[int] = set()
     try:
         line = await _wait_for_line(process, "sharemesh api listening on ", 90)
@@ -194,18 +199,7 @@ async def test_a_stop_during_a_service_restart_leaves_nothing(tmp_path: Path) ->
     """The launcher is stopped just as it restarts a crashed driver-host: the new process,
     still importing, must stop in order and take the Ganesha it adopts with it."""
     state = tmp_path / "state"
-    process = await asyncio.create_subprocess_exec(
-        str(VENV_BIN / "sharemesh"),
-        "up",
-        "--state-dir",
-        str(state),
-        "--api-port",
-        "0",
-        "--lease-ttl",
-        "3",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    process = await _sharemesh_up(state)
     try:
         await _wait_for_line(process, "sharemesh api listening on ", 90)
         (driver_host,) = [

@@ -148,7 +148,7 @@ class DriverHostApp:
 
     async def _ensure_active(self) -> None:
         """After a restart, every ACTIVE share of this backend serves again, with its rules,
-        and so do its share servers."""
+        and so do the gateways and share servers that serve its shares on networks."""
         mine = await self._mine()
         for found in mine:
             if found.value.share.state == Share.ACTIVE:
@@ -156,6 +156,7 @@ class DriverHostApp:
                     await self._sync.ensure(found)
                 except Exception:
                     log.exception("could not re-export %s", found.value.share.name)
+        await self._sync.tell_gateways(mine)
         await self._sync.serve_networks(mine)
 
     async def _mine(self):  # type: ignore[no-untyped-def]

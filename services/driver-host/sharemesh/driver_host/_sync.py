@@ -295,12 +295,21 @@ class ShareSync:
         record = found.value
         behind_gateway = bool(record.share.share_network)
         await self._driver.ensure_share(spec_of(record), [] if behind_gateway else rules_of(rules))
-        if record.HasField("gateway_access"):
-            # The gateway serves a share's filesystem only once it is mounted: tell it.
+
+    async def tell_gateways(self, shares: list[Versioned[records_pb2.ShareRecord]]) -> None:
+        """A gateway serves a share's filesystem only once it is mounted: after `ensure`
+        mounted them again, each network's gateway syncs once."""
+        told = set()
+        for found in shares:
+            record = found.value
+            network_of = (record.host, record.share.share_network)
+            if not record.HasField("gateway_access") or network_of in told:
+                continue
+            told.add(network_of)
             try:
                 await self._sync_gateway(record)
             except ShareMeshError as error:  # its own reconcile catches up
-                log.info("gateway of %s not told: %s", record.share.name, error.message)
+                log.info("gateway of %s not told: %s", record.share.share_network, error.message)
 
     async def _settle_rules(
         self, txn: Txn, rules: list[Versioned[records_pb2.AccessRuleRecord]]
@@ -344,10 +353,7 @@ class ShareSync:
         export_gone = True
         try:
             # Whoever serves it on its tenant network lets go of it before the backend.
-            if record.HasField("gateway_access"):
-                await self._sync_gateway(record)
-            elif record.share.share_network and self._share_servers is not None:
-                await self._serve_network(record.share.share_network)
+            await self._sync_network_server(record)
             await self._driver.delete_share(spec)
         except Unavailable:
             raise  # a peer is down for now: the reconciler tries again
@@ -365,14 +371,19 @@ class ShareSync:
         log.info("deleted %s", record.share.name)
         await self._let_network_server_forget(record)
 
+    async def _sync_network_server(self, record: records_pb2.ShareRecord) -> None:
+        """Has whoever serves the share on its tenant network (the host's gateway, or this
+        backend's share server) serve what etcd says now."""
+        if record.HasField("gateway_access"):
+            await self._sync_gateway(record)
+        elif record.share.share_network and self._share_servers is not None:
+            await self._serve_network(record.share.share_network)
+
     async def _let_network_server_forget(self, record: records_pb2.ShareRecord) -> None:
         """Once the record is gone, the share's server on its network puts the share's
         export id into quarantine (while it was being deleted, the id stayed its own)."""
         try:
-            if record.HasField("gateway_access"):
-                await self._sync_gateway(record)
-            elif record.share.share_network and self._share_servers is not None:
-                await self._serve_network(record.share.share_network)
+            await self._sync_network_server(record)
         except ShareMeshError as error:  # the next sync of the network does it then
             log.info("network %s not synced after a delete: %s", record.share.share_network, error)
 
