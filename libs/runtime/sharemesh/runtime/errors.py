@@ -7,6 +7,7 @@ the operation runner turn them into `google.rpc.Status` with an `ErrorInfo` (and
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 import grpc
@@ -97,6 +98,12 @@ class Internal(ShareMeshError):
     default_reason = "INTERNAL"
 
 
+class Unimplemented(ShareMeshError):
+    """A method this version does not offer yet."""
+
+    default_reason = "UNIMPLEMENTED"
+
+
 # The one table. Subclasses resolve through the MRO, so FencedOut maps as Aborted.
 _STATUS_OF: dict[type[ShareMeshError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -109,6 +116,7 @@ _STATUS_OF: dict[type[ShareMeshError], grpc.StatusCode] = {
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Internal: grpc.StatusCode.INTERNAL,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 _ERROR_OF_CODE: dict[grpc.StatusCode, type[ShareMeshError]] = {
@@ -118,6 +126,8 @@ _ERROR_OF_CODE: dict[grpc.StatusCode, type[ShareMeshError]] = {
 
 def status_code_of(error: BaseException) -> grpc.StatusCode:
     """The gRPC code for any exception; anything not ours is INTERNAL."""
+    if isinstance(error, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED
     if isinstance(error, ShareMeshError):
         for cls in type(error).__mro__:
             if cls in _STATUS_OF:
@@ -131,6 +141,8 @@ def to_status(error: BaseException) -> status_pb2.Status:
     if isinstance(error, ShareMeshError):
         message, reason, metadata = error.message, error.reason, error.metadata
         violations = error.field_violations
+    elif isinstance(error, NotImplementedError):
+        message, reason, metadata, violations = "not implemented yet", "UNIMPLEMENTED", {}, []
     else:
         message, reason, metadata, violations = "internal error", "INTERNAL", {}, []
     status = status_pb2.Status(code=code.value[0], message=message)
@@ -180,3 +192,23 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> ShareMeshError:
     if cls is InvalidArgument:
         return InvalidArgument("request", message)
     return cls(message)
+
+
+# Host paths (`/var/lib/…`, `/tmp/…`) and etcd keys are for operators' logs, never for
+# tenants; `/shares/<uid>` pseudo paths are what tenants mount, so they stay.
+_HOST_PATH = re.compile(r"(?<![\w:.\-])/(?!shares/[0-9a-f]+\b)[^\s'\",;:)\]}]+")
+
+
+def redact(text: str) -> str:
+    """`text` without host paths or etcd keys, for messages a tenant can read."""
+    return _HOST_PATH.sub("<internal path>", text)
+
+
+def public_message(error: BaseException, reference: str = "") -> str:
+    """What a tenant may read about `error`: our own errors' messages without host paths
+    or keys; for anything unexpected, a generic line. `reference` (an operation name)
+    ties it to the operator's log, which has the detail."""
+    if isinstance(error, ShareMeshError) and not isinstance(error, Internal):
+        return redact(error.message)
+    where = f" (see the service log for {reference})" if reference else ""
+    return f"the backend failed unexpectedly{where}"
