@@ -28,7 +28,7 @@ def _prepare_child() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
 
 
-async def _exited(process: subprocess.Popen[bytes]) -> int:
+async def exited(process: subprocess.Popen[bytes]) -> int:
     """The process's exit code, awaited on its pidfd: no thread per waiting child."""
     if process.poll() is not None:
         return process.returncode
@@ -61,12 +61,13 @@ class Child:
         argv: Sequence[str],
         log_path: Path,
         env: dict[str, str] | None = None,
-        releases_on_stop: bool = False,
+        release_argv: Sequence[str] | None = None,
     ) -> None:
         self.name = name
         # It holds host resources that outlive it (Ganesha, mounts) and lets go of them
-        # when stopped; if it is down when the mesh stops, it runs once more to do so.
-        self._releases_on_stop = releases_on_stop
+        # when stopped in order; if it was down, or did not stop in order, this command
+        # releases them instead. It needs no etcd, which may be dead by then.
+        self._release_argv = list(release_argv) if release_argv else None
         self._argv = list(argv)
         self._log_path = log_path
         self._env = {**os.environ, **(env or {})}
@@ -84,11 +85,14 @@ class Child:
         self._watcher = asyncio.create_task(self._watch(), name=f"watch-{self.name}")
 
     async def _spawn(self) -> None:
+        self._process = self._popen(self._argv)
+
+    def _popen(self, argv: Sequence[str]) -> subprocess.Popen[bytes]:
         # `subprocess`, not the event loop's spawn: uvloop's (libuv's) clears the signal
         # mask that `_prepare_child` sets in the child.
         with open(self._log_path, "ab") as out:
-            self._process = subprocess.Popen(
-                self._argv,
+            return subprocess.Popen(
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -102,7 +106,7 @@ class Child:
         while True:
             assert self._process is not None
             started = time.monotonic()
-            code = await _exited(self._process)
+            code = await exited(self._process)
             if self._stopping:
                 return
             if time.monotonic() - started > 5:
@@ -130,17 +134,25 @@ class Child:
         process, self._process = self._process, None  # a second stop has nothing to do
         if process is None:
             return
-        if process.poll() is not None:
-            if not self._releases_on_stop:
-                return
-            log.info("%s is down; starting it once to release what it held", self.name)
-            await self._spawn()
-            process, self._process = self._process, None
-            assert process is not None
-        process.send_signal(signal.SIGTERM)  # pending until it can stop in order
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # pending until it can stop in order
+            try:
+                await asyncio.wait_for(exited(process), timeout)
+            except asyncio.TimeoutError:
+                log.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
+                process.kill()
+                await exited(process)
+        if process.returncode != 0 and self._release_argv:
+            await self._release(timeout)
+
+    async def _release(self, timeout: float) -> None:
+        """Lets go of what a child that did not stop in order left behind."""
+        log.info("%s did not stop in order; releasing what it held", self.name)
+        process = self._popen(self._release_argv or ())
         try:
-            await asyncio.wait_for(_exited(process), timeout)
+            code = await asyncio.wait_for(exited(process), timeout)
         except asyncio.TimeoutError:
-            log.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
             process.kill()
-            await _exited(process)
+            code = await exited(process)
+        if code != 0:
+            log.warning("releasing %s exited with %s (log: %s)", self.name, code, self._log_path)

@@ -8,6 +8,7 @@ Ports chosen once are kept in `DIR/ports.json`, so export locations survive a re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ class LocalMesh:
         self._api_port = api_port
         self._lease_ttl = lease_ttl_seconds
         self.etcd: EtcdServer | None = None
+        self._etcd_watch: asyncio.Task[None] | None = None
         self.children: dict[str, Child] = {}
         self.config: mesh_config.MeshConfig | None = None
 
@@ -82,6 +84,7 @@ class LocalMesh:
             self.state_dir / "etcd", client_port=self.etcd_ports[0], peer_port=self.etcd_ports[1]
         )
         await self.etcd.start()
+        self._etcd_watch = asyncio.create_task(self.etcd.supervise(), name="watch-etcd")
         raw["etcd"]["endpoint"] = self.etcd.endpoint
         resolved = self.state_dir / "mesh.json"
         tmp = resolved.with_suffix(".tmp")
@@ -104,10 +107,15 @@ class LocalMesh:
         )
 
     async def stop(self) -> None:
-        """Stops the api first (no new work), then the services, then etcd."""
+        """Stops the api first (no new work), then the services, then etcd. A service
+        that is down (etcd may be dead too) has what it held released without etcd."""
         for name in ["api", *[n for n in self.children if n != "api"]]:
             if name in self.children:
                 await self.children[name].stop()
+        if self._etcd_watch:
+            self._etcd_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._etcd_watch
         if self.etcd:
             await self.etcd.stop()
 
@@ -142,25 +150,17 @@ class LocalMesh:
             )
         for backend in self.config.backends:
             name = f"driver-host-{backend.name}"
+            argv = [py, "-m", "sharemesh.driver_host", *cfg, "--backend", backend.name]
             children[name] = Child(
                 name,
-                [
-                    py,
-                    "-m",
-                    "sharemesh.driver_host",
-                    *cfg,
-                    "--backend",
-                    backend.name,
-                    "--own-servers",
-                ],
+                [*argv, "--own-servers"],
                 logs / f"{name}.log",
-                releases_on_stop=True,
+                release_argv=[*argv, "--release"],
             )
         children["gateway"] = Child(
             "gateway",
             [py, "-m", "sharemesh.gateway", *cfg, "--own-servers"],
             logs / "gateway.log",
-            releases_on_stop=True,
         )
         children["api"] = Child("api", [py, "-m", "sharemesh.api", *cfg], logs / "api.log")
         return children

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -14,6 +15,10 @@ from pathlib import Path
 
 from sharemesh.runtime.errors import Unavailable
 from sharemesh.runtime.ports import free_port
+
+from ._children import exited
+
+log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -177,6 +182,33 @@ class EtcdServer:
                 await self._reap(timeout)
         self._process.wait()
         self._process = None
+
+    async def supervise(self) -> None:
+        """Restarts etcd whenever it dies, on the same data dir and ports, backing off
+        (0.5 s doubling to 10 s) while it keeps failing; runs until cancelled. The
+        services reconnect on their own once it is back."""
+        backoff = 0.5
+        while True:
+            process = self._process
+            started = time.monotonic()
+            if process is not None:
+                await exited(process)
+                if time.monotonic() - started > 5:
+                    backoff = 0.5  # it ran a while, so it is not crash-looping
+                log.warning(
+                    "etcd exited with %s; restarting in %.1fs (log: %s)",
+                    process.returncode,
+                    backoff,
+                    self.log_path,
+                )
+            self._process = None
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+            try:
+                await self.start()
+                log.info("etcd restarted on %s", self.endpoint)
+            except Unavailable as error:
+                log.warning("etcd did not come back: %s", error)
 
     async def kill(self) -> None:
         """SIGKILL and reap at once (tests: simulate a crash)."""

@@ -130,6 +130,10 @@ class MeshConfig:
     clients may still hold file handles naming it."""
     reconcile_interval_seconds: float = 30.0
     """How often each service re-reads etcd for work a crash may have dropped."""
+    retry_deadline_seconds: float = 600.0
+    """How long a change keeps retrying a transient fault (a restarting Ganesha, a peer
+    or etcd down, a backend not registered yet), counted from the creation of the oldest
+    operation waiting on it, before it fails with UNAVAILABLE."""
     log_level: str = "INFO"
     """Root log level of every service."""
 

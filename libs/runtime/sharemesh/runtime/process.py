@@ -10,9 +10,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aetcd
 
@@ -38,6 +38,9 @@ class Context:
     client: aetcd.Client
     store: Store
     session: Session
+    stopping: asyncio.Event
+    """Set when the process is told to stop in order (not when its lease is lost): only
+    then may it let go of what must outlive a crash, such as a backend's Ganesha."""
 
 
 class App(Protocol):
@@ -64,7 +67,8 @@ async def serve(
     telemetry.configure(name, config.telemetry)
     async with connect(config.etcd.endpoint) as client:
         async with Session(client, ttl=config.etcd.lease_ttl_seconds) as session:
-            app = await build(Context(config, client, Store(client, config.etcd.prefix), session))
+            store = Store(client, config.etcd.prefix)
+            app = await build(Context(config, client, store, session, stop))
             server = GrpcServer(listen, app.bindings, getattr(app, "credentials", None))
             port = await server.start()
             host = listen.rpartition(":")[0]
@@ -100,15 +104,31 @@ def main(
     build: Callable[[Context, argparse.Namespace], Awaitable[App]],
     listen_of: Callable[[MeshConfig, argparse.Namespace], str],
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    release: Callable[[MeshConfig, argparse.Namespace], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
-    """The entry point of a service process: flags, config, then `serve` on uvloop."""
+    """The entry point of a service process: flags, config, then `serve` on uvloop.
+
+    With `release`, `--release` lets go of the host resources that a previous
+    incarnation left (its servers, mounts) without etcd, and exits: the launcher's stop
+    runs it for a service that died, so a mesh stopped while etcd is dead leaves nothing."""
     parser = argparse.ArgumentParser(prog=f"sharemesh-{name}", description=doc)
     parser.add_argument("--config", help="mesh config (TOML, or the launcher's JSON)")
     parser.add_argument("--listen", help="HOST:PORT to serve on, instead of the config's")
+    if release:
+        parser.add_argument(
+            "--release",
+            action="store_true",
+            help="stop the servers and release the mounts a previous run left, then exit "
+            "(needs no etcd)",
+        )
     if add_arguments:
         add_arguments(parser)
     args = parser.parse_args()
     config = load_config(args.config)
+    if release and args.release:
+        logs.configure(name, config.log_level)
+        asyncio.run(release(config, args))
+        return
 
     async def run(stop: asyncio.Event) -> None:
         await serve(

@@ -2,7 +2,7 @@
 
 from sharemesh.runtime import process
 
-from ._app import add_arguments, build
+from ._app import add_arguments, build, release
 
 
 def main() -> None:
@@ -12,6 +12,7 @@ def main() -> None:
         build,
         lambda config, args: config.backend(args.backend).listen,
         add_arguments,
+        release,
     )
 
 

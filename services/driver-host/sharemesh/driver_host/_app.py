@@ -7,11 +7,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from sharemesh import network
 from sharemesh.driver.v1 import driver_service_pb2, driver_service_pb2_grpc
 from sharemesh.runtime import names, operations
+from sharemesh.runtime.config import MeshConfig
 from sharemesh.runtime.coordination import keys
 from sharemesh.runtime.peers import Peers
 from sharemesh.runtime.process import Context
@@ -59,6 +61,7 @@ class DriverHostApp:
             self._peers,
             context.config.scheduler.max_attempts,
             context.config.gateway.host,
+            context.config.retry_deadline_seconds,
         )
         self._syncs: dict[str, asyncio.Task[None]] = {}
         self.share_servers: network.NetworkServers | None = None
@@ -163,12 +166,18 @@ class DriverHostApp:
         shares = await self._store.scan(self._store.root + "shares/", records_pb2.ShareRecord)
         return [s for s in shares if s.value.backend == self.backend]
 
-    async def _backend_server_restarted(self) -> None:
+    async def _backend_server_restarted(self, refused: Sequence[str] = ()) -> None:
         """A restarted backend server breaks the gateways that proxy it: syncing those
-        shares records the new incarnation, and their gateways restart their proxies."""
+        shares records the new incarnation, and their gateways restart their proxies.
+        The shares (by uid) whose exports it `refused` are synced too: the sync applies
+        the export again and, refused again, marks that share alone failed, with why."""
+        refusals = set(refused)
         for found in await self._mine():
-            if found.value.gateway_access.fsal == "PROXY_V4":
-                self.sync(found.value.share.name)
+            share = found.value
+            if share.gateway_access.fsal == "PROXY_V4" or share.share.uid in refusals:
+                if share.share.uid in refusals:
+                    log.warning("the restarted Ganesha refused the export of %s", share.share.name)
+                self.sync(share.share.name)
 
     async def _refresh(self, key: str) -> None:
         interval = max(self._context.config.etcd.lease_ttl_seconds / 2, 1)
@@ -205,12 +214,16 @@ class DriverHostApp:
         await self._sync.serve_networks(mine)
 
     async def close(self) -> None:
+        self._sync.stop()  # a sync waiting to retry gives up now; the next process resumes
         for task in list(self._syncs.values()):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(task, 30)
+        # Only an orderly stop lets go of the servers: after a lost lease the next
+        # incarnation adopts them, and clients keep being served meanwhile.
+        release = self._own_servers and self._context.stopping.is_set()
         if self.share_servers is not None:
-            await self.share_servers.stop(stop_servers=self._own_servers)
-        await self.driver.stop(stop_servers=self._own_servers)
+            await self.share_servers.stop(stop_servers=release)
+        await self.driver.stop(stop_servers=release)
         await self._peers.close()
 
 
@@ -222,6 +235,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop this backend's Ganesha on an orderly exit (the launcher "
         "sets it); without it Ganesha keeps serving across restarts",
     )
+
+
+async def release(config: MeshConfig, args: argparse.Namespace) -> None:
+    """Stops the backend's servers and unmounts its shares, from the config alone: for
+    a driver-host that died, when etcd may be dead too."""
+    backend = config.backend(args.backend)
+    driver = drivers.create(backend.driver, backend.options)
+    await driver.stop(stop_servers=True)
+    log.info("released %s", backend.name)
 
 
 async def build(context: Context, args: argparse.Namespace) -> DriverHostApp:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 
 import grpc
 
 from sharemesh import network
-from sharemesh.runtime import export_ids, operations, quota
+from sharemesh.runtime import export_ids, failures, operations, quota, retry
 from sharemesh.runtime.coordination import Mutex, Session, Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import (
     Aborted,
@@ -65,8 +66,11 @@ class ShareSync:
         peers: Peers,
         max_attempts: int,
         host: str,
+        retry_deadline_seconds: float = 600.0,
     ) -> None:
         self._store = store
+        self._retry_deadline = retry_deadline_seconds
+        self._stopping = asyncio.Event()
         # Set when this backend handles share servers (mode 1); otherwise shares on
         # share networks go through the host's gateway (mode 2).
         self._share_servers: network.NetworkServers | None = None
@@ -81,17 +85,71 @@ class ShareSync:
     def use_share_servers(self, servers: network.NetworkServers) -> None:
         self._share_servers = servers
 
+    def stop(self) -> None:
+        """Syncs waiting to retry give up (the process is stopping)."""
+        self._stopping.set()
+
     async def sync(self, name: str) -> None:
+        """Makes the share true to its record. A transient fault (a Ganesha that is
+        restarting, a peer or etcd down for now) is retried with backoff; once the oldest
+        operation waiting on the share has waited the retry deadline, one last try fails
+        the waiting operations with UNAVAILABLE instead. With nothing waiting, the sync
+        gives up at the deadline and leaves the share to the reconciler."""
+        backoff = retry.Backoff()
+        started = time.time()
+        final = False
+        while True:
+            try:
+                await self._sync_locked(name, final)
+                return
+            except Unavailable as error:
+                if self._stopping.is_set():
+                    raise
+                log.info("sync of %s met a transient fault; retrying: %s", name, error.message)
+            await backoff.wait(self._stopping)
+            try:
+                since = await self._waiting_since(name)
+            except Unavailable:
+                continue  # etcd is still away: nothing can be failed without it anyway
+            if since is None and retry.past_deadline(started, self._retry_deadline):
+                raise Unavailable(f"sync of {name} still failing after the retry deadline")
+            final = retry.past_deadline(since, self._retry_deadline)
+
+    async def _waiting_since(self, name: str) -> float | None:
+        found = await self._store.get(self._store.key_of(name), records_pb2.ShareRecord)
+        if found is None:
+            return None
+        rules, _ = await self._store.list_all(
+            self._store.prefix_of(name, "accessRules"), records_pb2.AccessRuleRecord
+        )
+        pending = [*found.value.pending_operations]
+        for rule in rules:
+            pending.extend(rule.value.pending_operations)
+        return await retry.waiting_since(self._store, pending)
+
+    def _unless_final(self, error: ShareMeshError, final: bool) -> ShareMeshError:
+        """A transient fault is raised, to be retried, until the deadline has passed;
+        then it is the failure to report."""
+        if not isinstance(error, Unavailable):
+            return error
+        if not final:
+            raise error
+        return Unavailable(
+            f"gave up after retrying for {self._retry_deadline:.0f}s: {error.message}",
+            reason="RETRY_DEADLINE_EXCEEDED",
+        )
+
+    async def _sync_locked(self, name: str, final: bool) -> None:
         async with Mutex(self._session, keys.lock_prefix(self._store.root, name)).lock() as lock:
             for _ in range(_ATTEMPTS):
                 try:
-                    await self._sync_once(name, lock)
+                    await self._sync_once(name, lock, final)
                     return
                 except Aborted as race:  # a rule or the share changed meanwhile: again
                     log.debug("sync of %s raced (%s); again", name, race)
             log.warning("sync of %s kept racing; the reconciler will finish it", name)
 
-    async def _sync_once(self, name: str, lock: Mutex) -> None:
+    async def _sync_once(self, name: str, lock: Mutex, final: bool) -> None:
         found = await self._store.get(self._store.key_of(name), records_pb2.ShareRecord)
         if found is None or found.value.backend != self.backend:
             return
@@ -103,7 +161,7 @@ class ShareSync:
         )
         spec = spec_of(record)
         if record.delete_requested:
-            await self._delete(found, rules, spec, lock)
+            await self._delete(found, rules, spec, lock, final)
             return
         try:
             if record.share.share_network and self._share_servers is not None:
@@ -113,10 +171,8 @@ class ShareSync:
                 record = found.value
             else:
                 locations = await self._realize(record, spec, rules)
-        except Unavailable:
-            raise  # a peer is down for now: the reconciler tries again
         except ShareMeshError as error:
-            await self._fail(found, rules, spec, error, lock)
+            await self._fail(found, rules, spec, self._unless_final(error, final), lock)
             return
         txn = self._store.txn().fence(lock)
         record.share.state = Share.ACTIVE
@@ -348,6 +404,7 @@ class ShareSync:
         rules: list[Versioned[records_pb2.AccessRuleRecord]],
         spec: ShareSpec,
         lock: Mutex,
+        final: bool,
     ) -> None:
         record = found.value
         export_gone = True
@@ -355,9 +412,8 @@ class ShareSync:
             # Whoever serves it on its tenant network lets go of it before the backend.
             await self._sync_network_server(record)
             await self._driver.delete_share(spec)
-        except Unavailable:
-            raise  # a peer is down for now: the reconciler tries again
-        except ShareMeshError as error:
+        except ShareMeshError as failure:
+            error = self._unless_final(failure, final)
             if not record.force_delete:
                 await self._refuse_delete(found, error, lock)
                 return
@@ -437,7 +493,7 @@ class ShareSync:
         """A delete the backend refused leaves the share in ERROR with the reason, to be
         deleted again (with `force` to drop the record whatever the backend says)."""
         record = found.value
-        log.warning("could not delete %s: %s", record.share.name, error.message)
+        error = failures.for_tenant(error, f"delete of {record.share.name}", log)
         record.delete_requested = False
         record.share.state = Share.ERROR
         record.share.state_message = f"delete failed: {error.message}"
@@ -484,16 +540,24 @@ class ShareSync:
         grow that failed leaves the share ACTIVE at its size and gives back what it took;
         any other change that failed leaves the share in ERROR with the reason."""
         record = found.value
-        log.warning("%s failed on the backend: %s", record.share.name, error.message)
+        error = failures.for_tenant(error, record.share.name, log)
         txn = self._store.txn().fence(lock)
         record.share.state = Share.ERROR
         record.share.state_message = error.message
         if record.realized_size_gib == 0:
-            await self._driver.delete_share(spec)
-            await self._release(txn, record)
-            if len(record.tried_pools) + 1 < self._max_attempts:
-                await self._place_elsewhere(txn, found, error)
-                return
+            try:
+                await self._driver.delete_share(spec)
+            except ShareMeshError as undo:  # it keeps its place until it is deleted
+                log.warning("%s could not be undone: %s", record.share.name, undo.message)
+            else:
+                await self._release(txn, record)
+                # A create that ran out of time for a transient fault fails; any other
+                # failure may fare better on another pool.
+                if len(record.tried_pools) + 1 < self._max_attempts and not isinstance(
+                    error, Unavailable
+                ):
+                    await self._place_elsewhere(txn, found, error)
+                    return
         elif record.share.size_gib > record.realized_size_gib:
             wanted = record.share.size_gib
             await self._release(txn, record, wanted - record.realized_size_gib)
@@ -524,7 +588,8 @@ class ShareSync:
         record.export_id = 0
         record.ClearField("gateway_access")
         record.share.state = Share.CREATING  # waiting for placement again
-        record.share.state_message = f"retrying elsewhere: {failed_pool} failed: {error.message}"
+        # Which pool failed is for admins (Share.pool is theirs); the log names it.
+        record.share.state_message = f"retrying on another pool: {error.message}"
         record.share.update_time.CopyFrom(operations.now())
         txn.put(found.key, record, found.mod_revision)
         await txn.commit()

@@ -79,6 +79,7 @@ class SchedulerApp:
             placement(self._context.config.scheduler),
             self._context.config.quotas,
             self._context.config.export_id_quarantine_seconds,
+            self._context.config.retry_deadline_seconds,
         )
         try:
             while not leadership.done.is_set():

@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sharemesh.runtime import capacity, export_ids, operations, quota
+from sharemesh.runtime import capacity, export_ids, failures, operations, quota, retry
 from sharemesh.runtime.config import QuotaConfig
 from sharemesh.runtime.coordination import Leadership, Store, Txn, Versioned, keys
-from sharemesh.runtime.errors import Aborted, ResourceExhausted
+from sharemesh.runtime.errors import Aborted, ResourceExhausted, ShareMeshError, Unavailable
 from sharemesh.runtime.peers import Peers
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_pb2, share_type_pb2
@@ -23,6 +23,11 @@ Share = share_pb2.Share
 _ATTEMPTS = 10
 
 
+class _BackendsMissing(Exception):
+    """No registered pool takes the share, but a backend is not registered (yet): one
+    that restarts may, so the create waits rather than fails."""
+
+
 class Placer:
     def __init__(
         self,
@@ -32,8 +37,11 @@ class Placer:
         placement: Placement,
         quotas: QuotaConfig,
         export_id_quarantine_seconds: float,
+        retry_deadline_seconds: float = 600.0,
     ) -> None:
         self._store = store
+        self._retry_deadline = retry_deadline_seconds
+        self._waiting: set[str] = set()  # shares whose placement waits to retry
         self._export_id_quarantine = export_id_quarantine_seconds
         self._quotas = quotas
         self._placement = placement
@@ -43,16 +51,35 @@ class Placer:
         self._lock = asyncio.Lock()
 
     async def place(self, name: str) -> None:
-        backend = None
+        """Places the share and nudges its backend. While backends are missing or etcd
+        is away, it retries with backoff (one loop per share; a nudge meanwhile joins
+        it), until the create's deadline or the end of this leadership."""
+        if name in self._waiting:
+            return
+        self._waiting.add(name)
+        try:
+            backoff = retry.Backoff()
+            while not self._leadership.done.is_set():
+                try:
+                    backend = await self._place_racing(name)
+                except (_BackendsMissing, Unavailable) as transient:
+                    log.info("placement of %s waits: %s", name, transient)
+                    await backoff.wait(self._leadership.done)
+                    continue
+                if backend:
+                    await self._peers.sync_share(backend, name)
+                return
+        finally:
+            self._waiting.discard(name)
+
+    async def _place_racing(self, name: str) -> str | None:
         for _ in range(_ATTEMPTS):
             try:
                 async with self._lock:
-                    backend = await self._place_once(name)
-                break
+                    return await self._place_once(name)
             except Aborted as race:  # the share or an allocation changed: decide again
                 log.debug("placement of %s raced (%s); retrying", name, race)
-        if backend:
-            await self._peers.sync_share(backend, name)
+        return None
 
     async def _place_once(self, name: str) -> str | None:
         """Places the share if it waits for placement; returns its backend to nudge."""
@@ -74,18 +101,14 @@ class Placer:
         try:
             quota.check(self._quotas, record.project, used - size, size)
         except ResourceExhausted as over:
-            await self._fail(found, over.message, over)
+            await self._fail(found, over)
             return None
         candidates, allocations = await self._candidates()
         request = await self._request(record)
         try:
             chosen = self._placement.choose(candidates, request)
         except NoValidPool as reason:
-            await self._fail(
-                found,
-                f"no valid pool: {reason}",
-                ResourceExhausted(f"no pool can hold {size} GiB: {reason}", reason="NO_VALID_POOL"),
-            )
+            await self._no_valid_pool(found, candidates, allocations, str(reason))
             return None
         allocation = allocations.get(chosen.pool)
         key = keys.pool_allocation_key(self._store.root, chosen.pool)
@@ -99,7 +122,7 @@ class Placer:
         try:
             record.export_id = await self._take_export_id(txn, chosen.backend.split("/")[-1])
         except ResourceExhausted as exhausted:
-            await self._fail(found, exhausted.message, exhausted)
+            await self._fail(found, exhausted)
             return None
         record.backend = chosen.backend
         record.pool = chosen.pool
@@ -108,6 +131,8 @@ class Placer:
             chosen.capabilities, request.extra_specs
         )
         record.share.pool = chosen.pool
+        if not record.share.availability_zone:  # the zone the scheduler chose for it
+            record.share.availability_zone = chosen.availability_zone
         txn.put(found.key, record, found.mod_revision)
         await txn.commit()
         log.info("placed %s on %s", name, chosen.pool)
@@ -176,16 +201,49 @@ class Placer:
             frozenset(record.tried_pools),
         )
 
-    async def _fail(
-        self, found: Versioned[records_pb2.ShareRecord], message: str, error: ResourceExhausted
+    async def _no_valid_pool(
+        self,
+        found: Versioned[records_pb2.ShareRecord],
+        candidates: list[Candidate],
+        allocations: dict[str, Versioned[records_pb2.PoolAllocation]],
+        reason: str,
     ) -> None:
+        """No registered pool takes the share. If a backend is missing (none registered,
+        or one whose pools hold allocations is not), it may take it once it is back: the
+        create waits until its deadline, then fails UNAVAILABLE. Otherwise the pools
+        that are there refused it for a reason of their own, and it fails now."""
         record = found.value
+        registered = {candidate.backend for candidate in candidates}
+        known = {pool.rsplit("/pools/", 1)[0] for pool in allocations}
+        if candidates and known <= registered:
+            size = record.share.size_gib
+            await self._fail(
+                found,
+                ResourceExhausted(f"no pool can hold {size} GiB: {reason}", reason="NO_VALID_POOL"),
+            )
+            return
+        since = await retry.waiting_since(self._store, record.pending_operations)
+        if since is None:
+            since = record.share.create_time.ToMicroseconds() / 1e6
+        if not retry.past_deadline(since, self._retry_deadline):
+            raise _BackendsMissing(f"no registered pool takes it ({reason}); a backend is down")
+        await self._fail(
+            found,
+            Unavailable(
+                f"no backend that could hold the share came back within "
+                f"{self._retry_deadline:.0f}s ({reason})",
+                reason="BACKEND_UNAVAILABLE",
+            ),
+        )
+
+    async def _fail(self, found: Versioned[records_pb2.ShareRecord], error: ShareMeshError) -> None:
+        record = found.value
+        error = failures.for_tenant(error, record.share.name, log)
         record.share.state = Share.ERROR
-        record.share.state_message = message
+        record.share.state_message = error.message
         record.share.update_time.CopyFrom(operations.now())
         pending = list(record.pending_operations)
         del record.pending_operations[:]
         txn = self._store.txn().fence(self._leadership).put(found.key, record, found.mod_revision)
         await operations.finish_pending(self._store, txn, pending, error=error)
         await txn.commit()
-        log.info("%s cannot be placed: %s", record.share.name, message)
