@@ -38,3 +38,16 @@ def test_format_round_trips():
 def test_project_of():
     assert names.project_of("projects/p9/shares/x") == "p9"
     assert names.project_of("shareTypes/default") == ""
+
+
+@pytest.mark.parametrize("bad", ["share\n", "share\x00", "../x", "a/b", "", "s" * 64])
+def test_ids_refuse_newlines_nul_and_paths(bad):
+    with pytest.raises(InvalidArgument) as e:
+        names.check_id("share_id", bad)
+    assert e.value.field_violations[0][0] == "share_id"
+
+
+def test_errors_echo_at_most_a_short_prefix_of_the_value():
+    with pytest.raises(InvalidArgument) as e:
+        names.SHARE.parse("name", "x" * 100_000)
+    assert len(e.value.message) < 200

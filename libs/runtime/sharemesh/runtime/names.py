@@ -11,11 +11,22 @@ from .errors import InvalidArgument
 ID_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
+# What an error message may echo of a caller's value: enough to recognise it, never
+# a 100 KB string sent back whole.
+_SHOWN = 72
+
+
+def shown(value: str) -> str:
+    """`value` quoted for an error message, cut short when long."""
+    return repr(value if len(value) <= _SHOWN else value[:_SHOWN] + "...")
+
+
 def check_id(field: str, value: str) -> str:
-    if not ID_PATTERN.match(value):
+    # fullmatch: `$` alone would also take a trailing newline.
+    if not ID_PATTERN.fullmatch(value):
         raise InvalidArgument(
             field,
-            f"{value!r} must be 1-63 characters of a-z, 0-9 and '-', "
+            f"{shown(value)} must be 1-63 characters of a-z, 0-9 and '-', "
             "starting with a letter and not ending with '-'",
         )
     return value
@@ -34,13 +45,13 @@ class Pattern:
     def parse(self, field: str, name: str) -> dict[str, str]:
         parts = name.split("/")
         if len(parts) != len(self._parts):
-            raise InvalidArgument(field, f"{name!r} is not of the form {self.template}")
+            raise InvalidArgument(field, f"{shown(name)} is not of the form {self.template}")
         values: dict[str, str] = {}
         for want, got in zip(self._parts, parts):
             if want.startswith("{"):
                 values[want.strip("{}")] = check_id(field, got) if got != "-" else got
             elif want != got:
-                raise InvalidArgument(field, f"{name!r} is not of the form {self.template}")
+                raise InvalidArgument(field, f"{shown(name)} is not of the form {self.template}")
         return values
 
     def format(self, **values: str) -> str:
