@@ -4,7 +4,6 @@ sync the share."""
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
 
 from sharemesh.runtime import names, operations, validation
@@ -28,12 +27,8 @@ def rule_view(found: Versioned[records_pb2.AccessRuleRecord]) -> AccessRule:
 
 
 def _check_access_to(value: str) -> str:
-    try:
-        return str(ipaddress.ip_network(value, strict=False))
-    except ValueError:
-        raise InvalidArgument(
-            "access_rule.access_to", f"{value!r} is not an IPv4 or IPv6 address or CIDR"
-        ) from None
+    """The client as the canonical network the record stores and Ganesha is given."""
+    return validation.check_network("access_rule.access_to", value)
 
 
 class AccessRules(Base):
