@@ -1,16 +1,15 @@
-"""Opaque page tokens (AIP-158): the last key returned plus the read revision, so every
-page of one listing reads the same snapshot."""
+"""Paging (AIP-158): one page size rule for every List, and opaque tokens that carry
+where the last page ended and the read revision, so every page of one listing reads
+the same snapshot. The tokens are sealed by `sharemesh.runtime.page_tokens`."""
 
 from __future__ import annotations
 
-import base64
-import json
 from typing import TypeVar
 
 from google.protobuf.message import Message
 
+from sharemesh.runtime import page_tokens, validation
 from sharemesh.runtime.coordination import Store, Versioned
-from sharemesh.runtime.errors import InvalidArgument
 
 M = TypeVar("M", bound=Message)
 
@@ -19,33 +18,33 @@ MAX_PAGE_SIZE = 1000
 
 
 def page_size(requested: int) -> int:
-    if requested < 0:
-        raise InvalidArgument("page_size", "must not be negative")
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
-def encode(last_key: str, revision: int) -> str:
-    raw = json.dumps({"k": last_key, "r": revision}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode(token: str) -> tuple[str | None, int | None]:
-    if not token:
-        return None, None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        data = json.loads(raw)
-        return str(data["k"]), int(data["r"])
-    except (ValueError, KeyError, TypeError):
-        raise InvalidArgument("page_token", "is not a token this API issued") from None
+    """Negative is refused, 0 means the default, and more than the maximum is clamped."""
+    return min(validation.check_page_size(requested) or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 async def page(
-    store: Store, prefix: str, record_type: type[M], page_token: str, requested_size: int
+    store: Store,
+    prefix: str,
+    record_type: type[M],
+    page_token: str,
+    requested_size: int,
+    *,
+    scope: str = "",
 ) -> tuple[list[Versioned[M]], str]:
-    """One page of the records under `prefix` and the token for the next ('' at the end)."""
-    start_after, revision = decode(page_token)
+    """One page of the records under `prefix` and the token for the next ('' at the end).
+    `scope` is whatever else shapes the list (its filter, its order): a token is good
+    only for the prefix and scope that issued it."""
+    size = page_size(requested_size)
+    bound_to = page_tokens.binding(prefix, scope)
+    position = await page_tokens.read(store, bound_to, page_token)
     items, revision, more = await store.list(
-        prefix, record_type, start_after, page_size(requested_size), revision
+        prefix,
+        record_type,
+        prefix + position.after if position else None,
+        size,
+        position.revision if position else None,
     )
-    return items, encode(items[-1].key, revision) if more and items else ""
+    if not (more and items):
+        return items, ""
+    last = page_tokens.Position(items[-1].key[len(prefix) :], revision)
+    return items, (await page_tokens.load(store)).issue(bound_to, last)
