@@ -2,7 +2,8 @@
 
 Drivers and the gateway describe exports (`Export`) and hand them to a `GaneshaInstance`,
 which writes one file per export, applies it over the instance's private D-Bus and
-returns only when Ganesha reports the new client list.
+returns only when Ganesha reports the new client list. Every client that reaches a config
+is an IPv4 or IPv6 address or CIDR (`parse_client`); a refused export is never included.
 """
 
 from ._dbus import LiveExport
@@ -14,19 +15,25 @@ from ._export import (
     VfsFsal,
     client_rules,
     normalize_client,
+    parse_client,
+    share_of_pseudo,
     share_pseudo,
 )
-from ._instance import GaneshaInstance
+from ._instance import ExportRefused, GaneshaInstance, RefusedExport
 
 __all__ = [
     "Access",
     "ClientRule",
     "Export",
+    "ExportRefused",
     "GaneshaInstance",
     "LiveExport",
     "ProxyV4Fsal",
+    "RefusedExport",
     "VfsFsal",
     "client_rules",
     "normalize_client",
+    "parse_client",
+    "share_of_pseudo",
     "share_pseudo",
 ]

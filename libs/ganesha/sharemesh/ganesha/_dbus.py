@@ -16,6 +16,23 @@ _IFACE = "org.ganesha.nfsd.exportmgr"
 # read from DisplayExport replies of Ganesha 4.3.
 _WRITE_ACCESS = 0x100
 
+# Errors of a Ganesha that is restarting or a bus that is gone, not of the request: a
+# retry after the restart succeeds.
+_TRANSIENT = {
+    f"org.freedesktop.DBus.Error.{name}"
+    for name in (
+        "ServiceUnknown",
+        "NameHasNoOwner",
+        "NoReply",
+        "NoServer",
+        "Disconnected",
+        "Timeout",
+        "TimedOut",
+        "NoNetwork",
+        "LimitsExceeded",
+    )
+}
+
 
 class DBusError(Exception):
     """A failed call: `name` is the D-Bus error name (empty when the bus itself failed)."""
@@ -24,6 +41,12 @@ class DBusError(Exception):
         super().__init__(f"{name or 'dbus-send'}: {message}")
         self.name = name
         self.message = message
+
+    @property
+    def transient(self) -> bool:
+        """Ganesha or its bus was unreachable (dbus-send could not connect or timed
+        out, or Ganesha did not answer), rather than Ganesha refusing the call."""
+        return not self.name or self.name in _TRANSIENT
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,24 @@ from sharemesh.runtime.errors import InvalidArgument
 
 Access = Literal["RW", "RO"]
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 # Ganesha's config grammar has no escapes inside quoted strings, so anything that could end
-# a string or a block is refused rather than quoted.
-_UNSAFE = re.compile(r'["\n\r;{}#\\]')
-_HOSTNAME = re.compile(r"^(\*|[A-Za-z0-9*?]([A-Za-z0-9.*?-]{0,252}))$")
+# a string or a block, or any control character, is refused rather than quoted.
+_UNSAFE = re.compile(r'["\x00-\x1f\x7f;{}#\\]')
+# The only characters an address or CIDR needs: no scope ids (`%eth0`), names or wildcards.
+_CLIENT_CHARS = re.compile(r"[0-9A-Fa-f.:/]{1,64}")
+# What Ganesha 4.3's parser does with some networks, tried against it: `0.0.0.0/0` fails
+# the export, `::/0` and IPv6 prefixes of /100 to /128 are silently dropped, and a bare
+# `0.0.0.0` means every client. The renderings below avoid all of these.
+_EVERYONE: dict[int, tuple[Network, ...]] = {
+    4: (ipaddress.ip_network("0.0.0.0/1"), ipaddress.ip_network("128.0.0.0/1")),
+    6: (ipaddress.ip_network("::/1"), ipaddress.ip_network("8000::/1")),
+}
 
 
 class ClientRule(NamedTuple):
-    """One CLIENT block: these addresses, CIDRs or host names get this access."""
+    """One CLIENT block: these addresses or CIDRs get this access."""
 
     clients: tuple[str, ...]
     access: Access
@@ -46,7 +56,10 @@ class ProxyV4Fsal:
     retry_sleep_time: int = 1
 
     def render(self) -> str:
-        _check_text("fsal.server", self.server)
+        try:
+            ipaddress.ip_address(self.server)
+        except ValueError:
+            raise InvalidArgument("fsal.server", "must be an IP address") from None
         return (
             f"FSAL {{ Name = PROXY_V4; Srv_Addr = {self.server}; NFS_Port = {self.port}; "
             f"RPC_Client_Timeout = {self.rpc_client_timeout}; "
@@ -84,7 +97,7 @@ class Export:
             if not rule.clients:
                 raise InvalidArgument("clients", "a rule names at least one client")
             for client in rule.clients:
-                normalize_client(client)
+                parse_client(client)
 
     def render(self) -> str:
         """The EXPORT block, one file per export."""
@@ -101,37 +114,61 @@ class Export:
             f"    {self.fsal.render()}",
         ]
         for rule in self.clients:
-            clients = ", ".join(_config_client(client) for client in rule.clients)
+            clients = ", ".join(
+                text for client in rule.clients for text in _config_clients(parse_client(client))
+            )
             lines.append(f"    CLIENT {{ Clients = {clients}; Access_Type = {rule.access}; }}")
         lines.append("}")
         return "\n".join(lines) + "\n"
 
     def expected_clients(self) -> list[tuple[str, Access]]:
         """The client list as Ganesha reports it back (DisplayExport), in order."""
-        return [(normalize_client(c), rule.access) for rule in self.clients for c in rule.clients]
+        return [
+            (str(net), rule.access)
+            for rule in self.clients
+            for client in rule.clients
+            for net in _halves(parse_client(client))
+        ]
+
+
+def parse_client(text: str, field: str = "clients") -> Network:
+    """A client as a config may name it: an IPv4 or IPv6 address or CIDR, nothing else.
+    Host bits below the prefix are dropped (`10.1.2.3/8` is `10.0.0.0/8`)."""
+    if not isinstance(text, str) or not _CLIENT_CHARS.fullmatch(text):
+        raise InvalidArgument(
+            field, f"{str(text)[:64]!r} is not an IPv4 or IPv6 address or CIDR (no scope id)"
+        )
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise InvalidArgument(field, f"{text!r} is not an IPv4 or IPv6 address or CIDR") from None
+    if net.version == 6 and 100 <= net.prefixlen < 128:
+        raise InvalidArgument(
+            field,
+            f"{text!r}: IPv6 prefixes from /100 to /127 are not supported by the NFS server; "
+            "use /99 or shorter, or single addresses",
+        )
+    return net
 
 
 def normalize_client(client: str) -> str:
-    """The form Ganesha prints a client in: networks with a prefix, names lowercased."""
-    try:
-        return str(ipaddress.ip_network(client, strict=False))
-    except ValueError:
-        pass
-    if not _HOSTNAME.match(client):
-        raise InvalidArgument("clients", f"not an address, CIDR or host name: {client!r}")
-    return client.lower()
+    """A client's canonical form (`10.0.0.0/8`, `2001:db8::7/128`)."""
+    return str(parse_client(client))
 
 
-def _config_client(client: str) -> str:
-    """A client as Ganesha's config takes it: a single host as a bare address, since
-    its parser drops an IPv6 host written with /128."""
-    try:
-        network = ipaddress.ip_network(client, strict=False)
-    except ValueError:
-        return client
-    if network.prefixlen == network.max_prefixlen:
-        return str(network.network_address)
-    return str(network)
+def _halves(net: Network) -> tuple[Network, ...]:
+    """`net` as Ganesha can hold it: every address of a family as that family's two
+    halves (exactly the same clients), any other network as itself."""
+    return _EVERYONE[net.version] if net.prefixlen == 0 else (net,)
+
+
+def _config_clients(net: Network) -> list[str]:
+    """`net` as Ganesha's config takes it: IPv4 always with its prefix (a bare `0.0.0.0`
+    would mean every client), an IPv6 host bare (its parser drops `/128`)."""
+    return [
+        str(half.network_address) if half.version == 6 and half.prefixlen == 128 else str(half)
+        for half in _halves(net)
+    ]
 
 
 def _check_text(name: str, value: str) -> None:
@@ -145,14 +182,9 @@ def client_rules(rules: Iterable[tuple[str, Access]]) -> tuple[ClientRule, ...]:
     """CLIENT blocks for (address or CIDR, access) pairs: one per network, most specific
     first, since Ganesha grants the first match (a host's own rule beats its subnet's).
     A network named twice gets the lesser access."""
-    levels: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, Access] = {}
+    levels: dict[Network, Access] = {}
     for access_to, access in rules:
-        try:
-            net = ipaddress.ip_network(access_to, strict=False)
-        except ValueError:
-            raise InvalidArgument(
-                "access_to", f"not an IP address or CIDR: {access_to!r}"
-            ) from None
+        net = parse_client(access_to, "access_to")
         levels[net] = "RO" if levels.get(net) == "RO" else access
     ordered = sorted(levels, key=lambda n: (-n.prefixlen, n.version, int(n.network_address)))
     return tuple(ClientRule((str(net),), levels[net]) for net in ordered)
@@ -161,3 +193,9 @@ def client_rules(rules: Iterable[tuple[str, Access]]) -> tuple[ClientRule, ...]:
 def share_pseudo(share_uid: str) -> str:
     """The NFSv4 pseudo path of a share, the same on its backend and on any gateway."""
     return f"/shares/{share_uid}"
+
+
+def share_of_pseudo(pseudo: str) -> str | None:
+    """The share uid behind a pseudo path `share_pseudo` made, else None."""
+    uid = pseudo.removeprefix("/shares/")
+    return uid if uid != pseudo and uid and "/" not in uid else None

@@ -2,22 +2,30 @@
 
 Both run in their own session, so they outlive the service that started them (a crashed
 service leaves its shares served); the next incarnation adopts them by pidfile.
+
+`ganesha.conf` includes only export files Ganesha has accepted: a new version of an
+export is staged under another name, handed to Ganesha over D-Bus, and renamed into
+place only once Ganesha serves it. So one refused export never stops Ganesha's next start,
+and a start that fails anyway falls back to adding the files one by one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from sharemesh.runtime.errors import Internal, InvalidArgument
+from sharemesh.runtime.errors import Internal, InvalidArgument, Unavailable
 
 from ._dbus import DBusError, ExportMgr
 from ._export import Export, _check_text
@@ -30,6 +38,30 @@ _DBUS = "dbus-daemon"
 # Children this process started: polled so an exited child is reaped, not left a zombie
 # (on these machines PID 1 does not reap orphans either).
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+_PSEUDO = re.compile(r'\bPseudo\s*=\s*"([^"\n]*)"', re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class RefusedExport:
+    """An export Ganesha would not take. Its file is not included; the last one that
+    Ganesha refused at a start is kept beside the others as `<id>.refused`."""
+
+    export_id: int
+    pseudo: str
+    """Its pseudo path; empty when a file Ganesha refused did not say."""
+
+
+class ExportRefused(Internal):
+    """Ganesha refused an export, or took it with other clients than asked. Not
+    transient: the same export is refused again. The detail is in the log."""
+
+    def __init__(self, export: Export) -> None:
+        super().__init__(
+            f"the NFS server refused the export of {export.pseudo}", reason="EXPORT_REFUSED"
+        )
+        self.export_id = export.export_id
+        self.pseudo = export.pseudo
 
 
 def _running(pid: int | None, comm: str, needle: str) -> bool:
@@ -126,7 +158,10 @@ class GaneshaInstance:
         self.bus_address = f"unix:path={self.bus_socket}"
         self._mgr = ExportMgr(self.bus_address)
         self._lock = asyncio.Lock()
+        # Per export id: the latest version asked for (re-applied after a restart), and
+        # the latest one Ganesha accepted.
         self._known: dict[int, Export] = {}
+        self._accepted: dict[int, Export] = {}
         self._stopped = True
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -163,21 +198,44 @@ class GaneshaInstance:
         log.info("adopted ganesha pid %s (%s)", self._ganesha_pid(), self.state_dir)
         return True
 
-    async def start(self) -> None:
-        """Adopt the running Ganesha, or start one serving every export file on disk."""
+    async def start(self) -> list[RefusedExport]:
+        """Adopt the running Ganesha, or start one serving every export file on disk.
+        Returns the exports it refused (their files are set aside); the others serve."""
         async with self._lock:
-            await self._start_locked()
+            return await self._start_locked()
 
-    async def _start_locked(self) -> None:
+    async def _start_locked(self) -> list[RefusedExport]:
         if self.adopt():
-            return
+            return []
         # A Ganesha whose bus died cannot be managed any more: replace both.
         await self._terminate(self._ganesha_pid(), "ganesha")
         for d in (self.state_dir, self.exports_dir, self.state_dir / "recovery"):
             d.mkdir(parents=True, exist_ok=True)
+        for staged in self.exports_dir.glob("*.staged"):  # a crash during an apply
+            staged.unlink(missing_ok=True)
         if self._bus_pid() is None:
             await self._start_bus()
+        if not await self._launch(include_exports=True):
+            if not self._export_files():
+                raise self._failed_to_start("it exited at start")
+            # An export file it cannot parse (a bug, an old version, a damaged disk) must
+            # not keep every other export down.
+            log.error(
+                "ganesha %s exited at start with its export files; starting it with none "
+                "and adding them one by one. Log tail:\n%s",
+                self.state_dir,
+                self._log_tail(),
+            )
+            if not await self._launch(include_exports=False):
+                raise self._failed_to_start("it exited at start even without exports")
+        self._stopped = False
+        refused = await self._load_missing()
         self._write_main_config()
+        return refused
+
+    async def _launch(self, include_exports: bool) -> bool:
+        """Start Ganesha; False if it exited during its start."""
+        self._write_main_config(include_exports)
         self.pid_file.unlink(missing_ok=True)
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus_address)
         argv = [
@@ -196,8 +254,8 @@ class GaneshaInstance:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         started = time.monotonic()
         proc = _spawn(argv, env)
-        await self._wait_ready(proc)
-        self._stopped = False
+        if not await self._wait_ready(proc):
+            return False
         log.info(
             "started ganesha pid %s on nfs %s / mount %s in %.2fs (%s)",
             proc.pid,
@@ -206,6 +264,45 @@ class GaneshaInstance:
             time.monotonic() - started,
             self.state_dir,
         )
+        return True
+
+    def _failed_to_start(self, why: str) -> Unavailable:
+        log.error(
+            "ganesha %s did not start: %s. Log tail:\n%s", self.state_dir, why, self._log_tail()
+        )
+        return Unavailable("the NFS server did not start; it is retried", reason="NFS_SERVER_DOWN")
+
+    async def _load_missing(self) -> list[RefusedExport]:
+        """Hand Ganesha every included export it does not serve (it skips an export it
+        cannot set up, and a fallback start has none); set aside what it refuses."""
+        with self._reaching("ShowExports"):
+            live = await self._mgr.export_ids()
+        refused = []
+        for file in self._export_files():
+            export_id = int(file.stem)
+            if export_id in live:
+                continue
+            try:
+                with self._reaching(f"AddExport {export_id}"):
+                    await self._mgr.add(str(file), export_id)
+            except DBusError as error:
+                refused.append(self._set_aside(file, error))
+        return refused
+
+    def _set_aside(self, file: Path, error: DBusError) -> RefusedExport:
+        export_id = int(file.stem)
+        found = _PSEUDO.search(file.read_text(errors="replace"))
+        aside = self._refused_file(export_id)
+        os.replace(file, aside)
+        self._accepted.pop(export_id, None)
+        log.error(
+            "ganesha %s refused export %s; its file is set aside as %s: %s",
+            self.state_dir,
+            export_id,
+            aside,
+            error,
+        )
+        return RefusedExport(export_id, found.group(1) if found else "")
 
     async def _start_bus(self) -> None:
         # A crash between starting a bus and writing its pidfile leaves one untracked.
@@ -218,31 +315,30 @@ class GaneshaInstance:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise Internal(f"dbus-daemon for {self.state_dir} exited with {proc.returncode}")
+                log.error("dbus-daemon for %s exited with %s", self.state_dir, proc.returncode)
+                raise Unavailable("the NFS server's bus did not start", reason="NFS_SERVER_DOWN")
             if self.bus_socket.exists() and _can_connect_unix(self.bus_socket):
                 return
             await asyncio.sleep(0.01)
-        raise Internal(f"dbus-daemon for {self.state_dir} did not listen within 10s")
+        await self._terminate(proc.pid, "dbus-daemon")
+        log.error("dbus-daemon for %s did not listen within 10s", self.state_dir)
+        raise Unavailable("the NFS server's bus did not start", reason="NFS_SERVER_DOWN")
 
-    async def _wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
+    async def _wait_ready(self, proc: subprocess.Popen[bytes]) -> bool:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise Internal(
-                    f"ganesha exited with {proc.returncode} at start; log tail:\n{self._log_tail()}"
-                )
+                return False
             try:
                 await self._mgr.ping()
             except DBusError:
                 await asyncio.sleep(0.02)
                 continue
             if self.netns or _can_connect_tcp(self.bind_address or "127.0.0.1", self.nfs_port):
-                return
+                return True
             await asyncio.sleep(0.02)
         await self._terminate(proc.pid, "ganesha")
-        raise Internal(
-            f"ganesha did not serve within {self.start_timeout}s; log:\n{self._log_tail()}"
-        )
+        raise self._failed_to_start(f"it did not serve within {self.start_timeout}s")
 
     async def stop(self) -> None:
         """Stop Ganesha and its bus (idempotent). Export files stay for the next start."""
@@ -281,7 +377,7 @@ class GaneshaInstance:
         except FileNotFoundError:
             return "(no log)"
 
-    def _write_main_config(self) -> None:
+    def _write_main_config(self, include_exports: bool = True) -> None:
         core = [
             "Protocols = 3, 4;",
             "Enable_UDP = false;",
@@ -308,7 +404,7 @@ class GaneshaInstance:
             "EXPORT_DEFAULTS { Access_Type = None; Squash = No_Root_Squash; SecType = sys;"
             " Protocols = 3, 4; Transports = TCP; }\n"
         )
-        for f in self._export_files():
+        for f in self._export_files() if include_exports else ():
             text += f'%include "{f}"\n'
         _write_atomic(self.config_file, text)
 
@@ -321,74 +417,147 @@ class GaneshaInstance:
         )
 
     def _export_file(self, export_id: int) -> Path:
+        """The accepted version, included in ganesha.conf."""
         return self.exports_dir / f"{export_id}.conf"
+
+    def _staged_file(self, export_id: int) -> Path:
+        """A version Ganesha has not accepted yet; never included."""
+        return self.exports_dir / f"{export_id}.staged"
+
+    def _refused_file(self, export_id: int) -> Path:
+        """A file Ganesha refused at a start, kept for the operator; never included."""
+        return self.exports_dir / f"{export_id}.refused"
 
     # ---- exports ---------------------------------------------------------------------
 
-    def known_exports(self) -> list[Export]:
-        """The exports this object applied (and did not remove), for re-applying."""
-        return list(self._known.values())
+    @contextlib.contextmanager
+    def _reaching(self, what: str) -> Iterator[None]:
+        """A D-Bus failure of a Ganesha that is restarting, or of its missing bus, is
+        Unavailable (the caller retries); a refusal stays a DBusError."""
+        try:
+            yield
+        except DBusError as error:
+            if not error.transient:
+                raise
+            log.warning("ganesha %s unreachable during %s: %s", self.state_dir, what, error)
+            raise Unavailable(
+                "the NFS server is restarting; retry shortly", reason="NFS_SERVER_RESTARTING"
+            ) from error
 
     async def serves(self, export: Export) -> bool:
         """Whether Ganesha serves this export (its id, on its path and pseudo path) right
         now, whatever its clients; one DisplayExport, not a list."""
-        live = await self._mgr.display(export.export_id)
+        with self._reaching(f"DisplayExport {export.export_id}"):
+            live = await self._mgr.display(export.export_id)
         return live is not None and (live.path, live.pseudo) == (export.path, export.pseudo)
 
     async def live_export_ids(self) -> set[int]:
         """Export ids Ganesha serves right now (without its pseudo root, 0)."""
-        return await self._mgr.export_ids()
+        with self._reaching("ShowExports"):
+            return await self._mgr.export_ids()
 
     async def apply(self, export: Export) -> None:
-        """Add or update one export; returns once Ganesha reports the new client list."""
+        """Add or update one export; returns once Ganesha reports the new client list.
+
+        Raises ExportRefused when Ganesha refuses it: a new export then leaves no file, an
+        update leaves the last accepted version serving. Raises Unavailable while
+        Ganesha restarts; the restart applies this export, the latest asked for."""
         async with self._lock:
             await self._apply_locked(export)
 
     async def _apply_locked(self, export: Export) -> None:
         started = time.monotonic()
+        export_id = export.export_id
+        # Wanted from now on: a restart before this returns re-applies it, not an older one.
+        self._known[export_id] = export
         self.exports_dir.mkdir(parents=True, exist_ok=True)
-        file = self._export_file(export.export_id)
-        _write_atomic(file, export.render())
-        self._write_main_config()
+        staged = self._staged_file(export_id)
+        _write_atomic(staged, export.render())
         try:
-            live = await self._mgr.display(export.export_id)
-            if live is not None and (live.path != export.path or live.pseudo != export.pseudo):
+            with self._reaching(f"export {export_id}"):
+                await self._load(export, staged)
+            os.replace(staged, self._export_file(export_id))
+        except ExportRefused:
+            # Back to the last accepted version (or none), for restarts too.
+            if export_id in self._accepted:
+                self._known[export_id] = self._accepted[export_id]
+            else:
+                self._known.pop(export_id, None)
+            raise
+        finally:
+            staged.unlink(missing_ok=True)
+        self._refused_file(export_id).unlink(missing_ok=True)
+        self._write_main_config()
+        self._accepted[export_id] = export
+        log.info(
+            "export %s %s -> %s clients %s applied in %.3fs",
+            export_id,
+            export.pseudo,
+            export.path,
+            export.expected_clients(),
+            time.monotonic() - started,
+        )
+
+    async def _load(self, export: Export, staged: Path) -> None:
+        """Hand Ganesha the staged file and check that it serves what was asked."""
+        export_id = export.export_id
+        try:
+            live = await self._mgr.display(export_id)
+            if live is not None and (live.path, live.pseudo) != (export.path, export.pseudo):
                 # UpdateExport keeps an export's identity; a new path is a new export.
-                await self._mgr.remove(export.export_id)
+                await self._mgr.remove(export_id)
                 live = None
             if live is None:
                 try:
-                    await self._mgr.add(str(file), export.export_id)
+                    await self._mgr.add(str(staged), export_id)
                 except DBusError as error:
                     if "already active" not in error.message:
                         raise
-                    await self._mgr.update(str(file), export.export_id)
+                    await self._mgr.update(str(staged), export_id)
             else:
-                await self._mgr.update(str(file), export.export_id)
-            confirmed = await self._mgr.display(export.export_id)
+                await self._mgr.update(str(staged), export_id)
+            confirmed = await self._mgr.display(export_id)
         except DBusError as error:
-            raise Internal(
-                f"ganesha {self.state_dir} refused export {export.export_id}: {error}"
-            ) from error
+            if error.transient:
+                raise
+            log.error("ganesha %s refused export %s: %s", self.state_dir, export_id, error)
+            await self._restore(export_id)
+            raise ExportRefused(export) from error
         want = export.expected_clients()
         if (
             confirmed is None
-            or confirmed.pseudo != export.pseudo
+            or (confirmed.path, confirmed.pseudo) != (export.path, export.pseudo)
             or list(confirmed.clients) != want
         ):
-            raise Internal(
-                f"ganesha {self.state_dir} export {export.export_id}: wanted clients {want}, "
-                f"it reports {confirmed}"
+            log.error(
+                "ganesha %s export %s: wanted clients %s, it reports %s",
+                self.state_dir,
+                export_id,
+                want,
+                confirmed,
             )
-        self._known[export.export_id] = export
-        log.info(
-            "export %s %s -> %s clients %s applied in %.3fs",
-            export.export_id,
-            export.pseudo,
-            export.path,
-            want,
-            time.monotonic() - started,
-        )
+            await self._restore(export_id)
+            raise ExportRefused(export)
+
+    async def _restore(self, export_id: int) -> None:
+        """After a refusal, Ganesha serves the last accepted file again, or nothing."""
+        accepted = self._export_file(export_id)
+        try:
+            live = await self._mgr.display(export_id)
+            if accepted.exists():
+                if live is None:
+                    await self._mgr.add(str(accepted), export_id)
+                else:
+                    await self._mgr.update(str(accepted), export_id)
+            elif live is not None:
+                await self._mgr.remove(export_id)
+        except DBusError as error:
+            log.error(
+                "ganesha %s: could not restore export %s after a refusal: %s",
+                self.state_dir,
+                export_id,
+                error,
+            )
 
     async def remove(self, export_id: int) -> None:
         """Withdraw an export and delete its file; a missing export is success."""
@@ -396,40 +565,87 @@ class GaneshaInstance:
             await self._remove_locked(export_id)
 
     async def _remove_locked(self, export_id: int) -> None:
-        if self.is_alive():
-            try:
-                await self._mgr.remove(export_id)
-            except DBusError as error:
-                if "not found" not in error.message.lower():
-                    raise Internal(
-                        f"ganesha {self.state_dir} RemoveExport {export_id}: {error}"
-                    ) from error
-        self._export_file(export_id).unlink(missing_ok=True)
+        # Forgotten and its file gone first: whatever happens next, no restart brings it back.
+        self._known.pop(export_id, None)
+        self._accepted.pop(export_id, None)
+        for file in (
+            self._export_file(export_id),
+            self._staged_file(export_id),
+            self._refused_file(export_id),
+        ):
+            file.unlink(missing_ok=True)
         if self.state_dir.is_dir():
             self._write_main_config()
-        self._known.pop(export_id, None)
+        if self.is_alive():
+            try:
+                with self._reaching(f"RemoveExport {export_id}"):
+                    await self._mgr.remove(export_id)
+            except Unavailable:
+                if self.is_alive():
+                    raise
+                # It died meanwhile: its restart reads the files, which lack this export.
+            except DBusError as error:
+                if "not found" not in error.message.lower():
+                    log.error("ganesha %s RemoveExport %s: %s", self.state_dir, export_id, error)
+                    raise Internal(
+                        f"the NFS server would not withdraw export {export_id}"
+                    ) from error
         log.info("export %s removed", export_id)
 
     async def sync(self, exports: Iterable[Export]) -> None:
-        """Make the served set, and the files on disk, exactly `exports`."""
+        """Make the served set, and the files on disk, exactly `exports`. An export that
+        Ganesha refuses does not keep the others from being applied; the first refusal
+        is raised at the end."""
         wanted = {e.export_id: e for e in exports}
         async with self._lock:
-            stale = (await self._mgr.export_ids()) | {int(f.stem) for f in self._export_files()}
+            with self._reaching("ShowExports"):
+                live = await self._mgr.export_ids()
+            on_disk = self._export_files() + list(self.exports_dir.glob("*.refused"))
+            stale = live | {int(f.name.split(".")[0]) for f in on_disk if f.stem.isdigit()}
             for export_id in sorted(stale - wanted.keys()):
                 await self._remove_locked(export_id)
+            refused: list[ExportRefused] = []
             for export in wanted.values():
+                try:
+                    await self._apply_locked(export)
+                except ExportRefused as error:
+                    refused.append(error)
+            if refused:
+                raise refused[0]
+
+    async def _reapply_locked(self, refused: Sequence[RefusedExport]) -> list[RefusedExport]:
+        """After a restart: every export asked for, in its latest version, and only
+        those (a removed one is forgotten). Continues past a refused export."""
+        left = {r.export_id: r for r in refused}
+        for export in sorted(self._known.values(), key=lambda e: e.export_id):
+            try:
                 await self._apply_locked(export)
+            except ExportRefused:
+                left[export.export_id] = RefusedExport(export.export_id, export.pseudo)
+                continue
+            except Unavailable:
+                raise  # it died again; the next restart re-applies everything
+            except Exception:
+                log.exception(
+                    "ganesha %s: re-applying export %s failed", self.state_dir, export.export_id
+                )
+                left[export.export_id] = RefusedExport(export.export_id, export.pseudo)
+                continue
+            left.pop(export.export_id, None)
+        return sorted(left.values(), key=lambda r: r.export_id)
 
     # ---- supervision -----------------------------------------------------------------
 
     async def supervise(
         self,
-        on_restart: Callable[[], Awaitable[None]] | None = None,
+        on_restart: Callable[[Sequence[RefusedExport]], Awaitable[None]] | None = None,
         *,
         interval: float = 0.5,
         until: asyncio.Event | None = None,
     ) -> None:
-        """Restart Ganesha whenever it dies, then call `on_restart` to re-apply exports.
+        """Restart Ganesha whenever it dies and re-apply the latest version of every
+        export, in one hold of the instance lock so no change in between is lost or
+        undone; then call `on_restart` with the exports Ganesha refused.
 
         Runs until cancelled, until `until` is set, or once `stop()` was called.
         """
@@ -447,9 +663,7 @@ class GaneshaInstance:
                 async with self._lock:
                     if self._stopped:
                         return
-                    await self._start_locked()
-                if on_restart is not None:
-                    await on_restart()
+                    refused = await self._reapply_locked(await self._start_locked())
             except Exception:
                 failures += 1
                 log.exception(
@@ -459,7 +673,17 @@ class GaneshaInstance:
                 )
                 continue
             failures = 0
-            log.info("ganesha %s back in %.2fs", self.state_dir, time.monotonic() - died)
+            log.info(
+                "ganesha %s back in %.2fs; refused exports: %s",
+                self.state_dir,
+                time.monotonic() - died,
+                [r.export_id for r in refused] or "none",
+            )
+            if on_restart is not None:
+                try:
+                    await on_restart(refused)
+                except Exception:
+                    log.exception("ganesha %s: after-restart callback failed", self.state_dir)
 
 
 def _can_connect_tcp(host: str, port: int) -> bool:

@@ -115,6 +115,11 @@ class Driver(Protocol):
     def gateway_access(self, share: ShareSpec) -> GatewayAccess:
         """How a gateway on this backend's host reaches the share."""
 
-    async def supervise(self, on_restart: Callable[[], Awaitable[None]] | None = None) -> None:
+    async def supervise(
+        self, on_restart: Callable[[Sequence[str]], Awaitable[None]] | None = None
+    ) -> None:
         """Keep the backend's servers running until `stop`; restart and re-export on
-        death, then call `on_restart` (so what proxies them can follow)."""
+        death, then call `on_restart` (so what proxies them can follow) with the share
+        ids (`ShareSpec.share_id`) whose exports the server refused, usually none. The
+        other shares serve; a refused share serves nothing until its export is fixed.
+        Exports refused at `start` are told to the first call."""

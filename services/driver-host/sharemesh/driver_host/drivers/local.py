@@ -15,7 +15,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sharemesh.ganesha import ClientRule, Export, GaneshaInstance, client_rules, share_pseudo
+from sharemesh.ganesha import (
+    ClientRule,
+    Export,
+    GaneshaInstance,
+    RefusedExport,
+    client_rules,
+    share_of_pseudo,
+    share_pseudo,
+)
 from sharemesh.runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -111,6 +119,8 @@ class LocalDriver:
         self._locks = _Locks()
         self._capacity = asyncio.Lock()
         self._stopping = asyncio.Event()
+        # Exports Ganesha refused at `start`, told to the first `supervise` callback.
+        self._refused_at_start: list[RefusedExport] = []
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -122,7 +132,7 @@ class LocalDriver:
         # empty mountpoint would put clients' writes on the pool's own filesystem.
         for image in sorted(self.images.glob("*.img")):
             await self._mount(image.stem)
-        await self.ganesha.start()  # adopts a running one
+        self._refused_at_start = await self.ganesha.start()  # adopts a running one
 
     async def stop(self, stop_servers: bool) -> None:
         self._stopping.set()
@@ -133,13 +143,17 @@ class LocalDriver:
             for image in sorted(self.images.glob("*.img")):
                 await self._unmount(image.stem)
 
-    async def supervise(self, on_restart: Callable[[], Awaitable[None]] | None = None) -> None:
-        async def restarted() -> None:
-            for export in self.ganesha.known_exports():
-                await self.ganesha.apply(export)
+    async def supervise(
+        self, on_restart: Callable[[Sequence[str]], Awaitable[None]] | None = None
+    ) -> None:
+        # The instance re-applies every export itself, in order with rule changes.
+        async def restarted(refused: Sequence[RefusedExport]) -> None:
             if on_restart is not None:
-                await on_restart()
+                await on_restart(_share_ids(refused))
 
+        if self._refused_at_start:
+            refused, self._refused_at_start = self._refused_at_start, []
+            await restarted(refused)
         await self.ganesha.supervise(restarted, until=self._stopping)
 
     # ---- stats -----------------------------------------------------------------------
@@ -325,6 +339,12 @@ class LocalDriver:
             await self._mount(share.share_id)
             await self.ganesha.apply(export)
         return self._locations(share)
+
+
+def _share_ids(refused: Sequence[RefusedExport]) -> list[str]:
+    """The shares behind refused exports (an export of no share's pseudo path is only
+    logged, by the instance)."""
+    return [uid for r in refused if (uid := share_of_pseudo(r.pseudo)) is not None]
 
 
 def _client_rules(rules: Sequence[AccessRuleSpec]) -> tuple[ClientRule, ...]:
