@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,7 +24,12 @@ from sharemesh.driver_host.drivers import (
     ShareSpec,
     _loopfs,
 )
-from sharemesh.runtime.errors import FailedPrecondition, ResourceExhausted
+from sharemesh.runtime.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from sharemesh.runtime.ports import free_port
 
 from support import ensure_rpcbind, nfs_read, nfs_url, nfs_write, processes_mentioning, run
@@ -284,3 +291,115 @@ async def test_delete_leaves_nothing(backend: Backend, share: ShareSpec, payload
     assert share.export_id not in await backend.driver.ganesha.live_export_ids()
     rc, out = await backend.ls(share)
     assert rc != 0, out
+
+
+# ---- issue #8: re-applies after a Ganesha restart are ordered with rule changes ----------
+
+
+async def _kill_and_catch_the_restart(backend: Backend) -> None:
+    """kill -9 Ganesha and return once its successor has written its pidfile: the
+    supervisor is then restarting it, and holds the instance for the re-apply."""
+    pid_file = backend.driver.ganesha.pid_file
+    pid = int(pid_file.read_text())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            if int(pid_file.read_text()) != pid:
+                return
+        assert time.monotonic() < deadline, "ganesha was not restarted"
+        await asyncio.sleep(0.005)
+
+
+async def _retrying(call: Callable[[], Awaitable[None]]) -> None:
+    """What the driver-host does with Unavailable: retry until the server is back."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return await call()
+        except Unavailable:
+            assert time.monotonic() < deadline, "still unavailable"
+            await asyncio.sleep(0.1)
+
+
+@asynccontextmanager
+async def _supervised(backend: Backend) -> AsyncIterator[list[Sequence[str]]]:
+    restarts: list[Sequence[str]] = []
+
+    async def on_restart(refused: Sequence[str]) -> None:
+        restarts.append(refused)
+
+    task = asyncio.create_task(backend.driver.supervise(on_restart))
+    try:
+        yield restarts
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _until_restarted(restarts: list[Sequence[str]]) -> None:
+    deadline = time.monotonic() + 30
+    while not restarts:
+        assert time.monotonic() < deadline, "no restart was reported"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_rule_change_during_a_restart_is_not_undone(
+    backend: Backend, share: ShareSpec, payload: Path
+) -> None:
+    """A change queued behind a restart must win over the re-apply of what the restart
+    found (it once wrote the older rules back: MNT3ERR_ACCES for 19 s)."""
+    await backend.driver.update_access(share, [AccessRuleSpec("10.9.9.9", "READ_WRITE")])
+    async with _supervised(backend) as restarts:
+        await _kill_and_catch_the_restart(backend)
+        await _retrying(lambda: backend.driver.update_access(share, RW))
+        await _until_restarted(restarts)
+        await asyncio.sleep(1)  # anything stale would land by now
+        assert restarts == [[]]
+        live = await backend.driver.ganesha._mgr.display(share.export_id)
+        assert live is not None and list(live.clients) == [("127.0.0.1/32", "RW")]
+        rc, out = await backend.write(share, payload, "after-restart")
+        assert rc == 0, out
+
+
+async def test_a_delete_during_a_restart_leaves_no_export_file(
+    backend: Backend, share: ShareSpec
+) -> None:
+    await backend.driver.update_access(share, RW)
+    exports_dir = backend.driver.ganesha.exports_dir
+    assert (exports_dir / f"{share.export_id}.conf").exists()
+    async with _supervised(backend) as restarts:
+        await _kill_and_catch_the_restart(backend)
+        await _retrying(lambda: backend.driver.delete_share(share))
+        await _until_restarted(restarts)
+        await asyncio.sleep(1)
+        assert restarts == [[]]
+        assert not list(exports_dir.glob(f"{share.export_id}.*"))
+        assert share.export_id not in await backend.driver.ganesha.live_export_ids()
+        assert f"{share.export_id}.conf" not in backend.driver.ganesha.config_file.read_text()
+    rc, out = await backend.ls(share)
+    assert rc != 0, out
+
+
+async def test_hostile_rules_are_refused_and_every_share_keeps_serving(
+    backend: Backend, share: ShareSpec, payload: Path, tmp_path: Path
+) -> None:
+    await backend.driver.update_access(share, RW)
+    assert (await backend.write(share, payload, "one"))[0] == 0
+    conf = backend.driver.ganesha.exports_dir / f"{share.export_id}.conf"
+    before = conf.read_text()
+    for hostile in ("fe80::1%eth0", "fe80::1%a;}x{", "10.0.0.1; }"):
+        with pytest.raises(InvalidArgument):
+            await backend.driver.update_access(share, [AccessRuleSpec(hostile, "READ_WRITE")])
+    assert conf.read_text() == before
+
+    # Every client, in manila-csi's spelling.
+    await backend.driver.update_access(
+        share, [AccessRuleSpec("0.0.0.0/0", "READ_WRITE"), AccessRuleSpec("::/0", "READ_WRITE")]
+    )
+    async with _supervised(backend) as restarts:
+        await _kill_and_catch_the_restart(backend)
+        await _until_restarted(restarts)
+        assert restarts == [[]]
+        rc, out = await backend.read(share, "one", tmp_path / "back")
+        assert rc == 0 and (tmp_path / "back").read_bytes() == payload.read_bytes(), out
