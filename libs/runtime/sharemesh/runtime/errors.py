@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 DOMAIN = "sharemesh"
@@ -33,12 +34,15 @@ class ShareMeshError(Exception):
         reason: str | None = None,
         metadata: Mapping[str, str] | None = None,
         field_violations: Iterable[tuple[str, str]] = (),
+        quota_violations: Iterable[tuple[str, str]] = (),
     ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
         self.metadata = dict(metadata or {})
         self.field_violations = list(field_violations)
+        # (subject, description) pairs, as in `google.rpc.QuotaFailure`.
+        self.quota_violations = list(quota_violations)
 
 
 class InvalidArgument(ShareMeshError):
@@ -138,28 +142,45 @@ def status_code_of(error: BaseException) -> grpc.StatusCode:
 def to_status(error: BaseException) -> status_pb2.Status:
     """A rich `google.rpc.Status` for an exception, with ErrorInfo and BadRequest."""
     code = status_code_of(error)
+    quotas: list[tuple[str, str]] = []
     if isinstance(error, ShareMeshError):
         message, reason, metadata = error.message, error.reason, error.metadata
-        violations = error.field_violations
+        violations, quotas = error.field_violations, error.quota_violations
     elif isinstance(error, NotImplementedError):
         message, reason, metadata, violations = "not implemented yet", "UNIMPLEMENTED", {}, []
     else:
         message, reason, metadata, violations = "internal error", "INTERNAL", {}, []
     status = status_pb2.Status(code=code.value[0], message=message)
-    info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
-    status.details.append(info)
+    _add_detail(
+        status, error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
+    )
     if violations:
-        bad = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                for f, d in violations
-            ]
+        _add_detail(
+            status,
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                    for f, d in violations
+                ]
+            ),
         )
-        packed = any_pb2.Any()
-        packed.Pack(bad)
-        status.details.append(packed)
+    if quotas:
+        _add_detail(
+            status,
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(subject=s, description=d)
+                    for s, d in quotas
+                ]
+            ),
+        )
     return status
+
+
+def _add_detail(status: status_pb2.Status, detail: Message) -> None:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    status.details.append(packed)
 
 
 def from_status(status: status_pb2.Status) -> ShareMeshError:
@@ -168,6 +189,7 @@ def from_status(status: status_pb2.Status) -> ShareMeshError:
     cls = _ERROR_OF_CODE.get(code, Internal) if code else Internal  # type: ignore[arg-type]
     reason = None
     violations: list[tuple[str, str]] = []
+    quotas: list[tuple[str, str]] = []
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
@@ -177,8 +199,18 @@ def from_status(status: status_pb2.Status) -> ShareMeshError:
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             violations = [(v.field, v.description) for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            failure = error_details_pb2.QuotaFailure()
+            detail.Unpack(failure)
+            quotas = [(v.subject, v.description) for v in failure.violations]
     error = ShareMeshError.__new__(cls)
-    ShareMeshError.__init__(error, status.message, reason=reason, field_violations=violations)
+    ShareMeshError.__init__(
+        error,
+        status.message,
+        reason=reason,
+        field_violations=violations,
+        quota_violations=quotas,
+    )
     return error
 
 
@@ -212,3 +244,35 @@ def public_message(error: BaseException, reference: str = "") -> str:
         return redact(error.message)
     where = f" (see the service log for {reference})" if reference else ""
     return f"the backend failed unexpectedly{where}"
+
+
+# ErrorInfo metadata that locates things inside the mesh (the Store's failed compares
+# name etcd keys, locks name their prefix): for the operator, never for a tenant.
+_INTERNAL_METADATA = frozenset({"key", "lock"})
+
+
+def public_status(status: status_pb2.Status, reference: str = "") -> status_pb2.Status:
+    """`status` as a tenant may read it: the message of `public_message`, and no host
+    paths or etcd keys in its details."""
+    public = status_pb2.Status(
+        code=status.code, message=public_message(from_status(status), reference)
+    )
+    for packed in status.details:
+        if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            packed.Unpack(info)
+            for key in list(info.metadata):
+                if key in _INTERNAL_METADATA:
+                    del info.metadata[key]
+                else:
+                    info.metadata[key] = redact(info.metadata[key])
+            _add_detail(public, info)
+        elif packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            packed.Unpack(bad)
+            for violation in bad.field_violations:
+                violation.description = redact(violation.description)
+            _add_detail(public, bad)
+        else:
+            public.details.append(packed)
+    return public

@@ -19,11 +19,15 @@ def check(quotas: QuotaConfig, project: str, used: int, more_gib: int) -> None:
     """Raises RESOURCE_EXHAUSTED if `more_gib` would take the project over its limit."""
     limit = quotas.limit_gib(project)
     if limit and used + more_gib > limit:
-        raise ResourceExhausted(
+        message = (
             f"project {project} has {used} of its {limit} GiB quota in use; "
-            f"{more_gib} GiB more do not fit",
+            f"{more_gib} GiB more do not fit: delete or shrink a share, or ask for more quota"
+        )
+        raise ResourceExhausted(
+            message,
             reason="QUOTA_EXCEEDED",
             metadata={"project": project, "limit_gib": str(limit)},
+            quota_violations=[(f"projects/{project}", message)],
         )
 
 

@@ -1,5 +1,6 @@
 """Server bootstrap shared by every service: grpc.aio on uvloop, health, reflection,
-one error interceptor, and a graceful stop that lets in-flight calls finish."""
+one interceptor that authenticates public calls and maps errors, and a graceful stop
+that lets in-flight calls finish."""
 
 from __future__ import annotations
 
@@ -17,71 +18,102 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from . import telemetry
-from .errors import ShareMeshError, status_code_of, to_status
+from .errors import ShareMeshError, Unimplemented, public_status, status_code_of, to_status
 
 log = logging.getLogger(__name__)
 
 
+# Authenticates a call before its handler runs: raises (UNAUTHENTICATED) for an unknown
+# caller, and returns whether the caller may read internal detail in errors (host paths,
+# etcd keys), as an operator may and a tenant may not.
+Authenticate = Callable[[grpc.aio.ServicerContext], bool]
+
+
 @dataclass(frozen=True)
 class Binding:
-    """One servicer to serve: its full service name, the generated adder, the object."""
+    """One servicer to serve: its full service name, the generated adder, the object,
+    and for a public service, how its callers authenticate."""
 
     name: str
     add: Callable[[Any, grpc.aio.Server], None]
     servicer: Any
+    authenticate: Authenticate | None = None
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps any exception a handler raises to a rich status through the one error table."""
+    """Authenticates each call to a public service before anything else runs (even for a
+    method that is not implemented), and maps any exception a handler raises to a rich
+    status through the one error table."""
+
+    def __init__(self, authenticators: dict[str, Authenticate] | None = None) -> None:
+        self._authenticators = authenticators or {}
 
     async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = await continuation(details)
         if handler is None:
             return None
+        # details.method is `/package.Service/Method`.
+        authenticate = self._authenticators.get(details.method.split("/")[1])
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _guard_unary(handler.unary_unary, details.method),
+                _guard_unary(handler.unary_unary, details.method, authenticate),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _guard_stream(handler.unary_stream, details.method),
+                _guard_stream(handler.unary_stream, details.method, authenticate),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
-    if not isinstance(error, ShareMeshError):
+async def _abort(
+    context: grpc.aio.ServicerContext, error: Exception, method: str, detailed: bool
+) -> None:
+    if isinstance(error, NotImplementedError):
+        # A generated method with no handler yet: an answer, not a fault to log.
+        error = Unimplemented(f"{method.rsplit('/', 1)[-1]} is not implemented yet")
+    elif not isinstance(error, ShareMeshError):
         log.exception("unhandled error in %s", method, exc_info=error)
     status = to_status(error)
+    if not detailed:
+        public = public_status(status)
+        if public.message != status.message:
+            log.info("%s answered %s: %s", method, status_code_of(error).name, status.message)
+        status = public
     context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
     await context.abort(status_code_of(error), status.message)
 
 
-def _guard_unary(behavior, method):  # type: ignore[no-untyped-def]
+def _guard_unary(behavior, method, authenticate):  # type: ignore[no-untyped-def]
     async def guarded(request, context):  # type: ignore[no-untyped-def]
+        detailed = authenticate is None
         try:
+            if authenticate is not None:
+                detailed = authenticate(context)
             return await behavior(request, context)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as error:
-            await _abort(context, error, method)
+            await _abort(context, error, method, detailed)
 
     return guarded
 
 
-def _guard_stream(behavior, method):  # type: ignore[no-untyped-def]
+def _guard_stream(behavior, method, authenticate):  # type: ignore[no-untyped-def]
     async def guarded(request, context):  # type: ignore[no-untyped-def]
+        detailed = authenticate is None
         try:
+            if authenticate is not None:
+                detailed = authenticate(context)
             async for response in behavior(request, context):
                 yield response
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as error:
-            await _abort(context, error, method)
+            await _abort(context, error, method, detailed)
 
     return guarded
 
@@ -101,7 +133,10 @@ class GrpcServer:
         self._credentials = credentials
         self.health = HealthServicer()
         self._server = grpc.aio.server(
-            interceptors=[*telemetry.server_interceptors(), ErrorInterceptor()],
+            interceptors=[
+                *telemetry.server_interceptors(),
+                ErrorInterceptor({b.name: b.authenticate for b in bindings if b.authenticate}),
+            ],
             # gRPC shares ports by default: a second server on a taken port would
             # silently get half of its calls. Fail the bind instead.
             options=[("grpc.so_reuseport", 0)],

@@ -35,8 +35,8 @@ from ._shares import Shares
 
 
 class ShareService(Shares, AccessRules, share_service_pb2_grpc.ShareServiceServicer):
-    """`sharemesh.v1.ShareService`; snapshot methods answer UNIMPLEMENTED until a
-    backend supports them."""
+    """`sharemesh.v1.ShareService`; snapshot methods answer UNIMPLEMENTED (the generated
+    base's NotImplementedError) until a backend supports them."""
 
 
 def _service_name(module, name: str) -> str:  # type: ignore[no-untyped-def]
@@ -67,26 +67,31 @@ class ApiApp:
                 _service_name(share_service_pb2, "ShareService"),
                 share_service_pb2_grpc.add_ShareServiceServicer_to_server,
                 ShareService(context.store, self.peers, auth, context.config.quotas),
+                auth.authenticate,
             ),
             Binding(
                 _service_name(share_type_service_pb2, "ShareTypeService"),
                 share_type_service_pb2_grpc.add_ShareTypeServiceServicer_to_server,
                 ShareTypes(context.store, auth),
+                auth.authenticate,
             ),
             Binding(
                 _service_name(share_network_service_pb2, "ShareNetworkService"),
                 share_network_service_pb2_grpc.add_ShareNetworkServiceServicer_to_server,
                 ShareNetworks(context.store, self.peers, auth),
+                auth.authenticate,
             ),
             Binding(
                 _service_name(pool_service_pb2, "PoolService"),
                 pool_service_pb2_grpc.add_PoolServiceServicer_to_server,
                 Pools(context.store, self.peers, auth),
+                auth.authenticate,
             ),
             Binding(
                 _service_name(operations_proto_pb2, "Operations"),
                 operations_pb2_grpc.add_OperationsServicer_to_server,
                 Operations(context.store, auth),
+                auth.authenticate,
             ),
         ]
 

@@ -40,6 +40,11 @@ class Authenticator:
             token = Path(config.admin_token_file).read_text().strip()
             self._keys[token] = Caller("", True)
 
+    def authenticate(self, context: grpc.aio.ServicerContext) -> bool:
+        """The server's check before every public call (see `server.Binding`): raises
+        UNAUTHENTICATED for an unknown key; admins may read internal detail in errors."""
+        return self.caller(context).admin
+
     def caller(self, context: grpc.aio.ServicerContext) -> Caller:
         header = dict(context.invocation_metadata() or ()).get("authorization", "")
         scheme, _, key = str(header).partition(" ")

@@ -1,4 +1,5 @@
-"""What every public servicer shares: the caller, records, and nudges."""
+"""What every public servicer shares: the caller, what the caller may see of a
+resource, records, and nudges."""
 
 from __future__ import annotations
 
@@ -8,17 +9,71 @@ import grpc
 from google.longrunning import operations_pb2
 from google.protobuf.message import Message
 
-from sharemesh.runtime import names, operations
+from sharemesh.runtime import errors, names, operations
 from sharemesh.runtime.config import QuotaConfig
 from sharemesh.runtime.coordination import Store, Txn, Versioned
-from sharemesh.runtime.errors import Aborted, NotFound
+from sharemesh.runtime.errors import Aborted, AlreadyExists, NotFound
 from sharemesh.runtime.peers import Peers
 from sharemesh.state.v1 import records_pb2
+from sharemesh.v1 import access_rule_pb2, operation_metadata_pb2, share_network_pb2, share_pb2
 
 from ._auth import Authenticator, Caller
 from ._mutations import Recorder, Write
 
 M = TypeVar("M", bound=Message)
+
+# Fields the protos mark "shown to admins only", by message.
+_ADMIN_ONLY: dict[str, tuple[str, ...]] = {share_pb2.Share.DESCRIPTOR.full_name: ("pool",)}
+# What an Operation's response may hold: each is shown as when it is read directly.
+_RESOURCES: tuple[type[Message], ...] = (
+    share_pb2.Share,
+    access_rule_pb2.AccessRule,
+    share_network_pb2.ShareNetwork,
+    share_network_pb2.Attachment,
+)
+
+
+def view(caller: Caller, resource: M, revision: int = 0) -> M:
+    """`resource` as `caller` may read it: with its etag (its record's revision) unless it
+    has one, and for a tenant without admin-only fields, and without host paths or keys
+    in its `state_message`. Every resource the api returns passes through here."""
+    shown = type(resource)()
+    shown.CopyFrom(resource)
+    fields = shown.DESCRIPTOR.fields_by_name
+    if revision and "etag" in fields and not shown.etag:  # type: ignore[attr-defined]
+        shown.etag = str(revision)  # type: ignore[attr-defined]
+    if not caller.admin:
+        for field in _ADMIN_ONLY.get(shown.DESCRIPTOR.full_name, ()):
+            shown.ClearField(field)
+        if "state_message" in fields:
+            shown.state_message = errors.redact(shown.state_message)  # type: ignore[attr-defined]
+    return shown
+
+
+def operation_view(
+    caller: Caller, operation: operations_pb2.Operation, revision: int = 0
+) -> operations_pb2.Operation:
+    """`operation` as `caller` may read it: its response as `view` shows it, and for a
+    tenant an error and progress without host paths or keys. Whoever finishes an
+    operation writes it in the transaction that writes its resource, so the revision of
+    a done operation's record (`revision`) is the etag of the resource in its response."""
+    shown = operations_pb2.Operation()
+    shown.CopyFrom(operation)
+    for kind in _RESOURCES:
+        if shown.HasField("response") and shown.response.Is(kind.DESCRIPTOR):
+            resource = kind()
+            shown.response.Unpack(resource)
+            shown.response.Pack(view(caller, resource, revision if shown.done else 0))
+    if caller.admin:
+        return shown
+    if shown.HasField("error"):
+        shown.error.CopyFrom(errors.public_status(shown.error, shown.name))
+    if shown.HasField("metadata"):
+        metadata = operation_metadata_pb2.OperationMetadata()
+        shown.metadata.Unpack(metadata)
+        metadata.status_detail = errors.redact(metadata.status_detail)
+        shown.metadata.Pack(metadata)
+    return shown
 
 
 def check_etag(etag: str, found: Versioned, field: str) -> None:  # type: ignore[type-arg]
@@ -80,12 +135,28 @@ class Base:
         txn.put(found.key, found.value, found.mod_revision)
 
     async def mutate(
-        self, name: str, verb: str, request: Message, write: Write
+        self, caller: Caller, name: str, verb: str, request: Message, write: Write
     ) -> operations_pb2.Operation:
-        """Records a mutation of `name` with its Operation and the request's id."""
-        return await self.recorder.record(
-            names.project_of(name), name, verb, request, request.request_id, write
-        )  # type: ignore[attr-defined]
+        """Records a mutation of `name` with its Operation and the request's id; the
+        Operation as `caller` may see it."""
+        try:
+            op = await self.recorder.record(
+                names.project_of(name),
+                name,
+                verb,
+                request,
+                request.request_id,  # type: ignore[attr-defined]
+                write,
+            )
+        except AlreadyExists as taken:
+            if taken.metadata.get("key") != self.store.key_of(name):
+                raise
+            raise AlreadyExists(f"{name} already exists") from None
+        if not op.done:
+            return operation_view(caller, op)
+        # Done at once, or a replay: its record's revision is its response's etag.
+        found = await self.store.get(self.store.key_of(op.name), records_pb2.OperationRecord)
+        return operation_view(caller, op, found.mod_revision if found else 0)
 
     async def nudge_backend(self, share: str) -> None:
         found = await self.store.get(self.store.key_of(share), records_pb2.ShareRecord)

@@ -1,4 +1,5 @@
-"""`google.longrunning.Operations` over the operation records in etcd."""
+"""`google.longrunning.Operations` over the operation records in etcd, each shown as
+its caller may see it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from sharemesh.runtime.errors import FailedPrecondition, InvalidArgument, NotFou
 from sharemesh.state.v1 import records_pb2
 
 from . import _paging
-from ._auth import Authenticator
+from ._auth import Authenticator, Caller
+from ._base import operation_view
 
 DEFAULT_WAIT_SECONDS = 60.0
 MAX_WAIT_SECONDS = 300.0
@@ -25,21 +27,24 @@ class Operations(operations_pb2_grpc.OperationsServicer):
         self._store = store
         self._auth = auth
 
-    async def _get(self, name: str, context) -> Versioned[records_pb2.OperationRecord]:  # type: ignore[no-untyped-def]
+    async def _get(self, name: str, caller: Caller) -> Versioned[records_pb2.OperationRecord]:
         names.OPERATION.parse("name", name)
-        self._auth.caller(context).check_resource(name)
+        caller.check_resource(name)
         found = await self._store.get(self._store.key_of(name), records_pb2.OperationRecord)
         if found is None:
             raise NotFound(f"{name} not found")
         return found
 
     async def GetOperation(self, request, context):  # noqa: N802
-        return (await self._get(request.name, context)).value.operation
+        caller = self._auth.caller(context)
+        found = await self._get(request.name, caller)
+        return operation_view(caller, found.value.operation, found.mod_revision)
 
     async def ListOperations(self, request, context):  # noqa: N802
         # `name` is the collection's parent, `projects/{project}`.
         project = names.PROJECT.parse("name", request.name)["project"]
-        self._auth.caller(context).check_parent(project)
+        caller = self._auth.caller(context)
+        caller.check_parent(project)
         if request.filter not in ("", "done=false", "done=true"):
             raise InvalidArgument("filter", "only done=true or done=false is supported")
         items, token = await _paging.page(
@@ -51,7 +56,7 @@ class Operations(operations_pb2_grpc.OperationsServicer):
         )
         response = operations_pb2.ListOperationsResponse(
             operations=[
-                i.value.operation
+                operation_view(caller, i.value.operation, i.mod_revision)
                 for i in items
                 if not request.filter or str(i.value.operation.done).lower() == request.filter[5:]
             ],
@@ -60,12 +65,13 @@ class Operations(operations_pb2_grpc.OperationsServicer):
         return response
 
     async def WaitOperation(self, request, context):  # noqa: N802
-        found = await self._get(request.name, context)
+        caller = self._auth.caller(context)
+        found = await self._get(request.name, caller)
         timeout = DEFAULT_WAIT_SECONDS
         if request.HasField("timeout"):
             timeout = min(request.timeout.ToTimedelta().total_seconds(), MAX_WAIT_SECONDS)
         if found.value.operation.done or timeout <= 0:
-            return found.value.operation
+            return operation_view(caller, found.value.operation, found.mod_revision)
         # Watching from just after the revision we read cannot miss the completion.
         with contextlib.suppress(asyncio.TimeoutError):
             async with asyncio.timeout(timeout):
@@ -77,16 +83,17 @@ class Operations(operations_pb2_grpc.OperationsServicer):
                         and event.kind == "PUT"
                         and event.value.operation.done
                     ):
-                        return event.value.operation
-        return (await self._get(request.name, context)).value.operation
+                        return operation_view(caller, event.value.operation, event.mod_revision)
+        found = await self._get(request.name, caller)
+        return operation_view(caller, found.value.operation, found.mod_revision)
 
     async def DeleteOperation(self, request, context):  # noqa: N802
-        await self._get(request.name, context)
+        await self._get(request.name, self._auth.caller(context))
         await self._store.delete(self._store.key_of(request.name))
         return empty_pb2.Empty()
 
     async def CancelOperation(self, request, context):  # noqa: N802
-        await self._get(request.name, context)
+        await self._get(request.name, self._auth.caller(context))
         raise FailedPrecondition(
             "sharemesh operations cannot be cancelled; delete the resource instead",
             reason="NOT_CANCELLABLE",

@@ -22,8 +22,8 @@ from sharemesh.v1 import share_network_pb2, share_network_service_pb2
 from sharemesh.v1 import share_network_service_pb2_grpc as grpc_pb
 
 from . import _paging
-from ._auth import Authenticator
-from ._base import Base
+from ._auth import Authenticator, Caller
+from ._base import Base, view
 
 ShareNetwork = share_network_pb2.ShareNetwork
 Attachment = share_network_pb2.Attachment
@@ -33,11 +33,8 @@ ATTACHMENT = names.Pattern(
 _NETNS = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-def network_view(found: Versioned[records_pb2.ShareNetworkRecord]) -> ShareNetwork:
-    view = ShareNetwork()
-    view.CopyFrom(found.value.share_network)
-    view.etag = str(found.mod_revision)
-    return view
+def network_view(caller: Caller, found: Versioned[records_pb2.ShareNetworkRecord]) -> ShareNetwork:
+    return view(caller, found.value.share_network, found.mod_revision)
 
 
 def network_of(name: str) -> str:
@@ -54,7 +51,8 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
     async def ListShareNetworks(self, request, context):  # noqa: N802
         validation.check_request(request)
         project = names.PROJECT.parse("parent", request.parent)["project"]
-        self.caller(context).check_parent(project)
+        caller = self.caller(context)
+        caller.check_parent(project)
         items, token = await _paging.page(
             self.store,
             self.store.prefix_of(request.parent, "shareNetworks"),
@@ -63,18 +61,20 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
             request.page_size,
         )
         return share_network_service_pb2.ListShareNetworksResponse(
-            share_networks=[network_view(i) for i in items], next_page_token=token
+            share_networks=[network_view(caller, i) for i in items], next_page_token=token
         )
 
     async def GetShareNetwork(self, request, context):  # noqa: N802
         validation.check_request(request)
-        self.caller(context).check_resource(request.name)
-        return network_view(await self.network(request.name, "name"))
+        caller = self.caller(context)
+        caller.check_resource(request.name)
+        return network_view(caller, await self.network(request.name, "name"))
 
     async def CreateShareNetwork(self, request, context):  # noqa: N802
         validation.check_request(request, "share_network")
         project = names.PROJECT.parse("parent", request.parent)["project"]
-        self.caller(context).check_parent(project)
+        caller = self.caller(context)
+        caller.check_parent(project)
         names.check_id("share_network_id", request.share_network_id)
         try:
             cidr = ipaddress.ip_network(request.share_network.cidr, strict=False)
@@ -104,11 +104,12 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
             txn.create(self.store.key_of(name), record)
             operations.finish(op, response=record.share_network)
 
-        return await self.mutate(name, "create", request, write)
+        return await self.mutate(caller, name, "create", request, write)
 
     async def DeleteShareNetwork(self, request, context):  # noqa: N802
         validation.check_request(request)
-        self.caller(context).check_resource(request.name)
+        caller = self.caller(context)
+        caller.check_resource(request.name)
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
             found = await self.network(request.name, "name")
@@ -132,7 +133,7 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
                 "removing the network from every host",
             )
 
-        op = await self.mutate(request.name, "delete", request, write)
+        op = await self.mutate(caller, request.name, "delete", request, write)
         for host in await self.peers.hosts():
             self.peers.nudge(
                 f"sync {request.name}",
@@ -142,7 +143,8 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
 
     async def ListAttachments(self, request, context):  # noqa: N802
         validation.check_request(request)
-        self.caller(context).check_resource(request.parent)
+        caller = self.caller(context)
+        caller.check_resource(request.parent)
         await self.network(request.parent, "parent")
         items, token = await _paging.page(
             self.store,
@@ -152,14 +154,16 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
             request.page_size,
         )
         return share_network_service_pb2.ListAttachmentsResponse(
-            attachments=[i.value.attachment for i in items], next_page_token=token
+            attachments=[view(caller, i.value.attachment, i.mod_revision) for i in items],
+            next_page_token=token,
         )
 
     async def CreateAttachment(self, request, context):  # noqa: N802
         validation.check_request(request, "attachment")
         # Plugging a host's namespaces in is the hypervisor's (an operator's) job: a
         # tenant could otherwise pull another tenant's guest onto its network.
-        self.caller(context).check_admin()
+        caller = self.caller(context)
+        caller.check_admin()
         names.check_id("attachment_id", request.attachment_id)
         if not _NETNS.match(request.attachment.netns):
             raise InvalidArgument("attachment.netns", "is not a network namespace name")
@@ -209,7 +213,7 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
             txn.create(self.store.key_of(name), record)
             txn.create(reservation, record)
 
-        op = await self.mutate(name, "create", request, write)
+        op = await self.mutate(caller, name, "create", request, write)
         self.peers.nudge(
             f"sync {request.parent}", lambda: self.peers.sync_share_network(host, request.parent)
         )
@@ -218,7 +222,8 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
     async def DeleteAttachment(self, request, context):  # noqa: N802
         validation.check_request(request)
         ATTACHMENT.parse("name", request.name)
-        self.caller(context).check_admin()
+        caller = self.caller(context)
+        caller.check_admin()
         host = ""
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
@@ -237,7 +242,7 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
                 "unplugging the namespace",
             )
 
-        op = await self.mutate(request.name, "delete", request, write)
+        op = await self.mutate(caller, request.name, "delete", request, write)
         network = network_of(request.name)
         self.peers.nudge(f"sync {network}", lambda: self.peers.sync_share_network(host, network))
         return op

@@ -14,6 +14,7 @@ from sharemesh.runtime.errors import (
     Aborted,
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     ResourceExhausted,
     Unavailable,
 )
@@ -21,7 +22,8 @@ from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import access_rule_pb2, share_pb2, share_service_pb2
 
 from . import _paging, _share_types
-from ._base import Base, check_etag
+from ._auth import Caller
+from ._base import Base, check_etag, view
 
 Share = share_pb2.Share
 AccessRule = access_rule_pb2.AccessRule
@@ -30,12 +32,21 @@ DEFAULT_SHARE_TYPE = _share_types.DEFAULT
 _STATE_FILTER = re.compile(r"^\s*state\s*=\s*\"?([A-Z_]+)\"?\s*$")
 
 
-def share_view(found: Versioned[records_pb2.ShareRecord]) -> Share:
+def share_view(caller: Caller, found: Versioned[records_pb2.ShareRecord]) -> Share:
     share = Share()
     share.CopyFrom(found.value.share)
-    share.etag = str(found.mod_revision)
     share.pool = found.value.pool
-    return share
+    return view(caller, share, found.mod_revision)
+
+
+def _check_in_project(name: str, project: str, field: str) -> None:
+    """A share refers to resources of its own project only. Another project's answers
+    NOT_FOUND whether or not it exists, so a reference reveals nothing about it."""
+    if names.project_of(name) != project:
+        raise NotFound(
+            f"{name} not found in project {project}",
+            field_violations=[(field, f"no such resource in project {project}")],
+        )
 
 
 def _check_size(size_gib: int, field: str) -> None:
@@ -46,13 +57,15 @@ def _check_size(size_gib: int, field: str) -> None:
 class Shares(Base):
     async def GetShare(self, request, context):  # noqa: N802
         validation.check_request(request)
-        self.caller(context).check_resource(request.name)
-        return share_view(await self.share_record(request.name, "name"))
+        caller = self.caller(context)
+        caller.check_resource(request.name)
+        return share_view(caller, await self.share_record(request.name, "name"))
 
     async def ListShares(self, request, context):  # noqa: N802
         validation.check_request(request)
         project = names.PROJECT.parse("parent", request.parent)["project"]
-        self.caller(context).check_parent(project)
+        caller = self.caller(context)
+        caller.check_parent(project)
         if request.order_by not in ("", "name"):
             raise InvalidArgument("order_by", "shares list in name order only (`name`)")
         wanted = None
@@ -72,7 +85,9 @@ class Shares(Base):
         )
         response = share_service_pb2.ListSharesResponse(
             shares=[
-                share_view(i) for i in items if wanted is None or i.value.share.state == wanted
+                share_view(caller, i)
+                for i in items
+                if wanted is None or i.value.share.state == wanted
             ],
             next_page_token=token,
         )
@@ -81,7 +96,8 @@ class Shares(Base):
     async def CreateShare(self, request, context):  # noqa: N802
         validation.check_request(request, "share")
         project = names.PROJECT.parse("parent", request.parent)["project"]
-        self.caller(context).check_parent(project)
+        caller = self.caller(context)
+        caller.check_parent(project)
         names.check_id("share_id", request.share_id)
         share = request.share
         _check_size(share.size_gib, "share.size_gib")
@@ -89,6 +105,7 @@ class Shares(Base):
             raise InvalidArgument("share.protocol", "only NFS is supported")
         if share.share_network:
             names.SHARE_NETWORK.parse("share.share_network", share.share_network)
+            _check_in_project(share.share_network, project, "share.share_network")
         if share.source_snapshot:
             raise FailedPrecondition(
                 "creating a share from a snapshot is not available yet",
@@ -98,7 +115,9 @@ class Shares(Base):
         await _share_types.share_type(self.store, share_type, "share.share_type")
         name = names.SHARE.format(project=project, share=request.share_id)
         # A first look, for a clear answer now; the scheduler reserves the quota for real.
-        quota.check(self.quotas, project, await quota.used_gib(self.store, project), share.size_gib)
+        # Usage counts placed shares only, so shares still waiting for placement are added.
+        used = await quota.used_gib(self.store, project) + await self._unplaced_gib(project)
+        quota.check(self.quotas, project, used, share.size_gib)
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
             record = records_pb2.ShareRecord(
@@ -120,9 +139,23 @@ class Shares(Base):
                 network = await self._usable_network(share.share_network, project)
                 txn.put(network.key, network.value, network.mod_revision)
 
-        op = await self.mutate(name, "create", request, write)
+        op = await self.mutate(caller, name, "create", request, write)
         self.peers.nudge(f"place {name}", lambda: self.peers.place_share(name))
         return op
+
+    async def _unplaced_gib(self, project: str) -> int:
+        """What the project's shares that wait for placement will take from its quota."""
+        found, _ = await self.store.list_all(
+            self.store.prefix_of(names.PROJECT.format(project=project), "shares"),
+            records_pb2.ShareRecord,
+        )
+        return sum(
+            f.value.share.size_gib
+            for f in found
+            if f.value.share.state == Share.CREATING
+            and not f.value.allocated_gib
+            and not f.value.delete_requested
+        )
 
     async def _usable_network(
         self, name: str, project: str
@@ -130,9 +163,10 @@ class Shares(Base):
         network = await self.record(
             names.SHARE_NETWORK, name, "share.share_network", records_pb2.ShareNetworkRecord
         )
-        if network.value.project != project or network.value.delete_requested:
+        if network.value.delete_requested:
             raise FailedPrecondition(
-                f"{name} cannot take new shares", reason="SHARE_NETWORK_UNUSABLE"
+                f"{name} is being deleted and takes no new shares",
+                reason="SHARE_NETWORK_UNUSABLE",
             )
         return network
 
@@ -140,7 +174,8 @@ class Shares(Base):
         validation.check_request(request, "share", update=True)
         name = request.share.name
         names.SHARE.parse("share.name", name)
-        self.caller(context).check_resource(name)
+        caller = self.caller(context)
+        caller.check_resource(name)
         paths = validation.check_update_mask(Share.DESCRIPTOR, request.update_mask)
         if "size_gib" in paths:
             raise InvalidArgument("update_mask", "size_gib changes through ResizeShare")
@@ -156,12 +191,13 @@ class Shares(Base):
             txn.put(found.key, record, found.mod_revision)
             operations.finish(op, response=record.share)
 
-        return await self.mutate(name, "update", request, write)
+        return await self.mutate(caller, name, "update", request, write)
 
     async def DeleteShare(self, request, context):  # noqa: N802
         validation.check_request(request)
         names.SHARE.parse("name", request.name)
-        self.caller(context).check_resource(request.name)
+        caller = self.caller(context)
+        caller.check_resource(request.name)
         unplaced = False
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
@@ -186,7 +222,7 @@ class Shares(Base):
             record.force_delete = request.force
             self.queue(txn, found, record.share, Share.DELETING, op, "deleting on the backend")
 
-        op = await self.mutate(request.name, "delete", request, write)
+        op = await self.mutate(caller, request.name, "delete", request, write)
         if not unplaced:
             await self.nudge_backend(request.name)
         return op
@@ -194,7 +230,8 @@ class Shares(Base):
     async def ResizeShare(self, request, context):  # noqa: N802
         validation.check_request(request)
         names.SHARE.parse("name", request.name)
-        self.caller(context).check_resource(request.name)
+        caller = self.caller(context)
+        caller.check_resource(request.name)
         _check_size(request.size_gib, "size_gib")
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
@@ -208,6 +245,8 @@ class Shares(Base):
                 )
             delta = request.size_gib - record.share.size_gib
             if delta == 0:
+                # The share is not written, so the operation's revision is not its etag.
+                record.share.etag = str(found.mod_revision)
                 operations.finish(op, response=record.share)
                 return
             pool = await self.pool_capacity(record)
@@ -245,7 +284,7 @@ class Shares(Base):
                 txn, found, record.share, Share.UPDATING, op, f"resizing to {request.size_gib} GiB"
             )
 
-        op = await self.mutate(request.name, "resize", request, write)
+        op = await self.mutate(caller, request.name, "resize", request, write)
         if not op.done:
             await self.nudge_backend(request.name)
         return op
@@ -253,7 +292,8 @@ class Shares(Base):
     async def ResetShareState(self, request, context):  # noqa: N802
         validation.check_request(request)
         names.SHARE.parse("name", request.name)
-        self.caller(context).check_admin()
+        caller = self.caller(context)
+        caller.check_admin()
         if request.state not in (Share.ACTIVE, Share.ERROR):
             raise InvalidArgument("state", "must be ACTIVE or ERROR")
         wanted = Share.State.Name(request.state)
@@ -292,7 +332,7 @@ class Shares(Base):
             txn.put(found.key, record, found.mod_revision)
             operations.finish(op, response=record.share)
 
-        op = await self.mutate(request.name, "reset", request, write)
+        op = await self.mutate(caller, request.name, "reset", request, write)
         if not op.done:
             await self.nudge_backend(request.name)
         return op
