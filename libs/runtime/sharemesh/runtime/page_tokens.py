@@ -88,23 +88,36 @@ class PageTokens:
 _cache: weakref.WeakKeyDictionary[Store, PageTokens] = weakref.WeakKeyDictionary()
 
 
-async def load(store: Store, *, refresh: bool = False) -> PageTokens:
-    """The mesh's token codec: its secret is read from etcd, or made there if absent
-    (the first api process to need it wins the create; the others read its secret)."""
-    if not refresh and (cached := _cache.get(store)) is not None:
-        return cached
-    key = secret_key(store.root)
-    while (found := await store.get(key, wrappers_pb2.BytesValue)) is None:
-        with contextlib.suppress(AlreadyExists):
-            await store.create(key, wrappers_pb2.BytesValue(value=Fernet.generate_key()))
+async def _fetch(store: Store) -> PageTokens | None:
+    """The codec under the mesh's secret as etcd has it now; None if there is none."""
+    found = await store.get(secret_key(store.root), wrappers_pb2.BytesValue)
+    if found is None:
+        return None
     _cache[store] = tokens = PageTokens(found.value.value)
     return tokens
 
 
+async def load(store: Store) -> PageTokens:
+    """The mesh's codec, for issuing. The first issue in a mesh makes the secret; when
+    api processes race to, one create wins and all read its secret."""
+    if (cached := _cache.get(store)) is not None:
+        return cached
+    while (tokens := await _fetch(store)) is None:
+        with contextlib.suppress(AlreadyExists):
+            secret = wrappers_pb2.BytesValue(value=Fernet.generate_key())
+            await store.create(secret_key(store.root), secret)
+    return tokens
+
+
 async def read(store: Store, bound_to: str, token: str) -> Position | None:
-    """`PageTokens.read` with the mesh's secret, re-read once if a token does not open
-    under the cached one (the secret was made anew, e.g. after etcd lost its data)."""
-    tokens = await load(store)
-    if token and not tokens.issued(token):
-        tokens = await load(store, refresh=True)
+    """`PageTokens.read` with the mesh's secret. A token that does not open under the
+    cached secret is tried once more against etcd's (the secret was made anew, e.g.
+    after etcd lost its data); reading never writes, so a refused call changes nothing."""
+    if not token:
+        return None
+    tokens = _cache.get(store)
+    if tokens is None or not tokens.issued(token):
+        tokens = await _fetch(store)
+        if tokens is None:  # no secret yet: nothing was ever issued
+            raise InvalidArgument("page_token", NOT_ISSUED)
     return tokens.read(bound_to, token)
