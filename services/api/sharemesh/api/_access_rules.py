@@ -13,17 +13,15 @@ from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import access_rule_pb2, share_pb2, share_service_pb2
 
 from . import _paging
-from ._base import Base, check_etag
+from ._auth import Caller
+from ._base import Base, check_etag, view
 
 AccessRule = access_rule_pb2.AccessRule
 _LEVELS = (AccessRule.READ_WRITE, AccessRule.READ_ONLY)
 
 
-def rule_view(found: Versioned[records_pb2.AccessRuleRecord]) -> AccessRule:
-    rule = AccessRule()
-    rule.CopyFrom(found.value.rule)
-    rule.etag = str(found.mod_revision)
-    return rule
+def rule_view(caller: Caller, found: Versioned[records_pb2.AccessRuleRecord]) -> AccessRule:
+    return view(caller, found.value.rule, found.mod_revision)
 
 
 def _check_access_to(value: str) -> str:
@@ -44,13 +42,15 @@ class AccessRules(Base):
 
     async def GetAccessRule(self, request, context):  # noqa: N802
         validation.check_request(request)
-        self.caller(context).check_resource(request.name)
-        return rule_view(await self._rule(request.name, "name"))
+        caller = self.caller(context)
+        caller.check_resource(request.name)
+        return rule_view(caller, await self._rule(request.name, "name"))
 
     async def ListAccessRules(self, request, context):  # noqa: N802
         validation.check_request(request)
         names.SHARE.parse("parent", request.parent)
-        self.caller(context).check_resource(request.parent)
+        caller = self.caller(context)
+        caller.check_resource(request.parent)
         await self.share_record(request.parent, "parent")
         items, token = await _paging.page(
             self.store,
@@ -60,14 +60,15 @@ class AccessRules(Base):
             request.page_size,
         )
         response = share_service_pb2.ListAccessRulesResponse(
-            access_rules=[rule_view(i) for i in items], next_page_token=token
+            access_rules=[rule_view(caller, i) for i in items], next_page_token=token
         )
         return response
 
     async def CreateAccessRule(self, request, context):  # noqa: N802
         validation.check_request(request, "access_rule")
         names.SHARE.parse("parent", request.parent)
-        self.caller(context).check_resource(request.parent)
+        caller = self.caller(context)
+        caller.check_resource(request.parent)
         rule_id = request.access_rule_id or f"rule-{uuid.uuid4().hex[:12]}"
         names.check_id("access_rule_id", rule_id)
         access_to = _check_access_to(request.access_rule.access_to)
@@ -98,7 +99,7 @@ class AccessRules(Base):
             txn.put(share.key, share.value, share.mod_revision)
             txn.create(self.store.key_of(name), record)
 
-        op = await self.mutate(name, "create", request, write)
+        op = await self.mutate(caller, name, "create", request, write)
         await self.nudge_backend(request.parent)
         return op
 
@@ -106,7 +107,8 @@ class AccessRules(Base):
         validation.check_request(request, "access_rule", update=True)
         name = request.access_rule.name
         names.ACCESS_RULE.parse("access_rule.name", name)
-        self.caller(context).check_resource(name)
+        caller = self.caller(context)
+        caller.check_resource(name)
         paths = validation.check_update_mask(AccessRule.DESCRIPTOR, request.update_mask)
         if paths != ["access_level"]:
             raise InvalidArgument("update_mask", "only access_level can be changed")
@@ -130,14 +132,15 @@ class AccessRules(Base):
                 "applying the export's client list",
             )
 
-        op = await self.mutate(name, "update", request, write)
+        op = await self.mutate(caller, name, "update", request, write)
         await self.nudge_backend(name.rsplit("/accessRules/", 1)[0])
         return op
 
     async def DeleteAccessRule(self, request, context):  # noqa: N802
         validation.check_request(request)
         names.ACCESS_RULE.parse("name", request.name)
-        self.caller(context).check_resource(request.name)
+        caller = self.caller(context)
+        caller.check_resource(request.name)
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
             found = await self._rule(request.name, "name")
@@ -154,6 +157,6 @@ class AccessRules(Base):
                 "removing the client from the export",
             )
 
-        op = await self.mutate(request.name, "delete", request, write)
+        op = await self.mutate(caller, request.name, "delete", request, write)
         await self.nudge_backend(request.name.rsplit("/accessRules/", 1)[0])
         return op
