@@ -617,7 +617,11 @@ class GaneshaInstance:
         """After a restart: every export asked for, in its latest version, and only
         those (a removed one is forgotten). Continues past a refused export."""
         left = {r.export_id: r for r in refused}
+        with self._reaching("ShowExports"):
+            live = await self._mgr.export_ids()
         for export in sorted(self._known.values(), key=lambda e: e.export_id):
+            if export.export_id in live and self._accepted.get(export.export_id) == export:
+                continue  # Ganesha read it from its file at the start
             try:
                 await self._apply_locked(export)
             except ExportRefused:
