@@ -89,11 +89,12 @@ async def serve(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await app.close()
-            if work.done() and not work.cancelled() and work.exception():
-                raise work.exception()  # type: ignore[misc]
+            # A lost lease comes first: the work then fails for that reason only.
             if session.done.is_set() and not stop.is_set():
                 log.error("%s lost its etcd lease; exiting so it restarts clean", name)
                 raise LeaseLost()
+            if work.done() and not work.cancelled() and work.exception():
+                raise work.exception()  # type: ignore[misc]
     telemetry.shutdown()
     log.info("%s stopped", name)
 

@@ -145,6 +145,8 @@ class ShareSync:
                 try:
                     await self._sync_once(name, lock, final)
                     return
+                except FencedOut:
+                    raise  # the lock is lost (so is the lease): the next holder finishes
                 except Aborted as race:  # a rule or the share changed meanwhile: again
                     log.debug("sync of %s raced (%s); again", name, race)
             log.warning("sync of %s kept racing; the reconciler will finish it", name)
