@@ -149,6 +149,10 @@ class Worker:
         share = self.rng.choice([s for s in shares if s.rules] if kind == "delete_rule" else shares)
         await getattr(self, f"_{kind}")(share)
 
+    async def delete_all(self) -> None:
+        for share in list(self.live.values()):
+            await self._delete_share(share)
+
     # ---- the operations ----------------------------------------------------------------
 
     async def _create_share(self) -> None:
@@ -579,7 +583,54 @@ async def check_data_path(workers: list[Worker], scratch: Path) -> list[str]:
     return problems
 
 
-def report(tally: Tally, converged: float | None, problems: list[str], seconds: float) -> str:
+@dataclass
+class Outcome:
+    tally: Tally
+    workers: list[Worker]
+    converged: float | None  # seconds from the last kill to a settled mesh
+    problems: list[str]
+
+
+async def chaos(
+    mesh: LocalMesh,
+    projects: list[str],
+    seconds: float,
+    kill_interval: tuple[float, float],
+    converge_seconds: float,
+    seed: int,
+    scratch: Path,
+) -> Outcome:
+    """One worker per project and the killer for `seconds`; then, with the kills
+    stopped, convergence within `converge_seconds` and every check. Clients stay open
+    in the outcome's workers for what the caller does next."""
+    tally, clock = Tally(), Clock()
+    workers = [
+        Worker(Client(mesh.api_address, f"{p}-key"), p, seed + i, clock, tally)
+        for i, p in enumerate(projects)
+    ]
+    stop = asyncio.Event()
+    killing = asyncio.create_task(killer(mesh, stop, tally, random.Random(seed), kill_interval))
+    running = [asyncio.create_task(w.run(stop)) for w in workers]
+    await asyncio.sleep(seconds)
+    stop.set()
+    last_kill = await killing
+    clock.deadline = time.monotonic() + converge_seconds
+    await asyncio.gather(*running)
+    problems = list(tally.problems)
+    try:
+        converged: float | None = await converge(mesh, workers, last_kill)
+    except AssertionError as stuck:
+        return Outcome(tally, workers, None, [*problems, str(stuck)])
+    async with Client(mesh.api_address, mesh.admin_token) as admin:
+        problems += await check_model(workers, admin)
+    problems += await check_accounting(mesh, projects)
+    problems += await check_host(mesh)
+    problems += await check_data_path(workers, scratch)
+    return Outcome(tally, workers, converged, problems)
+
+
+def report(outcome: Outcome, seconds: float) -> str:
+    tally, converged, problems = outcome.tally, outcome.converged, outcome.problems
     lines = [f"chaos: {seconds:.0f} s of load and kills"]
     kinds = sorted({k for k, _ in tally.ops})
     for kind in kinds:

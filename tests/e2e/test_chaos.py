@@ -6,30 +6,14 @@ runs the same for longer."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from chaos_ops import (
-    TARGETS,
-    Clock,
-    Tally,
-    Worker,
-    check_accounting,
-    check_data_path,
-    check_host,
-    check_model,
-    converge,
-    killer,
-    mesh_config,
-    report,
-)
+from chaos_ops import TARGETS, chaos, check_accounting, check_host, mesh_config, report
 
-from sharemesh.client import Client
 from sharemesh.launcher import LocalMesh
 
 from mesh_ops import running_mesh
@@ -51,46 +35,22 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalM
 async def test_mixed_load_survives_kill_9_of_every_process(mesh: LocalMesh, tmp_path: Path) -> None:
     seed = int(os.environ.get("CHAOS_SEED", time.time_ns() % 1_000_000))
     print(f"\nCHAOS_SEED={seed}")
-    clients = [Client(mesh.api_address, f"{p}-key") for p in PROJECTS]
-    admin = Client(mesh.api_address, mesh.admin_token)
-    tally, clock = Tally(), Clock()
-    workers = [
-        Worker(c, p, seed + i, clock, tally) for i, (c, p) in enumerate(zip(clients, PROJECTS))
-    ]
+    outcome = await chaos(
+        mesh, list(PROJECTS), CHAOS_SECONDS, KILL_INTERVAL, CONVERGE_SECONDS, seed, tmp_path
+    )
     try:
-        stop = asyncio.Event()
-        killing = asyncio.create_task(killer(mesh, stop, tally, random.Random(seed), KILL_INTERVAL))
-        running = [asyncio.create_task(w.run(stop)) for w in workers]
-        await asyncio.sleep(CHAOS_SECONDS)
-        stop.set()
-        last_kill = await killing
-        clock.deadline = time.monotonic() + CONVERGE_SECONDS
-        await asyncio.gather(*running)
-        problems = list(tally.problems)
-        converged: float | None = None
-        try:
-            converged = await converge(mesh, workers, last_kill)
-        except AssertionError as stuck:
-            problems.append(str(stuck))
-        if converged is not None:
-            problems += await check_model(workers, admin)
-            problems += await check_accounting(mesh, list(PROJECTS))
-            problems += await check_host(mesh)
-            problems += await check_data_path(workers, tmp_path)
-        print(report(tally, converged, problems, CHAOS_SECONDS))
-
-        assert set(tally.kills) == set(TARGETS), tally.kills
-        done = sum(n for (_, outcome), n in tally.ops.items() if outcome == "done")
+        print(report(outcome, CHAOS_SECONDS))
+        assert set(outcome.tally.kills) == set(TARGETS), outcome.tally.kills
+        done = sum(n for (_, result), n in outcome.tally.ops.items() if result == "done")
         assert done >= 40, f"only {done} operations finished: the load did not run"
-        assert not problems
+        assert not outcome.problems
 
         # Then, with no more kills, every share goes and leaves nothing behind.
-        for worker in workers:
-            for share in list(worker.live.values()):
-                await worker._delete_share(share)
-        assert not tally.problems[len(problems) :]
+        for worker in outcome.workers:
+            await worker.delete_all()
+        assert not outcome.tally.problems
         assert not await check_accounting(mesh, list(PROJECTS))
         assert not await check_host(mesh)
     finally:
-        for client in (*clients, admin):
-            await client.close()
+        for worker in outcome.workers:
+            await worker.client.close()
