@@ -21,7 +21,7 @@ import pytest
 from google.longrunning import operations_pb2
 from google.protobuf import message
 
-from sharemesh.client import Client
+from sharemesh.client import Client, OperationFailed
 from sharemesh.launcher import LocalMesh
 from sharemesh.runtime.coordination import Store, connect, keys
 from sharemesh.state.v1 import records_pb2
@@ -51,7 +51,7 @@ ZONE = "zone-a"
 CONFIG = (
     """
 reconcile_interval_seconds = 2
-retry_deadline_seconds = 180
+retry_deadline_seconds = {deadline}
 
 [[backends]]
 name = "local"
@@ -70,7 +70,7 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalMesh]:
-    async with running_mesh(tmp_path_factory, CONFIG.format(zone=ZONE)) as mesh:
+    async with running_mesh(tmp_path_factory, CONFIG.format(zone=ZONE, deadline=180)) as mesh:
         yield mesh
 
 
@@ -309,6 +309,39 @@ async def test_a_create_waits_for_a_driver_host_that_is_down(
         await _delete_all(alpha, mesh)
 
 
+async def test_a_create_fails_unavailable_once_its_deadline_passes(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A backend that stays away past the retry deadline: the waiting create fails with
+    UNAVAILABLE and a reason, and the share is left in ERROR to be deleted."""
+    config = CONFIG.format(zone=ZONE, deadline=4)
+    async with running_mesh(tmp_path_factory, config) as mesh:
+        async with Client(mesh.api_address, "alpha-key") as alpha:
+            frozen = mesh.children[DRIVER_HOST].pid
+            assert frozen
+            os.kill(frozen, signal.SIGSTOP)
+            try:
+                async with asyncio.timeout(3 * LEASE_TTL):
+                    while await _registered(mesh):
+                        await asyncio.sleep(0.2)
+                op = await alpha.call(
+                    alpha.shares.CreateShare,
+                    ss.CreateShareRequest(
+                        parent="projects/alpha", share_id="too-late", share=Share(size_gib=1)
+                    ),
+                )
+                with pytest.raises(OperationFailed) as failed:
+                    await alpha.wait(op, Share, timeout=60)
+            finally:
+                os.kill(frozen, signal.SIGCONT)
+            assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+            share = await alpha.call(
+                alpha.shares.GetShare, ss.GetShareRequest(name="projects/alpha/shares/too-late")
+            )
+            assert share.state == Share.ERROR and "came back" in share.state_message
+            await _persist(lambda: delete_share(alpha, share.name))
+
+
 async def test_the_scheduler_fills_in_the_zone_it_chose(mesh: LocalMesh, alpha: Client) -> None:
     try:
         share = await create_share(alpha, "alpha", "zoned")
@@ -343,7 +376,7 @@ async def test_a_mesh_stopped_while_etcd_is_dead_leaves_the_host_clean(tmp_path:
     ensure_rpcbind()
     state = tmp_path / "state"
     config = tmp_path / "mesh.toml"
-    config.write_text(CONFIG.format(zone=ZONE))
+    config.write_text(CONFIG.format(zone=ZONE, deadline=180))
     holder: socket.socket | None = None
     try:
         async with LocalMesh(state, config, api_port=0, lease_ttl_seconds=LEASE_TTL) as mesh:
