@@ -389,7 +389,8 @@ async def test_a_mesh_stopped_while_etcd_is_dead_leaves_the_host_clean(tmp_path:
             assert driver_host
             os.kill(mesh.etcd.pid, signal.SIGKILL)
             holder = _hold_port(mesh.etcd.client_port)
-            async with asyncio.timeout(4 * LEASE_TTL):
+            # It finds its lease lost within a TTL, then gives up on revoking it.
+            async with asyncio.timeout(30):
                 while pid_alive(driver_host):  # it lost its lease and exited
                     await asyncio.sleep(0.2)
             assert _ganesha_pid(mesh) is not None  # left serving for its next incarnation
