@@ -23,12 +23,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent / "tests"
 sys.path[:0] = [str(HERE / "e2e"), str(HERE)]
 
+# isort: off
+# First, before anything imports grpc: children the in-process launcher forks crash
+# unless the runtime turned off gRPC's fork handlers (see tests/conftest.py).
+import sharemesh.runtime  # noqa: E402,F401
 from chaos_ops import chaos, check_accounting, check_host, mesh_config, report  # noqa: E402
-
-import sharemesh.runtime  # noqa: E402,F401  (before grpc: see tests/conftest.py)
 from sharemesh.launcher import LocalMesh  # noqa: E402
-
 from support import assert_host_clean, ensure_rpcbind  # noqa: E402
+
+# isort: on
 
 NAMES = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa")
 
