@@ -5,6 +5,7 @@ can never place at once and a pool is never over-allocated."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from sharemesh.runtime import capacity, export_ids, failures, operations, quota, retry
@@ -66,8 +67,10 @@ class Placer:
                     log.info("placement of %s waits: %s", name, transient)
                     await backoff.wait(self._leadership.done)
                     continue
-                if backend:
-                    await self._peers.sync_share(backend, name)
+                if backend:  # its driver-host may be busy retrying: never wait on it here
+                    self._peers.nudge(
+                        f"sync {name}", functools.partial(self._peers.sync_share, backend, name)
+                    )
                 return
         finally:
             self._waiting.discard(name)
