@@ -236,17 +236,7 @@ async def test_changes_while_ganesha_restarts_end_done(
         data.write_bytes(os.urandom(64 << 10))
         assert (await write(share, data, "data.bin"))[0] == 0
 
-        async def keep_killing(seconds: float) -> int:
-            kills, until = 0, time.monotonic() + seconds
-            while time.monotonic() < until:
-                pid = _ganesha_pid(mesh)
-                if pid is not None:
-                    os.kill(pid, signal.SIGKILL)
-                    kills += 1
-                await asyncio.sleep(0.05)
-            return kills
-
-        killer = asyncio.create_task(keep_killing(4))
+        killer = asyncio.create_task(_keep_killing_ganesha(mesh, 4))
         await asyncio.sleep(0.2)
         resize = await alpha.call(
             alpha.shares.ResizeShare, ss.ResizeShareRequest(name=share.name, size_gib=2)
@@ -309,37 +299,80 @@ async def test_a_create_waits_for_a_driver_host_that_is_down(
         await _delete_all(alpha, mesh)
 
 
-async def test_a_create_fails_unavailable_once_its_deadline_passes(
-    tmp_path_factory: pytest.TempPathFactory,
+@pytest.fixture(scope="module")
+async def hasty(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalMesh]:
+    """A mesh whose changes give up on a transient fault after 4 s."""
+    async with running_mesh(tmp_path_factory, CONFIG.format(zone=ZONE, deadline=4)) as mesh:
+        yield mesh
+
+
+async def _keep_killing_ganesha(mesh: LocalMesh, seconds: float) -> int:
+    """Kills every Ganesha the driver-host starts, for `seconds`; how many it killed."""
+    kills, until = 0, time.monotonic() + seconds
+    while time.monotonic() < until:
+        pid = _ganesha_pid(mesh)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            kills += 1
+        await asyncio.sleep(0.05)
+    return kills
+
+
+async def test_a_rule_change_fails_unavailable_once_its_deadline_passes(
+    hasty: LocalMesh,
 ) -> None:
+    """Ganesha stays down past the retry deadline: the rule change fails with
+    UNAVAILABLE and a reason, and the share is left in ERROR, to be deleted."""
+    async with Client(hasty.api_address, "alpha-key") as alpha:
+        share = await create_share(alpha, "alpha", "down-too-long")
+        killer = asyncio.create_task(_keep_killing_ganesha(hasty, 10))
+        try:
+            await asyncio.sleep(0.5)
+            op = await alpha.call(
+                alpha.shares.CreateAccessRule,
+                ss.CreateAccessRuleRequest(
+                    parent=share.name,
+                    access_rule=AccessRule(access_to="127.0.0.1", access_level=RW),
+                ),
+            )
+            with pytest.raises(OperationFailed) as failed:
+                await alpha.wait(op, AccessRule, timeout=60)
+        finally:
+            assert await killer > 0
+        assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "gave up" in failed.value.operation.error.message
+        now = await alpha.call(alpha.shares.GetShare, ss.GetShareRequest(name=share.name))
+        assert now.state == Share.ERROR and "gave up" in now.state_message
+        await delete_share(alpha, share.name)
+
+
+async def test_a_create_fails_unavailable_once_its_deadline_passes(hasty: LocalMesh) -> None:
     """A backend that stays away past the retry deadline: the waiting create fails with
     UNAVAILABLE and a reason, and the share is left in ERROR to be deleted."""
-    config = CONFIG.format(zone=ZONE, deadline=4)
-    async with running_mesh(tmp_path_factory, config) as mesh:
-        async with Client(mesh.api_address, "alpha-key") as alpha:
-            frozen = mesh.children[DRIVER_HOST].pid
-            assert frozen
-            os.kill(frozen, signal.SIGSTOP)
-            try:
-                async with asyncio.timeout(3 * LEASE_TTL):
-                    while await _registered(mesh):
-                        await asyncio.sleep(0.2)
-                op = await alpha.call(
-                    alpha.shares.CreateShare,
-                    ss.CreateShareRequest(
-                        parent="projects/alpha", share_id="too-late", share=Share(size_gib=1)
-                    ),
-                )
-                with pytest.raises(OperationFailed) as failed:
-                    await alpha.wait(op, Share, timeout=60)
-            finally:
-                os.kill(frozen, signal.SIGCONT)
-            assert failed.value.code == grpc.StatusCode.UNAVAILABLE
-            share = await alpha.call(
-                alpha.shares.GetShare, ss.GetShareRequest(name="projects/alpha/shares/too-late")
+    async with Client(hasty.api_address, "alpha-key") as alpha:
+        frozen = hasty.children[DRIVER_HOST].pid
+        assert frozen
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            async with asyncio.timeout(3 * LEASE_TTL):
+                while await _registered(hasty):
+                    await asyncio.sleep(0.2)
+            op = await alpha.call(
+                alpha.shares.CreateShare,
+                ss.CreateShareRequest(
+                    parent="projects/alpha", share_id="too-late", share=Share(size_gib=1)
+                ),
             )
-            assert share.state == Share.ERROR and "came back" in share.state_message
-            await _persist(lambda: delete_share(alpha, share.name))
+            with pytest.raises(OperationFailed) as failed:
+                await alpha.wait(op, Share, timeout=60)
+        finally:
+            os.kill(frozen, signal.SIGCONT)
+        assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+        share = await alpha.call(
+            alpha.shares.GetShare, ss.GetShareRequest(name="projects/alpha/shares/too-late")
+        )
+        assert share.state == Share.ERROR and "came back" in share.state_message
+        await _persist(lambda: delete_share(alpha, share.name))
 
 
 async def test_the_scheduler_fills_in_the_zone_it_chose(mesh: LocalMesh, alpha: Client) -> None:
