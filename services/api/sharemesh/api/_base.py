@@ -66,13 +66,14 @@ def operation_view(
             shown.response.Pack(view(caller, resource, revision if shown.done else 0))
     if caller.admin:
         return shown
-    if shown.HasField("error"):
-        shown.error.CopyFrom(errors.public_status(shown.error, shown.name))
-    if shown.HasField("metadata"):
-        metadata = operation_metadata_pb2.OperationMetadata()
-        shown.metadata.Unpack(metadata)
+    metadata = operation_metadata_pb2.OperationMetadata()
+    if shown.metadata.Unpack(metadata):
         metadata.status_detail = errors.redact(metadata.status_detail)
         shown.metadata.Pack(metadata)
+    if shown.HasField("error"):
+        # The services that fail an operation log the detail under its target's name.
+        reference = metadata.target or shown.name
+        shown.error.CopyFrom(errors.public_status(shown.error, reference))
     return shown
 
 
