@@ -7,6 +7,7 @@ the operation runner turn them into `google.rpc.Status` with an `ErrorInfo` (and
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 
@@ -228,7 +229,8 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> ShareMeshError:
 
 # Host paths (`/var/lib/…`, `/tmp/…`) and etcd keys are for operators' logs, never for
 # tenants; `/shares/<uid>` pseudo paths are what tenants mount, so they stay.
-_HOST_PATH = re.compile(r"(?<![\w:.\-])/(?!shares/[0-9a-f]+\b)[^\s'\",;:)\]}]+")
+# A name pattern's `{project}/shares/{share}` is neither.
+_HOST_PATH = re.compile(r"(?<![\w:.\-}])/(?!shares/[0-9a-f]+\b)(?!\{)[^\s'\",;:)\]}]+")
 
 
 def redact(text: str) -> str:
@@ -251,6 +253,28 @@ def public_message(error: BaseException, reference: str = "") -> str:
 _INTERNAL_METADATA = frozenset({"key", "lock"})
 
 
+def _public_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    return {k: redact(v) for k, v in metadata.items() if k not in _INTERNAL_METADATA}
+
+
+def for_tenant(error: ShareMeshError, reference: str, log: logging.Logger) -> ShareMeshError:
+    """`error` as it may be recorded where a tenant reads it (a state_message, an
+    Operation's error): the same code, reason and quota details, a message of
+    `public_message`; the whole detail goes to `log` at WARNING under `reference` (the
+    share or operation it concerns), where an operator finds it."""
+    log.warning("%s: %s", reference, error.message)
+    safe = ShareMeshError.__new__(type(error))
+    ShareMeshError.__init__(
+        safe,
+        public_message(error, reference),
+        reason=error.reason,
+        metadata=_public_metadata(error.metadata),
+        field_violations=[(field, redact(text)) for field, text in error.field_violations],
+        quota_violations=error.quota_violations,
+    )
+    return safe
+
+
 def public_status(status: status_pb2.Status, reference: str = "") -> status_pb2.Status:
     """`status` as a tenant may read it: the message of `public_message`, and no host
     paths or etcd keys in its details."""
@@ -261,11 +285,9 @@ def public_status(status: status_pb2.Status, reference: str = "") -> status_pb2.
         if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             packed.Unpack(info)
-            for key in list(info.metadata):
-                if key in _INTERNAL_METADATA:
-                    del info.metadata[key]
-                else:
-                    info.metadata[key] = redact(info.metadata[key])
+            public_metadata = _public_metadata(info.metadata)
+            info.metadata.clear()
+            info.metadata.update(public_metadata)
             _add_detail(public, info)
         elif packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()

@@ -12,7 +12,7 @@ import time
 import grpc
 
 from sharemesh import network
-from sharemesh.runtime import export_ids, failures, operations, quota, retry
+from sharemesh.runtime import errors, export_ids, operations, quota, retry
 from sharemesh.runtime.coordination import Mutex, Session, Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import (
     Aborted,
@@ -495,7 +495,7 @@ class ShareSync:
         """A delete the backend refused leaves the share in ERROR with the reason, to be
         deleted again (with `force` to drop the record whatever the backend says)."""
         record = found.value
-        error = failures.for_tenant(error, f"delete of {record.share.name}", log)
+        error = errors.for_tenant(error, f"delete of {record.share.name}", log)
         record.delete_requested = False
         record.share.state = Share.ERROR
         record.share.state_message = f"delete failed: {error.message}"
@@ -542,7 +542,7 @@ class ShareSync:
         grow that failed leaves the share ACTIVE at its size and gives back what it took;
         any other change that failed leaves the share in ERROR with the reason."""
         record = found.value
-        error = failures.for_tenant(error, record.share.name, log)
+        error = errors.for_tenant(error, record.share.name, log)
         txn = self._store.txn().fence(lock)
         record.share.state = Share.ERROR
         record.share.state_message = error.message

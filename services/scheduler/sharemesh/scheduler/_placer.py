@@ -8,7 +8,7 @@ import asyncio
 import functools
 import logging
 
-from sharemesh.runtime import capacity, export_ids, failures, operations, quota, retry
+from sharemesh.runtime import capacity, errors, export_ids, operations, quota, retry
 from sharemesh.runtime.config import QuotaConfig
 from sharemesh.runtime.coordination import Leadership, Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import Aborted, ResourceExhausted, ShareMeshError, Unavailable
@@ -241,7 +241,7 @@ class Placer:
 
     async def _fail(self, found: Versioned[records_pb2.ShareRecord], error: ShareMeshError) -> None:
         record = found.value
-        error = failures.for_tenant(error, record.share.name, log)
+        error = errors.for_tenant(error, record.share.name, log)
         record.share.state = Share.ERROR
         record.share.state_message = error.message
         record.share.update_time.CopyFrom(operations.now())
