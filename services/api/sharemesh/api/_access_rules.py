@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 
+from sharemesh.ganesha import parse_client
 from sharemesh.runtime import names, operations, validation
 from sharemesh.runtime.coordination import Txn, Versioned
 from sharemesh.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
@@ -25,8 +26,9 @@ def rule_view(caller: Caller, found: Versioned[records_pb2.AccessRuleRecord]) ->
 
 
 def _check_access_to(value: str) -> str:
-    """The client as the canonical network the record stores and Ganesha is given."""
-    return validation.check_network("access_rule.access_to", value)
+    """The client as the canonical network the record stores and Ganesha is given: the
+    Ganesha library's grammar, so the API never takes what an export cannot hold."""
+    return str(parse_client(value, "access_rule.access_to"))
 
 
 class AccessRules(Base):

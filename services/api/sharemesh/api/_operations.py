@@ -9,7 +9,7 @@ import contextlib
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import empty_pb2
 
-from sharemesh.runtime import names
+from sharemesh.runtime import names, validation
 from sharemesh.runtime.coordination import Store, Versioned
 from sharemesh.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from sharemesh.state.v1 import records_pb2
@@ -36,12 +36,14 @@ class Operations(operations_pb2_grpc.OperationsServicer):
         return found
 
     async def GetOperation(self, request, context):  # noqa: N802
+        validation.check_request(request)
         caller = self._auth.caller(context)
         found = await self._get(request.name, caller)
         return operation_view(caller, found.value.operation, found.mod_revision)
 
     async def ListOperations(self, request, context):  # noqa: N802
         # `name` is the collection's parent, `projects/{project}`.
+        validation.check_request(request)
         project = names.PROJECT.parse("name", request.name)["project"]
         caller = self._auth.caller(context)
         caller.check_parent(project)
@@ -53,6 +55,7 @@ class Operations(operations_pb2_grpc.OperationsServicer):
             records_pb2.OperationRecord,
             request.page_token,
             request.page_size,
+            scope=request.filter,
         )
         response = operations_pb2.ListOperationsResponse(
             operations=[
@@ -65,6 +68,7 @@ class Operations(operations_pb2_grpc.OperationsServicer):
         return response
 
     async def WaitOperation(self, request, context):  # noqa: N802
+        validation.check_request(request)
         caller = self._auth.caller(context)
         found = await self._get(request.name, caller)
         timeout = DEFAULT_WAIT_SECONDS
@@ -88,11 +92,13 @@ class Operations(operations_pb2_grpc.OperationsServicer):
         return operation_view(caller, found.value.operation, found.mod_revision)
 
     async def DeleteOperation(self, request, context):  # noqa: N802
+        validation.check_request(request)
         await self._get(request.name, self._auth.caller(context))
         await self._store.delete(self._store.key_of(request.name))
         return empty_pb2.Empty()
 
     async def CancelOperation(self, request, context):  # noqa: N802
+        validation.check_request(request)
         await self._get(request.name, self._auth.caller(context))
         raise FailedPrecondition(
             "sharemesh operations cannot be cancelled; delete the resource instead",

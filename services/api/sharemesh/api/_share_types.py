@@ -8,7 +8,7 @@ from google.protobuf import empty_pb2
 
 from sharemesh.runtime import names, operations, validation
 from sharemesh.runtime.coordination import Store
-from sharemesh.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from sharemesh.runtime.errors import AlreadyExists, FailedPrecondition, NotFound
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_type_pb2, share_type_service_pb2, share_type_service_pb2_grpc
 
@@ -44,6 +44,7 @@ class ShareTypes(share_type_service_pb2_grpc.ShareTypeServiceServicer):
 
     async def ListShareTypes(self, request, context):  # noqa: N802
         self._auth.caller(context)
+        validation.check_request(request)
         items, token = await _paging.page(
             self._store,
             self._store.prefix_of("", "shareTypes"),
@@ -67,11 +68,8 @@ class ShareTypes(share_type_service_pb2_grpc.ShareTypeServiceServicer):
         self._auth.caller(context).check_admin()
         validation.check_request(request, "share_type")
         names.check_id("share_type_id", request.share_type_id)
-        for key, value in request.share_type.extra_specs.items():
-            if not key or len(key) > 255 or len(value) > 255:
-                raise InvalidArgument(
-                    f"share_type.extra_specs[{key!r}]", "keys and values are 1-255 characters"
-                )
+        if f"shareTypes/{request.share_type_id}" == DEFAULT:
+            raise AlreadyExists(f"{DEFAULT} always exists; create a type of another name")
         record = ShareType()
         record.CopyFrom(request.share_type)
         record.name = f"shareTypes/{request.share_type_id}"
