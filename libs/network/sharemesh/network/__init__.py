@@ -5,6 +5,7 @@ from ._netns import (
     MESH_NETNS_PREFIX,
     STORAGE_RANGE,
     bridge_name,
+    bridges_of,
     ensure_bridge,
     ensure_namespace,
     ensure_storage_leg,
@@ -20,7 +21,7 @@ from ._netns import (
     remove_namespace,
     storage_addresses,
 )
-from ._servers import NetworkServers, Served, location, tenant_rules
+from ._servers import NetworkServers, Served, location, release_servers, tenant_rules
 
 __all__ = [
     "MESH_NETNS_PREFIX",
@@ -29,6 +30,8 @@ __all__ = [
     "storage_addresses",
     "NetworkServers",
     "Served",
+    "release_servers",
+    "bridges_of",
     "location",
     "tenant_rules",
     "bridge_name",

@@ -269,6 +269,23 @@ async def remove_namespace(netns: str) -> None:
     log.info("namespace %s removed", netns)
 
 
+async def bridges_of(netns: str) -> list[str]:
+    """The bridges `netns` is joined to: the masters of its veths' host ends (none when
+    the namespace is absent). Found from the kernel alone, for a release without etcd."""
+    _check_netns(netns)
+    if not await namespace_exists(netns):
+        return []
+    inside = await _ip_json("-d", "link", "show", "type", "veth", netns=netns)
+    peers = {link.get("link_index") for link in inside}
+    return sorted(
+        {
+            link["master"]
+            for link in await _ip_json("link", "show", "type", "veth")
+            if link.get("ifindex") in peers and link.get("master")
+        }
+    )
+
+
 async def _ip_netns_del(netns: str) -> None:
     try:
         await _ip("netns", "del", netns)

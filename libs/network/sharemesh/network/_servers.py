@@ -71,6 +71,25 @@ def location(server: records_pb2.NetworkServerRecord, uid: str) -> tuple[str, in
     return f"{address}:{share_pseudo(uid)}", server.nfs_port, server.mount_port
 
 
+async def release_servers(kind: str, state_dir: Path) -> None:
+    """Stops every `kind` server whose files are under `state_dir` (its Ganesha and D-Bus
+    daemon, by pidfile) and removes its namespace and the bridges it was on, from the
+    host alone: for a service that died, when etcd (which names the servers) may be
+    dead too. Export files stay, so the next start serves the same exports."""
+    prefix = f"{netns_plugin.MESH_NETNS_PREFIX}{_NETNS_KIND[kind]}-"
+    found = (
+        sorted(d for d in state_dir.glob(f"{prefix}*") if d.is_dir()) if state_dir.is_dir() else []
+    )
+    for directory in found:
+        netns = directory.name  # a server's files live in a directory named after its namespace
+        await GaneshaInstance(directory, 0, 0, netns=netns).stop()
+        bridges = await netns_plugin.bridges_of(netns)
+        await netns_plugin.remove_namespace(netns)
+        for bridge in bridges:
+            await netns_plugin.remove_bridge(bridge)
+        log.info("released the %s server in %s", kind, netns)
+
+
 class NetworkServers:
     def __init__(
         self,
