@@ -11,8 +11,9 @@ from google.rpc import error_details_pb2, status_pb2
 
 from sharemesh.client import Client
 from sharemesh.launcher import LocalMesh
-from sharemesh.v1 import access_rule_pb2
+from sharemesh.v1 import access_rule_pb2, share_type_pb2, share_type_service_pb2_grpc
 from sharemesh.v1 import share_service_pb2 as ss
+from sharemesh.v1 import share_type_service_pb2 as sts
 
 from mesh_ops import Share, create_share, delete_share, live_shares
 
@@ -254,3 +255,22 @@ async def test_list_pages_and_filters(alpha: Client) -> None:
     )
     for name in names:
         await delete_share(alpha, name)
+
+
+async def test_the_default_share_type_cannot_be_overwritten(admin: Client) -> None:
+    # It exists without a record: one written over it could never be deleted again.
+    types = share_type_service_pb2_grpc.ShareTypeServiceStub(admin._channel)
+    await _refused(
+        types.CreateShareType(
+            sts.CreateShareTypeRequest(
+                share_type_id="default",
+                share_type=share_type_pb2.ShareType(extra_specs={"snapshot_support": "true"}),
+            ),
+            metadata=admin.metadata,
+        ),
+        grpc.StatusCode.ALREADY_EXISTS,
+    )
+    seen = await types.GetShareType(
+        sts.GetShareTypeRequest(name="shareTypes/default"), metadata=admin.metadata
+    )
+    assert dict(seen.extra_specs) == {}

@@ -82,7 +82,7 @@ class Shares(Base):
             records_pb2.ShareRecord,
             request.page_token,
             request.page_size,
-            scope=f"{request.filter}\0{request.order_by}",
+            scope=request.filter,  # shares list in name order only
         )
         response = share_service_pb2.ListSharesResponse(
             shares=[
