@@ -53,6 +53,11 @@ capacity_gib = {capacity_gib}
 )
 
 
+async def pool_of(admin: Client, share: Share) -> str:
+    """Where a share landed: an admin field, which tenants never see."""
+    return (await admin.call(admin.shares.GetShare, ss.GetShareRequest(name=share.name))).pool
+
+
 async def create_share(
     client: Client, project: str, share_id: str, size_gib: int = 1, request_id: str = ""
 ) -> Share:

@@ -225,7 +225,7 @@ async def test_an_admin_ends_a_stuck_create_in_error(
             ),
         )
         name = "projects/alpha/shares/stuck"
-        while not (await alpha.call(alpha.shares.GetShare, ss.GetShareRequest(name=name))).pool:
+        while not (await admin.call(admin.shares.GetShare, ss.GetShareRequest(name=name))).pool:
             await asyncio.sleep(0.05)  # placed, waiting for its backend
         reset = await _reset(admin, name, Share.ERROR)
         assert reset.state == Share.ERROR and "administrator" in reset.state_message

@@ -24,7 +24,15 @@ from sharemesh.v1 import (
 from sharemesh.v1 import share_service_pb2 as ss
 from sharemesh.v1 import share_type_service_pb2 as sts
 
-from mesh_ops import TENANT_KEYS, Share, create_share, delete_share, live_shares, running_mesh
+from mesh_ops import (
+    TENANT_KEYS,
+    Share,
+    create_share,
+    delete_share,
+    live_shares,
+    pool_of,
+    running_mesh,
+)
 from support import pid_alive
 
 pytestmark = pytest.mark.e2e
@@ -83,12 +91,6 @@ async def _create(client: Client, share_id: str, size_gib: int = 1, **share: obj
     return await client.wait(op, Share)
 
 
-async def _pool(admin: Client, share: Share) -> str:
-    """Where a share landed: an admin field, which tenants never see."""
-    seen = await admin.call(admin.shares.GetShare, ss.GetShareRequest(name=share.name))
-    return seen.pool
-
-
 async def test_shares_land_where_type_and_zone_demand(
     mesh: LocalMesh, admin: Client, alpha: Client
 ) -> None:
@@ -111,11 +113,13 @@ async def test_shares_land_where_type_and_zone_demand(
     assert {t.name for t in listed.share_types} >= {f"shareTypes/{t}" for t in TYPES}
 
     placed = {
-        "g": await _pool(admin, await _create(alpha, "g", share_type="shareTypes/gold")),
-        "s": await _pool(admin, await _create(alpha, "s", share_type="shareTypes/silverish")),
-        "f": await _pool(admin, await _create(alpha, "f", share_type="shareTypes/far")),
-        "z": await _pool(admin, await _create(alpha, "z", availability_zone="az2")),
-        "d": await _pool(admin, await _create(alpha, "d")),  # default type: the pool with most room
+        "g": await pool_of(admin, await _create(alpha, "g", share_type="shareTypes/gold")),
+        "s": await pool_of(admin, await _create(alpha, "s", share_type="shareTypes/silverish")),
+        "f": await pool_of(admin, await _create(alpha, "f", share_type="shareTypes/far")),
+        "z": await pool_of(admin, await _create(alpha, "z", availability_zone="az2")),
+        "d": await pool_of(
+            admin, await _create(alpha, "d")
+        ),  # default type: the pool with most room
     }
     assert placed == {
         "g": "backends/big/pools/default",
@@ -177,7 +181,7 @@ async def test_a_thin_pool_promises_its_ratio_and_thick_shares_own_their_blocks(
     thin = [
         await _create(alpha, f"thin-{i}", share_type="shareTypes/thin-silver") for i in range(7)
     ]
-    assert {await _pool(admin, s) for s in [thick, *thin]} == {"backends/small/pools/default"}
+    assert {await pool_of(admin, s) for s in [thick, *thin]} == {"backends/small/pools/default"}
     # 9 GiB promised on a 6 GiB pool: the ratio of 1.5 allows that, and no more.
     with pytest.raises(OperationFailed, match="capacity filter") as full:
         await _create(alpha, "thin-7", share_type="shareTypes/thin-silver")
@@ -266,9 +270,9 @@ async def test_a_backend_that_stops_answering_leaves_placement_and_comes_back(
         assert time.monotonic() < deadline, "the backend never registered again"
         await asyncio.sleep(0.2)
     waited = await alpha.wait(waiting, Share)
-    assert waited.state == Share.ACTIVE and await _pool(admin, waited) == remote
+    assert waited.state == Share.ACTIVE and await pool_of(admin, waited) == remote
     back = await _create(alpha, "back", availability_zone="az2")
-    assert back.state == Share.ACTIVE and await _pool(admin, back) == remote
+    assert back.state == Share.ACTIVE and await pool_of(admin, back) == remote
     for record in await live_shares(mesh):
         await delete_share(alpha, record.share.name)
 
