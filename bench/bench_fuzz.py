@@ -28,10 +28,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent / "tests" / "e2e")]
 
-from fuzzing import Fuzzer, children_pids, public_methods, tidy  # noqa: E402
-
 from sharemesh.launcher import LocalMesh  # noqa: E402
 
+from fuzzing import Fuzzer, children_pids, public_methods, tidy  # noqa: E402
 from mesh_ops import MESH_CONFIG  # noqa: E402
 from support import assert_host_clean, ensure_rpcbind  # noqa: E402
 

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from chaos_ops import TARGETS, chaos, check_accounting, check_host, mesh_config, report
 
 from sharemesh.launcher import LocalMesh
 
+from chaos_ops import TARGETS, chaos, check_accounting, check_host, mesh_config, report
 from mesh_ops import running_mesh
 
 pytestmark = pytest.mark.e2e

@@ -13,9 +13,10 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from fuzzing import Fuzzer, Method, children_pids, public_methods, tidy
 
 from sharemesh.launcher import LocalMesh
+
+from fuzzing import Fuzzer, Method, children_pids, public_methods, tidy
 
 pytestmark = pytest.mark.e2e
 

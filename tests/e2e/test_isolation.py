@@ -11,12 +11,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from chaos_ops import check_host, kill9, live_pid, mountable, read_write
 
 from sharemesh.client import Client
 from sharemesh.launcher import LocalMesh
 from sharemesh.v1 import share_service_pb2 as ss
 
+from chaos_ops import check_host, kill9, live_pid, mountable, read_write
 from mesh_ops import MESH_CONFIG, AccessRule, Share, create_share, delete_share, read, write
 from support import assert_host_clean
 
