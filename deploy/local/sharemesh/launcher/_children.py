@@ -74,6 +74,9 @@ class Child:
         self._process: subprocess.Popen[bytes] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
+        self.exits: list[int] = []
+        """The exit codes of the incarnations that ended on their own, oldest first
+        (3: lost its lease; anything else but a clean stop is a crash)."""
 
     @property
     def pid(self) -> int | None:
@@ -109,6 +112,7 @@ class Child:
             code = await exited(self._process)
             if self._stopping:
                 return
+            self.exits.append(code)
             if time.monotonic() - started > 5:
                 backoff = 0.5  # it ran a while, so it is not crash-looping: restart soon
             log.warning(

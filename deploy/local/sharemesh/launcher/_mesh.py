@@ -157,10 +157,12 @@ class LocalMesh:
                 logs / f"{name}.log",
                 release_argv=[*argv, "--release"],
             )
+        gateway = [py, "-m", "sharemesh.gateway", *cfg]
         children["gateway"] = Child(
             "gateway",
-            [py, "-m", "sharemesh.gateway", *cfg, "--own-servers"],
+            [*gateway, "--own-servers"],
             logs / "gateway.log",
+            release_argv=[*gateway, "--release"],
         )
         children["api"] = Child("api", [py, "-m", "sharemesh.api", *cfg], logs / "api.log")
         return children

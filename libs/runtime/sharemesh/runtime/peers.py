@@ -16,8 +16,9 @@ from sharemesh.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from sharemesh.scheduler.v1 import scheduler_service_pb2, scheduler_service_pb2_grpc
 from sharemesh.state.v1 import records_pb2
 
-from . import telemetry
+from . import retry, telemetry
 from .coordination import Store, keys, leader
+from .errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,12 @@ class Peers:
         async def attempt() -> None:
             try:
                 await call()
-            except (grpc.aio.AioRpcError, ConnectionError) as error:
-                detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else error
+            except (grpc.aio.AioRpcError, ConnectionError, Unavailable) as error:
+                # Refused, or the peer or etcd is away: all the reconciler's to finish.
                 log.info(
-                    "nudge %s not delivered (%s); the reconciler will pick it up", what, detail
+                    "nudge %s not delivered (%s); the reconciler will pick it up",
+                    what,
+                    retry.reason(error),
                 )
 
         task = asyncio.create_task(attempt(), name=f"nudge {what}")

@@ -2,7 +2,9 @@
 and an orderly stop (drain calls, cancel work, revoke the lease).
 
 A process whose lease is lost exits non-zero: its registrations and locks are gone,
-so it must start over with a fresh session (its supervisor restarts it)."""
+so it must start over with a fresh session (its supervisor restarts it). A process
+that cannot *reach* etcd does not die for it: it starts once etcd answers, and its
+background work rides out an outage (a lease that outlives it is still good)."""
 
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ from typing import Any, Protocol
 
 import aetcd
 
-from . import logs, server, telemetry
+from . import logs, retry, server, telemetry
 from .config import MeshConfig
 from .config import load as load_config
 from .coordination import Session, Store, connect
+from .errors import Unavailable
 from .server import Binding, GrpcServer
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,15 @@ log = logging.getLogger(__name__)
 class LeaseLost(SystemExit):
     def __init__(self) -> None:
         super().__init__(3)
+
+
+class StoppedBeforeStart(SystemExit):
+    """Told to stop while still waiting for etcd: what an earlier incarnation left
+    (its servers, mounts) was not let go of in order, so the exit is not clean and the
+    supervisor releases it (`--release`)."""
+
+    def __init__(self) -> None:
+        super().__init__(4)
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,11 @@ async def serve(
     logs.configure(name, config.log_level)
     telemetry.configure(name, config.telemetry)
     async with connect(config.etcd.endpoint) as client:
-        async with Session(client, ttl=config.etcd.lease_ttl_seconds) as session:
+        session = await _session(name, client, config.etcd.lease_ttl_seconds, stop)
+        if session is None:
+            log.info("%s stopped before etcd answered", name)
+            raise StoppedBeforeStart()
+        async with session:
             store = Store(client, config.etcd.prefix)
             app = await build(Context(config, client, store, session, stop))
             server = GrpcServer(listen, app.bindings, getattr(app, "credentials", None))
@@ -74,7 +90,7 @@ async def serve(
             host = listen.rpartition(":")[0]
             endpoint = f"{host}:{port}"
             log.info("%s serving on %s", name, endpoint)
-            work = asyncio.create_task(app.run(endpoint), name=f"{name}-run")
+            work = asyncio.create_task(_run(name, app, endpoint), name=f"{name}-run")
             lost = asyncio.create_task(session.done.wait())
             stopped = asyncio.create_task(stop.wait())
             ends = {work, lost, stopped}
@@ -88,15 +104,63 @@ async def serve(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await app.close()
+            lost_lease = session.done.is_set() and not stop.is_set()
+            try:
+                await app.close()
+            except Exception as error:
+                if not lost_lease:
+                    raise
+                # etcd is likely away too: the lease is the reason to report.
+                log.warning("%s: closing after the lost lease: %s", name, retry.reason(error))
             # A lost lease comes first: the work then fails for that reason only.
-            if session.done.is_set() and not stop.is_set():
+            if lost_lease:
                 log.error("%s lost its etcd lease; exiting so it restarts clean", name)
                 raise LeaseLost()
             if work.done() and not work.cancelled() and work.exception():
                 raise work.exception()  # type: ignore[misc]
     telemetry.shutdown()
     log.info("%s stopped", name)
+
+
+async def _session(
+    name: str, client: aetcd.Client, ttl: int, stop: asyncio.Event
+) -> Session | None:
+    """A started session once etcd answers, waiting with backoff while it does not
+    (a service started during an outage waits instead of exiting); None when told to
+    stop first."""
+    backoff = retry.Backoff()
+    while not stop.is_set():
+        session = Session(client, ttl=ttl)
+        starting = asyncio.ensure_future(session.start())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
+            break
+        try:
+            return starting.result()
+        except Unavailable as error:
+            log.warning("%s waits for etcd: %s", name, error.message)
+        await backoff.wait(stop)
+    return None
+
+
+async def _run(name: str, app: App, endpoint: str) -> None:
+    """`app.run`, started again (with backoff) when a transient fault ends it: the
+    services' loops ride out faults themselves; this is the net under them."""
+    backoff = retry.Backoff()
+    while True:
+        try:
+            await app.run(endpoint)
+            return
+        except Exception as error:
+            if not retry.transient(error):
+                raise
+            log.warning("%s: background work stopped (%s); again", name, retry.reason(error))
+        await backoff.wait()
 
 
 def main(

@@ -1,4 +1,5 @@
-"""Retrying what heals: a backoff with jitter, and the deadline of a waiting change.
+"""Retrying what heals: a backoff with jitter, loops that ride out a fault, and the
+deadline of a waiting change.
 
 A transient fault (a Ganesha that is restarting, a peer or an etcd that is down for
 now, a backend that has not re-registered) makes the work wait and try again; only
@@ -9,14 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+import grpc
 
 from sharemesh.state.v1 import records_pb2
 
 from . import operations
 from .coordination import Store
+from .errors import Unavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FIRST_DELAY = 0.2
 MAX_DELAY = 5.0
@@ -43,6 +52,65 @@ class Backoff:
             return
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
+
+
+def transient(error: BaseException) -> bool:
+    """Whether `error` heals by itself: etcd or a peer that is away for now (as the
+    coordination layer and gRPC report it), or a group of only such faults."""
+    if isinstance(error, BaseExceptionGroup):
+        return all(transient(e) for e in error.exceptions)
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    return isinstance(error, (Unavailable, ConnectionError))
+
+
+def reason(error: BaseException) -> str:
+    """One line saying why, for the log: no traceback for what heals."""
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(reason(e) for e in error.exceptions)
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    return str(getattr(error, "message", error))
+
+
+async def persist(what: str, step: Callable[[], Awaitable[T]]) -> T:
+    """`step()` again, with backoff, for as long as it fails with a transient fault;
+    each failure is one WARNING line. Any other error is raised."""
+    backoff = Backoff()
+    while True:
+        try:
+            return await step()
+        except Exception as error:
+            if not transient(error):
+                raise
+            log.warning("%s: %s; retrying", what, reason(error))
+        await backoff.wait()
+
+
+async def every(
+    interval: float,
+    what: str,
+    step: Callable[[], Awaitable[object]],
+    first: float | None = None,
+) -> None:
+    """Runs `step()` every `interval` seconds (the first time after `first`, by default
+    `interval`) until cancelled. A transient fault makes it try again sooner, with
+    backoff, in one WARNING line; any other failure is logged with its traceback and
+    waits for the next round: a background loop never ends on a fault."""
+    backoff: Backoff | None = None
+    delay = interval if first is None else first
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            await step()
+        except Exception as error:
+            if transient(error):
+                backoff = backoff or Backoff()
+                delay = min(backoff.next_delay(), interval)
+                log.warning("%s: %s; retrying in %.1fs", what, reason(error), delay)
+                continue
+            log.exception("%s failed; trying again next round", what)
+        backoff, delay = None, interval
 
 
 async def waiting_since(store: Store, pending: Iterable[str]) -> float | None:

@@ -6,14 +6,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from sharemesh import network
 from sharemesh.driver.v1 import driver_service_pb2, driver_service_pb2_grpc
-from sharemesh.runtime import names, operations
-from sharemesh.runtime.config import MeshConfig
+from sharemesh.runtime import names, operations, retry
+from sharemesh.runtime.config import BackendConfig, MeshConfig
 from sharemesh.runtime.coordination import keys
 from sharemesh.runtime.peers import Peers
 from sharemesh.runtime.process import Context
@@ -64,6 +65,7 @@ class DriverHostApp:
             context.config.retry_deadline_seconds,
         )
         self._syncs: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self.share_servers: network.NetworkServers | None = None
         self._endpoint = ""
         self.bindings = [
@@ -80,14 +82,11 @@ class DriverHostApp:
         if any(
             pool.capabilities.get("driver_handles_share_servers") == "true" for pool in stats.pools
         ):
-            state_dir = Path(
-                self._config.state_dir or f"/var/lib/sharemesh/backends/{self._config.name}"
-            )
             self.share_servers = network.NetworkServers(
                 self._store,
                 "shareServers",
                 self._config.name,
-                state_dir,
+                _servers_dir(self._config),
                 self._context.config.export_id_quarantine_seconds,
             )
             self._sync.use_share_servers(self.share_servers)
@@ -141,13 +140,23 @@ class DriverHostApp:
     async def run(self, endpoint: str) -> None:
         self._endpoint = endpoint
         key = keys.backend_key(self._store.root, self.backend.split("/")[-1])
-        await self._ensure_active()
-        await self._store.put(key, await self.registration(), lease=self._context.session.lease_id)
+        await retry.persist("re-exporting this backend's shares", self._ensure_active)
+        refresh = functools.partial(self._register, key)
+        await retry.persist("registering", refresh)
         log.info("registered %s at %s", self.backend, endpoint)
+        # Each loop rides out etcd and peers being away (retry.every): the lease, not
+        # an unreachable etcd, decides when this process must start over.
+        interval = self._context.config.reconcile_interval_seconds
         async with asyncio.TaskGroup() as group:
             group.create_task(self.driver.supervise(self._backend_server_restarted))
-            group.create_task(self._refresh(key))
-            group.create_task(self._reconcile_forever())
+            group.create_task(retry.every(self._refresh_interval(), "refresh", refresh))
+            group.create_task(retry.every(interval, "reconcile", self.reconcile))
+
+    async def _register(self, key: str) -> None:
+        await self._store.put(key, await self.registration(), lease=self._context.session.lease_id)
+
+    def _refresh_interval(self) -> float:
+        return max(self._context.config.etcd.lease_ttl_seconds / 2, 1)
 
     async def _ensure_active(self) -> None:
         """After a restart, every ACTIVE share of this backend serves again, with its rules,
@@ -157,7 +166,9 @@ class DriverHostApp:
             if found.value.share.state == Share.ACTIVE:
                 try:
                     await self._sync.ensure(found)
-                except Exception:
+                except Exception as error:
+                    if retry.transient(error):
+                        raise  # the whole re-export waits for etcd (retry.persist)
                     log.exception("could not re-export %s", found.value.share.name)
         await self._sync.tell_gateways(mine)
         await self._sync.serve_networks(mine)
@@ -172,28 +183,22 @@ class DriverHostApp:
         The shares (by uid) whose exports it `refused` are synced too: the sync applies
         the export again and, refused again, marks that share alone failed, with why."""
         refusals = set(refused)
-        for found in await self._mine():
-            share = found.value
-            if share.gateway_access.fsal == "PROXY_V4" or share.share.uid in refusals:
-                if share.share.uid in refusals:
-                    log.warning("the restarted Ganesha refused the export of %s", share.share.name)
-                self.sync(share.share.name)
 
-    async def _refresh(self, key: str) -> None:
-        interval = max(self._context.config.etcd.lease_ttl_seconds / 2, 1)
-        while True:
-            await asyncio.sleep(interval)
-            await self._store.put(
-                key, await self.registration(), lease=self._context.session.lease_id
-            )
+        async def sync_them() -> None:
+            # etcd away now means waiting for it: those shares still need their sync.
+            for found in await retry.persist("finding the restarted server's shares", self._mine):
+                share = found.value
+                if share.gateway_access.fsal == "PROXY_V4" or share.share.uid in refusals:
+                    if share.share.uid in refusals:
+                        log.warning(
+                            "the restarted Ganesha refused the export of %s", share.share.name
+                        )
+                    self.sync(share.share.name)
 
-    async def _reconcile_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._context.config.reconcile_interval_seconds)
-            try:
-                await self.reconcile()
-            except Exception:
-                log.exception("reconcile failed; trying again next round")
+        # In the background: Ganesha's supervision must go on while etcd is away.
+        task = asyncio.create_task(sync_them(), name="sync after a server restart")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def reconcile(self) -> None:
         """Finishes work a lost nudge or a crash left behind."""
@@ -215,6 +220,8 @@ class DriverHostApp:
 
     async def close(self) -> None:
         self._sync.stop()  # a sync waiting to retry gives up now; the next process resumes
+        for task in list(self._background):
+            task.cancel()
         for task in list(self._syncs.values()):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(task, 30)
@@ -241,9 +248,16 @@ async def release(config: MeshConfig, args: argparse.Namespace) -> None:
     """Stops the backend's servers and unmounts its shares, from the config alone: for
     a driver-host that died, when etcd may be dead too."""
     backend = config.backend(args.backend)
+    # Share servers first: they export the shares the driver then unmounts.
+    await network.release_servers("shareServers", _servers_dir(backend))
     driver = drivers.create(backend.driver, backend.options)
     await driver.stop(stop_servers=True)
     log.info("released %s", backend.name)
+
+
+def _servers_dir(backend: BackendConfig) -> Path:
+    """Where the backend's share servers keep their files (one directory each)."""
+    return Path(backend.state_dir or f"/var/lib/sharemesh/backends/{backend.name}")
 
 
 async def build(context: Context, args: argparse.Namespace) -> DriverHostApp:

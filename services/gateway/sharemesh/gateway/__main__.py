@@ -2,12 +2,17 @@
 
 from sharemesh.runtime import process
 
-from ._app import add_arguments, build
+from ._app import add_arguments, build, release
 
 
 def main() -> None:
     process.main(
-        "gateway", __doc__, build, lambda config, args: config.gateway.listen, add_arguments
+        "gateway",
+        __doc__,
+        build,
+        lambda config, args: config.gateway.listen,
+        add_arguments,
+        release,
     )
 
 

@@ -9,8 +9,10 @@ import asyncio
 import logging
 from pathlib import Path
 
+from sharemesh import network
 from sharemesh.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
-from sharemesh.runtime import names
+from sharemesh.runtime import names, retry
+from sharemesh.runtime.config import MeshConfig
 from sharemesh.runtime.coordination import keys
 from sharemesh.runtime.process import Context
 from sharemesh.runtime.server import Binding
@@ -59,27 +61,35 @@ class GatewayApp:
     async def run(self, endpoint: str) -> None:
         host = self._context.config.gateway.host
         store = self._context.store
-        # Rebuild (or adopt) this host's networks before saying we are here.
-        await self.reconcile()
-        await store.put(
-            keys.host_key(store.root, host),
-            records_pb2.HostRecord(name=host, endpoint=endpoint),
-            lease=self._context.session.lease_id,
+        # Rebuild (or adopt) this host's networks before saying we are here; while etcd
+        # is away, wait for it (what serves now goes on serving meanwhile).
+        await retry.persist("rebuilding this host's networks", self.reconcile)
+        await retry.persist(
+            "registering",
+            lambda: store.put(
+                keys.host_key(store.root, host),
+                records_pb2.HostRecord(name=host, endpoint=endpoint),
+                lease=self._context.session.lease_id,
+            ),
         )
         log.info("registered host %s at %s", host, endpoint)
-        while True:
-            await asyncio.sleep(self._context.config.reconcile_interval_seconds)
-            await self.reconcile()
+        await retry.every(
+            self._context.config.reconcile_interval_seconds, "reconcile", self.reconcile
+        )
 
     async def reconcile(self) -> None:
         for name in sorted(await self.networks.networks_here()):
             try:
                 await self.networks.sync(name)
-            except Exception:
+            except Exception as error:
+                if retry.transient(error):
+                    raise  # etcd or a peer is away: the whole round waits and retries
                 log.exception("could not sync %s; trying again next round", name)
 
     async def close(self) -> None:
-        await self.networks.stop(stop_servers=self._own_servers)
+        # Only an orderly stop lets go of the servers: after a lost lease the next
+        # incarnation adopts them, and tenants keep being served meanwhile.
+        await self.networks.stop(stop_servers=self._own_servers and self._context.stopping.is_set())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop this host's gateways and remove its bridges on an orderly "
         "exit (the launcher sets it); without it they keep serving",
     )
+
+
+async def release(config: MeshConfig, args: argparse.Namespace) -> None:
+    """Stops this host's gateways and removes their namespaces and bridges, from the
+    config and the host alone: for a gateway that died, when etcd may be dead too."""
+    await network.release_servers("gateways", Path(config.gateway.state_dir))
+    log.info("released host %s", config.gateway.host)
 
 
 async def build(context: Context, args: argparse.Namespace) -> GatewayApp:

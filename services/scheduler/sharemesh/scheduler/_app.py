@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import logging
 
-from sharemesh.runtime import operations
+from sharemesh.runtime import operations, retry
 from sharemesh.runtime.coordination import Election, Leadership, keys
 from sharemesh.runtime.errors import Unavailable
 from sharemesh.runtime.peers import Peers
@@ -62,15 +61,24 @@ class SchedulerApp:
     async def _logged(work) -> None:  # type: ignore[no-untyped-def]
         try:
             await work
-        except Exception:
-            log.exception("placement failed; the reconciler will retry")
+        except Exception as error:
+            if not retry.transient(error):
+                log.exception("placement failed; the reconciler will retry")
+                return
+            # etcd or the backend is away for now: that heals, one line says why.
+            log.warning(
+                "placement not finished (%s); the reconciler will retry", retry.reason(error)
+            )
 
     async def run(self, endpoint: str) -> None:
         election = Election(
             self._context.session, keys.election_prefix(self._store.root, "scheduler")
         )
         log.info("standing for leadership")
-        leadership = await election.campaign(endpoint.encode())
+        # Campaigning again with the same session reuses its place in the queue.
+        leadership = await retry.persist(
+            "standing for leadership", lambda: election.campaign(endpoint.encode())
+        )
         log.info("leading; placing shares")
         self.placer = Placer(
             self._store,
@@ -82,15 +90,20 @@ class SchedulerApp:
             self._context.config.retry_deadline_seconds,
         )
         try:
-            while not leadership.done.is_set():
-                await self.reconcile()
-                await self.expire_operations(leadership)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(
-                        leadership.done.wait(), self._context.config.reconcile_interval_seconds
-                    )
+            # Every round at once, then each interval; etcd away makes a round retry
+            # sooner, and the lease (not an unreachable etcd) ends this leadership.
+            await retry.every(
+                self._context.config.reconcile_interval_seconds,
+                "reconcile",
+                functools.partial(self._round, leadership),
+                first=0,
+            )
         finally:
             self.placer = None
+
+    async def _round(self, leadership: Leadership) -> None:
+        await self.reconcile()
+        await self.expire_operations(leadership)
 
     async def reconcile(self) -> None:
         """Finds shares a lost nudge or a crash left waiting, and places them; and, as
