@@ -10,27 +10,33 @@ from .base import (
     AccessLevel,
     AccessRuleSpec,
     BackendStats,
+    Capabilities,
     Driver,
     ExportLocation,
     GatewayAccess,
     PoolStats,
     ShareSpec,
+    SnapshotSpec,
 )
-from .local import CAPABILITIES as LOCAL_CAPABILITIES
+from .fake import FakeBackend, FakeDriver, FakeDriverConfig
 from .local import LocalDriver, LocalDriverConfig
 
 __all__ = [
     "AccessLevel",
     "AccessRuleSpec",
     "BackendStats",
+    "Capabilities",
     "Driver",
     "ExportLocation",
+    "FakeBackend",
+    "FakeDriver",
+    "FakeDriverConfig",
     "GatewayAccess",
-    "LOCAL_CAPABILITIES",
     "LocalDriver",
     "LocalDriverConfig",
     "PoolStats",
     "ShareSpec",
+    "SnapshotSpec",
     "create",
 ]
 
@@ -39,4 +45,6 @@ def create(driver: str, options: Mapping[str, Any]) -> Driver:
     """The driver named in a backend's config, built from its typed options."""
     if driver == "local":
         return LocalDriver(from_mapping(LocalDriverConfig, options, "options."))
-    raise InvalidArgument("driver", f"unknown driver {driver!r}; known: local")
+    if driver == "fake":
+        return FakeDriver(from_mapping(FakeDriverConfig, options, "options."))
+    raise InvalidArgument("driver", f"unknown driver {driver!r}; known: fake, local")

@@ -7,11 +7,17 @@ these plain values, never protos or etcd records.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal, Protocol, runtime_checkable
 
+from sharemesh.ganesha import ClientRule, client_rules
+from sharemesh.runtime.errors import FailedPrecondition, InvalidArgument
+
 AccessLevel = Literal["READ_WRITE", "READ_ONLY"]
+
+_SHARE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -32,12 +38,45 @@ class ShareSpec:
     """The pool counts the share thick: the backend reserves all of its blocks."""
 
 
+def check_share(share: ShareSpec, pool: str) -> None:
+    """Refuses a share a driver serving `pool` cannot take, before anything is touched."""
+    if not _SHARE_ID.match(share.share_id):
+        raise InvalidArgument("share_id", "letters, digits, '-' and '_' only, at most 128")
+    if share.size_gib < 1:
+        raise InvalidArgument("size_gib", "must be at least 1")
+    if share.pool != pool:
+        raise InvalidArgument("pool", f"this backend has pool {pool!r} only")
+
+
+@dataclass(frozen=True)
+class SnapshotSpec:
+    """A point-in-time copy of a share, as a driver needs to know it."""
+
+    snapshot_id: str
+    """Stable unique id, safe for file names."""
+    name: str
+    """The resource name, for logs."""
+    share_id: str
+    """The share it is (or was) a copy of."""
+
+
 @dataclass(frozen=True)
 class AccessRuleSpec:
     """One client's access: an IP address or CIDR and the level it gets."""
 
     access_to: str
     access_level: AccessLevel
+
+
+def client_blocks(rules: Sequence[AccessRuleSpec]) -> tuple[ClientRule, ...]:
+    """The NFS server's CLIENT blocks for `rules`, most specific first (the first match
+    wins); a bad level or address is InvalidArgument."""
+    for rule in rules:
+        if rule.access_level not in ("READ_WRITE", "READ_ONLY"):
+            raise InvalidArgument("access_level", f"unknown level {rule.access_level!r}")
+    return client_rules(
+        (rule.access_to, "RW" if rule.access_level == "READ_WRITE" else "RO") for rule in rules
+    )
 
 
 @dataclass(frozen=True)
@@ -65,6 +104,56 @@ class ExportLocation:
     """The MOUNT (NFSv3) port; NFSv4 clients need only `nfs_port`."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class Capabilities:
+    """What a pool offers, typed. The mesh carries them as Manila's capability strings
+    (`PoolCapacity.capabilities`, matched by share types' extra specs); `as_strings`
+    renders that form, the only place it is made."""
+
+    snapshot_support: bool = False
+    create_share_from_snapshot_support: bool = False
+    revert_to_snapshot_support: bool = False
+    mount_snapshot_support: bool = False
+    shrink_support: bool = False
+    thin_provisioning: bool = False
+    """Shares take blocks as they are written, so the pool may promise more than it has."""
+    driver_handles_share_servers: bool = False
+    max_over_subscription_ratio: float = 1.0
+    """Thin pools may provision up to this many times their capacity."""
+    reserved_percentage: float = 0.0
+    """Capacity, in percent, the scheduler keeps free."""
+    availability_zone: str = ""
+    storage_protocol: str = "NFS"
+    custom: Mapping[str, str] = field(default_factory=dict)
+    """The operator's own capabilities (e.g. `tier = "gold"`); they cannot override
+    what the driver reports."""
+
+    def as_strings(self) -> dict[str, str]:
+        """The wire form: `{"shrink_support": "false", "reserved_percentage": "0.0", ...}`."""
+        reported = {
+            f.name: _capability_string(getattr(self, f.name))
+            for f in fields(self)
+            if f.name != "custom"
+        }
+        return {**self.custom, **reported}
+
+
+def _capability_string(value: bool | float | str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"  # what `<is> True` and the api's checks read
+    return str(value)
+
+
+def unsupported(capability: str, action: str) -> FailedPrecondition:
+    """The refusal of an operation the pool's capabilities do not offer, naming the
+    capability, e.g. `unsupported("shrink_support", "cannot shrink share s from 2 to 1 GiB")`."""
+    return FailedPrecondition(
+        f"{action}: backend capability {capability} is false",
+        reason=f"{capability.removesuffix('_support').upper()}_NOT_SUPPORTED",
+        metadata={"capability": capability},
+    )
+
+
 @dataclass(frozen=True)
 class PoolStats:
     name: str
@@ -72,8 +161,13 @@ class PoolStats:
     free_gib: float
     provisioned_gib: float
     """Sum of the sizes of the shares in the pool (thin: may exceed what is used)."""
-    capabilities: Mapping[str, str] = field(default_factory=dict)
-    """Manila-style capability strings, e.g. `shrink_support: "false"`."""
+    offers: Capabilities = field(default_factory=Capabilities)
+    """What the pool can do, typed."""
+
+    @property
+    def capabilities(self) -> dict[str, str]:
+        """`offers` as the capability strings the mesh records and schedules by."""
+        return self.offers.as_strings()
 
 
 @dataclass(frozen=True)
@@ -102,7 +196,7 @@ class Driver(Protocol):
 
     async def resize_share(self, share: ShareSpec, new_size_gib: int) -> None:
         """Grow online. A shrink the backend cannot do raises FailedPrecondition naming
-        the `shrink_support` capability."""
+        the `shrink_support` capability (`unsupported`)."""
 
     async def update_access(self, share: ShareSpec, rules: Sequence[AccessRuleSpec]) -> None:
         """Make the export's clients exactly `rules`; returns when the NFS server has them."""
@@ -111,6 +205,21 @@ class Driver(Protocol):
         self, share: ShareSpec, rules: Sequence[AccessRuleSpec]
     ) -> list[ExportLocation]:
         """Make an existing share mounted and exported with `rules` again (after a restart)."""
+
+    async def create_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
+        """Take a consistent point-in-time copy. Without `snapshot_support`, and for
+        each operation below without its own capability, raise `unsupported(...)`."""
+
+    async def delete_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
+        """Destroy the copy; a missing snapshot is success."""
+
+    async def create_share_from_snapshot(
+        self, share: ShareSpec, snapshot: SnapshotSpec
+    ) -> list[ExportLocation]:
+        """`create_share` whose data is the snapshot's (`create_share_from_snapshot_support`)."""
+
+    async def revert_to_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
+        """Put the share's data back as the snapshot has it (`revert_to_snapshot_support`)."""
 
     def gateway_access(self, share: ShareSpec) -> GatewayAccess:
         """How a gateway on this backend's host reaches the share."""

@@ -9,50 +9,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sharemesh.ganesha import (
-    ClientRule,
     Export,
     GaneshaInstance,
     RefusedExport,
-    client_rules,
     share_of_pseudo,
     share_pseudo,
 )
-from sharemesh.runtime.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-)
+from sharemesh.runtime.errors import InvalidArgument, NotFound, ResourceExhausted
 
 from . import _loopfs
 from ._loopfs import GIB
 from .base import (
     AccessRuleSpec,
     BackendStats,
+    Capabilities,
     ExportLocation,
     GatewayAccess,
     PoolStats,
     ShareSpec,
+    SnapshotSpec,
+    check_share,
+    client_blocks,
+    unsupported,
 )
 
 log = logging.getLogger("sharemesh.driver_host.local")
-
-_SHARE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-
-CAPABILITIES = {
-    "snapshot_support": "false",
-    "shrink_support": "false",
-    "thin_provisioning": "true",
-    "driver_handles_share_servers": "false",
-    "storage_protocol": "NFS",
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,6 +157,17 @@ class LocalDriver:
                 total += _loopfs.image_size(image)
         return total
 
+    def capabilities(self) -> Capabilities:
+        # Sparse images are thin; XFS cannot shrink; snapshots are not built yet.
+        return Capabilities(
+            thin_provisioning=True,
+            driver_handles_share_servers=self.config.driver_handles_share_servers,
+            max_over_subscription_ratio=self.config.max_over_subscription_ratio,
+            reserved_percentage=self.config.reserved_percentage,
+            availability_zone=self.config.availability_zone,
+            custom=self.config.capabilities,
+        )
+
     async def stats(self) -> BackendStats:
         total = float(self.config.capacity_gib)
         provisioned = self._provisioned_bytes() / GIB
@@ -178,16 +176,7 @@ class LocalDriver:
             total_gib=total,
             free_gib=max(0.0, total - provisioned),
             provisioned_gib=provisioned,
-            capabilities={
-                **self.config.capabilities,
-                **CAPABILITIES,
-                "availability_zone": self.config.availability_zone,
-                "max_over_subscription_ratio": str(self.config.max_over_subscription_ratio),
-                "reserved_percentage": str(self.config.reserved_percentage),
-                "driver_handles_share_servers": str(
-                    self.config.driver_handles_share_servers
-                ).lower(),
-            },
+            offers=self.capabilities(),
         )
         return BackendStats(pools=(pool,))
 
@@ -202,12 +191,7 @@ class LocalDriver:
         return self.mounts / share_id
 
     def _check(self, share: ShareSpec) -> None:
-        if not _SHARE_ID.match(share.share_id):
-            raise InvalidArgument("share_id", "letters, digits, '-' and '_' only, at most 128")
-        if share.size_gib < 1:
-            raise InvalidArgument("size_gib", "must be at least 1")
-        if share.pool != self.config.pool_name:
-            raise InvalidArgument("pool", f"this backend has pool {self.config.pool_name!r} only")
+        check_share(share, self.config.pool_name)
 
     def gateway_access(self, share: ShareSpec) -> GatewayAccess:
         if self.config.gateway_fsal == "PROXY_V4":
@@ -238,7 +222,7 @@ class LocalDriver:
             export_id=share.export_id,
             path=str(self._mountpoint(share)),
             pseudo=self._pseudo(share),
-            clients=_client_rules(rules),
+            clients=client_blocks(rules),
         )
 
     async def _mount(self, share_id: str, fresh: bool = False) -> str:
@@ -304,11 +288,9 @@ class LocalDriver:
             current = _loopfs.image_size(image)
             new = new_size_gib * GIB
             if new < current:
-                raise FailedPrecondition(
-                    f"cannot shrink share {share.name} from {current // GIB} to "
-                    f"{new_size_gib} GiB: backend capability shrink_support is false",
-                    reason="SHRINK_NOT_SUPPORTED",
-                    metadata={"capability": "shrink_support"},
+                raise unsupported(
+                    "shrink_support",
+                    f"cannot shrink share {share.name} from {current // GIB} to {new_size_gib} GiB",
                 )
             async with self._capacity:
                 if new > current and self._provisioned_bytes() - current + new > (
@@ -340,17 +322,27 @@ class LocalDriver:
             await self.ganesha.apply(export)
         return self._locations(share)
 
+    # ---- snapshots (not offered yet: reflink copies of a frozen image, DESIGN §7) -------
+
+    async def create_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
+        raise unsupported("snapshot_support", f"cannot snapshot share {share.name}")
+
+    async def delete_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
+        raise unsupported("snapshot_support", f"cannot delete snapshot {snapshot.name}")
+
+    async def create_share_from_snapshot(
+        self, share: ShareSpec, snapshot: SnapshotSpec
+    ) -> list[ExportLocation]:
+        raise unsupported(
+            "create_share_from_snapshot_support",
+            f"cannot create share {share.name} from a snapshot",
+        )
+
+    async def revert_to_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
+        raise unsupported("revert_to_snapshot_support", f"cannot revert share {share.name}")
+
 
 def _share_ids(refused: Sequence[RefusedExport]) -> list[str]:
     """The shares behind refused exports (an export of no share's pseudo path is only
     logged, by the instance)."""
     return [uid for r in refused if (uid := share_of_pseudo(r.pseudo)) is not None]
-
-
-def _client_rules(rules: Sequence[AccessRuleSpec]) -> tuple[ClientRule, ...]:
-    for rule in rules:
-        if rule.access_level not in ("READ_WRITE", "READ_ONLY"):
-            raise InvalidArgument("access_level", f"unknown level {rule.access_level!r}")
-    return client_rules(
-        (rule.access_to, "RW" if rule.access_level == "READ_WRITE" else "RO") for rule in rules
-    )
