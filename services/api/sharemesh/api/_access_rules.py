@@ -60,6 +60,7 @@ class AccessRules(Base):
             records_pb2.AccessRuleRecord,
             request.page_token,
             request.page_size,
+            cache=self.cache,
         )
         response = share_service_pb2.ListAccessRulesResponse(
             access_rules=[rule_view(caller, i) for i in items], next_page_token=token

@@ -27,6 +27,7 @@ from sharemesh.v1 import (
 
 from ._access_rules import AccessRules
 from ._auth import Authenticator
+from ._cache import WatchCache
 from ._operations import Operations
 from ._pools import Pools
 from ._share_networks import ShareNetworks
@@ -62,23 +63,24 @@ class ApiApp:
         self.credentials = _credentials(context.config.api)
         self.peers = Peers(context.store)
         auth = Authenticator(context.config.api)
+        self.cache = cache = WatchCache(context.store)
         self.bindings = [
             Binding(
                 _service_name(share_service_pb2, "ShareService"),
                 share_service_pb2_grpc.add_ShareServiceServicer_to_server,
-                ShareService(context.store, self.peers, auth, context.config.quotas),
+                ShareService(context.store, self.peers, auth, cache, context.config.quotas),
                 auth.authenticate,
             ),
             Binding(
                 _service_name(share_type_service_pb2, "ShareTypeService"),
                 share_type_service_pb2_grpc.add_ShareTypeServiceServicer_to_server,
-                ShareTypes(context.store, auth),
+                ShareTypes(context.store, auth, cache),
                 auth.authenticate,
             ),
             Binding(
                 _service_name(share_network_service_pb2, "ShareNetworkService"),
                 share_network_service_pb2_grpc.add_ShareNetworkServiceServicer_to_server,
-                ShareNetworks(context.store, self.peers, auth),
+                ShareNetworks(context.store, self.peers, auth, cache),
                 auth.authenticate,
             ),
             Binding(
@@ -90,13 +92,14 @@ class ApiApp:
             Binding(
                 _service_name(operations_proto_pb2, "Operations"),
                 operations_pb2_grpc.add_OperationsServicer_to_server,
-                Operations(context.store, auth),
+                Operations(context.store, auth, cache),
                 auth.authenticate,
             ),
         ]
 
     async def run(self, endpoint: str) -> None:
-        """The api is stateless: nothing runs in the background."""
+        """Keeps the watch cache the lists read current (the api holds no other state)."""
+        await self.cache.run()
 
     async def close(self) -> None:
         await self.peers.close()

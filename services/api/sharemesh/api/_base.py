@@ -18,6 +18,7 @@ from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import access_rule_pb2, operation_metadata_pb2, share_network_pb2, share_pb2
 
 from ._auth import Authenticator, Caller
+from ._cache import WatchCache
 from ._mutations import Recorder, Write
 
 M = TypeVar("M", bound=Message)
@@ -87,9 +88,15 @@ def check_etag(etag: str, found: Versioned, field: str) -> None:  # type: ignore
 
 class Base:
     def __init__(
-        self, store: Store, peers: Peers, auth: Authenticator, quotas: QuotaConfig | None = None
+        self,
+        store: Store,
+        peers: Peers,
+        auth: Authenticator,
+        cache: WatchCache,
+        quotas: QuotaConfig | None = None,
     ) -> None:
         self.store = store
+        self.cache = cache
         self.quotas = quotas or QuotaConfig()
         self.peers = peers
         self.auth = auth

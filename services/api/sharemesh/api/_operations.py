@@ -17,15 +17,17 @@ from sharemesh.state.v1 import records_pb2
 from . import _paging
 from ._auth import Authenticator, Caller
 from ._base import operation_view
+from ._cache import WatchCache
 
 DEFAULT_WAIT_SECONDS = 60.0
 MAX_WAIT_SECONDS = 300.0
 
 
 class Operations(operations_pb2_grpc.OperationsServicer):
-    def __init__(self, store: Store, auth: Authenticator) -> None:
+    def __init__(self, store: Store, auth: Authenticator, cache: WatchCache) -> None:
         self._store = store
         self._auth = auth
+        self._cache = cache
 
     async def _get(self, name: str, caller: Caller) -> Versioned[records_pb2.OperationRecord]:
         names.OPERATION.parse("name", name)
@@ -56,6 +58,7 @@ class Operations(operations_pb2_grpc.OperationsServicer):
             request.page_token,
             request.page_size,
             scope=request.filter,
+            cache=self._cache,
         )
         response = operations_pb2.ListOperationsResponse(
             operations=[

@@ -1,6 +1,15 @@
 """Paging (AIP-158): one page size rule for every List, and opaque tokens that carry
-where the last page ended and the read revision, so every page of one listing reads
-the same snapshot. The tokens are sealed by `sharemesh.runtime.page_tokens`."""
+where the last page ended and the read revision. The tokens are sealed by
+`sharemesh.runtime.page_tokens`.
+
+Pages come from the api's watch cache (`_cache`) when it has applied every write etcd
+acknowledged, so a page costs O(page) however long the list; otherwise from etcd. A
+page from the cache is read from the current state: each page starts after the last id
+of the previous one, so a record that exists throughout the listing is returned exactly
+once, and one created or deleted meanwhile may or may not be (AIP-158 allows either).
+A token then carries the cache's revision for information only. A page read from etcd
+reads at the token's revision, as before; a revision etcd compacted answers
+INVALID_ARGUMENT "expired; list again"."""
 
 from __future__ import annotations
 
@@ -10,6 +19,8 @@ from google.protobuf.message import Message
 
 from sharemesh.runtime import page_tokens, validation
 from sharemesh.runtime.coordination import Store, Versioned
+
+from ._cache import WatchCache
 
 M = TypeVar("M", bound=Message)
 
@@ -30,6 +41,7 @@ async def page(
     requested_size: int,
     *,
     scope: str = "",
+    cache: WatchCache | None = None,
 ) -> tuple[list[Versioned[M]], str]:
     """One page of the records under `prefix` and the token for the next ('' at the end).
     `scope` is whatever else shapes the list (its filter, its order): a token is good
@@ -37,13 +49,17 @@ async def page(
     size = page_size(requested_size)
     bound_to = page_tokens.binding(prefix, scope)
     position = await page_tokens.read(store, bound_to, page_token)
-    items, revision, more = await store.list(
-        prefix,
-        record_type,
-        prefix + position.after if position else None,
-        size,
-        position.revision if position else None,
-    )
+    if cache is not None and cache.snapshot.cached(prefix) and await cache.consistent():
+        items, more = cache.page(prefix, position.after if position else "", size, record_type)
+        revision = cache.revision
+    else:
+        items, revision, more = await store.list(
+            prefix,
+            record_type,
+            prefix + position.after if position else None,
+            size,
+            position.revision if position else None,
+        )
     if not (more and items):
         return items, ""
     last = page_tokens.Position(items[-1].key[len(prefix) :], revision)

@@ -24,6 +24,7 @@ from sharemesh.v1 import share_network_service_pb2_grpc as grpc_pb
 from . import _paging
 from ._auth import Authenticator, Caller
 from ._base import Base, view
+from ._cache import WatchCache
 
 ShareNetwork = share_network_pb2.ShareNetwork
 Attachment = share_network_pb2.Attachment
@@ -42,8 +43,8 @@ def network_of(name: str) -> str:
 
 
 class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
-    def __init__(self, store: Store, peers: Peers, auth: Authenticator) -> None:
-        super().__init__(store, peers, auth)
+    def __init__(self, store: Store, peers: Peers, auth: Authenticator, cache: WatchCache) -> None:
+        super().__init__(store, peers, auth, cache)
 
     async def network(self, name: str, field: str) -> Versioned[records_pb2.ShareNetworkRecord]:
         return await self.record(names.SHARE_NETWORK, name, field, records_pb2.ShareNetworkRecord)
@@ -59,6 +60,7 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
             records_pb2.ShareNetworkRecord,
             request.page_token,
             request.page_size,
+            cache=self.cache,
         )
         return share_network_service_pb2.ListShareNetworksResponse(
             share_networks=[network_view(caller, i) for i in items], next_page_token=token
@@ -113,11 +115,9 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
             found = await self.network(request.name, "name")
-            users = [
-                s.value.share.name
-                for s in await self.store.scan(self.store.root + "shares/", records_pb2.ShareRecord)
-                if s.value.share.share_network == request.name
-            ]
+            # Every share that uses the network wrote its record, so a cache at its
+            # revision or later knows them all (and the commit compares that revision).
+            users = await self.cache.shares_using("share_network", request.name)
             if users:
                 raise FailedPrecondition(
                     f"{len(users)} shares use {request.name}, e.g. {users[0]}; delete them first",
@@ -152,6 +152,7 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
             records_pb2.AttachmentRecord,
             request.page_token,
             request.page_size,
+            cache=self.cache,
         )
         return share_network_service_pb2.ListAttachmentsResponse(
             attachments=[view(caller, i.value.attachment, i.mod_revision) for i in items],

@@ -9,11 +9,11 @@ from google.protobuf import empty_pb2
 from sharemesh.runtime import names, operations, validation
 from sharemesh.runtime.coordination import Store
 from sharemesh.runtime.errors import AlreadyExists, FailedPrecondition, NotFound
-from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_type_pb2, share_type_service_pb2, share_type_service_pb2_grpc
 
 from . import _paging
 from ._auth import Authenticator
+from ._cache import WatchCache
 
 ShareType = share_type_pb2.ShareType
 DEFAULT = "shareTypes/default"
@@ -38,9 +38,10 @@ async def share_type(store: Store, name: str, field: str) -> ShareType:
 
 
 class ShareTypes(share_type_service_pb2_grpc.ShareTypeServiceServicer):
-    def __init__(self, store: Store, auth: Authenticator) -> None:
+    def __init__(self, store: Store, auth: Authenticator, cache: WatchCache) -> None:
         self._store = store
         self._auth = auth
+        self._cache = cache
 
     async def ListShareTypes(self, request, context):  # noqa: N802
         self._auth.caller(context)
@@ -51,6 +52,7 @@ class ShareTypes(share_type_service_pb2_grpc.ShareTypeServiceServicer):
             ShareType,
             request.page_token,
             request.page_size,
+            cache=self._cache,
         )
         types = [i.value for i in items]
         if not request.page_token and all(t.name != DEFAULT for t in types):
@@ -97,11 +99,7 @@ class ShareTypes(share_type_service_pb2_grpc.ShareTypeServiceServicer):
         names.SHARE_TYPE.parse("name", request.name)
         if request.name == DEFAULT:
             raise FailedPrecondition("the default share type cannot be deleted")
-        users = [
-            s.value.share.name
-            for s in await self._store.scan(self._store.root + "shares/", records_pb2.ShareRecord)
-            if s.value.share.share_type == request.name
-        ]
+        users = await self._cache.shares_using("share_type", request.name)
         if users:
             raise FailedPrecondition(
                 f"{len(users)} shares use {request.name}, e.g. {users[0]}",

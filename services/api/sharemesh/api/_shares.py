@@ -83,6 +83,7 @@ class Shares(Base):
             request.page_token,
             request.page_size,
             scope=request.filter,  # shares list in name order only
+            cache=self.cache,
         )
         response = share_service_pb2.ListSharesResponse(
             shares=[
@@ -117,7 +118,7 @@ class Shares(Base):
         name = names.SHARE.format(project=project, share=request.share_id)
         # A first look, for a clear answer now; the scheduler reserves the quota for real.
         # Usage counts placed shares only, so shares still waiting for placement are added.
-        used = await quota.used_gib(self.store, project) + await self._unplaced_gib(project)
+        used = await quota.used_gib(self.store, project) + await self.cache.unplaced_gib(project)
         quota.check(self.quotas, project, used, share.size_gib)
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
@@ -143,20 +144,6 @@ class Shares(Base):
         op = await self.mutate(caller, name, "create", request, write)
         self.peers.nudge(f"place {name}", lambda: self.peers.place_share(name))
         return op
-
-    async def _unplaced_gib(self, project: str) -> int:
-        """What the project's shares that wait for placement will take from its quota."""
-        found, _ = await self.store.list_all(
-            self.store.prefix_of(names.PROJECT.format(project=project), "shares"),
-            records_pb2.ShareRecord,
-        )
-        return sum(
-            f.value.share.size_gib
-            for f in found
-            if f.value.share.state == Share.CREATING
-            and not f.value.allocated_gib
-            and not f.value.delete_requested
-        )
 
     async def _usable_network(
         self, name: str, project: str

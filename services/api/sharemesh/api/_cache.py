@@ -1,0 +1,375 @@
+"""A watch cache of what the api lists, in the manner of kube-apiserver's watch cache.
+
+etcd 3.4 walks every key of a range to count it, even with a limit, so a page read from
+etcd costs O(records in the collection). Instead each api process lists the collections
+it serves once, then watches etcd from the next revision and applies every change to a
+key-ordered copy in memory: a page is a bisect plus `page_size` items.
+
+- What is kept: each record's serialized bytes and revisions. A page parses only what
+  it returns. For shares, a few facts (network, type, unplaced GiB) are indexed so the
+  in-use checks and the quota's first look read no other record.
+- Consistency (read your writes): before a read, the cache asks etcd for its current
+  revision (a range of one key: O(1)) and waits, briefly, until it has applied that
+  revision. It watches every key of etcd, not only its collections: each revision of
+  etcd is then a write it sees, so "applied revision R" is exact. When it cannot catch
+  up in time (or is listing), the caller reads etcd as before.
+- Faults: a compacted watch lists again; an etcd that is away is waited for with
+  backoff, resuming the watch after the last revision applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from google.protobuf.message import DecodeError, Message
+
+from sharemesh.runtime import retry
+from sharemesh.runtime.coordination import Store, Versioned
+from sharemesh.runtime.coordination._client import (
+    Compacted,
+    is_closed,
+    map_rpc_error,
+    prefix_end,
+    range_,
+    range_request,
+)
+from sharemesh.runtime.errors import Internal, Unavailable
+from sharemesh.state.v1 import records_pb2
+from sharemesh.v1 import share_pb2
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
+
+# The collections the api lists (records directly under `{root}{collection}/`).
+COLLECTIONS = ("shares", "accessRules", "shareNetworks", "attachments", "operations", "shareTypes")
+# How long a read waits for the cache to apply etcd's current revision before it reads
+# etcd instead: changes normally arrive within a millisecond.
+CATCH_UP_SECONDS = 1.0
+# Records per range while listing: few ranges (each costs O(N) in etcd 3.4), each well
+# under gRPC's 4 MiB message limit.
+LIST_PAGE = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One record as etcd holds it."""
+
+    value: bytes
+    mod_revision: int
+    create_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShareFacts:
+    """What the api asks of every share at once: which network and type it uses, and
+    what it will take from its project's quota while it waits for placement."""
+
+    project: str
+    share_network: str
+    share_type: str
+    unplaced_gib: int
+
+    @staticmethod
+    def of(record: records_pb2.ShareRecord) -> ShareFacts:
+        share = record.share
+        waiting = (
+            share.state == share_pb2.Share.CREATING
+            and not record.allocated_gib
+            and not record.delete_requested
+        )
+        return ShareFacts(
+            record.project,
+            share.share_network,
+            share.share_type,
+            share.size_gib if waiting else 0,
+        )
+
+
+def decode(key: str, entry: Entry, record_type: type[M]) -> Versioned[M]:
+    message = record_type()
+    try:
+        message.ParseFromString(entry.value)
+    except DecodeError as error:
+        raise Internal(f"record {key!r} is not a {record_type.__name__}: {error}") from error
+    return Versioned(message, entry.mod_revision, entry.create_revision, key)
+
+
+class Snapshot:
+    """The cached records in key order at `revision`, and the share indexes. Pure: the
+    watch loop feeds it; readers page through it."""
+
+    def __init__(self, root: str, collections: Iterable[str] = COLLECTIONS) -> None:
+        self.root = root
+        self.prefixes = tuple(f"{root}{c}/" for c in collections)
+        self.shares_prefix = f"{root}shares/"
+        self.revision = 0
+        self._keys: list[str] = []  # sorted; inserts are a memmove of pointers
+        self._entries: dict[str, Entry] = {}
+        self._facts: dict[str, ShareFacts] = {}
+        self._by_field: dict[str, dict[str, set[str]]] = {"share_network": {}, "share_type": {}}
+        self._unplaced: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def cached(self, key: str) -> bool:
+        return key.startswith(self.prefixes)
+
+    def reset(self, items: Iterable[tuple[str, Entry]], revision: int) -> None:
+        """Everything anew, as listed at `revision` (in any order)."""
+        self._entries = dict(items)
+        self._keys = sorted(self._entries)
+        self._facts.clear()
+        self._unplaced.clear()
+        for index in self._by_field.values():
+            index.clear()
+        for key, entry in self._entries.items():
+            self._index(key, entry)
+        self.revision = revision
+
+    def put(self, key: str, entry: Entry) -> None:
+        if key not in self._entries:
+            bisect.insort(self._keys, key)
+        self._entries[key] = entry
+        self._index(key, entry)
+
+    def delete(self, key: str) -> None:
+        if self._entries.pop(key, None) is None:
+            return
+        del self._keys[bisect.bisect_left(self._keys, key)]
+        self._unindex(key)
+
+    def advance(self, revision: int) -> None:
+        self.revision = max(self.revision, revision)
+
+    def page(self, prefix: str, after: str, limit: int) -> tuple[list[tuple[str, Entry]], bool]:
+        """Up to `limit` records directly under `prefix` whose id sorts after `after`
+        ('' from the start), and whether more follow."""
+        start = prefix + after + "\0" if after else prefix
+        found: list[tuple[str, Entry]] = []
+        for key in self._range(start, prefix):
+            if "/" in key[len(prefix) :]:
+                continue  # a nested record, as `Store.list` skips
+            if len(found) == limit:
+                return found, True
+            found.append((key, self._entries[key]))
+        return found, False
+
+    def get(self, key: str) -> Entry | None:
+        return self._entries.get(key)
+
+    def shares_using(self, field: str, value: str) -> list[str]:
+        """Names of the shares whose `field` (share_network or share_type) is `value`."""
+        keys = self._by_field[field].get(value, ())
+        return sorted(key[len(self.shares_prefix) :] for key in keys)
+
+    def unplaced_gib(self, project: str) -> int:
+        return self._unplaced.get(project, 0)
+
+    def _range(self, start: str, prefix: str) -> Iterator[str]:
+        index = bisect.bisect_left(self._keys, start)
+        while index < len(self._keys) and self._keys[index].startswith(prefix):
+            yield self._keys[index]
+            index += 1
+
+    def _index(self, key: str, entry: Entry) -> None:
+        if not key.startswith(self.shares_prefix):
+            return
+        self._unindex(key)
+        record = records_pb2.ShareRecord()
+        try:
+            record.ParseFromString(entry.value)
+        except DecodeError:
+            log.warning("share record %s does not parse; not indexed", key)
+            return
+        facts = self._facts[key] = ShareFacts.of(record)
+        for field, index in self._by_field.items():
+            if value := getattr(facts, field):
+                index.setdefault(value, set()).add(key)
+        if facts.unplaced_gib:
+            held = self._unplaced.get(facts.project, 0)
+            self._unplaced[facts.project] = held + facts.unplaced_gib
+
+    def _unindex(self, key: str) -> None:
+        facts = self._facts.pop(key, None)
+        if facts is None:
+            return
+        for field, index in self._by_field.items():
+            value = getattr(facts, field)
+            users = index.get(value)
+            if users is not None:
+                users.discard(key)
+                if not users:
+                    del index[value]
+        if facts.unplaced_gib:
+            left = self._unplaced[facts.project] - facts.unplaced_gib
+            if left:
+                self._unplaced[facts.project] = left
+            else:
+                del self._unplaced[facts.project]
+
+
+class WatchCache:
+    """The api process's cache: `run()` keeps it current; `consistent()` says whether a
+    read from it now would see every write etcd has acknowledged."""
+
+    def __init__(self, store: Store, catch_up_seconds: float = CATCH_UP_SECONDS) -> None:
+        self.store = store
+        self.snapshot = Snapshot(store.root)
+        self.ready = False
+        self._catch_up = catch_up_seconds
+        self._applied = asyncio.Event()
+        self._watch_stream: Any = None
+
+    async def run(self) -> None:
+        """List, then watch, until cancelled: list again after a compaction, and wait
+        with backoff while etcd is away."""
+        backoff = retry.Backoff()
+        while True:
+            try:
+                if not self.ready:
+                    await self._list()
+                    backoff = retry.Backoff()
+                await self._watch()
+            except Compacted:
+                log.info("watch cache: revision %d was compacted; listing again", self.revision)
+                self.ready = False
+            except Exception as error:
+                if retry.transient(error):
+                    log.warning("watch cache: %s; resuming", retry.reason(error))
+                else:  # a bug, not etcd: readers fall back to etcd meanwhile
+                    log.exception("watch cache failed; listing again")
+                    self.ready = False
+                await backoff.wait()
+
+    @property
+    def revision(self) -> int:
+        return self.snapshot.revision
+
+    async def current_revision(self) -> int:
+        """etcd's revision now: the header of a range of one key (O(1) in etcd)."""
+        response = await range_(self.store.client, range_request(self.store.root))
+        return int(response.header.revision)
+
+    async def consistent(self) -> bool:
+        """Whether the cache has applied every write etcd acknowledged before this call;
+        waits up to `catch_up_seconds` for it. False: read etcd instead."""
+        if not self.ready:
+            return False
+        target = await self.current_revision()
+        if target < self.revision:  # etcd lost its data: another history
+            log.warning("watch cache: etcd is at revision %d, behind the cache", target)
+            self._forget()
+            return False
+        return await self.caught_up(target)
+
+    def _forget(self) -> None:
+        """Lists again: stop the watch; `run` then finds the cache not ready."""
+        self.ready = False
+        if self._watch_stream is not None:
+            asyncio.ensure_future(self._watch_stream.cancel())
+
+    async def caught_up(self, revision: int) -> bool:
+        """Waits (bounded) until the cache has applied `revision`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._catch_up
+        while self.ready and self.revision < revision:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._applied.wait(), left)
+            except TimeoutError:
+                return False
+        return self.ready
+
+    def page(
+        self, prefix: str, after: str, limit: int, record_type: type[M]
+    ) -> tuple[list[Versioned[M]], bool]:
+        """One page, parsed; see `Snapshot.page`."""
+        entries, more = self.snapshot.page(prefix, after, limit)
+        return [decode(key, entry, record_type) for key, entry in entries], more
+
+    async def shares_using(self, field: str, value: str) -> list[str]:
+        """Names of the shares whose `field` (share_network or share_type) is `value`, in
+        name order: from the index, or from a scan of etcd when the cache lags."""
+        if await self.consistent():
+            return self.snapshot.shares_using(field, value)
+        scanned = await self.store.scan(self.snapshot.shares_prefix, records_pb2.ShareRecord)
+        return sorted(s.value.share.name for s in scanned if getattr(s.value.share, field) == value)
+
+    async def unplaced_gib(self, project: str) -> int:
+        """What the project's shares that wait for placement will take from its quota."""
+        if await self.consistent():
+            return self.snapshot.unplaced_gib(project)
+        found, _ = await self.store.list_all(
+            self.store.prefix_of(f"projects/{project}", "shares"), records_pb2.ShareRecord
+        )
+        return sum(ShareFacts.of(f.value).unplaced_gib for f in found)
+
+    def _signal(self) -> None:
+        # Wake every reader waiting for a revision; they re-check and wait again.
+        self._applied.set()
+        self._applied = asyncio.Event()
+
+    async def _list(self) -> None:
+        """Every cached collection at one revision."""
+        client = self.store.client
+        revision = 0
+        items: list[tuple[str, Entry]] = []
+        for prefix in self.snapshot.prefixes:
+            start, end = prefix.encode(), prefix_end(prefix)
+            while True:
+                request = range_request(start, end, limit=LIST_PAGE, revision=revision)
+                response = await range_(client, request)
+                revision = revision or int(response.header.revision)
+                items.extend(
+                    (kv.key.decode(), Entry(kv.value, kv.mod_revision, kv.create_revision))
+                    for kv in response.kvs
+                )
+                if not response.more or not response.kvs:
+                    break
+                start = response.kvs[-1].key + b"\0"
+        self.snapshot.reset(items, revision)
+        self.ready = True
+        log.info("watch cache: %d records at revision %d", len(items), revision)
+        self._signal()
+
+    async def _watch(self) -> None:
+        """Applies every change of etcd after the cached revision, in order. Events of
+        one revision arrive in one response and are applied without yielding to the
+        readers, so a reader never sees half a transaction."""
+        if is_closed(self.store.client):
+            raise Unavailable("etcd client is closed")
+        try:
+            watch = await self.store.client.watch(
+                b"\0", range_end=b"\0", start_revision=self.revision + 1
+            )
+        except Exception as error:
+            raise map_rpc_error(error) from error
+        self._watch_stream = watch
+        try:
+            async for event in watch:
+                kv = event.kv
+                key = kv.key.decode()
+                if self.snapshot.cached(key):
+                    if str(event.kind) == "PUT":
+                        self.snapshot.put(key, Entry(kv.value, kv.mod_revision, kv.create_revision))
+                    else:
+                        self.snapshot.delete(key)
+                self.snapshot.advance(kv.mod_revision)
+                self._signal()
+        except Exception as error:
+            raise map_rpc_error(error) from error
+        finally:
+            self._watch_stream = None
+            try:
+                await watch.cancel()
+            except Exception:  # noqa: BLE001 - the stream may already be gone
+                pass
+        raise Unavailable("etcd watch ended")
