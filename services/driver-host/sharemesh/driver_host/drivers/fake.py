@@ -366,18 +366,22 @@ class FakeDriver:
         held.size_bytes = new
 
     async def update_access(self, share: ShareSpec, rules: Sequence[AccessRuleSpec]) -> None:
-        await self.ensure_share(share, rules)
+        await self._export("update_access", share, rules)
 
     async def ensure_share(
         self, share: ShareSpec, rules: Sequence[AccessRuleSpec]
     ) -> list[ExportLocation]:
+        await self._export("ensure_share", share, rules)
+        return self._locations(share)
+
+    async def _export(self, method: str, share: ShareSpec, rules: Sequence[AccessRuleSpec]) -> None:
+        """Both calls do the same here, as for `local`; each is hooked by its own name."""
         check_share(share, self.config.pool_name)
         clients = client_blocks(rules)  # validates the rules before touching anything
-        await self._enter("ensure_share", share.share_id)
+        await self._enter(method, share.share_id)
         self._serving()
         held = self._held(share)
         held.exported, held.clients = True, clients
-        return self._locations(share)
 
     # ---- snapshots -----------------------------------------------------------------------
 

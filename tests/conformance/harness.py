@@ -1,0 +1,182 @@
+"""What the conformance tests need from a driver under test beyond the contract: a way to
+restart it and a client that tries the shares as a tenant would.
+
+`local` answers through a real NFS client (libnfs `nfs-cp`/`nfs-ls` on 127.0.0.1);
+`fake` through its in-memory model. The tests never look at which one they have.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from sharemesh.driver_host.drivers import (
+    AccessLevel,
+    Driver,
+    FakeDriver,
+    LocalDriver,
+    LocalDriverConfig,
+    ShareSpec,
+)
+from sharemesh.ganesha import share_pseudo
+
+from support import nfs_read, nfs_url, nfs_write, run
+
+Outcome = Literal["OK", "NOSPC", "ROFS", "ACCES"]
+"""What a client's write got: written, the share is full, read-only, or not allowed."""
+
+CLIENT = "127.0.0.1"
+"""The address the tests' client comes from."""
+OTHER = "10.255.0.9"
+"""An address of some other client (no test sends from it)."""
+
+
+class Subject(Protocol):
+    """A driver under test, with a client."""
+
+    driver: Driver
+    pool: str
+
+    async def restart(self) -> None:
+        """The driver host restarts: stop the driver but not its servers, then start a
+        new driver on the same state."""
+
+    async def mounts(self, share: ShareSpec) -> bool:
+        """The client can mount the share and list it."""
+
+    async def write(self, share: ShareSpec, name: str, size_bytes: int) -> Outcome:
+        """The client writes a new file of random bytes."""
+
+    async def read(self, share: ShareSpec, name: str) -> int | None:
+        """The bytes the client reads back from a file, or None if it cannot."""
+
+    async def fill(self, share: ShareSpec, leave_bytes: int) -> None:
+        """Fill the share from the server's side until `leave_bytes` are free."""
+
+
+_ids = itertools.count(1)
+
+
+def new_share(subject: Subject, size_gib: int = 1) -> ShareSpec:
+    """A share no test used before (export ids too: unique per NFS server)."""
+    n = next(_ids)
+    return ShareSpec(
+        share_id=f"conf-{n}-{os.getpid()}",
+        name=f"projects/p/locations/l/shares/conf-{n}",
+        size_gib=size_gib,
+        pool=subject.pool,
+        export_id=200 + n,
+    )
+
+
+async def reach(subject: Subject, share: ShareSpec) -> AccessLevel | None:
+    """The access the client really has: none, read-only or read-write."""
+    if not await subject.mounts(share):
+        return None
+    outcome = await subject.write(share, f"probe-{os.urandom(4).hex()}", 1024)
+    if outcome == "OK":
+        return "READ_WRITE"
+    assert outcome == "ROFS", f"a client that mounts {share.share_id} could not write: {outcome}"
+    return "READ_ONLY"
+
+
+@dataclass
+class LocalSubject:
+    config: LocalDriverConfig
+    driver: LocalDriver
+    scratch: Path
+    pool: str = "default"
+
+    async def restart(self) -> None:
+        await self.driver.stop(stop_servers=False)
+        self.driver = LocalDriver(self.config)
+        await self.driver.start()
+
+    async def mounts(self, share: ShareSpec) -> bool:
+        c = self.config
+        url = nfs_url(CLIENT, "/shares", share.share_id, 3, c.nfs_port, c.mount_port)
+        rc, _ = await run("nfs-ls", url)
+        return rc == 0
+
+    async def write(self, share: ShareSpec, name: str, size_bytes: int) -> Outcome:
+        with tempfile.NamedTemporaryFile(dir=self.scratch) as src:
+            src.write(os.urandom(size_bytes))
+            src.flush()
+            c = self.config
+            rc, out = await nfs_write(
+                Path(src.name), CLIENT, share_pseudo(share.share_id), name, c.nfs_port, c.mount_port
+            )
+        if rc == 0:
+            return "OK"
+        if "ROFS" in out:
+            return "ROFS"
+        if "ACCES" in out or "PERM" in out:
+            return "ACCES"
+        # nfs-cp names no status for a failed WRITE: the server answered NOSPC exactly
+        # when the share's filesystem cannot take the file.
+        st = os.statvfs(self.mountpoint(share))
+        assert "Failed to write" in out and st.f_bavail * st.f_frsize < size_bytes, out
+        return "NOSPC"
+
+    async def read(self, share: ShareSpec, name: str) -> int | None:
+        with tempfile.TemporaryDirectory(dir=self.scratch) as tmp:
+            dst = Path(tmp) / name
+            pseudo, port = share_pseudo(share.share_id), self.config.nfs_port
+            rc, _ = await nfs_read(dst, CLIENT, pseudo, name, port)
+            return dst.stat().st_size if rc == 0 else None
+
+    async def fill(self, share: ShareSpec, leave_bytes: int) -> None:
+        st = os.statvfs(self.mountpoint(share))
+        free = st.f_bavail * st.f_frsize
+        filler = self.mountpoint(share) / "filler"
+        subprocess.run(["fallocate", "-l", str(free - leave_bytes), str(filler)], check=True)
+
+    def mountpoint(self, share: ShareSpec) -> Path:
+        return Path(self.config.pool_dir) / "mnt" / share.share_id
+
+
+@dataclass
+class FakeSubject:
+    driver: FakeDriver
+    pool: str = "default"
+
+    async def restart(self) -> None:
+        await self.driver.stop(stop_servers=False)
+        self.driver = FakeDriver(self.driver.config, self.driver.backend)
+        await self.driver.start()
+
+    async def mounts(self, share: ShareSpec) -> bool:
+        try:
+            self.driver.backend.mount(share.share_id, CLIENT)
+        except OSError:
+            return False
+        return True
+
+    async def write(self, share: ShareSpec, name: str, size_bytes: int) -> Outcome:
+        try:
+            self.driver.backend.write(share.share_id, name, size_bytes, CLIENT)
+        except OSError as error:
+            return _OUTCOMES[error.errno]
+        return "OK"
+
+    async def read(self, share: ShareSpec, name: str) -> int | None:
+        try:
+            return self.driver.backend.read(share.share_id, name, CLIENT)
+        except OSError:
+            return None
+
+    async def fill(self, share: ShareSpec, leave_bytes: int) -> None:
+        self.driver.backend.fill(share.share_id, leave_bytes)
+
+
+_OUTCOMES: dict[int | None, Outcome] = {
+    errno.ENOSPC: "NOSPC",
+    errno.EROFS: "ROFS",
+    errno.EACCES: "ACCES",
+}
