@@ -10,11 +10,11 @@ as a real backend's servers outlive a driver host, and which tests use as a clie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
-from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sharemesh.ganesha import ClientRule, share_pseudo
@@ -175,6 +175,16 @@ class FakeBackend:
         for queue in self._listeners:
             queue.put_nowait(list(refused))
 
+    @contextlib.contextmanager
+    def restarts(self) -> Iterator[asyncio.Queue[list[str]]]:
+        """The refused shares of each `restart_server` from now on, while inside."""
+        queue: asyncio.Queue[list[str]] = asyncio.Queue()
+        self._listeners.add(queue)
+        try:
+            yield queue
+        finally:
+            self._listeners.discard(queue)
+
 
 class FakeDriver:
     """Implements `Driver` in memory, on a `FakeBackend` (a new one unless given)."""
@@ -208,7 +218,7 @@ class FakeDriver:
         return self._gates.setdefault(method, asyncio.Event())
 
     def count(self, method: str) -> int:
-        return Counter(m for m, _ in self.calls)[method]
+        return sum(1 for called, _ in self.calls if called == method)
 
     @staticmethod
     def _known(method: str) -> None:
@@ -238,20 +248,19 @@ class FakeDriver:
     async def supervise(
         self, on_restart: Callable[[Sequence[str]], Awaitable[None]] | None = None
     ) -> None:
-        restarts: asyncio.Queue[list[str]] = asyncio.Queue()
-        self.backend._listeners.add(restarts)
         stopping = asyncio.create_task(self._stopping.wait())
+        restarted: asyncio.Task[list[str]] | None = None
         try:
-            while not self._stopping.is_set():
-                restarted = asyncio.create_task(restarts.get())
-                await asyncio.wait({stopping, restarted}, return_when=asyncio.FIRST_COMPLETED)
-                if not restarted.done():
-                    restarted.cancel()
-                elif on_restart is not None:
-                    await on_restart(restarted.result())
+            with self.backend.restarts() as restarts:
+                while not self._stopping.is_set():
+                    restarted = asyncio.create_task(restarts.get())
+                    await asyncio.wait({stopping, restarted}, return_when=asyncio.FIRST_COMPLETED)
+                    if restarted.done() and on_restart is not None:
+                        await on_restart(restarted.result())
         finally:
-            stopping.cancel()
-            self.backend._listeners.discard(restarts)
+            for task in (stopping, restarted):
+                if task is not None:
+                    task.cancel()
 
     # ---- stats ---------------------------------------------------------------------------
 
