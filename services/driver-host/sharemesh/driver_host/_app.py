@@ -1,21 +1,24 @@
 """The driver-host process: one backend's driver, registered under this process's
-lease, kept true to etcd by nudges (`SyncShare`) and by a periodic reconcile."""
+lease, kept true to etcd by watches: informers over this backend's shares and their
+rules feed a work queue whose workers sync one share at a time (`SyncShare` nudges
+only enqueue). A slow resync of what is cached catches what a handler missed."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from google.protobuf import empty_pb2
+
 from sharemesh import network
 from sharemesh.driver.v1 import driver_service_pb2, driver_service_pb2_grpc
-from sharemesh.runtime import names, operations, retry
+from sharemesh.runtime import controllers, names, operations, retry
 from sharemesh.runtime.config import BackendConfig, MeshConfig
-from sharemesh.runtime.coordination import keys
+from sharemesh.runtime.coordination import Versioned, _client, keys
 from sharemesh.runtime.peers import Peers
 from sharemesh.runtime.process import Context
 from sharemesh.runtime.server import Binding
@@ -28,7 +31,11 @@ from ._sync import ShareSync
 log = logging.getLogger(__name__)
 
 Share = share_pb2.Share
+AccessRule = access_rule_pb2.AccessRule
+ShareRecord = records_pb2.ShareRecord
+RuleRecord = records_pb2.AccessRuleRecord
 _WAITING = (Share.CREATING, Share.UPDATING, Share.DELETING)
+_WORKERS = 16  # shares synced at once (each holds its share's etcd lock)
 
 
 class DriverService(driver_service_pb2_grpc.DriverServiceServicer):
@@ -37,8 +44,8 @@ class DriverService(driver_service_pb2_grpc.DriverServiceServicer):
 
     async def SyncShare(self, request, context):  # noqa: N802
         names.SHARE.parse("name", request.name)
-        # Shielded: a caller that gives up must not cancel a half-made change.
-        await asyncio.shield(self._app.sync(request.name))
+        # A nudge: the work queue syncs the share soon; the watch would find it anyway.
+        self._app.sync(request.name)
         return driver_service_pb2.SyncShareResponse()
 
     async def GetBackend(self, request, context):  # noqa: N802
@@ -64,8 +71,27 @@ class DriverHostApp:
             context.config.gateway.host,
             context.config.retry_deadline_seconds,
         )
-        self._syncs: dict[str, asyncio.Task[None]] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._controller = controllers.Controller(
+            f"sync of {self.backend}", self._sync.sync, workers=_WORKERS
+        )
+        self._shares = controllers.Informer(
+            self._store,
+            self._store.root + "shares/",
+            ShareRecord,
+            keep=lambda record: record.backend == self.backend,
+            lister=self._list_own_shares,
+            name=f"shares of {self.backend}",
+        )
+        self._shares.add_handler(self._share_changed)
+        self._rules = controllers.Informer(
+            self._store,
+            self._store.root + "accessRules/",
+            RuleRecord,
+            keep=self._rule_is_mine,
+            lister=self._list_own_rules,
+            name=f"access rules of {self.backend}",
+        )
+        self._rules.add_handler(self._rule_changed)
         self.share_servers: network.NetworkServers | None = None
         self._endpoint = ""
         self.bindings = [
@@ -91,31 +117,56 @@ class DriverHostApp:
             )
             self._sync.use_share_servers(self.share_servers)
 
-    def sync(self, name: str) -> asyncio.Task[None]:
-        """One sync per share at a time here; a nudge during one queues behind it."""
-        previous = self._syncs.get(name)
+    def sync(self, name: str) -> None:
+        """Queues a sync of the share: one at a time per share, a nudge during one runs
+        it once more after, a failed one again with backoff."""
+        self._controller.queue.add(name)
 
-        async def run() -> None:
-            if previous is not None:
-                with contextlib.suppress(Exception):
-                    await previous
-            await self._sync.sync(name)
+    # The informers: only this backend's shares, found through the index placement
+    # writes, and only their rules.
 
-        task = asyncio.create_task(run(), name=f"sync {name}")
-        self._syncs[name] = task
-        task.add_done_callback(lambda t: self._sync_done(name, t))
-        return task
+    async def _list_own_shares(self) -> tuple[list[Versioned[ShareRecord]], int]:
+        backend = self.backend.split("/")[-1]
+        indexed, revision = await controllers.list_prefix(
+            self._store, keys.backend_index_prefix(self._store.root, backend), empty_pb2.Empty
+        )
+        shares = []
+        for index in indexed:  # each read at or after `revision`, as the informer needs
+            key = self._store.key_of(keys.share_of_index_key(index.key))
+            found = await self._store.get(key, ShareRecord)
+            if found is not None and found.value.backend == self.backend:
+                shares.append(found)
+        return shares, revision
 
-    def _sync_done(self, name: str, task: asyncio.Task[None]) -> None:
-        if self._syncs.get(name) is task:
-            self._syncs.pop(name)
-        if not task.cancelled() and task.exception() is not None:
-            error = task.exception()
-            log.warning(
-                "sync of %s failed (%s); the reconciler tries again",
-                name,
-                getattr(error, "message", error),
+    def _rule_is_mine(self, rule: RuleRecord) -> bool:
+        share = rule.rule.name.rsplit("/accessRules/", 1)[0]
+        return self._shares.get(self._store.key_of(share)) is not None
+
+    async def _list_own_rules(self) -> tuple[list[Versioned[RuleRecord]], int]:
+        # The revision first: every list below reads at or after it.
+        _, revision = await _client.get_kv(self._store.client, self._store.root)
+        rules: list[Versioned[RuleRecord]] = []
+        for share in self._shares.items():
+            found, _ = await self._store.list_all(
+                self._store.prefix_of(share.value.share.name, "accessRules"), RuleRecord
             )
+            rules.extend(found)
+        return rules, revision
+
+    def _share_changed(
+        self, old: Versioned[ShareRecord] | None, new: Versioned[ShareRecord] | None
+    ) -> None:
+        if new is not None and (new.value.share.state in _WAITING or new.value.delete_requested):
+            self.sync(new.value.share.name)
+
+    def _rule_changed(
+        self, old: Versioned[RuleRecord] | None, new: Versioned[RuleRecord] | None
+    ) -> None:
+        if new is None:
+            return
+        rule = new.value
+        if rule.delete_requested or rule.pending_operations or rule.rule.state != AccessRule.ACTIVE:
+            self.sync(rule.rule.name.rsplit("/accessRules/", 1)[0])
 
     async def registration(self) -> records_pb2.BackendRecord:
         stats = await self.driver.stats()
@@ -140,17 +191,25 @@ class DriverHostApp:
     async def run(self, endpoint: str) -> None:
         self._endpoint = endpoint
         key = keys.backend_key(self._store.root, self.backend.split("/")[-1])
-        await retry.persist("re-exporting this backend's shares", self._ensure_active)
         refresh = functools.partial(self._register, key)
-        await retry.persist("registering", refresh)
-        log.info("registered %s at %s", self.backend, endpoint)
-        # Each loop rides out etcd and peers being away (retry.every): the lease, not
-        # an unreachable etcd, decides when this process must start over.
+        # Each loop rides out etcd and peers being away (the informers and retry.every
+        # wait with backoff): the lease, not an unreachable etcd, decides when this
+        # process must start over.
         interval = self._context.config.reconcile_interval_seconds
         async with asyncio.TaskGroup() as group:
+            # Rules are known by their share: the shares' cache is filled first.
+            group.create_task(self._shares.run())
+            await self._shares.synced.wait()
+            group.create_task(self._rules.run())
+            await self._rules.synced.wait()
+            await retry.persist("re-exporting this backend's shares", self._ensure_active)
+            await retry.persist("registering", refresh)
+            log.info("registered %s at %s", self.backend, endpoint)
+            # The waiting work the informers listed was queued; now it runs.
+            group.create_task(self._controller.run())
             group.create_task(self.driver.supervise(self._backend_server_restarted))
             group.create_task(retry.every(self._refresh_interval(), "refresh", refresh))
-            group.create_task(retry.every(interval, "reconcile", self.reconcile))
+            group.create_task(retry.every(interval, "resync", self.resync))
 
     async def _register(self, key: str) -> None:
         await self._store.put(key, await self.registration(), lease=self._context.session.lease_id)
@@ -161,7 +220,7 @@ class DriverHostApp:
     async def _ensure_active(self) -> None:
         """After a restart, every ACTIVE share of this backend serves again, with its rules,
         and so do the gateways and share servers that serve its shares on networks."""
-        mine = await self._mine()
+        mine = self._shares.items()
         for found in mine:
             if found.value.share.state == Share.ACTIVE:
                 try:
@@ -173,10 +232,6 @@ class DriverHostApp:
         await self._sync.tell_gateways(mine)
         await self._sync.serve_networks(mine)
 
-    async def _mine(self):  # type: ignore[no-untyped-def]
-        shares = await self._store.scan(self._store.root + "shares/", records_pb2.ShareRecord)
-        return [s for s in shares if s.value.backend == self.backend]
-
     async def _backend_server_restarted(self, refused: Sequence[str] = ()) -> None:
         """A restarted backend server breaks the gateways that proxy it: syncing those
         shares records the new incarnation, and their gateways restart their proxies.
@@ -184,47 +239,24 @@ class DriverHostApp:
         the export again and, refused again, marks that share alone failed, with why."""
         refusals = set(refused)
 
-        async def sync_them() -> None:
-            # etcd away now means waiting for it: those shares still need their sync.
-            for found in await retry.persist("finding the restarted server's shares", self._mine):
-                share = found.value
-                if share.gateway_access.fsal == "PROXY_V4" or share.share.uid in refusals:
-                    if share.share.uid in refusals:
-                        log.warning(
-                            "the restarted Ganesha refused the export of %s", share.share.name
-                        )
-                    self.sync(share.share.name)
+        for found in self._shares.items():
+            share = found.value
+            if share.gateway_access.fsal == "PROXY_V4" or share.share.uid in refusals:
+                if share.share.uid in refusals:
+                    log.warning("the restarted Ganesha refused the export of %s", share.share.name)
+                self.sync(share.share.name)
 
-        # In the background: Ganesha's supervision must go on while etcd is away.
-        task = asyncio.create_task(sync_them(), name="sync after a server restart")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def reconcile(self) -> None:
-        """Finishes work a lost nudge or a crash left behind."""
-        rules = await self._store.scan(
-            self._store.root + "accessRules/", records_pb2.AccessRuleRecord
-        )
-        pending_rules = {
-            r.value.rule.name.rsplit("/accessRules/", 1)[0]
-            for r in rules
-            if r.value.rule.state != access_rule_pb2.AccessRule.ACTIVE
-        }
-        mine = await self._mine()
-        for found in mine:
-            name = found.value.share.name
-            if found.value.share.state in _WAITING or name in pending_rules:
-                if name not in self._syncs:
-                    self.sync(name)
-        await self._sync.serve_networks(mine)
+    async def resync(self) -> None:
+        """The safety net, O(this backend's shares) and no etcd range: every cached
+        share and rule through the handlers again (work a handler dropped is queued),
+        and this backend's share servers made true (one no share needs any more goes)."""
+        self._shares.resync()
+        self._rules.resync()
+        await self._sync.serve_networks(self._shares.items())
 
     async def close(self) -> None:
         self._sync.stop()  # a sync waiting to retry gives up now; the next process resumes
-        for task in list(self._background):
-            task.cancel()
-        for task in list(self._syncs.values()):
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(task, 30)
+        await self._controller.stop(timeout=30)
         # Only an orderly stop lets go of the servers: after a lost lease the next
         # incarnation adopts them, and clients keep being served meanwhile.
         release = self._own_servers and self._context.stopping.is_set()

@@ -10,9 +10,10 @@ import random
 import time
 
 import grpc
+from google.protobuf import empty_pb2
 
 from sharemesh import network
-from sharemesh.runtime import errors, export_ids, operations, quota, retry
+from sharemesh.runtime import controllers, errors, export_ids, operations, quota, retry
 from sharemesh.runtime.coordination import Mutex, Session, Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import (
     Aborted,
@@ -249,9 +250,13 @@ class ShareSync:
             server_generation=access.server_generation,
         )
         if record.gateway_access != wanted or record.host != self._host:
+            txn = self._store.txn().fence(lock)
+            if record.host and record.host != self._host:
+                txn.delete(self._host_index_key(record))
             record.gateway_access.CopyFrom(wanted)
             record.host = self._host
-            txn = self._store.txn().fence(lock).put(found.key, record, found.mod_revision)
+            txn.put(self._host_index_key(record), empty_pb2.Empty())
+            txn.put(found.key, record, found.mod_revision)
             found = Versioned(record, await txn.commit(), found.create_revision, found.key)
         await self._sync_gateway(record)
         gateway = await self._store.get(
@@ -274,7 +279,7 @@ class ShareSync:
         created = record.realized_size_gib == 0
         await self._create_or_grow(record, spec)
         await self._export_on_backend(spec, created, [])
-        server = await self._serve_network(record.share.share_network, including=record)
+        server = await self._serve_network(record.share.share_network, record, making=True)
         assert server is not None
         return found, [ExportLocation(*network.location(server, record.share.uid))]
 
@@ -293,18 +298,42 @@ class ShareSync:
                 log.warning("share server of %s not in order: %s", share_network, error.message)
 
     async def _serve_network(
-        self, share_network: str, including: records_pb2.ShareRecord | None = None
+        self,
+        share_network: str,
+        current: records_pb2.ShareRecord | None = None,
+        *,
+        making: bool = False,
     ) -> records_pb2.NetworkServerRecord | None:
         """Makes this backend's share server on the network export exactly its live
-        shares there (`including` one being made); none left tears the server down."""
+        shares there (with `current` as the syncing share's record, served if it is
+        being `making`); none left tears the server down."""
         assert self._share_servers is not None
         # One network at a time: each sync builds the server's whole export set, so two
         # at once could each drop the share the other is adding.
         async with self._network_locks.setdefault(share_network, asyncio.Lock()):
-            return await self._serve_network_locked(share_network, including)
+            return await self._serve_network_locked(share_network, current, making)
+
+    async def _shares_on(
+        self, share_network: str, including: records_pb2.ShareRecord | None
+    ) -> list[records_pb2.ShareRecord]:
+        """This backend's shares on the network, found through the index placement
+        wrote (never a range over the mesh), and `including` as given."""
+        shares = [] if including is None else [including]
+        root, backend = self._store.root, self.backend.split("/")[-1]
+        indexed, _ = await controllers.list_prefix(
+            self._store, keys.backend_index_prefix(root, backend, share_network), empty_pb2.Empty
+        )
+        for index in indexed:
+            name = keys.share_of_index_key(index.key)
+            if including is not None and name == including.share.name:
+                continue
+            found = await self._store.get(self._store.key_of(name), records_pb2.ShareRecord)
+            if found is not None and found.value.backend == self.backend:
+                shares.append(found.value)
+        return shares
 
     async def _serve_network_locked(
-        self, share_network: str, including: records_pb2.ShareRecord | None
+        self, share_network: str, current: records_pb2.ShareRecord | None, making: bool
     ) -> records_pb2.NetworkServerRecord | None:
         assert self._share_servers is not None
         server = await self._store.get(
@@ -312,12 +341,9 @@ class ShareSync:
         )
         exported = set(server.value.export_ids) if server else set()
         served, retained = [], []
-        for found in await self._store.scan(self._store.root + "shares/", records_pb2.ShareRecord):
-            share = found.value
-            if including is not None and share.share.uid == including.share.uid:
-                share = including
-            elif share.backend != self.backend or share.share.share_network != share_network:
-                continue
+        for share in await self._shares_on(share_network, current):
+            if making and share is current:
+                pass
             elif share.delete_requested or not (
                 # Realized, or being made by another sync that got here first (not one
                 # whose create failed: its filesystem is gone).
@@ -429,19 +455,22 @@ class ShareSync:
         log.info("deleted %s", record.share.name)
         await self._let_network_server_forget(record)
 
-    async def _sync_network_server(self, record: records_pb2.ShareRecord) -> None:
+    async def _sync_network_server(
+        self, record: records_pb2.ShareRecord, *, gone: bool = False
+    ) -> None:
         """Has whoever serves the share on its tenant network (the host's gateway, or this
-        backend's share server) serve what etcd says now."""
+        backend's share server) serve what etcd says now (`record` as it is, unless it
+        is `gone` from etcd)."""
         if record.HasField("gateway_access"):
             await self._sync_gateway(record)
         elif record.share.share_network and self._share_servers is not None:
-            await self._serve_network(record.share.share_network)
+            await self._serve_network(record.share.share_network, None if gone else record)
 
     async def _let_network_server_forget(self, record: records_pb2.ShareRecord) -> None:
         """Once the record is gone, the share's server on its network puts the share's
         export id into quarantine (while it was being deleted, the id stayed its own)."""
         try:
-            await self._sync_network_server(record)
+            await self._sync_network_server(record, gone=True)
         except ShareMeshError as error:  # the next sync of the network does it then
             log.info("network %s not synced after a delete: %s", record.share.share_network, error)
 
@@ -469,6 +498,7 @@ class ShareSync:
             await self._release(txn, record)
             if export_gone:
                 self._release_export_id(txn, record)
+            self._unindex(txn, record)
             txn.delete(found.key, found.mod_revision)
             await operations.finish_for_deleted(self._store, txn, record.pending_operations)
             try:
@@ -518,6 +548,17 @@ class ShareSync:
         left = max(allocation.value.allocated_gib - gib, 0)
         txn.put(key, records_pb2.PoolAllocation(allocated_gib=left), allocation.mod_revision)
         record.allocated_gib -= gib
+
+    def _host_index_key(self, record: records_pb2.ShareRecord) -> str:
+        root, share = self._store.root, record.share
+        return keys.host_index_key(root, record.host, share.share_network, share.name)
+
+    def _unindex(self, txn: Txn, record: records_pb2.ShareRecord) -> None:
+        """The share leaves this backend (and its host's gateway): so do its index keys."""
+        root, backend, share = self._store.root, self.backend.split("/")[-1], record.share
+        txn.delete(keys.backend_index_key(root, backend, share.name, share.share_network))
+        if record.host and record.share.share_network:
+            txn.delete(self._host_index_key(record))
 
     def _release_export_id(self, txn: Txn, record: records_pb2.ShareRecord) -> None:
         """Gives the share's Export_Id back, to rest in quarantine; its export is gone."""
@@ -584,6 +625,7 @@ class ShareSync:
         """Hands a create that failed here back to the scheduler, which skips this pool."""
         record = found.value
         failed_pool = record.pool
+        self._unindex(txn, record)
         record.tried_pools.append(failed_pool)
         record.backend = record.pool = record.share.pool = record.host = ""
         self._release_export_id(txn, record)

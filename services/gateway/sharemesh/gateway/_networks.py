@@ -12,8 +12,10 @@ import logging
 import os
 from pathlib import Path
 
+from google.protobuf import empty_pb2
+
 from sharemesh import network
-from sharemesh.runtime import operations
+from sharemesh.runtime import controllers, operations
 from sharemesh.runtime.coordination import Store, Versioned, keys
 from sharemesh.runtime.errors import Aborted, ShareMeshError
 from sharemesh.state.v1 import records_pb2
@@ -120,7 +122,7 @@ class Networks:
         their records are gone."""
         served: list[network.Served] = []
         retained: list[str] = []
-        for found in await self._store.scan(self._store.root + "shares/", records_pb2.ShareRecord):
+        for found in await self._shares_here(name):
             share = found.value
             if (
                 share.share.share_network != name
@@ -152,6 +154,21 @@ class Networks:
             )
         return served, retained
 
+    async def _shares_here(
+        self, share_network: str | None = None
+    ) -> list[Versioned[records_pb2.ShareRecord]]:
+        """The shares driver-hosts handed to this host's gateway (on one network), found
+        through the index they write with the hand-over: never a range over the mesh."""
+        prefix = keys.host_index_prefix(self._store.root, self.host, share_network)
+        indexed, _ = await controllers.list_prefix(self._store, prefix, empty_pb2.Empty)
+        shares = []
+        for index in indexed:
+            key = self._store.key_of(keys.share_of_index_key(index.key))
+            found = await self._store.get(key, records_pb2.ShareRecord)
+            if found is not None:
+                shares.append(found)
+        return shares
+
     async def _finish_delete(self, found: Versioned[records_pb2.ShareNetworkRecord]) -> None:
         """The network goes once nothing of it is left anywhere: no attachment, and no
         reserved address (every gateway and share server has gone)."""
@@ -177,7 +194,7 @@ class Networks:
         ):
             if attachment.value.host == self.host:
                 wanted.add(attachment.value.share_network)
-        for share in await self._store.scan(self._store.root + "shares/", records_pb2.ShareRecord):
+        for share in await self._shares_here():
             if share.value.host == self.host and share.value.share.share_network:
                 wanted.add(share.value.share.share_network)
         for net in await self._store.scan(

@@ -1,5 +1,7 @@
 """The scheduler process: active/standby through an etcd election. Only the leader
-places; the others wait in the queue and take over when its lease ends."""
+places: an informer over the shares that wait for placement feeds its work queue
+(`PlaceShare` nudges only enqueue); the others wait in the election queue and take
+over when its lease ends."""
 
 from __future__ import annotations
 
@@ -7,9 +9,10 @@ import argparse
 import asyncio
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 
-from sharemesh.runtime import operations, retry
-from sharemesh.runtime.coordination import Election, Leadership, keys
+from sharemesh.runtime import controllers, operations, retry
+from sharemesh.runtime.coordination import Election, Leadership, Versioned, keys
 from sharemesh.runtime.errors import Unavailable
 from sharemesh.runtime.peers import Peers
 from sharemesh.runtime.process import Context
@@ -23,17 +26,29 @@ from ._placer import Placer
 
 log = logging.getLogger(__name__)
 
+ShareRecord = records_pb2.ShareRecord
+# Placements decide one at a time (Placer's lock), but one waiting for a backend that
+# is away holds its worker: enough workers that such waits do not hold up the rest.
+_WORKERS = 32
+
+
+def _unplaced(record: ShareRecord) -> bool:
+    return (
+        record.share.state == share_pb2.Share.CREATING
+        and not record.backend
+        and not record.delete_requested
+    )
+
 
 class SchedulerService(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     def __init__(self, app: SchedulerApp) -> None:
         self._app = app
 
     async def PlaceShare(self, request, context):  # noqa: N802
-        placer = self._app.placer
-        if placer is None:
+        if self._app.placer is None:
             raise Unavailable("this scheduler is standing by; ask the leader")
-        # Placement runs on even if the caller goes away: it is the leader's work.
-        self._app.spawn(placer.place(request.name))
+        # A nudge: the queue places it soon; the leader's watch would find it anyway.
+        self._app.queue.add(request.name)
         return scheduler_service_pb2.PlaceShareResponse()
 
 
@@ -43,7 +58,7 @@ class SchedulerApp:
         self._store = context.store
         self._peers = Peers(context.store)
         self.placer: Placer | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.queue = controllers.WorkQueue()
         self.bindings = [
             Binding(
                 scheduler_service_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,
@@ -51,24 +66,6 @@ class SchedulerApp:
                 SchedulerService(self),
             )
         ]
-
-    def spawn(self, work) -> None:  # type: ignore[no-untyped-def]
-        task = asyncio.create_task(self._logged(work))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _logged(work) -> None:  # type: ignore[no-untyped-def]
-        try:
-            await work
-        except Exception as error:
-            if not retry.transient(error):
-                log.exception("placement failed; the reconciler will retry")
-                return
-            # etcd or the backend is away for now: that heals, one line says why.
-            log.warning(
-                "placement not finished (%s); the reconciler will retry", retry.reason(error)
-            )
 
     async def run(self, endpoint: str) -> None:
         election = Election(
@@ -89,38 +86,44 @@ class SchedulerApp:
             self._context.config.export_id_quarantine_seconds,
             self._context.config.retry_deadline_seconds,
         )
+        controller = controllers.Controller("placement", self._place, _WORKERS, self.queue)
+        shares = controllers.Informer(
+            self._store,
+            self._store.root + "shares/",
+            ShareRecord,
+            keep=_unplaced,
+            name="shares waiting for placement",
+        )
+        shares.add_handler(self._share_changed)
+        # The lease (not an unreachable etcd) ends this leadership: the informer and
+        # the loops ride etcd being away; the slow resync costs O(unplaced shares).
+        interval = self._context.config.reconcile_interval_seconds
         try:
-            # Every round at once, then each interval; etcd away makes a round retry
-            # sooner, and the lease (not an unreachable etcd) ends this leadership.
-            await retry.every(
-                self._context.config.reconcile_interval_seconds,
-                "reconcile",
-                functools.partial(self._round, leadership),
-                first=0,
-            )
+            async with asyncio.TaskGroup() as group:
+                group.create_task(shares.run())
+                group.create_task(controller.run())
+                group.create_task(retry.every(interval, "resync", _async(shares.resync)))
+                group.create_task(
+                    retry.every(
+                        interval,
+                        "expiring operations",
+                        functools.partial(self.expire_operations, leadership),
+                        first=0,
+                    )
+                )
         finally:
             self.placer = None
 
-    async def _round(self, leadership: Leadership) -> None:
-        await self.reconcile()
-        await self.expire_operations(leadership)
-
-    async def reconcile(self) -> None:
-        """Finds shares a lost nudge or a crash left waiting, and places them; and, as
-        the mesh's one leader, expires old operations."""
+    async def _place(self, name: str) -> None:
         placer = self.placer
-        assert placer is not None
-        waiting = (share_pb2.Share.CREATING, share_pb2.Share.UPDATING, share_pb2.Share.DELETING)
-        for found in await self._store.scan(self._store.root + "shares/", records_pb2.ShareRecord):
-            if found.value.share.state == share_pb2.Share.CREATING and not found.value.backend:
-                self.spawn(placer.place(found.value.share.name))
-            elif found.value.share.state in waiting and found.value.backend:
-                self._peers.nudge(
-                    f"sync {found.value.share.name}",
-                    functools.partial(
-                        self._peers.sync_share, found.value.backend, found.value.share.name
-                    ),
-                )
+        if placer is not None:
+            await placer.place(name)
+
+    def _share_changed(
+        self, old: Versioned[ShareRecord] | None, new: Versioned[ShareRecord] | None
+    ) -> None:
+        if new is not None:
+            self.queue.add(new.value.share.name)
 
     async def expire_operations(self, leadership: Leadership) -> None:
         expired = await operations.expire(
@@ -130,9 +133,15 @@ class SchedulerApp:
             log.info("expired %d finished operations", expired)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        self.queue.shutdown()
         await self._peers.close()
+
+
+def _async(call: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        call()
+
+    return run
 
 
 async def build(context: Context, args: argparse.Namespace) -> SchedulerApp:

@@ -8,6 +8,8 @@ import asyncio
 import functools
 import logging
 
+from google.protobuf import empty_pb2
+
 from sharemesh.runtime import capacity, errors, export_ids, operations, quota, retry
 from sharemesh.runtime.config import QuotaConfig
 from sharemesh.runtime.coordination import Leadership, Store, Txn, Versioned, keys
@@ -137,6 +139,10 @@ class Placer:
         if not record.share.availability_zone:  # the zone the scheduler chose for it
             record.share.availability_zone = chosen.availability_zone
         txn.put(found.key, record, found.mod_revision)
+        # In the same transaction: the backend finds its shares through this key.
+        backend = chosen.backend.split("/")[-1]
+        index = keys.backend_index_key(self._store.root, backend, name, record.share.share_network)
+        txn.put(index, empty_pb2.Empty())
         await txn.commit()
         log.info("placed %s on %s", name, chosen.pool)
         return chosen.backend

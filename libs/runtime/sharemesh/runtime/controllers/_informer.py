@@ -30,9 +30,13 @@ PAGE = 500
 
 
 async def list_prefix(
-    store: Store, prefix: str, msg_type: type[M], keep: Callable[[M], bool], page: int = PAGE
+    store: Store,
+    prefix: str,
+    msg_type: type[M],
+    keep: Callable[[M], bool] | None = None,
+    page: int = PAGE,
 ) -> tuple[list[Versioned[M]], int]:
-    """Every record below `prefix` that `keep` accepts, read page by page at one
+    """Every record below `prefix` (that `keep` accepts), read page by page at one
     revision, so that memory holds one page of what is not kept."""
     store.check_key(prefix)
     items: list[Versioned[M]] = []
@@ -45,7 +49,7 @@ async def list_prefix(
         revision = revision or response.header.revision
         for kv in response.kvs:
             found = _versioned(kv, msg_type)
-            if keep(found.value):
+            if keep is None or keep(found.value):
                 items.append(found)
         if not response.more or not response.kvs:
             return items, revision

@@ -237,3 +237,41 @@ def network_servers_prefix(root: str, kind: str, owner: str) -> str:
 def usage_key(root: str, project: str) -> str:
     """What a project's shares hold, for its quota."""
     return f"{_check_root(root)}usage/{check_segment(project, 'project')}"
+
+
+# Index keys: empty records that say which shares are whose, so that a driver-host or
+# a gateway reads only its own. Each is written and deleted in the transaction that
+# makes it true or false.
+
+
+def backend_index_prefix(root: str, backend: str, share_network: str | None = None) -> str:
+    """The shares placed on `backends/{backend}` (on one share network, if given); the
+    keys end in the share's name."""
+    prefix = f"{_check_root(root)}index/backends/{check_segment(backend, 'backend')}/"
+    if not share_network:
+        return prefix
+    return f"{prefix}{check_name(share_network, 'share_network')}/"
+
+
+def backend_index_key(root: str, backend: str, share: str, share_network: str = "") -> str:
+    """Written at placement, deleted when the share leaves the backend or etcd."""
+    return f"{backend_index_prefix(root, backend, share_network)}{check_name(share, 'share')}"
+
+
+def host_index_prefix(root: str, host: str, share_network: str | None = None) -> str:
+    """The shares a host's gateway serves (on one share network, if given)."""
+    prefix = f"{_check_root(root)}index/hosts/{check_segment(host, 'host')}/"
+    if share_network is None:
+        return prefix
+    return f"{prefix}{check_name(share_network, 'share_network')}/"
+
+
+def host_index_key(root: str, host: str, share_network: str, share: str) -> str:
+    """Written when a driver-host hands a share to its host's gateway, deleted when
+    it leaves that host or etcd."""
+    return f"{host_index_prefix(root, host, share_network)}{check_name(share, 'share')}"
+
+
+def share_of_index_key(key: str) -> str:
+    """The share name an index key ends in (`projects/{p}/shares/{s}`)."""
+    return "/".join(key.split("/")[-4:])
