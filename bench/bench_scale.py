@@ -1,0 +1,237 @@
+"""Control-plane scale benchmark: a real local mesh holding N share records.
+
+For each N it starts a fresh mesh (etcd, the four services, the local backend's
+Ganesha), writes N share records straight into etcd for a backend that does not exist
+(so nothing is realized), spread over a few projects with one big project, and reports:
+
+- ListShares through the real gRPC API (admin, page_size 50): p50/p99 of the big
+  project's first page and of a page from the middle of it;
+- the CPU of every process over an idle period (utime+stime from /proc/<pid>/stat, reaped
+  children included), and their resident memory (VmRSS);
+- a baseline from the same run: a range read of one etcd key, and the ratio of each N's
+  first page to the first N's.
+
+    .venv/bin/python bench/bench_scale.py [--n 1000 10000 100000] [--idle 60] [--samples 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The mesh's children are forked while the bench's gRPC threads run: that is fine here.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+from sharemesh.runtime import page_tokens  # noqa: E402, I001 - the runtime first, as in the tests
+from sharemesh.client import Client  # noqa: E402
+from sharemesh.launcher import LocalMesh  # noqa: E402
+from sharemesh.runtime.coordination import Store, connect  # noqa: E402
+from sharemesh.runtime.coordination._client import get_kv  # noqa: E402
+from sharemesh.state.v1 import records_pb2  # noqa: E402
+from sharemesh.v1 import share_pb2  # noqa: E402
+from sharemesh.v1 import share_service_pb2 as ss  # noqa: E402
+
+SMALL_PROJECTS = 4  # each holds 5 % of the records; "big" holds the rest
+PUTS_PER_TXN = 100  # etcd's default --max-txn-ops is 128
+IN_FLIGHT = 16
+PAGE = 50
+PROCESSES = ("etcd", "api", "scheduler", "driver-host-local", "gateway", "ganesha")
+
+
+@dataclass
+class Result:
+    n: int
+    first: list[float] = field(default_factory=list)
+    deep: list[float] = field(default_factory=list)
+    etcd_get: list[float] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+    rss: dict[str, float] = field(default_factory=dict)
+    idle: float = 0.0
+    write_seconds: float = 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of a process and of the children it has reaped."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pids(mesh: LocalMesh) -> dict[str, int]:
+    found = {name: child.pid or 0 for name, child in mesh.children.items()}
+    assert mesh.etcd is not None and mesh.etcd.pid
+    found["etcd"] = mesh.etcd.pid
+    ganesha = mesh.state_dir / "pools/local/ganesha/ganesha/ganesha.pid"
+    if ganesha.exists():
+        found["ganesha"] = int(ganesha.read_text())
+    return found
+
+
+def spread(n: int) -> dict[str, int]:
+    """Records per project: a few small projects and one big one."""
+    small = n // 20
+    counts = {f"small{i}": small for i in range(SMALL_PROJECTS)}
+    counts["big"] = n - small * SMALL_PROJECTS
+    return counts
+
+
+def share_record(project: str, index: int) -> tuple[str, records_pb2.ShareRecord]:
+    name = f"projects/{project}/shares/s{index:07d}"
+    record = records_pb2.ShareRecord(
+        project=project,
+        backend="backends/ghost",
+        pool="backends/ghost/pools/p",
+        allocated_gib=1,
+        realized_size_gib=1,
+    )
+    share = record.share
+    share.name, share.uid, share.size_gib = name, uuid.uuid4().hex, 1
+    share.state, share.protocol = share_pb2.Share.ACTIVE, share_pb2.Share.NFS
+    share.share_type, share.pool = "shareTypes/default", record.pool
+    share.create_time.GetCurrentTime()
+    share.update_time.CopyFrom(share.create_time)
+    return name, record
+
+
+async def write_records(store: Store, n: int) -> None:
+    """N records in batched transactions, IN_FLIGHT at a time."""
+    batches: list[list[tuple[str, records_pb2.ShareRecord]]] = [[]]
+    for project, count in spread(n).items():
+        for i in range(count):
+            if len(batches[-1]) == PUTS_PER_TXN:
+                batches.append([])
+            batches[-1].append(share_record(project, i))
+    gate = asyncio.Semaphore(IN_FLIGHT)
+
+    async def commit(batch: list[tuple[str, records_pb2.ShareRecord]]) -> None:
+        async with gate:
+            txn = store.txn()
+            for name, record in batch:
+                txn.put(store.key_of(name), record)
+            await txn.commit()
+
+    await asyncio.gather(*(commit(b) for b in batches))
+
+
+async def timed(samples: int, call: Callable[[], Coroutine[Any, Any, object]]) -> list[float]:
+    took = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        await call()
+        took.append(time.perf_counter() - started)
+    return took
+
+
+async def measure(n: int, args: argparse.Namespace, tmp: Path) -> Result:
+    result = Result(n)
+    config = tmp / f"mesh-{n}.toml"
+    config.write_text('[[backends]]\nname = "local"\n[backends.options]\ncapacity_gib = 8\n')
+    async with LocalMesh(tmp / f"state-{n}", config, api_port=0) as mesh:
+        assert mesh.etcd is not None
+        async with (
+            connect(mesh.etcd.endpoint) as etcd,
+            Client(mesh.api_address, mesh.admin_token) as client,
+        ):
+            store = Store(etcd)
+            started = time.perf_counter()
+            await write_records(store, n)
+            result.write_seconds = time.perf_counter() - started
+            parent = "projects/big"
+            first = ss.ListSharesRequest(parent=parent, page_size=PAGE)
+            await client.call(client.shares.ListShares, first)  # makes the token secret
+            # A token for the middle of the big project, sealed as the api seals its own.
+            prefix = store.prefix_of(parent, "shares")
+            middle = f"s{spread(n)['big'] // 2:07d}"
+            _, revision = await get_kv(etcd, page_tokens.secret_key(store.root))
+            tokens = await page_tokens.load(store)
+            token = tokens.issue(
+                page_tokens.binding(prefix, ""), page_tokens.Position(middle, revision)
+            )
+            deep = ss.ListSharesRequest(parent=parent, page_size=PAGE, page_token=token)
+            for request in (first, deep):  # warm: the api's cache has caught up
+                page = await client.call(client.shares.ListShares, request, timeout=120)
+                assert len(page.shares) == PAGE, len(page.shares)
+            result.first = await timed(
+                args.samples, lambda: client.call(client.shares.ListShares, first)
+            )
+            result.deep = await timed(
+                args.samples, lambda: client.call(client.shares.ListShares, deep)
+            )
+            result.etcd_get = await timed(
+                args.samples, lambda: get_kv(etcd, page_tokens.secret_key(store.root))
+            )
+        # Idle: let the writes' after-effects settle, then count.
+        await asyncio.sleep(args.settle)
+        running = pids(mesh)
+        before = {name: cpu_seconds(pid) for name, pid in running.items()}
+        started = time.perf_counter()
+        await asyncio.sleep(args.idle)
+        result.idle = time.perf_counter() - started
+        result.cpu = {name: cpu_seconds(pid) - before[name] for name, pid in running.items()}
+        result.rss = {name: rss_mb(pid) for name, pid in running.items()}
+    return result
+
+
+def report(results: list[Result]) -> None:
+    base = results[0]
+    print()
+    print(
+        f"{'N':>8} | {'first page p50/p99 ms':>22} | {'deep page p50/p99 ms':>21} | "
+        f"{'etcd get p50/p99 ms':>20} | {'first p99 / N0':>14} | write s"
+    )
+    for r in results:
+        ms = lambda v, q: pct(v, q) * 1000  # noqa: E731
+        print(
+            f"{r.n:>8} | {ms(r.first, 0.5):9.1f} / {ms(r.first, 0.99):9.1f} | "
+            f"{ms(r.deep, 0.5):8.1f} / {ms(r.deep, 0.99):9.1f} | "
+            f"{ms(r.etcd_get, 0.5):7.2f} / {ms(r.etcd_get, 0.99):9.2f} | "
+            f"{pct(r.first, 0.99) / pct(base.first, 0.99):13.2f}x | {r.write_seconds:6.1f}"
+        )
+    print()
+    names = [p for p in PROCESSES if any(p in r.cpu for r in results)]
+    print(f"{'N':>8} | idle s | " + " | ".join(f"{p:>17}" for p in names) + " |   total % core")
+    for r in results:
+        cells = [f"{r.cpu.get(p, 0):6.2f}s {r.rss.get(p, 0):6.1f}MB" for p in names]
+        total = sum(r.cpu.values()) / r.idle * 100
+        print(f"{r.n:>8} | {r.idle:6.1f} | " + " | ".join(cells) + f" | {total:8.2f} %")
+    print("(CPU seconds over the idle period, and resident memory, per process)")
+
+
+async def main(args: argparse.Namespace) -> None:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="sharemesh-scale-") as tmp:
+        for n in args.n:
+            print(f"N = {n}: writing records, then measuring ...", flush=True)
+            results.append(await measure(n, args, Path(tmp)))
+            report(results)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, nargs="+", default=[1000, 10_000, 100_000])
+    parser.add_argument("--idle", type=float, default=60.0, help="idle seconds measured")
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds before idle")
+    parser.add_argument("--samples", type=int, default=200)
+    sys.exit(asyncio.run(main(parser.parse_args())))
