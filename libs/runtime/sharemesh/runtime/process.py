@@ -28,6 +28,9 @@ from .server import Binding, GrpcServer
 log = logging.getLogger(__name__)
 
 
+CANCEL_GRACE_SECONDS = 5.0
+
+
 class LeaseLost(SystemExit):
     def __init__(self) -> None:
         super().__init__(3)
@@ -102,8 +105,15 @@ async def serve(
             await server.stop()
             for task in (work, lost, stopped):
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # Bounded: work that waits on a dead etcd while it unwinds (a watch's
+            # cancel, say) must not keep a process that lost its lease from exiting.
+            _, stuck = await asyncio.wait({work, lost, stopped}, timeout=CANCEL_GRACE_SECONDS)
+            if stuck:
+                log.warning(
+                    "%s: background work did not end within %.0fs of its cancel; leaving it",
+                    name,
+                    CANCEL_GRACE_SECONDS,
+                )
             lost_lease = session.done.is_set() and not stop.is_set()
             try:
                 await app.close()
