@@ -5,7 +5,9 @@ and costs nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,12 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_serv
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .config import TelemetryConfig
 
 _provider: TracerProvider | None = None
+_PROPAGATOR = TraceContextTextMapPropagator()
 
 
 def _line(span: ReadableSpan) -> str:
@@ -57,6 +61,28 @@ def server_interceptors() -> list[Any]:
 
 def client_interceptors() -> list[Any]:
     return list(aio_client_interceptors(tracer_provider=_provider)) if _provider else []
+
+
+def traceparent() -> str:
+    """The current span as a W3C `traceparent`, for a record to carry to the service
+    that acts on it later ('' when tracing is off)."""
+    if _provider is None:
+        return ""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier.get("traceparent", "")
+
+
+@contextlib.contextmanager
+def continued(parent: str, name: str) -> Iterator[None]:
+    """A span for work that a watch or a queue started, in the trace of the request whose
+    `traceparent` the record kept: work driven by watches has no caller to inherit from."""
+    if _provider is None:
+        yield
+        return
+    context = _PROPAGATOR.extract({"traceparent": parent}) if parent else None
+    with _provider.get_tracer("sharemesh").start_as_current_span(name, context=context):
+        yield
 
 
 def shutdown() -> None:

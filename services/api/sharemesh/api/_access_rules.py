@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 
 from sharemesh.ganesha import parse_client
-from sharemesh.runtime import names, operations, validation
+from sharemesh.runtime import names, operations, telemetry, validation
 from sharemesh.runtime.coordination import Txn, Versioned
 from sharemesh.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from sharemesh.state.v1 import records_pb2
@@ -99,6 +99,7 @@ class AccessRules(Base):
             operations.set_progress(op, "applying the export's client list", 10)
             # The share is written, not just compared: two rules for one address created at
             # once then conflict, and a concurrent delete cannot orphan the rule.
+            share.value.trace_parent = telemetry.traceparent()
             txn.put(share.key, share.value, share.mod_revision)
             txn.create(self.store.key_of(name), record)
 

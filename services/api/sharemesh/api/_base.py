@@ -9,7 +9,7 @@ import grpc
 from google.longrunning import operations_pb2
 from google.protobuf.message import Message
 
-from sharemesh.runtime import errors, names, operations
+from sharemesh.runtime import errors, names, operations, telemetry
 from sharemesh.runtime.config import QuotaConfig
 from sharemesh.runtime.coordination import Store, Txn, Versioned
 from sharemesh.runtime.errors import Aborted, AlreadyExists, NotFound
@@ -139,6 +139,8 @@ class Base:
         if "update_time" in resource.DESCRIPTOR.fields_by_name:
             resource.update_time.CopyFrom(operations.now())  # type: ignore[attr-defined]
         found.value.pending_operations.append(op.operation.name)
+        if isinstance(found.value, records_pb2.ShareRecord):
+            found.value.trace_parent = telemetry.traceparent()
         operations.set_progress(op, detail, 10)
         txn.put(found.key, found.value, found.mod_revision)
 

@@ -8,7 +8,7 @@ import uuid
 
 from google.protobuf import empty_pb2
 
-from sharemesh.runtime import capacity, names, operations, quota, validation
+from sharemesh.runtime import capacity, names, operations, quota, telemetry, validation
 from sharemesh.runtime.coordination import Txn, Versioned, keys
 from sharemesh.runtime.errors import (
     Aborted,
@@ -131,6 +131,7 @@ class Shares(Base):
             record.share.protocol = Share.NFS
             record.share.share_type = share_type
             record.share.state = Share.CREATING
+            record.trace_parent = telemetry.traceparent()
             record.share.create_time.CopyFrom(operations.now())
             record.share.update_time.CopyFrom(record.share.create_time)
             operations.set_progress(op, "waiting for placement", 5)

@@ -10,7 +10,7 @@ import logging
 
 from google.protobuf import empty_pb2
 
-from sharemesh.runtime import capacity, errors, export_ids, operations, quota, retry
+from sharemesh.runtime import capacity, errors, export_ids, operations, quota, retry, telemetry
 from sharemesh.runtime.config import QuotaConfig
 from sharemesh.runtime.coordination import Leadership, Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import Aborted, ResourceExhausted, ShareMeshError, Unavailable
@@ -91,7 +91,11 @@ class Placer:
         found = await self._store.get(self._store.key_of(name), records_pb2.ShareRecord)
         if found is None:
             return None
-        record = found.value
+        with telemetry.continued(found.value.trace_parent, "place share"):
+            return await self._place_found(found)
+
+    async def _place_found(self, found: Versioned[records_pb2.ShareRecord]) -> str | None:
+        name, record = found.value.share.name, found.value
         if record.backend:
             waiting = record.share.state in (Share.CREATING, Share.UPDATING, Share.DELETING)
             return record.backend if waiting else None
