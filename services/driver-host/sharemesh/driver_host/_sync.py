@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from sharemesh import network
-from sharemesh.runtime import controllers, errors, export_ids, operations, quota, retry
+from sharemesh.runtime import controllers, errors, export_ids, operations, quota, retry, telemetry
 from sharemesh.runtime.coordination import Mutex, Session, Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import (
     Aborted,
@@ -55,6 +55,24 @@ def rules_of(rules: list[Versioned[records_pb2.AccessRuleRecord]]) -> list[Acces
         for r in rules
         if not r.value.delete_requested
     ]  # type: ignore[arg-type]
+
+
+def _settled(
+    record: records_pb2.ShareRecord, rules: list[Versioned[records_pb2.AccessRuleRecord]]
+) -> bool:
+    """Whether the share and its rules are recorded as true, with nothing waiting."""
+    return (
+        record.share.state == Share.ACTIVE
+        and not record.share.state_message
+        and not record.pending_operations
+        and record.realized_size_gib == record.share.size_gib
+        and all(
+            r.value.rule.state == AccessRule.ACTIVE
+            and not r.value.pending_operations
+            and not r.value.delete_requested
+            for r in rules
+        )
+    )
 
 
 class ShareSync:
@@ -156,6 +174,13 @@ class ShareSync:
         found = await self._store.get(self._store.key_of(name), records_pb2.ShareRecord)
         if found is None or found.value.backend != self.backend:
             return
+        with telemetry.continued(found.value.trace_parent, "sync share"):
+            await self._sync_found(found, lock, final)
+
+    async def _sync_found(
+        self, found: Versioned[records_pb2.ShareRecord], lock: Mutex, final: bool
+    ) -> None:
+        name = found.value.share.name
         record = found.value
         if record.share.state == Share.ERROR and not record.delete_requested:
             return  # only a delete (or an admin's reset) moves a share out of ERROR
@@ -177,16 +202,19 @@ class ShareSync:
         except ShareMeshError as error:
             await self._fail(found, rules, spec, self._unless_final(error, final), lock)
             return
+        served = [
+            share_pb2.ExportLocation(path=e.path, nfs_port=e.nfs_port, mount_port=e.mount_port)
+            for e in locations
+        ]
+        if _settled(record, rules) and served in ([], list(record.share.export_locations)):
+            return  # already true and recorded so: a repeated sync writes nothing
         txn = self._store.txn().fence(lock)
         record.share.state = Share.ACTIVE
         record.share.state_message = ""
         record.realized_size_gib = record.share.size_gib
-        if locations:
+        if served:
             del record.share.export_locations[:]
-            record.share.export_locations.extend(
-                share_pb2.ExportLocation(path=e.path, nfs_port=e.nfs_port, mount_port=e.mount_port)
-                for e in locations
-            )
+            record.share.export_locations.extend(served)
         await self._settle_rules(txn, rules)
         await self._finish(txn, found, response=record.share)
         await txn.commit()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -27,6 +28,7 @@ from ._client import Compacted, Compare, FutureRevision
 M = TypeVar("M", bound=Message)
 
 DEFAULT_ROOT = "/sharemesh/"
+WATCH_CANCEL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -373,5 +375,6 @@ class Store:
                 raise InvalidArgument("start_revision", "compacted; list again") from error
             raise mapped from error
         finally:
+            # Cancelling talks to etcd, which may be the very thing that is gone.
             with contextlib.suppress(Exception):
-                await watch.cancel()
+                await asyncio.wait_for(watch.cancel(), WATCH_CANCEL_SECONDS)
