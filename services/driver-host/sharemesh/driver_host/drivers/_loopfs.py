@@ -10,6 +10,7 @@ import asyncio
 import errno
 import logging
 import os
+import time
 from pathlib import Path
 
 from sharemesh.runtime import commands
@@ -19,6 +20,7 @@ from sharemesh.runtime.errors import Internal, ResourceExhausted
 log = logging.getLogger("sharemesh.driver_host.loopfs")
 
 GIB = 1 << 30
+DETACH_WAIT_SECONDS = 5.0
 
 
 async def run(*argv: str, timeout: float = 120.0) -> str:
@@ -144,6 +146,11 @@ async def detach(image: Path, device: str | None = None) -> None:
         except CommandError as error:
             if "No such device" not in error.stderr:
                 raise
+        # The kernel may free a device just unmounted a moment after `-d` returns
+        # (autoclear on its last close): done means free, so a stop leaves none behind.
+        deadline = time.monotonic() + DETACH_WAIT_SECONDS
+        while backing_file(each) is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
 
 # ---- mounts --------------------------------------------------------------------------------
