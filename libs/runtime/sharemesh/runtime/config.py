@@ -129,7 +129,8 @@ class MeshConfig:
     """How long a deleted share's Ganesha Export_Id rests before another share gets it:
     clients may still hold file handles naming it."""
     reconcile_interval_seconds: float = 30.0
-    """How often each service re-reads etcd for work a crash may have dropped."""
+    """How often each service replays its watch caches for work a handler may have
+    dropped (a safety net: watches do the work, and a resync reads no range of etcd)."""
     retry_deadline_seconds: float = 600.0
     """How long a change keeps retrying a transient fault (a restarting Ganesha, a peer
     or etcd down, a backend not registered yet), counted from the creation of the oldest
