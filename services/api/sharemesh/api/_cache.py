@@ -53,6 +53,7 @@ CATCH_UP_SECONDS = 1.0
 # Records per range while listing: few ranges (each costs O(N) in etcd 3.4), each well
 # under gRPC's 4 MiB message limit.
 LIST_PAGE = 2000
+CANCEL_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,8 +369,9 @@ class WatchCache:
             raise map_rpc_error(error) from error
         finally:
             self._watch_stream = None
+            # Bounded: on a dead etcd aetcd's cancel can wait forever, holding up exit.
             try:
-                await watch.cancel()
+                await asyncio.wait_for(watch.cancel(), CANCEL_SECONDS)
             except Exception:  # noqa: BLE001 - the stream may already be gone
                 pass
         raise Unavailable("etcd watch ended")
