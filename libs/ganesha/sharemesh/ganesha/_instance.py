@@ -25,7 +25,13 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sharemesh.runtime.errors import Internal, InvalidArgument, Unavailable
+from sharemesh.runtime.errors import (
+    Internal,
+    InvalidArgument,
+    NfsServerDown,
+    NfsServerRestarting,
+    Unavailable,
+)
 
 from ._dbus import DBusError, ExportMgr
 from ._export import Export, _check_text
@@ -266,11 +272,11 @@ class GaneshaInstance:
         )
         return True
 
-    def _failed_to_start(self, why: str) -> Unavailable:
+    def _failed_to_start(self, why: str) -> NfsServerDown:
         log.error(
             "ganesha %s did not start: %s. Log tail:\n%s", self.state_dir, why, self._log_tail()
         )
-        return Unavailable("the NFS server did not start; it is retried", reason="NFS_SERVER_DOWN")
+        return NfsServerDown("the NFS server did not start; it is retried")
 
     async def _load_missing(self) -> list[RefusedExport]:
         """Hand Ganesha every included export it does not serve (it skips an export it
@@ -316,13 +322,13 @@ class GaneshaInstance:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 log.error("dbus-daemon for %s exited with %s", self.state_dir, proc.returncode)
-                raise Unavailable("the NFS server's bus did not start", reason="NFS_SERVER_DOWN")
+                raise NfsServerDown("the NFS server's bus did not start")
             if self.bus_socket.exists() and _can_connect_unix(self.bus_socket):
                 return
             await asyncio.sleep(0.01)
         await self._terminate(proc.pid, "dbus-daemon")
         log.error("dbus-daemon for %s did not listen within 10s", self.state_dir)
-        raise Unavailable("the NFS server's bus did not start", reason="NFS_SERVER_DOWN")
+        raise NfsServerDown("the NFS server's bus did not start")
 
     async def _wait_ready(self, proc: subprocess.Popen[bytes]) -> bool:
         deadline = time.monotonic() + self.start_timeout
@@ -440,9 +446,7 @@ class GaneshaInstance:
             if not error.transient:
                 raise
             log.warning("ganesha %s unreachable during %s: %s", self.state_dir, what, error)
-            raise Unavailable(
-                "the NFS server is restarting; retry shortly", reason="NFS_SERVER_RESTARTING"
-            ) from error
+            raise NfsServerRestarting("the NFS server is restarting; retry shortly") from error
 
     async def serves(self, export: Export) -> bool:
         """Whether Ganesha serves this export (its id, on its path and pseudo path) right

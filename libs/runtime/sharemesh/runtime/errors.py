@@ -3,6 +3,11 @@
 Servicers, drivers and the coordination layer raise these; the server interceptor and
 the operation runner turn them into `google.rpc.Status` with an `ErrorInfo` (and a
 `BadRequest` for field violations), so no handler maps errors by hand.
+
+Each code has a class (`NotFound`, `Aborted`, ...); the common domain failures have
+their own subclasses (`PoolFull`, `ShareBusy`, ...), as etcd's `rpctypes` names its
+errors. Every reason, given or default, is a member of the public `ErrorReason` enum
+(protos/sharemesh/v1/error_reason.proto), so clients can branch on it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
+from sharemesh.v1.error_reason_pb2 import ErrorReason
+
 DOMAIN = "sharemesh"
+
+# The reasons a caller may be told: the names of `ErrorReason`, but its zero value.
+REASONS = frozenset(ErrorReason.keys()) - {"ERROR_REASON_UNSPECIFIED"}
+
+_log = logging.getLogger(__name__)
 
 
 class ShareMeshError(Exception):
@@ -27,6 +39,11 @@ class ShareMeshError(Exception):
     """
 
     default_reason = "INTERNAL"
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.default_reason not in REASONS:  # a typo fails at import, not in a call
+            raise TypeError(f"{cls.__name__}.default_reason {cls.default_reason} is no ErrorReason")
 
     def __init__(
         self,
@@ -109,6 +126,73 @@ class Unimplemented(ShareMeshError):
     default_reason = "UNIMPLEMENTED"
 
 
+# The common domain failures. Each is its code's class, so the table below maps it.
+
+
+class PoolFull(ResourceExhausted):
+    """The share's pool cannot allocate the size asked for."""
+
+    default_reason = "POOL_FULL"
+
+
+class QuotaExceeded(ResourceExhausted):
+    """The project's quota cannot hold the request; `quota_violations` names it."""
+
+    default_reason = "QUOTA_EXCEEDED"
+
+
+class ShareBusy(Aborted):
+    """Another call holds the share's lock; the caller retries later, as CSI's
+    TryAcquire answers ABORTED for a volume with an operation in flight."""
+
+    default_reason = "SHARE_BUSY"
+
+
+class EtagMismatch(Aborted):
+    """The request's etag is stale: the resource changed since it was read (AIP-154)."""
+
+    default_reason = "ETAG_MISMATCH"
+
+
+class ShareNotActive(FailedPrecondition):
+    """The call needs an ACTIVE share."""
+
+    default_reason = "SHARE_NOT_ACTIVE"
+
+
+class CapabilityUnsupported(FailedPrecondition):
+    """The pool's capabilities do not offer the operation; `metadata["capability"]`
+    names the capability, and the reason is `<CAPABILITY>_NOT_SUPPORTED`, e.g.
+    SHRINK_NOT_SUPPORTED for `shrink_support`."""
+
+    default_reason = "FAILED_PRECONDITION"
+
+    def __init__(self, capability: str, message: str) -> None:
+        super().__init__(
+            message,
+            reason=f"{capability.removesuffix('_support').upper()}_NOT_SUPPORTED",
+            metadata={"capability": capability},
+        )
+
+
+class BackendUnavailable(Unavailable):
+    """The share's backend (its driver-host) is not reachable now; it heals."""
+
+    default_reason = "BACKEND_DOWN"
+
+
+class NfsServerDown(Unavailable):
+    """The NFS server did not start; the mesh retries it."""
+
+    default_reason = "NFS_SERVER_DOWN"
+
+
+class NfsServerRestarting(Unavailable):
+    """The NFS server is restarting; a retry shortly succeeds."""
+
+    default_reason = "NFS_SERVER_RESTARTING"
+
+
 # The one table. Subclasses resolve through the MRO, so FencedOut maps as Aborted.
 _STATUS_OF: dict[type[ShareMeshError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -140,12 +224,23 @@ def status_code_of(error: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def declared_reason(reason: str, code: grpc.StatusCode) -> str:
+    """`reason` if `ErrorReason` declares it, else the generic reason of `code`: a
+    caller is never told a reason it cannot look up (tests/unit/test_errors.py keeps
+    every reason in the tree declared; this is the net for one that slips through)."""
+    if reason in REASONS:
+        return reason
+    _log.error("error reason %r is not in ErrorReason; reporting %s", reason, code.name)
+    return _ERROR_OF_CODE.get(code, Internal).default_reason
+
+
 def to_status(error: BaseException) -> status_pb2.Status:
     """A rich `google.rpc.Status` for an exception, with ErrorInfo and BadRequest."""
     code = status_code_of(error)
     quotas: list[tuple[str, str]] = []
     if isinstance(error, ShareMeshError):
-        message, reason, metadata = error.message, error.reason, error.metadata
+        message, metadata = error.message, error.metadata
+        reason = declared_reason(error.reason, code)
         violations, quotas = error.field_violations, error.quota_violations
     elif isinstance(error, NotImplementedError):
         message, reason, metadata, violations = "not implemented yet", "UNIMPLEMENTED", {}, []

@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 from sharemesh.runtime import errors, names, operations, telemetry
 from sharemesh.runtime.config import QuotaConfig
 from sharemesh.runtime.coordination import Store, Txn, Versioned
-from sharemesh.runtime.errors import Aborted, AlreadyExists, NotFound
+from sharemesh.runtime.errors import AlreadyExists, EtagMismatch, NotFound
 from sharemesh.runtime.peers import Peers
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import access_rule_pb2, operation_metadata_pb2, share_network_pb2, share_pb2
@@ -81,9 +81,7 @@ def operation_view(
 def check_etag(etag: str, found: Versioned, field: str) -> None:  # type: ignore[type-arg]
     """An etag, when given, must match the record's current revision (AIP-154)."""
     if etag and etag != str(found.mod_revision):
-        raise Aborted(
-            f"{field} is stale: the resource changed since it was read", reason="ETAG_MISMATCH"
-        )
+        raise EtagMismatch(f"{field} is stale: the resource changed since it was read")
 
 
 class Base:

@@ -6,17 +6,21 @@ from __future__ import annotations
 import re
 import uuid
 
+import grpc
+from google.longrunning import operations_pb2
 from google.protobuf import empty_pb2
 
 from sharemesh.runtime import capacity, names, operations, quota, telemetry, validation
 from sharemesh.runtime.coordination import Txn, Versioned, keys
 from sharemesh.runtime.errors import (
     Aborted,
+    BackendUnavailable,
+    CapabilityUnsupported,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
-    Unavailable,
+    PoolFull,
+    ShareNotActive,
 )
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import access_rule_pb2, share_pb2, share_service_pb2
@@ -55,13 +59,17 @@ def _check_size(size_gib: int, field: str) -> None:
 
 
 class Shares(Base):
-    async def GetShare(self, request, context):  # noqa: N802
+    async def GetShare(  # noqa: N802
+        self, request: share_service_pb2.GetShareRequest, context: grpc.aio.ServicerContext
+    ) -> share_pb2.Share:
         validation.check_request(request)
         caller = self.caller(context)
         caller.check_resource(request.name)
         return share_view(caller, await self.share_record(request.name, "name"))
 
-    async def ListShares(self, request, context):  # noqa: N802
+    async def ListShares(  # noqa: N802
+        self, request: share_service_pb2.ListSharesRequest, context: grpc.aio.ServicerContext
+    ) -> share_service_pb2.ListSharesResponse:
         validation.check_request(request)
         project = names.PROJECT.parse("parent", request.parent)["project"]
         caller = self.caller(context)
@@ -95,7 +103,9 @@ class Shares(Base):
         )
         return response
 
-    async def CreateShare(self, request, context):  # noqa: N802
+    async def CreateShare(  # noqa: N802
+        self, request: share_service_pb2.CreateShareRequest, context: grpc.aio.ServicerContext
+    ) -> operations_pb2.Operation:
         validation.check_request(request, "share")
         project = names.PROJECT.parse("parent", request.parent)["project"]
         caller = self.caller(context)
@@ -159,7 +169,9 @@ class Shares(Base):
             )
         return network
 
-    async def UpdateShare(self, request, context):  # noqa: N802
+    async def UpdateShare(  # noqa: N802
+        self, request: share_service_pb2.UpdateShareRequest, context: grpc.aio.ServicerContext
+    ) -> operations_pb2.Operation:
         validation.check_request(request, "share", update=True)
         name = request.share.name
         names.SHARE.parse("share.name", name)
@@ -182,7 +194,9 @@ class Shares(Base):
 
         return await self.mutate(caller, name, "update", request, write)
 
-    async def DeleteShare(self, request, context):  # noqa: N802
+    async def DeleteShare(  # noqa: N802
+        self, request: share_service_pb2.DeleteShareRequest, context: grpc.aio.ServicerContext
+    ) -> operations_pb2.Operation:
         validation.check_request(request)
         names.SHARE.parse("name", request.name)
         caller = self.caller(context)
@@ -216,7 +230,9 @@ class Shares(Base):
             await self.nudge_backend(request.name)
         return op
 
-    async def ResizeShare(self, request, context):  # noqa: N802
+    async def ResizeShare(  # noqa: N802
+        self, request: share_service_pb2.ResizeShareRequest, context: grpc.aio.ServicerContext
+    ) -> operations_pb2.Operation:
         validation.check_request(request)
         names.SHARE.parse("name", request.name)
         caller = self.caller(context)
@@ -227,10 +243,9 @@ class Shares(Base):
             found = await self.share_record(request.name, "name")
             record = found.value
             if record.share.state != Share.ACTIVE:
-                raise FailedPrecondition(
+                raise ShareNotActive(
                     f"the share is {Share.State.Name(record.share.state)}; only an ACTIVE "
-                    "share can be resized",
-                    reason="SHARE_NOT_ACTIVE",
+                    "share can be resized"
                 )
             delta = request.size_gib - record.share.size_gib
             if delta == 0:
@@ -240,10 +255,9 @@ class Shares(Base):
                 return
             pool = await self.pool_capacity(record)
             if delta < 0 and pool.capabilities.get("shrink_support", "false") != "true":
-                raise FailedPrecondition(
+                raise CapabilityUnsupported(
+                    "shrink_support",
                     f"pool {record.pool} cannot shrink shares (capability shrink_support is false)",
-                    reason="SHRINK_NOT_SUPPORTED",
-                    metadata={"capability": "shrink_support"},
                 )
             allocation_key = keys.pool_allocation_key(self.store.root, record.pool)
             allocation = await self.store.get(allocation_key, records_pb2.PoolAllocation)
@@ -252,10 +266,9 @@ class Shares(Base):
                 pool.total_gib, pool.capabilities, thin=not record.thick_provisioned
             )
             if delta > 0 and allocated + delta > limit:
-                raise ResourceExhausted(
+                raise PoolFull(
                     f"pool {record.pool} may allocate {limit:g} GiB and has {allocated}; "
-                    f"growing by {delta} GiB does not fit",
-                    reason="POOL_FULL",
+                    f"growing by {delta} GiB does not fit"
                 )
             used = await quota.adjust(self.store, txn, record.project, delta)
             if delta > 0:
@@ -278,7 +291,9 @@ class Shares(Base):
             await self.nudge_backend(request.name)
         return op
 
-    async def ResetShareState(self, request, context):  # noqa: N802
+    async def ResetShareState(  # noqa: N802
+        self, request: share_service_pb2.ResetShareStateRequest, context: grpc.aio.ServicerContext
+    ) -> operations_pb2.Operation:
         validation.check_request(request)
         names.SHARE.parse("name", request.name)
         caller = self.caller(context)
@@ -331,6 +346,4 @@ class Shares(Base):
         for pool in backend.pools if backend else ():
             if pool.name == record.pool:
                 return pool
-        raise Unavailable(
-            f"the backend of {record.pool} is not reachable now; retry later", reason="BACKEND_DOWN"
-        )
+        raise BackendUnavailable(f"the backend of {record.pool} is not reachable now; retry later")

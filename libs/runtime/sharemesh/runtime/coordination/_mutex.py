@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from sharemesh.runtime.errors import Aborted, FailedPrecondition
+from sharemesh.runtime.errors import Aborted, FailedPrecondition, ShareBusy
 
 from . import _client
 from ._client import Fence
@@ -45,7 +45,7 @@ class Mutex:
     """A distributed lock under `prefix` (e.g. `keys.lock_prefix(root, share_name)`).
 
     `async with mutex.lock(): ...`, or `acquire()`/`release()`; `try_acquire()` raises
-    `Aborted("busy")` at once when someone else holds it. While held, `fence()` is the
+    `ShareBusy("busy")` (ABORTED) at once when someone else holds it. While held, `fence()` is the
     owner compare to put in every write made under the lock."""
 
     def __init__(self, session: Session, prefix: str) -> None:
@@ -83,7 +83,7 @@ class Mutex:
         local = slots.get(self.key)
         if not wait and local.locked():
             slots.put(self.key)
-            raise Aborted("busy", metadata={"lock": self.prefix})
+            raise ShareBusy("busy", metadata={"lock": self.prefix})
         try:
             await local.acquire()
         except BaseException:
@@ -98,7 +98,7 @@ class Mutex:
             _slots(self.session).put(self.key)
 
     async def try_acquire(self) -> None:
-        """Take the lock now or raise `Aborted("busy")` without waiting."""
+        """Take the lock now or raise `ShareBusy("busy")` without waiting."""
         self._check_session()
         await self._take_local(wait=False)
         key = self.key
@@ -113,7 +113,7 @@ class Mutex:
         if created:
             await asyncio.shield(_dequeue(self.session, key, rev))
         self._drop_local()
-        raise Aborted("busy", metadata={"lock": self.prefix})
+        raise ShareBusy("busy", metadata={"lock": self.prefix})
 
     async def acquire(self) -> None:
         """Wait for the lock (cancellable; a cancelled wait leaves the queue)."""
