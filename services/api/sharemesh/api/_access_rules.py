@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import uuid
 
+import grpc
+from google.longrunning import operations_pb2
+
 from sharemesh.ganesha import parse_client
 from sharemesh.runtime import names, operations, telemetry, validation
 from sharemesh.runtime.coordination import Txn, Versioned
@@ -42,13 +45,17 @@ class AccessRules(Base):
                 "the share is in ERROR; delete the share instead", reason="SHARE_NOT_USABLE"
             )
 
-    async def GetAccessRule(self, request, context):  # noqa: N802
+    async def GetAccessRule(  # noqa: N802
+        self, request: share_service_pb2.GetAccessRuleRequest, context: grpc.aio.ServicerContext
+    ) -> access_rule_pb2.AccessRule:
         validation.check_request(request)
         caller = self.caller(context)
         caller.check_resource(request.name)
         return rule_view(caller, await self._rule(request.name, "name"))
 
-    async def ListAccessRules(self, request, context):  # noqa: N802
+    async def ListAccessRules(  # noqa: N802
+        self, request: share_service_pb2.ListAccessRulesRequest, context: grpc.aio.ServicerContext
+    ) -> share_service_pb2.ListAccessRulesResponse:
         validation.check_request(request)
         names.SHARE.parse("parent", request.parent)
         caller = self.caller(context)
@@ -67,7 +74,9 @@ class AccessRules(Base):
         )
         return response
 
-    async def CreateAccessRule(self, request, context):  # noqa: N802
+    async def CreateAccessRule(  # noqa: N802
+        self, request: share_service_pb2.CreateAccessRuleRequest, context: grpc.aio.ServicerContext
+    ) -> operations_pb2.Operation:
         validation.check_request(request, "access_rule")
         names.SHARE.parse("parent", request.parent)
         caller = self.caller(context)
@@ -107,7 +116,9 @@ class AccessRules(Base):
         await self.nudge_backend(request.parent)
         return op
 
-    async def UpdateAccessRule(self, request, context):  # noqa: N802
+    async def UpdateAccessRule(  # noqa: N802
+        self, request: share_service_pb2.UpdateAccessRuleRequest, context: grpc.aio.ServicerContext
+    ) -> operations_pb2.Operation:
         validation.check_request(request, "access_rule", update=True)
         name = request.access_rule.name
         names.ACCESS_RULE.parse("access_rule.name", name)
@@ -140,7 +151,9 @@ class AccessRules(Base):
         await self.nudge_backend(name.rsplit("/accessRules/", 1)[0])
         return op
 
-    async def DeleteAccessRule(self, request, context):  # noqa: N802
+    async def DeleteAccessRule(  # noqa: N802
+        self, request: share_service_pb2.DeleteAccessRuleRequest, context: grpc.aio.ServicerContext
+    ) -> operations_pb2.Operation:
         validation.check_request(request)
         names.ACCESS_RULE.parse("name", request.name)
         caller = self.caller(context)

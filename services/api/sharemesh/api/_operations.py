@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import empty_pb2
 
@@ -37,13 +38,17 @@ class Operations(operations_pb2_grpc.OperationsServicer):
             raise NotFound(f"{name} not found")
         return found
 
-    async def GetOperation(self, request, context):  # noqa: N802
+    async def GetOperation(  # noqa: N802
+        self, request: operations_pb2.GetOperationRequest, context: grpc.aio.ServicerContext
+    ) -> operations_pb2.Operation:
         validation.check_request(request)
         caller = self._auth.caller(context)
         found = await self._get(request.name, caller)
         return operation_view(caller, found.value.operation, found.mod_revision)
 
-    async def ListOperations(self, request, context):  # noqa: N802
+    async def ListOperations(  # noqa: N802
+        self, request: operations_pb2.ListOperationsRequest, context: grpc.aio.ServicerContext
+    ) -> operations_pb2.ListOperationsResponse:
         # `name` is the collection's parent, `projects/{project}`.
         validation.check_request(request)
         project = names.PROJECT.parse("name", request.name)["project"]
@@ -70,7 +75,9 @@ class Operations(operations_pb2_grpc.OperationsServicer):
         )
         return response
 
-    async def WaitOperation(self, request, context):  # noqa: N802
+    async def WaitOperation(  # noqa: N802
+        self, request: operations_pb2.WaitOperationRequest, context: grpc.aio.ServicerContext
+    ) -> operations_pb2.Operation:
         validation.check_request(request)
         caller = self._auth.caller(context)
         found = await self._get(request.name, caller)
@@ -85,22 +92,27 @@ class Operations(operations_pb2_grpc.OperationsServicer):
                 async for event in self._store.watch_prefix(
                     found.key, found.mod_revision + 1, records_pb2.OperationRecord
                 ):
+                    record = event.value  # None for a DELETE
                     if (
                         event.key == found.key
-                        and event.kind == "PUT"
-                        and event.value.operation.done
+                        and isinstance(record, records_pb2.OperationRecord)
+                        and record.operation.done
                     ):
-                        return operation_view(caller, event.value.operation, event.mod_revision)
+                        return operation_view(caller, record.operation, event.mod_revision)
         found = await self._get(request.name, caller)
         return operation_view(caller, found.value.operation, found.mod_revision)
 
-    async def DeleteOperation(self, request, context):  # noqa: N802
+    async def DeleteOperation(  # noqa: N802
+        self, request: operations_pb2.DeleteOperationRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
         validation.check_request(request)
         await self._get(request.name, self._auth.caller(context))
         await self._store.delete(self._store.key_of(request.name))
         return empty_pb2.Empty()
 
-    async def CancelOperation(self, request, context):  # noqa: N802
+    async def CancelOperation(  # noqa: N802
+        self, request: operations_pb2.CancelOperationRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
         validation.check_request(request)
         await self._get(request.name, self._auth.caller(context))
         raise FailedPrecondition(

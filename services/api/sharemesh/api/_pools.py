@@ -3,6 +3,8 @@ reports (capacity, capabilities) and what the mesh has allocated on it."""
 
 from __future__ import annotations
 
+import grpc
+
 from sharemesh.runtime import names, validation
 from sharemesh.runtime.capacity import pool_allocations
 from sharemesh.runtime.coordination import Store
@@ -19,7 +21,9 @@ class Pools(pool_service_pb2_grpc.PoolServiceServicer):
         self._peers = peers
         self._auth = auth
 
-    async def ListPools(self, request, context):  # noqa: N802
+    async def ListPools(  # noqa: N802
+        self, request: pool_service_pb2.ListPoolsRequest, context: grpc.aio.ServicerContext
+    ) -> pool_service_pb2.ListPoolsResponse:
         self._auth.caller(context).check_admin()
         validation.check_request(request)
         parts = request.parent.split("/")
@@ -29,7 +33,7 @@ class Pools(pool_service_pb2_grpc.PoolServiceServicer):
             names.check_id("parent", parts[1])
         if request.page_token:
             raise InvalidArgument("page_token", "pools fit on one page; list again")
-        pools = []
+        pools: list[pool_pb2.Pool] = []
         allocations = await pool_allocations(self._store)
         for backend in await self._peers.backends():
             if parts[1] not in ("-", backend.name.split("/")[-1]):
@@ -48,4 +52,5 @@ class Pools(pool_service_pb2_grpc.PoolServiceServicer):
                 )
                 pool.capabilities.update(capacity.capabilities)
                 pools.append(pool)
-        return pool_service_pb2.ListPoolsResponse(pools=sorted(pools, key=lambda p: p.name))
+        pools.sort(key=lambda p: p.name)
+        return pool_service_pb2.ListPoolsResponse(pools=pools)

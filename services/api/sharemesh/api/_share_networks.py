@@ -4,9 +4,13 @@ its bridge, plugs attachments in, and tears it all down when the network is dele
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import uuid
+
+import grpc
+from google.longrunning import operations_pb2
 
 from sharemesh import network
 from sharemesh.runtime import names, operations, validation
@@ -49,7 +53,11 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
     async def network(self, name: str, field: str) -> Versioned[records_pb2.ShareNetworkRecord]:
         return await self.record(names.SHARE_NETWORK, name, field, records_pb2.ShareNetworkRecord)
 
-    async def ListShareNetworks(self, request, context):  # noqa: N802
+    async def ListShareNetworks(  # noqa: N802
+        self,
+        request: share_network_service_pb2.ListShareNetworksRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> share_network_service_pb2.ListShareNetworksResponse:
         validation.check_request(request)
         project = names.PROJECT.parse("parent", request.parent)["project"]
         caller = self.caller(context)
@@ -66,13 +74,21 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
             share_networks=[network_view(caller, i) for i in items], next_page_token=token
         )
 
-    async def GetShareNetwork(self, request, context):  # noqa: N802
+    async def GetShareNetwork(  # noqa: N802
+        self,
+        request: share_network_service_pb2.GetShareNetworkRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> share_network_pb2.ShareNetwork:
         validation.check_request(request)
         caller = self.caller(context)
         caller.check_resource(request.name)
         return network_view(caller, await self.network(request.name, "name"))
 
-    async def CreateShareNetwork(self, request, context):  # noqa: N802
+    async def CreateShareNetwork(  # noqa: N802
+        self,
+        request: share_network_service_pb2.CreateShareNetworkRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> operations_pb2.Operation:
         validation.check_request(request, "share_network")
         project = names.PROJECT.parse("parent", request.parent)["project"]
         caller = self.caller(context)
@@ -108,7 +124,11 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
 
         return await self.mutate(caller, name, "create", request, write)
 
-    async def DeleteShareNetwork(self, request, context):  # noqa: N802
+    async def DeleteShareNetwork(  # noqa: N802
+        self,
+        request: share_network_service_pb2.DeleteShareNetworkRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> operations_pb2.Operation:
         validation.check_request(request)
         caller = self.caller(context)
         caller.check_resource(request.name)
@@ -137,11 +157,15 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
         for host in await self.peers.hosts():
             self.peers.nudge(
                 f"sync {request.name}",
-                lambda h=host: self.peers.sync_share_network(h, request.name),
+                functools.partial(self.peers.sync_share_network, host, request.name),
             )
         return op
 
-    async def ListAttachments(self, request, context):  # noqa: N802
+    async def ListAttachments(  # noqa: N802
+        self,
+        request: share_network_service_pb2.ListAttachmentsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> share_network_service_pb2.ListAttachmentsResponse:
         validation.check_request(request)
         caller = self.caller(context)
         caller.check_resource(request.parent)
@@ -159,7 +183,11 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
             next_page_token=token,
         )
 
-    async def CreateAttachment(self, request, context):  # noqa: N802
+    async def CreateAttachment(  # noqa: N802
+        self,
+        request: share_network_service_pb2.CreateAttachmentRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> operations_pb2.Operation:
         validation.check_request(request, "attachment")
         # Plugging a host's namespaces in is the hypervisor's (an operator's) job: a
         # tenant could otherwise pull another tenant's guest onto its network.
@@ -220,7 +248,11 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
         )
         return op
 
-    async def DeleteAttachment(self, request, context):  # noqa: N802
+    async def DeleteAttachment(  # noqa: N802
+        self,
+        request: share_network_service_pb2.DeleteAttachmentRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> operations_pb2.Operation:
         validation.check_request(request)
         ATTACHMENT.parse("name", request.name)
         caller = self.caller(context)

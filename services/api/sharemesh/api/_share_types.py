@@ -4,6 +4,7 @@ without a record and asks for nothing."""
 
 from __future__ import annotations
 
+import grpc
 from google.protobuf import empty_pb2
 
 from sharemesh.runtime import names, operations, validation
@@ -43,7 +44,11 @@ class ShareTypes(share_type_service_pb2_grpc.ShareTypeServiceServicer):
         self._auth = auth
         self._cache = cache
 
-    async def ListShareTypes(self, request, context):  # noqa: N802
+    async def ListShareTypes(  # noqa: N802
+        self,
+        request: share_type_service_pb2.ListShareTypesRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> share_type_service_pb2.ListShareTypesResponse:
         self._auth.caller(context)
         validation.check_request(request)
         items, token = await _paging.page(
@@ -61,12 +66,18 @@ class ShareTypes(share_type_service_pb2_grpc.ShareTypeServiceServicer):
             share_types=types, next_page_token=token
         )
 
-    async def GetShareType(self, request, context):  # noqa: N802
+    async def GetShareType(  # noqa: N802
+        self, request: share_type_service_pb2.GetShareTypeRequest, context: grpc.aio.ServicerContext
+    ) -> share_type_pb2.ShareType:
         self._auth.caller(context)
         validation.check_request(request)
         return await share_type(self._store, request.name, "name")
 
-    async def CreateShareType(self, request, context):  # noqa: N802
+    async def CreateShareType(  # noqa: N802
+        self,
+        request: share_type_service_pb2.CreateShareTypeRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> share_type_pb2.ShareType:
         self._auth.caller(context).check_admin()
         validation.check_request(request, "share_type")
         names.check_id("share_type_id", request.share_type_id)
@@ -93,7 +104,11 @@ class ShareTypes(share_type_service_pb2_grpc.ShareTypeServiceServicer):
         record.etag = str(revision)
         return record
 
-    async def DeleteShareType(self, request, context):  # noqa: N802
+    async def DeleteShareType(  # noqa: N802
+        self,
+        request: share_type_service_pb2.DeleteShareTypeRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> empty_pb2.Empty:
         self._auth.caller(context).check_admin()
         validation.check_request(request)
         names.SHARE_TYPE.parse("name", request.name)

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
 from google.protobuf import empty_pb2
 
 from sharemesh import network
@@ -42,13 +43,17 @@ class DriverService(driver_service_pb2_grpc.DriverServiceServicer):
     def __init__(self, app: DriverHostApp) -> None:
         self._app = app
 
-    async def SyncShare(self, request, context):  # noqa: N802
+    async def SyncShare(  # noqa: N802
+        self, request: driver_service_pb2.SyncShareRequest, context: grpc.aio.ServicerContext
+    ) -> driver_service_pb2.SyncShareResponse:
         names.SHARE.parse("name", request.name)
         # A nudge: the work queue syncs the share soon; the watch would find it anyway.
         self._app.sync(request.name)
         return driver_service_pb2.SyncShareResponse()
 
-    async def GetBackend(self, request, context):  # noqa: N802
+    async def GetBackend(  # noqa: N802
+        self, request: driver_service_pb2.GetBackendRequest, context: grpc.aio.ServicerContext
+    ) -> driver_service_pb2.GetBackendResponse:
         return driver_service_pb2.GetBackendResponse(backend=await self._app.registration())
 
 

@@ -9,6 +9,8 @@ import asyncio
 import logging
 from pathlib import Path
 
+import grpc
+
 from sharemesh import network
 from sharemesh.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from sharemesh.runtime import names, retry
@@ -27,13 +29,19 @@ class GatewayService(gateway_service_pb2_grpc.GatewayServiceServicer):
     def __init__(self, networks: Networks) -> None:
         self._networks = networks
 
-    async def SyncShareNetwork(self, request, context):  # noqa: N802
+    async def SyncShareNetwork(  # noqa: N802
+        self,
+        request: gateway_service_pb2.SyncShareNetworkRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> gateway_service_pb2.SyncShareNetworkResponse:
         names.SHARE_NETWORK.parse("share_network", request.share_network)
         # Shielded: a caller that gives up must not cancel half-made plumbing.
         await asyncio.shield(self._networks.sync(request.share_network))
         return gateway_service_pb2.SyncShareNetworkResponse()
 
-    async def SyncAttachment(self, request, context):  # noqa: N802
+    async def SyncAttachment(  # noqa: N802
+        self, request: gateway_service_pb2.SyncAttachmentRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_service_pb2.SyncAttachmentResponse:
         names.SHARE_NETWORK.parse("share_network", request.share_network)
         await asyncio.shield(self._networks.sync(request.share_network))
         return gateway_service_pb2.SyncAttachmentResponse()

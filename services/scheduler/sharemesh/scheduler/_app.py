@@ -11,6 +11,8 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 
+import grpc
+
 from sharemesh.runtime import controllers, operations, retry
 from sharemesh.runtime.coordination import Election, Leadership, Versioned, keys
 from sharemesh.runtime.errors import Unavailable
@@ -44,7 +46,9 @@ class SchedulerService(scheduler_service_pb2_grpc.SchedulerServiceServicer):
     def __init__(self, app: SchedulerApp) -> None:
         self._app = app
 
-    async def PlaceShare(self, request, context):  # noqa: N802
+    async def PlaceShare(  # noqa: N802
+        self, request: scheduler_service_pb2.PlaceShareRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_service_pb2.PlaceShareResponse:
         if self._app.placer is None:
             raise Unavailable("this scheduler is standing by; ask the leader")
         # A nudge: the queue places it soon; the leader's watch would find it anyway.
