@@ -474,9 +474,14 @@ class GaneshaInstance:
         export_id = export.export_id
         # Wanted from now on: a restart before this returns re-applies it, not an older one.
         self._known[export_id] = export
+        if await self._serves_already(export):
+            # After a restart of this service, Ganesha kept serving: one look, no reload.
+            self._accepted[export_id] = export
+            return
         self.exports_dir.mkdir(parents=True, exist_ok=True)
         staged = self._staged_file(export_id)
         _write_atomic(staged, export.render())
+        included = self._export_file(export_id).exists()
         try:
             with self._reaching(f"export {export_id}"):
                 await self._load(export, staged)
@@ -491,7 +496,8 @@ class GaneshaInstance:
         finally:
             staged.unlink(missing_ok=True)
         self._refused_file(export_id).unlink(missing_ok=True)
-        self._write_main_config()
+        if not included:  # an update keeps its %include line: no O(exports) rewrite
+            self._write_main_config()
         self._accepted[export_id] = export
         log.info(
             "export %s %s -> %s clients %s applied in %.3fs",
@@ -500,6 +506,25 @@ class GaneshaInstance:
             export.path,
             export.expected_clients(),
             time.monotonic() - started,
+        )
+
+    async def _serves_already(self, export: Export) -> bool:
+        """Whether Ganesha serves `export` exactly, from its accepted file on disk."""
+        try:
+            on_disk = self._export_file(export.export_id).read_text()
+        except FileNotFoundError:
+            return False
+        if on_disk != export.render():
+            return False
+        try:
+            with self._reaching(f"export {export.export_id}"):
+                live = await self._mgr.display(export.export_id)
+        except DBusError:
+            return False  # the full apply below says what is wrong
+        return (
+            live is not None
+            and (live.path, live.pseudo) == (export.path, export.pseudo)
+            and list(live.clients) == export.expected_clients()
         )
 
     async def _load(self, export: Export, staged: Path) -> None:
