@@ -168,6 +168,7 @@ class GaneshaInstance:
         # the latest one Ganesha accepted.
         self._known: dict[int, Export] = {}
         self._accepted: dict[int, Export] = {}
+        self._loaded_from_files: set[int] = set()
         self._stopped = True
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -208,7 +209,12 @@ class GaneshaInstance:
         """Adopt the running Ganesha, or start one serving every export file on disk.
         Returns the exports it refused (their files are set aside); the others serve."""
         async with self._lock:
-            return await self._start_locked()
+            refused = await self._start_locked()
+            # What it serves now is what its files say: the first apply of each is a
+            # lookup (a restart with a thousand shares must not reload a thousand).
+            with self._reaching("ShowExports"):
+                self._loaded_from_files = await self._mgr.export_ids()
+            return refused
 
     async def _start_locked(self) -> list[RefusedExport]:
         if self.adopt():
@@ -516,6 +522,9 @@ class GaneshaInstance:
             return False
         if on_disk != export.render():
             return False
+        if export.export_id in self._loaded_from_files:
+            self._loaded_from_files.discard(export.export_id)
+            return True
         try:
             with self._reaching(f"export {export.export_id}"):
                 live = await self._mgr.display(export.export_id)
