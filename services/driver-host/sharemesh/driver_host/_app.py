@@ -9,8 +9,9 @@ import argparse
 import asyncio
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from google.protobuf import empty_pb2
@@ -37,6 +38,8 @@ ShareRecord = records_pb2.ShareRecord
 RuleRecord = records_pb2.AccessRuleRecord
 _WAITING = (Share.CREATING, Share.UPDATING, Share.DELETING)
 _WORKERS = 16  # shares synced at once (each holds its share's etcd lock)
+_READS_IN_FLIGHT = 32  # etcd reads at once while listing this backend's records
+T = TypeVar("T")
 
 
 class DriverService(driver_service_pb2_grpc.DriverServiceServicer):
@@ -135,13 +138,13 @@ class DriverHostApp:
         indexed, revision = await controllers.list_prefix(
             self._store, keys.backend_index_prefix(self._store.root, backend), empty_pb2.Empty
         )
-        shares = []
-        for index in indexed:  # each read at or after `revision`, as the informer needs
-            key = self._store.key_of(keys.share_of_index_key(index.key))
-            found = await self._store.get(key, ShareRecord)
-            if found is not None and found.value.backend == self.backend:
-                shares.append(found)
-        return shares, revision
+        # Each read at or after `revision`, as the informer needs; many at once, so a
+        # restart with a thousand shares is not a thousand round trips in a row.
+        found = await _bounded(
+            self._store.get(self._store.key_of(keys.share_of_index_key(i.key)), ShareRecord)
+            for i in indexed
+        )
+        return [f for f in found if f is not None and f.value.backend == self.backend], revision
 
     def _rule_is_mine(self, rule: RuleRecord) -> bool:
         share = rule.rule.name.rsplit("/accessRules/", 1)[0]
@@ -150,13 +153,13 @@ class DriverHostApp:
     async def _list_own_rules(self) -> tuple[list[Versioned[RuleRecord]], int]:
         # The revision first: every list below reads at or after it.
         _, revision = await _client.get_kv(self._store.client, self._store.root)
-        rules: list[Versioned[RuleRecord]] = []
-        for share in self._shares.items():
-            found, _ = await self._store.list_all(
+        listed = await _bounded(
+            self._store.list_all(
                 self._store.prefix_of(share.value.share.name, "accessRules"), RuleRecord
             )
-            rules.extend(found)
-        return rules, revision
+            for share in self._shares.items()
+        )
+        return [rule for rules, _ in listed for rule in rules], revision
 
     def _share_changed(
         self, old: Versioned[ShareRecord] | None, new: Versioned[ShareRecord] | None
@@ -269,6 +272,17 @@ class DriverHostApp:
             await self.share_servers.stop(stop_servers=release)
         await self.driver.stop(stop_servers=release)
         await self._peers.close()
+
+
+async def _bounded(calls: Iterable[Awaitable[T]], limit: int = _READS_IN_FLIGHT) -> list[T]:
+    """The results of `calls`, in order, with at most `limit` of them in flight."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Awaitable[T]) -> T:
+        async with gate:
+            return await call
+
+    return list(await asyncio.gather(*(one(call) for call in calls)))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
