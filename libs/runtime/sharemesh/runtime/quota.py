@@ -3,16 +3,14 @@ the same transaction as the shares' own `allocated_gib`, and checked against its
 
 from __future__ import annotations
 
-from sharemesh.state.v1.records_pb2 import ProjectUsage
-
+from . import ledger
 from .config import QuotaConfig
-from .coordination import Store, Txn, keys
+from .coordination import Store, Txn
 from .errors import ResourceExhausted
 
 
 async def used_gib(store: Store, project: str) -> int:
-    found = await store.get(keys.usage_key(store.root, project), ProjectUsage)
-    return found.value.share_gib if found else 0
+    return (await ledger.read_usage(store, project)).value
 
 
 def check(quotas: QuotaConfig, project: str, used: int, more_gib: int) -> None:
@@ -34,10 +32,4 @@ def check(quotas: QuotaConfig, project: str, used: int, more_gib: int) -> None:
 async def adjust(store: Store, txn: Txn, project: str, delta_gib: int) -> int:
     """Adds to `txn` the change of the project's usage by `delta_gib`, compared with the
     value read, so a concurrent change makes the txn fail (retry). Returns the new usage."""
-    key = keys.usage_key(store.root, project)
-    found = await store.get(key, ProjectUsage)
-    used = max((found.value.share_gib if found else 0) + delta_gib, 0)
-    txn.put(key, ProjectUsage(share_gib=used), found.mod_revision if found else None)
-    if found is None:
-        txn.check(key, 0)
-    return used
+    return (await ledger.read_usage(store, project)).add(txn, delta_gib)

@@ -10,7 +10,7 @@ import grpc
 from google.longrunning import operations_pb2
 
 from sharemesh.ganesha import parse_client
-from sharemesh.runtime import names, operations, telemetry, validation
+from sharemesh.runtime import lifecycle, names, operations, telemetry, validation
 from sharemesh.runtime.coordination import Txn, Versioned
 from sharemesh.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from sharemesh.state.v1 import records_pb2
@@ -102,9 +102,7 @@ class AccessRules(Base):
             record.rule.CopyFrom(request.access_rule)
             record.rule.name = name
             record.rule.access_to = access_to
-            record.rule.state = AccessRule.CREATING
-            record.rule.create_time.CopyFrom(operations.now())
-            record.rule.update_time.CopyFrom(record.rule.create_time)
+            lifecycle.access_rule.requested(record)
             operations.set_progress(op, "applying the export's client list", 10)
             # The share is written, not just compared: two rules for one address created at
             # once then conflict, and a concurrent delete cannot orphan the rule.
@@ -137,15 +135,8 @@ class AccessRules(Base):
             await self._share_takes_changes(name)
             if record.delete_requested:
                 raise FailedPrecondition("the rule is being deleted", reason="RULE_DELETING")
-            record.rule.access_level = request.access_rule.access_level
-            self.queue(
-                txn,
-                found,
-                record.rule,
-                AccessRule.UPDATING,
-                op,
-                "applying the export's client list",
-            )
+            lifecycle.access_rule.update_requested(record, request.access_rule.access_level)
+            self.wait_on(txn, found, op, "applying the export's client list")
 
         op = await self.mutate(caller, name, "update", request, write)
         await self.nudge_backend(name.rsplit("/accessRules/", 1)[0])
@@ -163,16 +154,8 @@ class AccessRules(Base):
             found = await self._rule(request.name, "name")
             check_etag(request.etag, found, "etag")
             await self._share_takes_changes(request.name)
-            record = found.value
-            record.delete_requested = True
-            self.queue(
-                txn,
-                found,
-                record.rule,
-                AccessRule.DELETING,
-                op,
-                "removing the client from the export",
-            )
+            lifecycle.access_rule.delete_requested(found.value)
+            self.wait_on(txn, found, op, "removing the client from the export")
 
         op = await self.mutate(caller, request.name, "delete", request, write)
         await self.nudge_backend(request.name.rsplit("/accessRules/", 1)[0])

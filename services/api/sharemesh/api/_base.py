@@ -131,11 +131,23 @@ class Base:
         op: records_pb2.OperationRecord,
         detail: str,
     ) -> None:
-        """Puts `resource` (the record's Share or AccessRule) into `state` and makes `op`
-        wait for the driver-host, in `txn`, compared with the record as it was read."""
+        """Puts `resource` (the record's ShareNetwork or Attachment) into `state` and
+        makes `op` wait, as `wait_on` does. Shares and access rules move through their
+        lifecycle (sharemesh.runtime.lifecycle) instead."""
         resource.state = state  # type: ignore[attr-defined]
         if "update_time" in resource.DESCRIPTOR.fields_by_name:
             resource.update_time.CopyFrom(operations.now())  # type: ignore[attr-defined]
+        self.wait_on(txn, found, op, detail)
+
+    def wait_on(
+        self,
+        txn: Txn,
+        found: Versioned,  # type: ignore[type-arg]
+        op: records_pb2.OperationRecord,
+        detail: str,
+    ) -> None:
+        """Makes `op` wait for the service that acts on the record (already moved to its
+        new state), in `txn`, compared with the record as it was read."""
         found.value.pending_operations.append(op.operation.name)
         if isinstance(found.value, records_pb2.ShareRecord):
             found.value.trace_parent = telemetry.traceparent()

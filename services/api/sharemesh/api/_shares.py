@@ -10,8 +10,17 @@ import grpc
 from google.longrunning import operations_pb2
 from google.protobuf import empty_pb2
 
-from sharemesh.runtime import capacity, names, operations, quota, telemetry, validation
-from sharemesh.runtime.coordination import Txn, Versioned, keys
+from sharemesh.runtime import (
+    capacity,
+    ledger,
+    lifecycle,
+    names,
+    operations,
+    quota,
+    telemetry,
+    validation,
+)
+from sharemesh.runtime.coordination import Txn, Versioned
 from sharemesh.runtime.errors import (
     Aborted,
     BackendUnavailable,
@@ -23,14 +32,13 @@ from sharemesh.runtime.errors import (
     ShareNotActive,
 )
 from sharemesh.state.v1 import records_pb2
-from sharemesh.v1 import access_rule_pb2, share_pb2, share_service_pb2
+from sharemesh.v1 import share_pb2, share_service_pb2
 
 from . import _paging, _share_types
 from ._auth import Caller
 from ._base import Base, check_etag, view
 
 Share = share_pb2.Share
-AccessRule = access_rule_pb2.AccessRule
 MAX_SHARE_GIB = 16 * 1024
 DEFAULT_SHARE_TYPE = _share_types.DEFAULT
 _STATE_FILTER = re.compile(r"^\s*state\s*=\s*\"?([A-Z_]+)\"?\s*$")
@@ -140,10 +148,8 @@ class Shares(Base):
             record.share.uid = uuid.uuid4().hex
             record.share.protocol = Share.NFS
             record.share.share_type = share_type
-            record.share.state = Share.CREATING
+            lifecycle.share.requested(record)
             record.trace_parent = telemetry.traceparent()
-            record.share.create_time.CopyFrom(operations.now())
-            record.share.update_time.CopyFrom(record.share.create_time)
             operations.set_progress(op, "waiting for placement", 5)
             txn.create(self.store.key_of(name), record)
             if share.share_network:
@@ -220,10 +226,8 @@ class Shares(Base):
                 await operations.finish_for_deleted(self.store, txn, record.pending_operations)
                 operations.finish(op, response=empty_pb2.Empty())
                 return
-            record.share.state_message = ""
-            record.delete_requested = True
-            record.force_delete = request.force
-            self.queue(txn, found, record.share, Share.DELETING, op, "deleting on the backend")
+            lifecycle.share.delete_requested(record, request.force)
+            self.wait_on(txn, found, op, "deleting on the backend")
 
         op = await self.mutate(caller, request.name, "delete", request, write)
         if not unplaced:
@@ -259,9 +263,8 @@ class Shares(Base):
                     "shrink_support",
                     f"pool {record.pool} cannot shrink shares (capability shrink_support is false)",
                 )
-            allocation_key = keys.pool_allocation_key(self.store.root, record.pool)
-            allocation = await self.store.get(allocation_key, records_pb2.PoolAllocation)
-            allocated = allocation.value.allocated_gib if allocation else 0
+            allocation = await ledger.read_pool(self.store, record.pool)
+            allocated = allocation.value
             limit = capacity.limit_gib(
                 pool.total_gib, pool.capabilities, thin=not record.thick_provisioned
             )
@@ -273,18 +276,9 @@ class Shares(Base):
             used = await quota.adjust(self.store, txn, record.project, delta)
             if delta > 0:
                 quota.check(self.quotas, record.project, used - delta, delta)
-            txn.put(
-                allocation_key,
-                records_pb2.PoolAllocation(allocated_gib=allocated + delta),
-                allocation.mod_revision if allocation else None,
-            )
-            if allocation is None:
-                txn.check(allocation_key, 0)
-            record.share.size_gib = request.size_gib
-            record.allocated_gib += delta
-            self.queue(
-                txn, found, record.share, Share.UPDATING, op, f"resizing to {request.size_gib} GiB"
-            )
+            allocation.add(txn, delta)
+            record.allocated_gib += lifecycle.share.resize_requested(record, request.size_gib)
+            self.wait_on(txn, found, op, f"resizing to {request.size_gib} GiB")
 
         op = await self.mutate(caller, request.name, "resize", request, write)
         if not op.done:
@@ -305,20 +299,14 @@ class Shares(Base):
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
             found = await self.share_record(request.name, "name")
             record = found.value
-            if request.state == Share.ACTIVE and record.realized_size_gib == 0:
-                raise FailedPrecondition(
-                    f"{request.name} was never made on a backend; delete it instead",
-                    reason="SHARE_NOT_REALIZED",
-                )
+            lifecycle.share.reset(record, request.state)  # ACTIVE: made true again
             # Whatever waited on the share waits no more; a reset share is not deleting.
             stopped = Aborted(f"{request.name} was reset to {wanted} by an administrator")
             pending = list(record.pending_operations)
             del record.pending_operations[:]
             await operations.finish_pending(self.store, txn, pending, error=stopped)
-            record.delete_requested = record.force_delete = False
             if request.state == Share.ACTIVE:
-                record.share.state_message = ""
-                self.queue(txn, found, record.share, Share.UPDATING, op, "making it true again")
+                self.wait_on(txn, found, op, "making it true again")
                 return
             for rule in await self.rule_records(request.name):
                 if rule.value.pending_operations:
@@ -327,12 +315,8 @@ class Shares(Base):
                     )
                     del rule.value.pending_operations[:]
                     if not rule.value.delete_requested:
-                        rule.value.rule.state = AccessRule.ERROR
-                        rule.value.rule.state_message = stopped.message
+                        lifecycle.access_rule.failed(rule.value, stopped.message)
                     txn.put(rule.key, rule.value, rule.mod_revision)
-            record.share.state = Share.ERROR
-            record.share.state_message = "reset to ERROR by an administrator"
-            record.share.update_time.CopyFrom(operations.now())
             txn.put(found.key, record, found.mod_revision)
             operations.finish(op, response=record.share)
 

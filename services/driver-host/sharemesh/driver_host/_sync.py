@@ -13,7 +13,17 @@ import grpc
 from google.protobuf import empty_pb2
 
 from sharemesh import network
-from sharemesh.runtime import controllers, errors, export_ids, operations, quota, retry, telemetry
+from sharemesh.runtime import (
+    controllers,
+    errors,
+    export_ids,
+    ledger,
+    lifecycle,
+    operations,
+    quota,
+    retry,
+    telemetry,
+)
 from sharemesh.runtime.coordination import Mutex, Session, Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import (
     Aborted,
@@ -209,12 +219,7 @@ class ShareSync:
         if _settled(record, rules) and served in ([], list(record.share.export_locations)):
             return  # already true and recorded so: a repeated sync writes nothing
         txn = self._store.txn().fence(lock)
-        record.share.state = Share.ACTIVE
-        record.share.state_message = ""
-        record.realized_size_gib = record.share.size_gib
-        if served:
-            del record.share.export_locations[:]
-            record.share.export_locations.extend(served)
+        lifecycle.share.realized(record, served)
         await self._settle_rules(txn, rules)
         await self._finish(txn, found, response=record.share)
         await txn.commit()
@@ -242,8 +247,7 @@ class ShareSync:
             return await self._driver.create_share(spec)
         if record.share.size_gib > record.realized_size_gib:
             await self._driver.resize_share(spec, record.share.size_gib)
-            # Grown for real (XFS cannot shrink back): a later failure must not undo it.
-            record.realized_size_gib = record.share.size_gib
+            lifecycle.share.grown(record)  # for real: a later failure must not undo it
         return []
 
     async def _export_on_backend(
@@ -432,9 +436,7 @@ class ShareSync:
                 txn.delete(rule.key, rule.mod_revision)
                 await operations.finish_pending(self._store, txn, pending)
             elif pending or rule.value.rule.state != AccessRule.ACTIVE:
-                rule.value.rule.state = AccessRule.ACTIVE
-                rule.value.rule.state_message = ""
-                rule.value.rule.update_time.CopyFrom(operations.now())
+                lifecycle.access_rule.applied(rule.value)
                 del rule.value.pending_operations[:]
                 txn.put(rule.key, rule.value, rule.mod_revision)
                 await operations.finish_pending(self._store, txn, pending, response=rule.value.rule)
@@ -554,9 +556,7 @@ class ShareSync:
         deleted again (with `force` to drop the record whatever the backend says)."""
         record = found.value
         error = errors.for_tenant(error, f"delete of {record.share.name}", log)
-        record.delete_requested = False
-        record.share.state = Share.ERROR
-        record.share.state_message = f"delete failed: {error.message}"
+        lifecycle.share.delete_refused(record, error.message)
         txn = self._store.txn().fence(lock)
         await self._finish(txn, found, error=error)
         await txn.commit()
@@ -568,13 +568,11 @@ class ShareSync:
         gib = record.allocated_gib if gib is None else gib
         if not gib:
             return
-        key = keys.pool_allocation_key(self._store.root, record.pool)
-        allocation = await self._store.get(key, records_pb2.PoolAllocation)
-        if allocation is None:
+        allocation = await ledger.read_pool(self._store, record.pool)
+        if allocation.found is None:
             return
         await quota.adjust(self._store, txn, record.project, -gib)
-        left = max(allocation.value.allocated_gib - gib, 0)
-        txn.put(key, records_pb2.PoolAllocation(allocated_gib=left), allocation.mod_revision)
+        allocation.add(txn, -gib)
         record.allocated_gib -= gib
 
     def _host_index_key(self, record: records_pb2.ShareRecord) -> str:
@@ -613,8 +611,6 @@ class ShareSync:
         record = found.value
         error = errors.for_tenant(error, record.share.name, log)
         txn = self._store.txn().fence(lock)
-        record.share.state = Share.ERROR
-        record.share.state_message = error.message
         if record.realized_size_gib == 0:
             try:
                 await self._driver.delete_share(spec)
@@ -629,20 +625,17 @@ class ShareSync:
                 ):
                     await self._place_elsewhere(txn, found, error)
                     return
-        elif record.share.size_gib > record.realized_size_gib:
-            wanted = record.share.size_gib
-            await self._release(txn, record, wanted - record.realized_size_gib)
-            record.share.size_gib = record.realized_size_gib
-            record.share.state = Share.ACTIVE
-            record.share.state_message = f"resize to {wanted} GiB failed: {error.message}"
+        if record.share.size_gib > record.realized_size_gib > 0:
+            await self._release(txn, record, lifecycle.share.grow_failed(record, error.message))
+        else:
+            lifecycle.share.failed(record, error.message)
         for rule in rules:
             if rule.value.pending_operations:
                 await operations.finish_pending(
                     self._store, txn, rule.value.pending_operations, error=error
                 )
                 del rule.value.pending_operations[:]
-                rule.value.rule.state = AccessRule.ERROR
-                rule.value.rule.state_message = error.message
+                lifecycle.access_rule.failed(rule.value, error.message)
                 txn.put(rule.key, rule.value, rule.mod_revision)
         await self._finish(txn, found, error=error)
         await txn.commit()
@@ -652,17 +645,10 @@ class ShareSync:
     ) -> None:
         """Hands a create that failed here back to the scheduler, which skips this pool."""
         record = found.value
-        failed_pool = record.pool
         self._unindex(txn, record)
-        record.tried_pools.append(failed_pool)
-        record.backend = record.pool = record.share.pool = record.host = ""
         self._release_export_id(txn, record)
-        record.export_id = 0
-        record.ClearField("gateway_access")
-        record.share.state = Share.CREATING  # waiting for placement again
         # Which pool failed is for admins (Share.pool is theirs); the log names it.
-        record.share.state_message = f"retrying on another pool: {error.message}"
-        record.share.update_time.CopyFrom(operations.now())
+        failed_pool = lifecycle.share.retried_elsewhere(record, error.message)
         txn.put(found.key, record, found.mod_revision)
         await txn.commit()
         log.info("%s failed on %s; asked for another pool", record.share.name, failed_pool)

@@ -10,7 +10,17 @@ import logging
 
 from google.protobuf import empty_pb2
 
-from sharemesh.runtime import capacity, errors, export_ids, operations, quota, retry, telemetry
+from sharemesh.runtime import (
+    capacity,
+    errors,
+    export_ids,
+    ledger,
+    lifecycle,
+    operations,
+    quota,
+    retry,
+    telemetry,
+)
 from sharemesh.runtime.config import QuotaConfig
 from sharemesh.runtime.coordination import Leadership, Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import Aborted, ResourceExhausted, ShareMeshError, Unavailable
@@ -119,29 +129,20 @@ class Placer:
         except NoValidPool as reason:
             await self._no_valid_pool(found, candidates, allocations, str(reason))
             return None
-        allocation = allocations.get(chosen.pool)
-        key = keys.pool_allocation_key(self._store.root, chosen.pool)
-        txn.put(
-            key,
-            records_pb2.PoolAllocation(allocated_gib=chosen.allocated_gib + record.share.size_gib),
-            allocation.mod_revision if allocation else None,
-        )
-        if allocation is None:
-            txn.check(key, 0)
+        ledger.pool(self._store, chosen.pool, allocations.get(chosen.pool)).add(txn, size)
         try:
-            record.export_id = await self._take_export_id(txn, chosen.backend.split("/")[-1])
+            export_id = await self._take_export_id(txn, chosen.backend.split("/")[-1])
         except ResourceExhausted as exhausted:
             await self._fail(found, exhausted)
             return None
-        record.backend = chosen.backend
-        record.pool = chosen.pool
-        record.allocated_gib = record.share.size_gib
-        record.thick_provisioned = not capacity.provisions_thin(
-            chosen.capabilities, request.extra_specs
+        lifecycle.share.placed(
+            record,
+            backend=chosen.backend,
+            pool=chosen.pool,
+            export_id=export_id,
+            thick=not capacity.provisions_thin(chosen.capabilities, request.extra_specs),
+            availability_zone=chosen.availability_zone,
         )
-        record.share.pool = chosen.pool
-        if not record.share.availability_zone:  # the zone the scheduler chose for it
-            record.share.availability_zone = chosen.availability_zone
         txn.put(found.key, record, found.mod_revision)
         # In the same transaction: the backend finds its shares through this key.
         backend = chosen.backend.split("/")[-1]
@@ -154,14 +155,12 @@ class Placer:
     async def _take_export_id(self, txn: Txn, backend: str) -> int:
         """Export ids are unique per backend Ganesha; only the leader hands them out."""
         root = self._store.root
-        ids_key = keys.export_ids_key(root, backend)
-        ids = await self._store.get(ids_key, records_pb2.ExportIdCounter)
-        last = ids.value.last_export_id if ids else 0
+        ids = await ledger.read_export_ids(self._store, backend)
         oldest, _, _ = await self._store.list(
             keys.released_export_ids_prefix(root, backend), records_pb2.ReleasedExportId, limit=1
         )
         choice = export_ids.choose(
-            last,
+            ids.value,
             oldest[0].value if oldest else None,
             operations.now(),
             self._export_id_quarantine,
@@ -169,14 +168,7 @@ class Placer:
         if choice.reused:
             txn.delete(oldest[0].key, oldest[0].mod_revision)
             return choice.export_id
-        txn.put(
-            ids_key,
-            records_pb2.ExportIdCounter(last_export_id=choice.export_id),
-            ids.mod_revision if ids else None,
-        )
-        if ids is None:
-            txn.check(ids_key, 0)
-        return choice.export_id
+        return ids.set(txn, choice.export_id)
 
     async def _candidates(
         self,
@@ -252,9 +244,7 @@ class Placer:
     async def _fail(self, found: Versioned[records_pb2.ShareRecord], error: ShareMeshError) -> None:
         record = found.value
         error = errors.for_tenant(error, record.share.name, log)
-        record.share.state = Share.ERROR
-        record.share.state_message = error.message
-        record.share.update_time.CopyFrom(operations.now())
+        lifecycle.share.failed(record, error.message)
         pending = list(record.pending_operations)
         del record.pending_operations[:]
         txn = self._store.txn().fence(self._leadership).put(found.key, record, found.mod_revision)

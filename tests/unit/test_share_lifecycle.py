@@ -1,0 +1,223 @@
+"""A share's and an access rule's state machines: every transition, and the illegal ones
+refused with FAILED_PRECONDITION naming the state (records only, no I/O)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sharemesh.runtime.errors import FailedPrecondition
+from sharemesh.runtime.lifecycle import access_rule, share
+from sharemesh.state.v1 import records_pb2
+from sharemesh.v1 import access_rule_pb2, share_pb2
+
+Share = share_pb2.Share
+AccessRule = access_rule_pb2.AccessRule
+NAME = "projects/p/shares/s"
+ALL = (Share.CREATING, Share.ACTIVE, Share.UPDATING, Share.DELETING, Share.ERROR)
+
+
+def new(size_gib: int = 2) -> records_pb2.ShareRecord:
+    record = records_pb2.ShareRecord(project="p")
+    record.share.name = NAME
+    record.share.size_gib = size_gib
+    share.requested(record)
+    return record
+
+
+def placed(size_gib: int = 2) -> records_pb2.ShareRecord:
+    record = new(size_gib)
+    share.placed(
+        record,
+        backend="backends/b",
+        pool="backends/b/pools/p1",
+        export_id=7,
+        thick=False,
+        availability_zone="az1",
+    )
+    return record
+
+
+def active(size_gib: int = 2) -> records_pb2.ShareRecord:
+    record = placed(size_gib)
+    share.realized(record, [share_pb2.ExportLocation(path="/s", nfs_port=2049)])
+    return record
+
+
+def in_state(state: int) -> records_pb2.ShareRecord:
+    record = active()
+    record.share.state = state  # type: ignore[assignment]
+    record.delete_requested = state == Share.DELETING
+    return record
+
+
+def test_a_new_share_is_creating_and_stamped() -> None:
+    record = new()
+    assert record.share.state == Share.CREATING
+    assert record.share.create_time == record.share.update_time
+    assert record.share.update_time.seconds > 0
+    with pytest.raises(FailedPrecondition, match="is CREATING"):
+        share.requested(record)
+
+
+def test_placement_holds_the_size_on_a_pool_and_keeps_creating() -> None:
+    record = placed()
+    assert record.share.state == Share.CREATING
+    assert (record.backend, record.pool, record.share.pool) == (
+        "backends/b",
+        "backends/b/pools/p1",
+        "backends/b/pools/p1",
+    )
+    assert (record.export_id, record.allocated_gib, record.share.availability_zone) == (7, 2, "az1")
+    for state in (Share.ACTIVE, Share.UPDATING, Share.DELETING, Share.ERROR):
+        with pytest.raises(FailedPrecondition, match=Share.State.Name(state)):
+            share.placed(
+                in_state(state),
+                backend="b",
+                pool="p",
+                export_id=1,
+                thick=False,
+                availability_zone="",
+            )
+
+
+def test_realized_is_active_at_its_size_with_its_locations() -> None:
+    record = active()
+    assert record.share.state == Share.ACTIVE and not record.share.state_message
+    assert record.realized_size_gib == 2
+    assert [e.path for e in record.share.export_locations] == ["/s"]
+    share.realized(record)  # a resync keeps the recorded locations
+    assert [e.path for e in record.share.export_locations] == ["/s"]
+    for state in (Share.DELETING, Share.ERROR):
+        with pytest.raises(FailedPrecondition, match=Share.State.Name(state)):
+            share.realized(in_state(state))
+
+
+def test_a_resize_asks_for_the_size_then_the_backend_grows_it() -> None:
+    record = active()
+    assert share.resize_requested(record, 5) == 3
+    assert (record.share.state, record.share.size_gib, record.realized_size_gib) == (
+        Share.UPDATING,
+        5,
+        2,
+    )
+    share.grown(record)
+    assert record.realized_size_gib == 5 and record.share.state == Share.UPDATING
+    share.realized(record)
+    assert record.share.state == Share.ACTIVE
+    for state in (Share.CREATING, Share.UPDATING, Share.DELETING, Share.ERROR):
+        with pytest.raises(FailedPrecondition, match=Share.State.Name(state)) as refused:
+            share.resize_requested(in_state(state), 9)
+        assert refused.value.reason == "SHARE_NOT_ACTIVE"
+    with pytest.raises(FailedPrecondition, match="CREATING"):
+        share.grown(placed())
+
+
+def test_a_failed_grow_leaves_the_share_active_at_its_old_size() -> None:
+    record = active()
+    share.resize_requested(record, 5)
+    assert share.grow_failed(record, "no space") == 3
+    assert (record.share.state, record.share.size_gib) == (Share.ACTIVE, 2)
+    assert record.share.state_message == "resize to 5 GiB failed: no space"
+    with pytest.raises(FailedPrecondition, match="ERROR"):
+        share.grow_failed(in_state(Share.ERROR), "x")
+
+
+def test_a_failure_is_error_with_the_message_from_any_live_state() -> None:
+    for state in (Share.CREATING, Share.ACTIVE, Share.UPDATING):
+        record = in_state(state)
+        share.failed(record, "backend said no")
+        assert (record.share.state, record.share.state_message) == (
+            Share.ERROR,
+            "backend said no",
+        )
+    for state in (Share.DELETING, Share.ERROR):
+        with pytest.raises(FailedPrecondition, match=Share.State.Name(state)):
+            share.failed(in_state(state), "x")
+
+
+def test_a_create_that_failed_waits_for_another_pool() -> None:
+    record = placed()
+    record.host = "h1"
+    record.gateway_access.path = "/x"
+    assert share.retried_elsewhere(record, "mkfs failed") == "backends/b/pools/p1"
+    assert record.share.state == Share.CREATING
+    assert record.share.state_message == "retrying on another pool: mkfs failed"
+    assert list(record.tried_pools) == ["backends/b/pools/p1"]
+    assert not (record.backend or record.pool or record.share.pool or record.host)
+    assert record.export_id == 0 and not record.HasField("gateway_access")
+    for state in (Share.ACTIVE, Share.UPDATING, Share.DELETING, Share.ERROR):
+        with pytest.raises(FailedPrecondition, match=Share.State.Name(state)):
+            share.retried_elsewhere(in_state(state), "x")
+
+
+def test_delete_from_any_state_then_released_or_refused() -> None:
+    for state in ALL:
+        record = in_state(state)
+        record.share.state_message = "old news"
+        share.delete_requested(record, force=state == Share.ERROR)
+        assert record.share.state == Share.DELETING and record.delete_requested
+        assert record.force_delete == (state == Share.ERROR)
+        assert not record.share.state_message
+    record = in_state(Share.ACTIVE)
+    share.delete_requested(record, force=False)
+    share.released(record)
+    share.delete_refused(record, "busy")
+    assert (record.share.state, record.share.state_message) == (
+        Share.ERROR,
+        "delete failed: busy",
+    )
+    assert not record.delete_requested
+    for state in (Share.CREATING, Share.ACTIVE, Share.UPDATING, Share.ERROR):
+        with pytest.raises(FailedPrecondition, match=Share.State.Name(state)):
+            share.delete_refused(in_state(state), "x")
+        with pytest.raises(FailedPrecondition, match=Share.State.Name(state)):
+            share.released(in_state(state))
+    with pytest.raises(FailedPrecondition):
+        share.delete_requested(records_pb2.ShareRecord(), force=False)
+
+
+def test_an_admin_reset_stops_a_delete() -> None:
+    record = in_state(Share.DELETING)
+    share.reset(record, Share.ACTIVE)
+    assert (record.share.state, record.delete_requested) == (Share.UPDATING, False)
+    record = in_state(Share.DELETING)
+    share.reset(record, Share.ERROR)
+    assert record.share.state == Share.ERROR
+    assert record.share.state_message == "reset to ERROR by an administrator"
+    with pytest.raises(FailedPrecondition, match="never made") as refused:
+        share.reset(placed(), Share.ACTIVE)
+    assert refused.value.reason == "SHARE_NOT_REALIZED"
+    with pytest.raises(ValueError):
+        share.reset(active(), Share.DELETING)
+
+
+def rule() -> records_pb2.AccessRuleRecord:
+    record = records_pb2.AccessRuleRecord()
+    record.rule.name = f"{NAME}/accessRules/r"
+    access_rule.requested(record)
+    return record
+
+
+def test_an_access_rule_is_requested_applied_updated_failed_and_deleted() -> None:
+    record = rule()
+    assert record.rule.state == AccessRule.CREATING
+    assert record.rule.create_time == record.rule.update_time
+    access_rule.applied(record)
+    assert record.rule.state == AccessRule.ACTIVE
+    access_rule.update_requested(record, AccessRule.READ_ONLY)
+    assert (record.rule.state, record.rule.access_level) == (
+        AccessRule.UPDATING,
+        AccessRule.READ_ONLY,
+    )
+    access_rule.failed(record, "export refused")
+    assert (record.rule.state, record.rule.state_message) == (AccessRule.ERROR, "export refused")
+    access_rule.delete_requested(record)
+    assert record.rule.state == AccessRule.DELETING and record.delete_requested
+    access_rule.failed(record, "still exported")  # the delete stays asked for
+    assert record.delete_requested
+    with pytest.raises(FailedPrecondition, match="being deleted"):
+        access_rule.applied(record)
+    with pytest.raises(FailedPrecondition, match="being deleted"):
+        access_rule.update_requested(record, AccessRule.READ_WRITE)
+    with pytest.raises(FailedPrecondition, match="is ERROR"):
+        access_rule.requested(record)
