@@ -1,13 +1,18 @@
 """Finding and nudging the other services: the scheduler's leader, a backend's
 driver-host, a host's gateway. Endpoints come from etcd registrations; channels are
 kept per endpoint. A nudge is the fast path only: if it is lost, a reconciler finds
-the work in etcd, so a failed nudge is logged, never raised."""
+the work in etcd, so a failed nudge is logged, never raised.
+
+This is the one place where a peer's gRPC errors become the mesh's own: a call answers
+the exception behind the peer's status (errors.from_rpc_error), and a peer that is not
+registered or not reachable is UNAVAILABLE, to be retried."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -18,11 +23,22 @@ from sharemesh.state.v1 import records_pb2
 
 from . import retry, telemetry
 from .coordination import Store, keys, leader
-from .errors import Unavailable
+from .errors import ShareMeshError, Unavailable, from_rpc_error
 
 log = logging.getLogger(__name__)
 
 NUDGE_TIMEOUT = 30.0
+
+
+@contextlib.asynccontextmanager
+async def _translated() -> AsyncIterator[None]:
+    """A failed call to a peer as the mesh's exception."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as error:
+        raise from_rpc_error(error) from None
+    except ConnectionError as error:  # the channel could not reach the peer
+        raise Unavailable(str(error)) from None
 
 
 class Peers:
@@ -68,28 +84,33 @@ class Peers:
         """Asks `host`'s gateway to make its part of the network match etcd, and waits."""
         found = await self._store.get(keys.host_key(self._store.root, host), records_pb2.HostRecord)
         if found is None:
-            raise ConnectionError(f"no gateway service runs on host {host}")
+            raise Unavailable(f"no gateway service runs on host {host}")
         stub = gateway_service_pb2_grpc.GatewayServiceStub(self.channel(found.value.endpoint))
-        await stub.SyncShareNetwork(
-            gateway_service_pb2.SyncShareNetworkRequest(share_network=share_network),
-            timeout=NUDGE_TIMEOUT,
-        )
+        async with _translated():
+            await stub.SyncShareNetwork(
+                gateway_service_pb2.SyncShareNetworkRequest(share_network=share_network),
+                timeout=NUDGE_TIMEOUT,
+            )
 
     async def place_share(self, name: str) -> None:
         endpoint = await self.scheduler_endpoint()
         if not endpoint:
-            raise ConnectionError("no scheduler leads")
+            raise Unavailable("no scheduler leads")
         stub = scheduler_service_pb2_grpc.SchedulerServiceStub(self.channel(endpoint))
-        await stub.PlaceShare(
-            scheduler_service_pb2.PlaceShareRequest(name=name), timeout=NUDGE_TIMEOUT
-        )
+        async with _translated():
+            await stub.PlaceShare(
+                scheduler_service_pb2.PlaceShareRequest(name=name), timeout=NUDGE_TIMEOUT
+            )
 
     async def sync_share(self, backend: str, name: str) -> None:
         record = await self.backend(backend)
         if record is None:
-            raise ConnectionError(f"{backend} is not registered")
+            raise Unavailable(f"{backend} is not registered")
         stub = driver_service_pb2_grpc.DriverServiceStub(self.channel(record.endpoint))
-        await stub.SyncShare(driver_service_pb2.SyncShareRequest(name=name), timeout=NUDGE_TIMEOUT)
+        async with _translated():
+            await stub.SyncShare(
+                driver_service_pb2.SyncShareRequest(name=name), timeout=NUDGE_TIMEOUT
+            )
 
     def nudge(self, what: str, call: Callable[[], Awaitable[None]]) -> None:
         """Runs `call` in the background; a failure waits for the reconciler."""
@@ -97,7 +118,7 @@ class Peers:
         async def attempt() -> None:
             try:
                 await call()
-            except (grpc.aio.AioRpcError, ConnectionError, Unavailable) as error:
+            except ShareMeshError as error:
                 # Refused, or the peer or etcd is away: all the reconciler's to finish.
                 log.info(
                     "nudge %s not delivered (%s); the reconciler will pick it up",

@@ -1,0 +1,93 @@
+"""What the strategies share: the backend they act on, their interface, and the steps
+every one of them takes on the backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from sharemesh.runtime import lifecycle
+from sharemesh.runtime.coordination import Mutex, Store, Versioned
+from sharemesh.runtime.peers import Peers
+from sharemesh.state.v1 import records_pb2
+from sharemesh.v1 import access_rule_pb2
+
+from ..drivers import AccessRuleSpec, Driver, ExportLocation, ShareSpec
+
+AccessRule = access_rule_pb2.AccessRule
+Rules = list[Versioned[records_pb2.AccessRuleRecord]]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The backend this driver-host serves, and what its strategies reach through."""
+
+    store: Store
+    driver: Driver
+    name: str  # `backends/{name}`
+    host: str  # the host it (and its gateway) runs on
+    peers: Peers
+
+    @property
+    def short_name(self) -> str:
+        return self.name.split("/")[-1]
+
+
+class Strategy(Protocol):
+    async def realize(
+        self, found: Versioned[records_pb2.ShareRecord], spec: ShareSpec, rules: Rules, lock: Mutex
+    ) -> tuple[Versioned[records_pb2.ShareRecord], list[ExportLocation]]:
+        """Makes the share exist at its size, served to its rules; returns its record
+        (as written, if the strategy wrote it under `lock`) and the export locations to
+        record (none: keep the recorded ones)."""
+        ...
+
+    async def serve_network(self, record: records_pb2.ShareRecord, *, gone: bool = False) -> None:
+        """Has whoever serves the share on its tenant network serve what etcd says now
+        (`record` as it is, unless it is `gone` from etcd); nothing for a flat share."""
+        ...
+
+
+def spec_of(record: records_pb2.ShareRecord) -> ShareSpec:
+    return ShareSpec(
+        share_id=record.share.uid,
+        name=record.share.name,
+        size_gib=record.share.size_gib,
+        pool=record.pool.rsplit("/", 1)[-1],
+        export_id=record.export_id,
+        thick=record.thick_provisioned,
+    )
+
+
+def rules_of(rules: Rules) -> list[AccessRuleSpec]:
+    return [
+        AccessRuleSpec(
+            r.value.rule.access_to, AccessRule.AccessLevel.Name(r.value.rule.access_level)
+        )
+        for r in rules
+        if not r.value.delete_requested
+    ]  # type: ignore[arg-type]
+
+
+async def create_or_grow(
+    driver: Driver, record: records_pb2.ShareRecord, spec: ShareSpec
+) -> list[ExportLocation]:
+    """Makes the share on the backend, or grows it to its recorded size; returns the
+    backend's export locations when it made the share."""
+    if record.realized_size_gib == 0:
+        return await driver.create_share(spec)
+    if record.share.size_gib > record.realized_size_gib:
+        await driver.resize_share(spec, record.share.size_gib)
+        lifecycle.share.grown(record)  # for real: a later failure must not undo it
+    return []
+
+
+async def export_on_backend(
+    driver: Driver, spec: ShareSpec, created: bool, rules: list[AccessRuleSpec]
+) -> None:
+    """The backend's side of a share served on a share network: mounted, and exported
+    to `rules` (the gateways' links, or nobody). A new share is that already; one that
+    existed is made so every time, because a share reset to ACTIVE after a failed
+    delete may be neither, and the server would re-export an empty directory."""
+    if not created or rules:
+        await driver.update_access(spec, rules)

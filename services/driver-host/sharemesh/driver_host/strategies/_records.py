@@ -1,0 +1,73 @@
+"""What a share holds in etcd beside its record, given back in the caller's transaction:
+its capacity and quota (through the ledger), its export id, its index keys; and the
+recording of an outcome with the operations that waited for it."""
+
+from __future__ import annotations
+
+from sharemesh.runtime import export_ids, ledger, operations, quota
+from sharemesh.runtime.coordination import Store, Txn, Versioned, keys
+from sharemesh.state.v1 import records_pb2
+from sharemesh.v1 import share_pb2
+
+from ._common import Backend
+
+
+async def finish(
+    store: Store,
+    txn: Txn,
+    found: Versioned[records_pb2.ShareRecord],
+    *,
+    response: share_pb2.Share | None = None,
+    error: Exception | None = None,
+) -> None:
+    """Writes the record, compared with it as read, and finishes what waited on it."""
+    record = found.value
+    pending = list(record.pending_operations)
+    del record.pending_operations[:]
+    record.share.update_time.CopyFrom(operations.now())
+    txn.put(found.key, record, found.mod_revision)
+    await operations.finish_pending(store, txn, pending, response=response, error=error)
+
+
+async def release(
+    store: Store, txn: Txn, record: records_pb2.ShareRecord, gib: int | None = None
+) -> None:
+    """Gives the share's reservation (or `gib` of it) back to its pool and project."""
+    gib = record.allocated_gib if gib is None else gib
+    if not gib:
+        return
+    allocation = await ledger.read_pool(store, record.pool)
+    if allocation.found is None:
+        return
+    await quota.adjust(store, txn, record.project, -gib)
+    allocation.add(txn, -gib)
+    record.allocated_gib -= gib
+
+
+def release_export_id(backend: Backend, txn: Txn, record: records_pb2.ShareRecord) -> None:
+    """Gives the share's Export_Id back, to rest in quarantine; its export is gone."""
+    if not record.export_id:
+        return
+    now = operations.now()
+    key = keys.released_export_id_key(
+        backend.store.root, backend.short_name, now.ToMilliseconds(), record.export_id
+    )
+    txn.put(key, export_ids.released(record.export_id, now))
+
+
+def host_index_key(store: Store, record: records_pb2.ShareRecord) -> str:
+    return keys.host_index_key(
+        store.root, record.host, record.share.share_network, record.share.name
+    )
+
+
+def unindex(backend: Backend, txn: Txn, record: records_pb2.ShareRecord) -> None:
+    """The share leaves this backend (and its host's gateway): so do its index keys."""
+    share = record.share
+    txn.delete(
+        keys.backend_index_key(
+            backend.store.root, backend.short_name, share.name, share.share_network
+        )
+    )
+    if record.host and record.share.share_network:
+        txn.delete(host_index_key(backend.store, record))

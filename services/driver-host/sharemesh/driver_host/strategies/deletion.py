@@ -1,0 +1,125 @@
+"""Deleting a share, whichever way it is served: whoever serves it on its tenant network
+lets go of it, the backend deletes it, and its record goes from etcd with its rules,
+giving back its capacity, quota and export id; a delete the backend refuses leaves the
+share in ERROR with the reason, unless it is forced."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+from sharemesh.runtime import errors, lifecycle, operations
+from sharemesh.runtime.coordination import Mutex, Versioned
+from sharemesh.runtime.errors import Aborted, FencedOut, ShareMeshError
+from sharemesh.state.v1 import records_pb2
+
+from ..drivers import ShareSpec
+from . import _records
+from ._common import Backend, Rules, Strategy
+
+log = logging.getLogger(__name__)
+
+_COUNTER_ATTEMPTS = 20
+
+
+class Deletion:
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    async def delete(
+        self,
+        found: Versioned[records_pb2.ShareRecord],
+        rules: Rules,
+        spec: ShareSpec,
+        lock: Mutex,
+        strategy: Strategy,
+        failure_of: Callable[[ShareMeshError], ShareMeshError],
+    ) -> None:
+        """`failure_of` turns what the backend raised into the failure to record (it
+        raises a transient fault again, to be retried while there is time)."""
+        record = found.value
+        export_gone = True
+        try:
+            # Whoever serves it on its tenant network lets go of it before the backend.
+            await strategy.serve_network(record)
+            await self._backend.driver.delete_share(spec)
+        except ShareMeshError as failure:
+            error = failure_of(failure)
+            if not record.force_delete:
+                await self._refuse(found, error, lock)
+                return
+            log.warning(
+                "force-deleting %s although the backend failed: %s",
+                record.share.name,
+                error.message,
+            )
+            export_gone = False
+        await self._forget(found, rules, lock, export_gone)
+        log.info("deleted %s", record.share.name)
+        try:
+            # Once the record is gone, the share's server on its network puts its export
+            # id into quarantine (while it was being deleted, the id stayed its own).
+            await strategy.serve_network(record, gone=True)
+        except ShareMeshError as error:  # the next sync of the network does it then
+            log.info("network %s not synced after a delete: %s", record.share.share_network, error)
+
+    async def _forget(
+        self,
+        found: Versioned[records_pb2.ShareRecord],
+        rules: Rules,
+        lock: Mutex,
+        export_gone: bool,
+    ) -> None:
+        """Removes a share gone from its backend from etcd, with its rules, and gives back
+        its capacity, quota and export id; the id only if its export is gone (a forced
+        delete may leave it live, and no other share may get its id then).
+
+        Concurrent deletes race only for the pool's and project's counters; such a race
+        is counted again here, rather than redoing the backend's work, which a retry of
+        the whole sync would."""
+        store = self._backend.store
+        lifecycle.share.released(found.value)
+        for attempt in range(_COUNTER_ATTEMPTS):
+            record = records_pb2.ShareRecord()
+            record.CopyFrom(found.value)
+            txn = store.txn().fence(lock)
+            for rule in rules:
+                txn.delete(rule.key, rule.mod_revision)
+                await operations.finish_for_deleted(store, txn, rule.value.pending_operations)
+            await _records.release(store, txn, record)
+            if export_gone:
+                _records.release_export_id(self._backend, txn, record)
+            _records.unindex(self._backend, txn, record)
+            txn.delete(found.key, found.mod_revision)
+            await operations.finish_for_deleted(store, txn, record.pending_operations)
+            try:
+                await txn.commit()
+                return
+            except FencedOut:
+                raise  # the lock is lost: whoever holds it now finishes
+            except Aborted:
+                now = await store.get(found.key, records_pb2.ShareRecord)
+                if now is None or now.mod_revision != found.mod_revision:
+                    raise  # the share itself changed: the whole sync decides again
+                if attempt == _COUNTER_ATTEMPTS - 1:
+                    raise
+                # Many deletes at once all want the same counters: spread the retries.
+                await asyncio.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
+                rules, _ = await store.list_all(
+                    store.prefix_of(record.share.name, "accessRules"),
+                    records_pb2.AccessRuleRecord,
+                )
+
+    async def _refuse(
+        self, found: Versioned[records_pb2.ShareRecord], error: ShareMeshError, lock: Mutex
+    ) -> None:
+        """The share stays, in ERROR with the reason, to be deleted again (with `force`
+        to drop the record whatever the backend says)."""
+        record = found.value
+        error = errors.for_tenant(error, f"delete of {record.share.name}", log)
+        lifecycle.share.delete_refused(record, error.message)
+        txn = self._backend.store.txn().fence(lock)
+        await _records.finish(self._backend.store, txn, found, error=error)
+        await txn.commit()

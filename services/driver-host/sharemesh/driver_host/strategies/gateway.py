@@ -1,0 +1,88 @@
+"""A share on a share network, on a flat backend: the backend exports it to nobody (or,
+for a proxying gateway, to the gateways' links), and the gateway on its host re-exports
+it into the tenant network with the tenant's rules."""
+
+from __future__ import annotations
+
+import logging
+
+from google.protobuf import empty_pb2
+
+from sharemesh import network
+from sharemesh.runtime.coordination import Mutex, Versioned, keys
+from sharemesh.runtime.errors import ShareMeshError, Unavailable
+from sharemesh.state.v1 import records_pb2
+
+from ..drivers import AccessRuleSpec, ExportLocation, ShareSpec
+from . import _records
+from ._common import Backend, Rules, create_or_grow, export_on_backend
+
+log = logging.getLogger(__name__)
+
+
+class BehindGateway:
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    async def realize(
+        self, found: Versioned[records_pb2.ShareRecord], spec: ShareSpec, rules: Rules, lock: Mutex
+    ) -> tuple[Versioned[records_pb2.ShareRecord], list[ExportLocation]]:
+        """Done when the gateway has confirmed the export. How the gateway reaches the
+        share is recorded (under `lock`) before it is asked, as it reads it from etcd."""
+        store, driver, record = self._backend.store, self._backend.driver, found.value
+        created = record.realized_size_gib == 0
+        await create_or_grow(driver, record, spec)
+        access = driver.gateway_access(spec)
+        # A proxying gateway reads the backend's own export: grant the gateways' links.
+        proxies = access.fsal == "PROXY_V4"
+        storage = [AccessRuleSpec(str(network.STORAGE_RANGE), "READ_WRITE")] if proxies else []
+        await export_on_backend(driver, spec, created, storage)
+        wanted = records_pb2.GatewayAccess(
+            fsal=access.fsal,
+            path=access.path,
+            server=access.server,
+            nfs_port=access.nfs_port,
+            server_generation=access.server_generation,
+        )
+        host = self._backend.host
+        if record.gateway_access != wanted or record.host != host:
+            txn = store.txn().fence(lock)
+            if record.host and record.host != host:
+                txn.delete(_records.host_index_key(store, record))
+            record.gateway_access.CopyFrom(wanted)
+            record.host = host
+            txn.put(_records.host_index_key(store, record), empty_pb2.Empty())
+            txn.put(found.key, record, found.mod_revision)
+            found = Versioned(record, await txn.commit(), found.create_revision, found.key)
+        await self._sync_gateway(record)
+        gateway = await store.get(
+            keys.network_server_key(
+                store.root, "gateways", record.host, record.share.share_network
+            ),
+            records_pb2.NetworkServerRecord,
+        )
+        if gateway is None:
+            raise Unavailable(f"the gateway of {record.share.share_network} is not up")
+        return found, [ExportLocation(*network.location(gateway.value, record.share.uid))]
+
+    async def serve_network(self, record: records_pb2.ShareRecord, *, gone: bool = False) -> None:
+        if record.HasField("gateway_access"):  # else no gateway was ever told of it
+            await self._sync_gateway(record)
+
+    async def tell(self, shares: list[Versioned[records_pb2.ShareRecord]]) -> None:
+        """A gateway serves a share's filesystem only once it is mounted: after `ensure`
+        mounted them again, each network's gateway syncs once."""
+        told = set()
+        for found in shares:
+            record = found.value
+            network_of = (record.host, record.share.share_network)
+            if not record.HasField("gateway_access") or network_of in told:
+                continue
+            told.add(network_of)
+            try:
+                await self._sync_gateway(record)
+            except ShareMeshError as error:  # its own reconcile catches up
+                log.info("gateway of %s not told: %s", record.share.share_network, error.message)
+
+    async def _sync_gateway(self, record: records_pb2.ShareRecord) -> None:
+        await self._backend.peers.sync_share_network(record.host, record.share.share_network)
