@@ -550,7 +550,15 @@ async def test_a_rule_change_the_backend_refuses_fails_the_rule(mesh: Mesh) -> N
     backend = mesh.drivers["a"].backend
     assert backend.access("uids1", "10.0.1.7") == "READ_ONLY"
     assert backend.access("uids1", CLIENT) is None
-    assert not (await mesh.share(name)).value.pending_operations
+    share = (await mesh.share(name)).value
+    assert not share.pending_operations
+    # A rule is not the share: the share keeps serving, and takes further rules.
+    assert share.share.state == Share.ACTIVE
+    later = await mesh.add_rule(name, "r2", CLIENT, AccessRule.READ_WRITE)
+    await mesh.syncs["a"].sync(name)
+    await mesh.done(later)
+    assert backend.access("uids1", CLIENT) == "READ_WRITE"
+    assert backend.access("uids1", "10.0.1.7") == "READ_ONLY"
 
 
 # ---- delete -------------------------------------------------------------------------------

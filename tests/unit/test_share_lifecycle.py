@@ -145,9 +145,21 @@ def test_a_create_that_failed_waits_for_another_pool() -> None:
     assert list(record.tried_pools) == ["backends/b/pools/p1"]
     assert not (record.backend or record.pool or record.share.pool or record.host)
     assert record.export_id == 0 and not record.HasField("gateway_access")
+    # The zone was the scheduler's choice, not the tenant's: another pool may have another.
+    assert record.share.availability_zone == ""
     for state in (Share.ACTIVE, Share.UPDATING, Share.DELETING, Share.ERROR):
         with pytest.raises(FailedPrecondition, match=Share.State.Name(state)):
             share.retried_elsewhere(in_state(state), "x")
+
+
+def test_a_zone_the_tenant_asked_for_stays_through_a_retry() -> None:
+    record = new()
+    record.share.availability_zone = "az2"
+    share.placed(
+        record, backend="b", pool="b/pools/p", export_id=1, thick=False, availability_zone="az2"
+    )
+    share.retried_elsewhere(record, "mkfs failed")
+    assert record.share.availability_zone == "az2"
 
 
 def test_delete_from_any_state_then_released_or_refused() -> None:

@@ -26,7 +26,7 @@ from sharemesh.ganesha import (
     client_rules,
     share_pseudo,
 )
-from sharemesh.runtime import export_ids, operations
+from sharemesh.runtime import export_ids, lifecycle, operations
 from sharemesh.runtime.coordination import Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import Aborted, AlreadyExists, ResourceExhausted
 from sharemesh.runtime.ports import free_port
@@ -56,12 +56,12 @@ class Served:
 
 
 def tenant_rules(rules: Iterable[records_pb2.AccessRuleRecord]) -> tuple[tuple[str, Access], ...]:
-    """The (address or CIDR, access) pairs of a share's live access rules."""
+    """The (address or CIDR, access) pairs of a share's access rules in force."""
     rw = access_rule_pb2.AccessRule.READ_WRITE
     return tuple(
         (r.rule.access_to, "RW" if r.rule.access_level == rw else "RO")
         for r in rules
-        if not r.delete_requested
+        if lifecycle.access_rule.in_force(r)
     )
 
 

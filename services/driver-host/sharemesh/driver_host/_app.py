@@ -173,7 +173,8 @@ class DriverHostApp:
         if new is None:
             return
         rule = new.value
-        if rule.delete_requested or rule.pending_operations or rule.rule.state != AccessRule.ACTIVE:
+        waiting = rule.rule.state not in (AccessRule.ACTIVE, AccessRule.ERROR)
+        if rule.delete_requested or rule.pending_operations or waiting:
             self.sync(rule.rule.name.rsplit("/accessRules/", 1)[0])
 
     async def registration(self) -> records_pb2.BackendRecord:

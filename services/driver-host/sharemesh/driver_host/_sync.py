@@ -45,7 +45,7 @@ def _settled(
         and not record.pending_operations
         and record.realized_size_gib == record.share.size_gib
         and all(
-            r.value.rule.state == AccessRule.ACTIVE
+            (r.value.rule.state == AccessRule.ACTIVE or not lifecycle.access_rule.in_force(r.value))
             and not r.value.pending_operations
             and not r.value.delete_requested
             for r in rules
@@ -224,7 +224,7 @@ class ShareSync:
             if rule.value.delete_requested:
                 txn.delete(rule.key, rule.mod_revision)
                 await operations.finish_pending(self._store, txn, pending)
-            elif pending or rule.value.rule.state != AccessRule.ACTIVE:
+            elif pending or rule.value.rule.state not in (AccessRule.ACTIVE, AccessRule.ERROR):
                 lifecycle.access_rule.applied(rule.value)
                 del rule.value.pending_operations[:]
                 txn.put(rule.key, rule.value, rule.mod_revision)
@@ -261,8 +261,10 @@ class ShareSync:
         if record.share.size_gib > record.realized_size_gib > 0:
             given_back = lifecycle.share.grow_failed(record, error.message)
             await _records.release(self._store, txn, record, given_back)
-        else:
+        elif record.share.state != Share.ACTIVE or record.pending_operations:
             lifecycle.share.failed(record, error.message)
+        # else only rule changes waited: they fail below, and the share keeps serving the
+        # rule set in force (a refused export keeps its last accepted version).
         for rule in rules:
             if rule.value.pending_operations:
                 await operations.finish_pending(

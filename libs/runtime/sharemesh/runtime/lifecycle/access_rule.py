@@ -83,3 +83,12 @@ def failed(
     """`message` must be tenant-safe (errors.for_tenant)."""
     _check(record, "failed", deleting_too=True)
     _stamp(record, AccessRule.ERROR, message, at)
+
+
+def in_force(record: AccessRuleRecord) -> bool:
+    """Whether the rule belongs in the export's client list: not being deleted, and
+    not a change that failed for good (an ERROR rule with nothing waiting is not in
+    force, and must not stop the share's other rules from being applied; the tenant
+    deletes or recreates it)."""
+    failed = record.rule.state == AccessRule.ERROR and not record.pending_operations
+    return not record.delete_requested and not failed

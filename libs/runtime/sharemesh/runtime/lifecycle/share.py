@@ -82,6 +82,7 @@ def placed(
     record.thick_provisioned = thick
     if not record.share.availability_zone:  # the zone the scheduler chose for it
         record.share.availability_zone = availability_zone
+        record.zone_chosen = True
     _stamp(record, CREATING, record.share.state_message, at)
 
 
@@ -139,6 +140,9 @@ def retried_elsewhere(
     record.backend = record.pool = record.share.pool = record.host = ""
     record.export_id = 0
     record.ClearField("gateway_access")
+    if record.zone_chosen:  # the tenant asked for no zone: any pool's may do
+        record.share.availability_zone = ""
+        record.zone_chosen = False
     _stamp(record, CREATING, f"retrying on another pool: {message}", at)
     return failed_pool
 

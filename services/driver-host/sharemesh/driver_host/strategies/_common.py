@@ -60,12 +60,13 @@ def spec_of(record: records_pb2.ShareRecord) -> ShareSpec:
 
 
 def rules_of(rules: Rules) -> list[AccessRuleSpec]:
+    """The rule set to apply: every rule but those being deleted or failed."""
     return [
         AccessRuleSpec(
             r.value.rule.access_to, AccessRule.AccessLevel.Name(r.value.rule.access_level)
         )
         for r in rules
-        if not r.value.delete_requested
+        if lifecycle.access_rule.in_force(r.value)
     ]  # type: ignore[arg-type]
 
 

@@ -36,11 +36,10 @@ async def release(
     gib = record.allocated_gib if gib is None else gib
     if not gib:
         return
-    allocation = await ledger.read_pool(store, record.pool)
-    if allocation.found is None:
-        return
     await quota.adjust(store, txn, record.project, -gib)
-    allocation.add(txn, -gib)
+    allocation = await ledger.read_pool(store, record.pool)
+    if allocation.found is not None:
+        allocation.add(txn, -gib)
     record.allocated_gib -= gib
 
 
