@@ -73,6 +73,16 @@ def reason(error: BaseException) -> str:
     return str(getattr(error, "message", error))
 
 
+def unless_cancelled(error: BaseException) -> None:
+    """Raises CancelledError if this task is being cancelled: a client library may turn a
+    cancellation into an error of its own (aetcd reports a cancelled call as a closed
+    client), and a loop that retries faults must still end when it is cancelled, or
+    the process that cancels it never exits."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from error
+
+
 async def persist(what: str, step: Callable[[], Awaitable[T]]) -> T:
     """`step()` again, with backoff, for as long as it fails with a transient fault;
     each failure is one WARNING line. Any other error is raised."""
@@ -81,6 +91,7 @@ async def persist(what: str, step: Callable[[], Awaitable[T]]) -> T:
         try:
             return await step()
         except Exception as error:
+            unless_cancelled(error)
             if not transient(error):
                 raise
             log.warning("%s: %s; retrying", what, reason(error))
@@ -104,6 +115,7 @@ async def every(
         try:
             await step()
         except Exception as error:
+            unless_cancelled(error)
             if transient(error):
                 backoff = backoff or Backoff()
                 delay = min(backoff.next_delay(), interval)

@@ -241,6 +241,7 @@ class WatchCache:
                 log.info("watch cache: revision %d was compacted; listing again", self.revision)
                 self.ready = False
             except Exception as error:
+                retry.unless_cancelled(error)
                 if retry.transient(error):
                     log.warning("watch cache: %s; resuming", retry.reason(error))
                 else:  # a bug, not etcd: readers fall back to etcd meanwhile

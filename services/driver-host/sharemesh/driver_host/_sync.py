@@ -107,6 +107,7 @@ class ShareSync:
                 await self._sync_locked(name, final)
                 return
             except Unavailable as error:
+                retry.unless_cancelled(error)
                 if self._stopping.is_set():
                     raise
                 log.info("sync of %s met a transient fault; retrying: %s", name, error.message)

@@ -76,6 +76,7 @@ class Placer:
                 try:
                     backend = await self._place_racing(name)
                 except (_BackendsMissing, Unavailable) as transient:
+                    retry.unless_cancelled(transient)
                     log.info("placement of %s waits: %s", name, transient)
                     await backoff.wait(self._leadership.done)
                     continue

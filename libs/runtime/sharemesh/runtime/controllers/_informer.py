@@ -123,6 +123,7 @@ class Informer(Generic[M]):
                 listed = False
                 continue
             except Exception as error:
+                retry.unless_cancelled(error)
                 if retry.transient(error):
                     log.warning("%s: %s; watching again", self.name, retry.reason(error))
                 else:

@@ -156,6 +156,7 @@ class Controller:
             try:
                 await self._reconcile(key)
             except Exception as error:
+                retry.unless_cancelled(error)
                 delay = self.queue.add_rate_limited(key)
                 if retry.transient(error):
                     log.warning(
