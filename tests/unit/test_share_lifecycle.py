@@ -39,7 +39,7 @@ def placed(size_gib: int = 2) -> records_pb2.ShareRecord:
 
 def active(size_gib: int = 2) -> records_pb2.ShareRecord:
     record = placed(size_gib)
-    share.realized(record, [share_pb2.ExportLocation(path="/s", nfs_port=2049)])
+    share.realized(record, [share_pb2.ExportLocation(path="/s", nfs_port=12049)])
     return record
 
 
