@@ -3,7 +3,9 @@ its Ganesha, all started by the same launcher as `sharemesh up`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +13,19 @@ from sharemesh.client import Client
 from sharemesh.launcher import LocalMesh
 
 from mesh_ops import MESH_CONFIG
-from support import assert_host_clean, ensure_rpcbind
+from support import assert_host_clean, ensure_rpcbind, mounts_under
+
+
+@pytest.fixture(scope="module")
+def cramped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a pool there fails for real (mkfs.xfs runs out of room)."""
+    path = tmp_path_factory.mktemp("cramped")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+        assert not mounts_under(path)
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,22 @@ token = "beta-key"
 project = "beta"
 """
 
+# Two local backends for tenant networks: `local` serves them through the host's
+# gateway, `servers` from share servers of its own; share types pick one or the other.
+NETWORK_BACKENDS = """
+[[backends]]
+name = "local"
+[backends.options]
+capacity_gib = 6
+
+[[backends]]
+name = "servers"
+[backends.options]
+capacity_gib = 6
+driver_handles_share_servers = true
+"""
+NETWORK_TYPES = {"via-gateway": "<is> False", "via-server": "<is> True"}
+
 # The mesh of most e2e modules: one local backend, and keys for two projects.
 MESH_CONFIG = (
     """

@@ -28,7 +28,16 @@ from sharemesh.v1 import share_service_pb2 as ss
 from sharemesh.v1 import share_type_pb2, share_type_service_pb2_grpc
 from sharemesh.v1 import share_type_service_pb2 as sts
 
-from mesh_ops import RW, TENANT_KEYS, Share, create_network, grant, running_mesh
+from mesh_ops import (
+    NETWORK_BACKENDS,
+    NETWORK_TYPES,
+    RW,
+    TENANT_KEYS,
+    Share,
+    create_network,
+    grant,
+    running_mesh,
+)
 from support import assert_host_clean, ensure_rpcbind, pid_alive, processes_mentioning
 
 pytestmark = pytest.mark.e2e
@@ -36,24 +45,10 @@ pytestmark = pytest.mark.e2e
 LEASE_TTL = 3
 SERVICES = ("driver-host-local", "driver-host-servers", "scheduler", "gateway")
 CONFIG = (
-    """
-reconcile_interval_seconds = 2
-retry_deadline_seconds = 180
-
-[[backends]]
-name = "local"
-[backends.options]
-capacity_gib = 6
-
-[[backends]]
-name = "servers"
-[backends.options]
-capacity_gib = 6
-driver_handles_share_servers = true
-"""
+    "reconcile_interval_seconds = 2\nretry_deadline_seconds = 180\n"
+    + NETWORK_BACKENDS
     + TENANT_KEYS
 )
-TYPES = {"via-gateway": "<is> False", "via-server": "<is> True"}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +63,7 @@ async def _networked_shares(mesh: LocalMesh) -> tuple[list[Share], str]:
     network's uid."""
     async with Client(mesh.api_address, mesh.admin_token) as admin:
         stub = share_type_service_pb2_grpc.ShareTypeServiceStub(admin._channel)
-        for type_id, spec in TYPES.items():
+        for type_id, spec in NETWORK_TYPES.items():
             await stub.CreateShareType(
                 sts.CreateShareTypeRequest(
                     share_type_id=type_id,
@@ -81,7 +76,7 @@ async def _networked_shares(mesh: LocalMesh) -> tuple[list[Share], str]:
     shares = []
     async with Client(mesh.api_address, "alpha-key") as alpha:
         net = await create_network(alpha, "outage-net")
-        for type_id in TYPES:
+        for type_id in NETWORK_TYPES:
             op = await alpha.call(
                 alpha.shares.CreateShare,
                 ss.CreateShareRequest(

@@ -28,6 +28,8 @@ from sharemesh.v1 import share_type_pb2, share_type_service_pb2_grpc
 from sharemesh.v1 import share_type_service_pb2 as sts
 
 from mesh_ops import (
+    NETWORK_BACKENDS,
+    NETWORK_TYPES,
     RW,
     TENANT_KEYS,
     Share,
@@ -49,24 +51,7 @@ from support import (
 )
 
 pytestmark = pytest.mark.e2e
-CONFIG = (
-    """
-reconcile_interval_seconds = 2
-[[backends]]
-name = "local"
-[backends.options]
-capacity_gib = 6
-
-[[backends]]
-name = "servers"
-[backends.options]
-capacity_gib = 6
-driver_handles_share_servers = true
-"""
-    + TENANT_KEYS
-)
-
-TYPES = {"via-gateway": "<is> False", "via-server": "<is> True"}
+CONFIG = "reconcile_interval_seconds = 2\n" + NETWORK_BACKENDS + TENANT_KEYS
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +63,7 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalM
 @pytest.fixture(scope="module")
 async def types(mesh: LocalMesh, admin: Client) -> None:
     stub = share_type_service_pb2_grpc.ShareTypeServiceStub(admin._channel)
-    for type_id, spec in TYPES.items():
+    for type_id, spec in NETWORK_TYPES.items():
         await stub.CreateShareType(
             sts.CreateShareTypeRequest(
                 share_type_id=type_id,

@@ -4,8 +4,7 @@ backend's pool is a 1 MiB tmpfs, so `mkfs.xfs` runs out of space there."""
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -17,7 +16,6 @@ from sharemesh.v1 import share_pb2
 from sharemesh.v1 import share_service_pb2 as ss
 
 from mesh_ops import TENANT_KEYS, create_share, delete_share, live_shares, running_mesh
-from support import mounts_under
 
 pytestmark = pytest.mark.e2e
 
@@ -40,17 +38,6 @@ capacity_gib = 5
 """
     + TENANT_KEYS
 )
-
-
-@pytest.fixture(scope="module")
-def cramped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("cramped")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
-        assert not mounts_under(path)
 
 
 @pytest.fixture(scope="module")

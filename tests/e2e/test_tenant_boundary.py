@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -32,7 +31,6 @@ from mesh_ops import (
     live_shares,
     running_mesh,
 )
-from support import mounts_under
 
 pytestmark = pytest.mark.e2e
 
@@ -74,17 +72,6 @@ SNAPSHOT_CALLS = [
     ("DeleteSnapshot", ss.DeleteSnapshotRequest(name="projects/alpha/shares/s/snapshots/n")),
     ("RevertShare", ss.RevertShareRequest(name="projects/alpha/shares/s")),
 ]
-
-
-@pytest.fixture(scope="module")
-def cramped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("cramped")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
-        assert not mounts_under(path)
 
 
 @pytest.fixture(scope="module")
