@@ -314,6 +314,8 @@ def _servers_dir(backend: BackendConfig) -> Path:
 
 async def build(context: Context, args: argparse.Namespace) -> DriverHostApp:
     app = DriverHostApp(context, args.backend, args.own_servers)
-    await app.driver.start()
+    # A Ganesha that fails to start (its ports or rpcbind busy for a moment) is retried,
+    # not a crash of the service.
+    await retry.persist("starting the backend", app.driver.start)
     await app.enable_share_servers()
     return app
