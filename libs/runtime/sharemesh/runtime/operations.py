@@ -14,7 +14,7 @@ from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import operation_metadata_pb2
 
 from . import names
-from .coordination import Store, Txn, keys
+from .coordination import Store, Txn, Versioned, keys
 from .errors import Aborted, to_status
 
 API_VERSION = "v1"
@@ -103,12 +103,18 @@ async def finish_pending(
             txn.put(found.key, found.value, found.mod_revision)
 
 
-async def expire(store: Store, retention_seconds: float, fence: object) -> int:
-    """Deletes finished operations older than the retention period, with their request
-    ids (a retry after that is a new request). Returns how many went."""
+async def expire(
+    store: Store,
+    retention_seconds: float,
+    fence: object,
+    finished: Iterable[Versioned[records_pb2.OperationRecord]],
+) -> int:
+    """Deletes the `finished` operations older than the retention period, with their
+    request ids (a retry after that is a new request). Returns how many went. The
+    caller keeps `finished` from a watch: no range over every operation per round."""
     cutoff = now().ToSeconds() - retention_seconds
     expired = 0
-    for found in await store.scan(store.root + "operations/", records_pb2.OperationRecord):
+    for found in finished:
         record = found.value
         if not record.operation.done or metadata_of(record).end_time.ToSeconds() > cutoff:
             continue

@@ -29,6 +29,7 @@ from ._placer import Placer
 log = logging.getLogger(__name__)
 
 ShareRecord = records_pb2.ShareRecord
+OperationRecord = records_pb2.OperationRecord
 # Placements decide one at a time (Placer's lock), but one waiting for a backend that
 # is away holds its worker: enough workers that such waits do not hold up the rest.
 _WORKERS = 32
@@ -99,19 +100,27 @@ class SchedulerApp:
             name="shares waiting for placement",
         )
         shares.add_handler(self._share_changed)
+        finished = controllers.Informer(
+            self._store,
+            self._store.root + "operations/",
+            records_pb2.OperationRecord,
+            keep=lambda record: record.operation.done,
+            name="finished operations",
+        )
         # The lease (not an unreachable etcd) ends this leadership: the informer and
         # the loops ride etcd being away; the slow resync costs O(unplaced shares).
         interval = self._context.config.reconcile_interval_seconds
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(shares.run())
+                group.create_task(finished.run())
                 group.create_task(controller.run())
                 group.create_task(retry.every(interval, "resync", _async(shares.resync)))
                 group.create_task(
                     retry.every(
                         interval,
                         "expiring operations",
-                        functools.partial(self.expire_operations, leadership),
+                        functools.partial(self.expire_operations, leadership, finished),
                         first=0,
                     )
                 )
@@ -129,9 +138,14 @@ class SchedulerApp:
         if new is not None:
             self.queue.add(new.value.share.name)
 
-    async def expire_operations(self, leadership: Leadership) -> None:
+    async def expire_operations(
+        self, leadership: Leadership, finished: controllers.Informer[OperationRecord]
+    ) -> None:
         expired = await operations.expire(
-            self._store, self._context.config.operation_retention_seconds, leadership
+            self._store,
+            self._context.config.operation_retention_seconds,
+            leadership,
+            finished.items(),
         )
         if expired:
             log.info("expired %d finished operations", expired)
