@@ -230,10 +230,14 @@ class DriverHostApp:
         """After a restart, every ACTIVE share of this backend serves again, with its rules,
         and so do the gateways and share servers that serve its shares on networks."""
         mine = self._shares.items()
+        rules_of: dict[str, list[Versioned[RuleRecord]]] = {}
+        for rule in self._rules.items():  # from the watch: no read per share
+            share = rule.value.rule.name.rsplit("/accessRules/", 1)[0]
+            rules_of.setdefault(share, []).append(rule)
         for found in mine:
             if found.value.share.state == Share.ACTIVE:
                 try:
-                    await self._sync.ensure(found)
+                    await self._sync.ensure(found, rules_of.get(found.value.share.name, []))
                 except Exception as error:
                     if retry.transient(error):
                         raise  # the whole re-export waits for etcd (retry.persist)

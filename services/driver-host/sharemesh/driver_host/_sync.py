@@ -202,12 +202,13 @@ class ShareSync:
         if self._on_share_server is not None:
             await self._on_share_server.serve_all(shares)
 
-    async def ensure(self, found: Versioned[records_pb2.ShareRecord]) -> None:
-        """After a restart: mount and export an ACTIVE share again, with its rules."""
-        rules, _ = await self._store.list_all(
-            self._store.prefix_of(found.value.share.name, "accessRules"),
-            records_pb2.AccessRuleRecord,
-        )
+    async def ensure(
+        self,
+        found: Versioned[records_pb2.ShareRecord],
+        rules: list[Versioned[records_pb2.AccessRuleRecord]],
+    ) -> None:
+        """After a restart: mount and export an ACTIVE share again, with `rules` (its
+        rules, as the caller's watch holds them)."""
         # A share behind a gateway is exported to nobody here: its rules apply there.
         record = found.value
         behind_gateway = bool(record.share.share_network)
