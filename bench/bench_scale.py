@@ -34,7 +34,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 from sharemesh.runtime import page_tokens  # noqa: E402, I001 - the runtime first, as in the tests
 from sharemesh.client import Client  # noqa: E402
 from sharemesh.launcher import LocalMesh  # noqa: E402
-from sharemesh.runtime.coordination import Store, connect  # noqa: E402
+from sharemesh.runtime.coordination import Store, connect, keys  # noqa: E402
 from sharemesh.runtime.coordination._client import get_kv  # noqa: E402
 from sharemesh.state.v1 import records_pb2  # noqa: E402
 from sharemesh.v1 import share_pb2  # noqa: E402
@@ -162,7 +162,7 @@ async def measure(n: int, args: argparse.Namespace, tmp: Path) -> Result:
             # A token for the middle of the big project, sealed as the api seals its own.
             prefix = store.prefix_of(parent, "shares")
             middle = f"s{spread(n)['big'] // 2:07d}"
-            _, revision = await get_kv(etcd, page_tokens.secret_key(store.root))
+            _, revision = await get_kv(etcd, keys.page_token_secret_key(store.root))
             tokens = await page_tokens.load(store)
             token = tokens.issue(
                 page_tokens.binding(prefix, ""), page_tokens.Position(middle, revision)
@@ -178,7 +178,7 @@ async def measure(n: int, args: argparse.Namespace, tmp: Path) -> Result:
                 args.samples, lambda: client.call(client.shares.ListShares, deep)
             )
             result.etcd_get = await timed(
-                args.samples, lambda: get_kv(etcd, page_tokens.secret_key(store.root))
+                args.samples, lambda: get_kv(etcd, keys.page_token_secret_key(store.root))
             )
         # Idle: let the writes' after-effects settle, then count.
         await asyncio.sleep(args.settle)

@@ -18,16 +18,12 @@ from dataclasses import dataclass
 from cryptography.fernet import Fernet, InvalidToken
 from google.protobuf import wrappers_pb2
 
-from .coordination import Store
+from .coordination import Store, keys
 from .errors import AlreadyExists, InvalidArgument
 
 # A token here is ~250 characters; anything much longer was not made here.
 MAX_TOKEN = 1024
 NOT_ISSUED = "is not a token this API issued"
-
-
-def secret_key(root: str) -> str:
-    return f"{root}secrets/page-token-key"
 
 
 @dataclass(frozen=True)
@@ -90,7 +86,7 @@ _cache: weakref.WeakKeyDictionary[Store, PageTokens] = weakref.WeakKeyDictionary
 
 async def _fetch(store: Store) -> PageTokens | None:
     """The codec under the mesh's secret as etcd has it now; None if there is none."""
-    found = await store.get(secret_key(store.root), wrappers_pb2.BytesValue)
+    found = await store.get(keys.page_token_secret_key(store.root), wrappers_pb2.BytesValue)
     if found is None:
         return None
     _cache[store] = tokens = PageTokens(found.value.value)
@@ -105,7 +101,7 @@ async def load(store: Store) -> PageTokens:
     while (tokens := await _fetch(store)) is None:
         with contextlib.suppress(AlreadyExists):
             secret = wrappers_pb2.BytesValue(value=Fernet.generate_key())
-            await store.create(secret_key(store.root), secret)
+            await store.create(keys.page_token_secret_key(store.root), secret)
     return tokens
 
 

@@ -234,6 +234,11 @@ def network_servers_prefix(root: str, kind: str, owner: str) -> str:
     return f"{_check_root(root)}{kind}/{check_segment(owner, 'owner')}/"
 
 
+def page_token_secret_key(root: str) -> str:
+    """The mesh's key that seals page tokens (made once, by the first list that pages)."""
+    return f"{_check_root(root)}secrets/page-token-key"
+
+
 def usage_key(root: str, project: str) -> str:
     """What a project's shares hold, for its quota."""
     return f"{_check_root(root)}usage/{check_segment(project, 'project')}"
