@@ -18,6 +18,7 @@ from ._export import (
     parse_client,
     share_of_pseudo,
     share_pseudo,
+    snapshot_pseudo,
 )
 from ._instance import ExportRefused, GaneshaInstance, RefusedExport
 
@@ -36,4 +37,5 @@ __all__ = [
     "parse_client",
     "share_of_pseudo",
     "share_pseudo",
+    "snapshot_pseudo",
 ]

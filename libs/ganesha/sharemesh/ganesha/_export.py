@@ -191,6 +191,11 @@ def share_pseudo(share_uid: str) -> str:
     return f"/shares/{share_uid}"
 
 
+def snapshot_pseudo(snapshot_uid: str) -> str:
+    """The NFSv4 pseudo path of a snapshot's own read-only export."""
+    return f"/snapshots/{snapshot_uid}"
+
+
 def share_of_pseudo(pseudo: str) -> str | None:
     """The share uid behind a pseudo path `share_pseudo` made, else None."""
     uid = pseudo.removeprefix("/shares/")

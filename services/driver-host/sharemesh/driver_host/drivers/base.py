@@ -57,7 +57,12 @@ class SnapshotSpec:
     name: str
     """The resource name, for logs."""
     share_id: str
-    """The share it is (or was) a copy of."""
+    """The share it is (or was) a copy of (its `ShareSpec.share_id`)."""
+    size_gib: int = 0
+    """The share's size when the snapshot was taken; a share made from it is at least this."""
+    export_id: int = 0
+    """Ganesha Export_Id of the snapshot's own read-only export (`export_snapshot`); 0
+    when it is not exported."""
 
 
 @dataclass(frozen=True)
@@ -219,7 +224,15 @@ class Driver(Protocol):
         """`create_share` whose data is the snapshot's (`create_share_from_snapshot_support`)."""
 
     async def revert_to_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
-        """Put the share's data back as the snapshot has it (`revert_to_snapshot_support`)."""
+        """Put the share's data back as the snapshot has it (`revert_to_snapshot_support`).
+        The share keeps its size, its export and its rules; clients see a short pause."""
+
+    async def export_snapshot(
+        self, share: ShareSpec, snapshot: SnapshotSpec, rules: Sequence[AccessRuleSpec]
+    ) -> list[ExportLocation]:
+        """Serve the snapshot read-only at its own export (`snapshot.export_id`) to the
+        clients of `rules`, whatever their level (`mount_snapshot_support`). Idempotent,
+        and what serves it again after a restart; `delete_snapshot` withdraws it."""
 
     def gateway_access(self, share: ShareSpec) -> GatewayAccess:
         """How a gateway on this backend's host reaches the share."""

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sharemesh.ganesha import ClientRule, share_pseudo
+from sharemesh.ganesha import ClientRule, share_pseudo, snapshot_pseudo
 from sharemesh.runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -58,6 +58,7 @@ METHODS = frozenset(
         "delete_snapshot",
         "create_share_from_snapshot",
         "revert_to_snapshot",
+        "export_snapshot",
     }
 )
 
@@ -77,7 +78,7 @@ class FakeDriverConfig:
     shrink_support: bool = False
     """Shrink, refusing when the data would not fit (as quota-based backends do)."""
     snapshot_support: bool = False
-    """Snapshots, shares made from them and reverts to them: all three, or none."""
+    """Snapshots, shares made from them, reverts and mountable snapshots: all, or none."""
     driver_handles_share_servers: bool = False
     capabilities: Mapping[str, str] = field(default_factory=dict)
     """The operator's custom capabilities, as for the local driver."""
@@ -101,6 +102,8 @@ class FakeSnapshot:
     share_id: str
     size_bytes: int
     files: dict[str, int]
+    clients: tuple[ClientRule, ...] = ()
+    """Who may mount its read-only export (`export_snapshot`); nobody when empty."""
 
 
 class FakeBackend:
@@ -123,6 +126,17 @@ class FakeBackend:
         for rule in share.clients:
             if any(address in ipaddress.ip_network(c) for c in rule.clients):
                 return "READ_WRITE" if rule.access == "RW" else "READ_ONLY"
+        return None
+
+    def snapshot_access(self, snapshot_id: str, client: str) -> AccessLevel | None:
+        """The level `client` gets at a snapshot's own export: read-only, or none."""
+        snapshot = self.snapshots.get(snapshot_id)
+        if snapshot is None or not self.serving:
+            return None
+        address = ipaddress.ip_address(client)
+        for rule in snapshot.clients:
+            if any(address in ipaddress.ip_network(c) for c in rule.clients):
+                return "READ_ONLY"
         return None
 
     def mount(self, share_id: str, client: str) -> AccessLevel:
@@ -165,6 +179,8 @@ class FakeBackend:
         serves the shares again."""
         for share in self.shares.values():
             share.exported, share.clients = False, ()
+        for snapshot in self.snapshots.values():
+            snapshot.clients = ()
 
     def restart_server(self, refused: Sequence[str] = ()) -> None:
         """The server died and was restarted with its exports, except the `refused`
@@ -270,6 +286,7 @@ class FakeDriver:
             snapshot_support=c.snapshot_support,
             create_share_from_snapshot_support=c.snapshot_support,
             revert_to_snapshot_support=c.snapshot_support,
+            mount_snapshot_support=c.snapshot_support,
             shrink_support=c.shrink_support,
             thin_provisioning=True,
             driver_handles_share_servers=c.driver_handles_share_servers,
@@ -445,3 +462,19 @@ class FakeDriver:
         if source.share_id != share.share_id:
             raise InvalidArgument("snapshot", f"is not a snapshot of share {share.name}")
         held.files = dict(source.files)
+
+    async def export_snapshot(
+        self, share: ShareSpec, snapshot: SnapshotSpec, rules: Sequence[AccessRuleSpec]
+    ) -> list[ExportLocation]:
+        self._snapshots("mount_snapshot_support", f"cannot export snapshot {snapshot.name}")
+        clients = client_blocks(rules)
+        await self._enter("export_snapshot", snapshot.snapshot_id)
+        self._serving()
+        self._snapshot(snapshot).clients = clients
+        return [
+            ExportLocation(
+                path=f"{self.config.host}:{snapshot_pseudo(snapshot.snapshot_id)}",
+                nfs_port=self.config.nfs_port,
+                mount_port=self.config.mount_port,
+            )
+        ]

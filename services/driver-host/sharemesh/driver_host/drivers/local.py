@@ -341,6 +341,11 @@ class LocalDriver:
     async def revert_to_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
         raise unsupported("revert_to_snapshot_support", f"cannot revert share {share.name}")
 
+    async def export_snapshot(
+        self, share: ShareSpec, snapshot: SnapshotSpec, rules: Sequence[AccessRuleSpec]
+    ) -> list[ExportLocation]:
+        raise unsupported("mount_snapshot_support", f"cannot export snapshot {snapshot.name}")
+
 
 def _share_ids(refused: Sequence[RefusedExport]) -> list[str]:
     """The shares behind refused exports (an export of no share's pseudo path is only
