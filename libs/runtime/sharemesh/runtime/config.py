@@ -109,9 +109,23 @@ class QuotaConfig:
     """GiB of shares a project may hold; 0 is no limit."""
     projects: Mapping[str, int] = field(default_factory=dict)
     """Per-project limits in GiB, overriding the default (0: no limit)."""
+    default_snapshots: int = 0
+    """Snapshots a project may hold; 0 is no limit."""
+    default_snapshot_gib: int = 0
+    """GiB a project's snapshots may hold, each counted at its `size_gib`; 0 is no limit."""
+    project_snapshots: Mapping[str, int] = field(default_factory=dict)
+    """Per-project snapshot counts, overriding `default_snapshots`."""
+    project_snapshot_gib: Mapping[str, int] = field(default_factory=dict)
+    """Per-project snapshot GiB, overriding `default_snapshot_gib`."""
 
     def limit_gib(self, project: str) -> int:
         return int(self.projects.get(project, self.default_gib))
+
+    def limit_snapshots(self, project: str) -> int:
+        return int(self.project_snapshots.get(project, self.default_snapshots))
+
+    def limit_snapshot_gib(self, project: str) -> int:
+        return int(self.project_snapshot_gib.get(project, self.default_snapshot_gib))
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,12 @@ def choose(
     )
 
 
+def now() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
 def released(export_id: int, now: timestamp_pb2.Timestamp) -> ReleasedExportId:
     stamp = timestamp_pb2.Timestamp()
     stamp.CopyFrom(now)

@@ -33,11 +33,11 @@ from ._pools import Pools
 from ._share_networks import ShareNetworks
 from ._share_types import ShareTypes
 from ._shares import Shares
+from ._snapshots import Snapshots
 
 
-class ShareService(Shares, AccessRules, share_service_pb2_grpc.ShareServiceServicer):
-    """`sharemesh.v1.ShareService`; snapshot methods answer UNIMPLEMENTED (the generated
-    base's NotImplementedError) until a backend supports them."""
+class ShareService(Shares, AccessRules, Snapshots, share_service_pb2_grpc.ShareServiceServicer):
+    """`sharemesh.v1.ShareService`: shares, their access rules and their snapshots."""
 
 
 def _service_name(module, name: str) -> str:  # type: ignore[no-untyped-def]

@@ -12,10 +12,22 @@ from google.protobuf.message import Message
 from sharemesh.runtime import errors, names, operations, telemetry
 from sharemesh.runtime.config import QuotaConfig
 from sharemesh.runtime.coordination import Store, Txn, Versioned
-from sharemesh.runtime.errors import AlreadyExists, EtagMismatch, NotFound
+from sharemesh.runtime.errors import (
+    AlreadyExists,
+    BackendUnavailable,
+    CapabilityUnsupported,
+    EtagMismatch,
+    NotFound,
+)
 from sharemesh.runtime.peers import Peers
 from sharemesh.state.v1 import records_pb2
-from sharemesh.v1 import access_rule_pb2, operation_metadata_pb2, share_network_pb2, share_pb2
+from sharemesh.v1 import (
+    access_rule_pb2,
+    operation_metadata_pb2,
+    share_network_pb2,
+    share_pb2,
+    snapshot_pb2,
+)
 
 from ._auth import Authenticator, Caller
 from ._cache import WatchCache
@@ -31,6 +43,7 @@ _RESOURCES: tuple[type[Message], ...] = (
     access_rule_pb2.AccessRule,
     share_network_pb2.ShareNetwork,
     share_network_pb2.Attachment,
+    snapshot_pb2.Snapshot,
 )
 
 
@@ -122,6 +135,33 @@ class Base:
         )
         return found
 
+    async def snapshot_record(self, name: str, field: str) -> Versioned[records_pb2.SnapshotRecord]:
+        return await self.record(names.SNAPSHOT, name, field, records_pb2.SnapshotRecord)
+
+    async def snapshot_records(self, share: str) -> list[Versioned[records_pb2.SnapshotRecord]]:
+        found, _ = await self.store.list_all(
+            self.store.prefix_of(share, "snapshots"), records_pb2.SnapshotRecord
+        )
+        return found
+
+    async def pool_capacity(self, record: records_pb2.ShareRecord) -> records_pb2.PoolCapacity:
+        """The share's pool as its backend registered it; UNAVAILABLE while it is away."""
+        backend = await self.peers.backend(record.backend)
+        for pool in backend.pools if backend else ():
+            if pool.name == record.pool:
+                return pool
+        raise BackendUnavailable(f"the backend of {record.pool} is not reachable now; retry later")
+
+    async def require_capability(
+        self, record: records_pb2.ShareRecord, capability: str, action: str
+    ) -> None:
+        """FAILED_PRECONDITION naming `capability` unless the share's pool offers it."""
+        pool = await self.pool_capacity(record)
+        if pool.capabilities.get(capability, "false") != "true":
+            raise CapabilityUnsupported(
+                capability, f"{action}: the share's backend does not offer {capability}"
+            )
+
     def queue(
         self,
         txn: Txn,
@@ -149,7 +189,7 @@ class Base:
         """Makes `op` wait for the service that acts on the record (already moved to its
         new state), in `txn`, compared with the record as it was read."""
         found.value.pending_operations.append(op.operation.name)
-        if isinstance(found.value, records_pb2.ShareRecord):
+        if "trace_parent" in found.value.DESCRIPTOR.fields_by_name:
             found.value.trace_parent = telemetry.traceparent()
         operations.set_progress(op, detail, 10)
         txn.put(found.key, found.value, found.mod_revision)

@@ -46,7 +46,15 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 
 # The collections the api lists (records directly under `{root}{collection}/`).
-COLLECTIONS = ("shares", "accessRules", "shareNetworks", "attachments", "operations", "shareTypes")
+COLLECTIONS = (
+    "shares",
+    "accessRules",
+    "snapshots",
+    "shareNetworks",
+    "attachments",
+    "operations",
+    "shareTypes",
+)
 # How long a read waits for the cache to apply etcd's current revision before it reads
 # etcd instead: changes normally arrive within a millisecond.
 CATCH_UP_SECONDS = 1.0

@@ -23,7 +23,6 @@ from sharemesh.runtime import (
 from sharemesh.runtime.coordination import Txn, Versioned
 from sharemesh.runtime.errors import (
     Aborted,
-    BackendUnavailable,
     CapabilityUnsupported,
     FailedPrecondition,
     InvalidArgument,
@@ -32,11 +31,12 @@ from sharemesh.runtime.errors import (
     ShareNotActive,
 )
 from sharemesh.state.v1 import records_pb2
-from sharemesh.v1 import share_pb2, share_service_pb2
+from sharemesh.v1 import share_pb2, share_service_pb2, snapshot_pb2
 
 from . import _paging, _share_types
 from ._auth import Caller
 from ._base import Base, check_etag, view
+from ._snapshots import cloning
 
 Share = share_pb2.Share
 MAX_SHARE_GIB = 16 * 1024
@@ -119,18 +119,16 @@ class Shares(Base):
         caller = self.caller(context)
         caller.check_parent(project)
         names.check_id("share_id", request.share_id)
-        share = request.share
-        _check_size(share.size_gib, "share.size_gib")
+        share = Share()
+        share.CopyFrom(request.share)
         if share.protocol not in (Share.PROTOCOL_UNSPECIFIED, Share.NFS):
             raise InvalidArgument("share.protocol", "only NFS is supported")
         if share.share_network:
             names.SHARE_NETWORK.parse("share.share_network", share.share_network)
             _check_in_project(share.share_network, project, "share.share_network")
         if share.source_snapshot:
-            raise FailedPrecondition(
-                "creating a share from a snapshot is not available yet",
-                reason="SNAPSHOTS_UNAVAILABLE",
-            )
+            await self._from_snapshot(share, project)
+        _check_size(share.size_gib, "share.size_gib")
         share_type = share.share_type or DEFAULT_SHARE_TYPE
         await _share_types.share_type(self.store, share_type, "share.share_type")
         name = names.SHARE.format(project=project, share=request.share_id)
@@ -152,6 +150,12 @@ class Shares(Base):
             record.trace_parent = telemetry.traceparent()
             operations.set_progress(op, "waiting for placement", 5)
             txn.create(self.store.key_of(name), record)
+            if share.source_snapshot:
+                # Written, so a delete of the snapshot and this create conflict; the
+                # snapshot cannot go while the share is being made from it.
+                source = await self._usable_snapshot(share.source_snapshot)
+                source.value.clones.append(name)
+                txn.put(source.key, source.value, source.mod_revision)
             if share.share_network:
                 # Written, not just compared, so a concurrent delete of the network and
                 # this create conflict whichever commits first.
@@ -161,6 +165,41 @@ class Shares(Base):
         op = await self.mutate(caller, name, "create", request, write)
         self.peers.nudge(f"place {name}", lambda: self.peers.place_share(name))
         return op
+
+    async def _usable_snapshot(self, name: str) -> Versioned[records_pb2.SnapshotRecord]:
+        found = await self.snapshot_record(name, "share.source_snapshot")
+        if found.value.snapshot.state != snapshot_pb2.Snapshot.READY:
+            state = snapshot_pb2.Snapshot.State.Name(found.value.snapshot.state)
+            raise FailedPrecondition(
+                f"{name} is {state}; shares are made from READY snapshots",
+                reason="SNAPSHOT_NOT_READY",
+            )
+        return found
+
+    async def _from_snapshot(self, share: Share, project: str) -> None:
+        """A share made from a snapshot: of at least the snapshot's size (its size by
+        default), and of the source share's type unless it names one. It lands on the
+        source's pool (the scheduler pins it there), which must offer the clone."""
+        names.SNAPSHOT.parse("share.source_snapshot", share.source_snapshot)
+        _check_in_project(share.source_snapshot, project, "share.source_snapshot")
+        snapshot = (await self._usable_snapshot(share.source_snapshot)).value.snapshot
+        if share.size_gib == 0:
+            share.size_gib = snapshot.size_gib
+        elif share.size_gib < snapshot.size_gib:
+            raise InvalidArgument(
+                "share.size_gib",
+                f"must be at least the snapshot's size, {snapshot.size_gib} GiB",
+            )
+        source = await self.share_record(
+            share.source_snapshot.rsplit("/snapshots/", 1)[0], "share.source_snapshot"
+        )
+        if not share.share_type:
+            share.share_type = source.value.share.share_type
+        await self.require_capability(
+            source.value,
+            "create_share_from_snapshot_support",
+            "cannot create a share from this snapshot",
+        )
 
     async def _usable_network(
         self, name: str, project: str
@@ -215,6 +254,24 @@ class Shares(Base):
             check_etag(request.etag, found, "etag")
             record = found.value
             unplaced = not record.backend
+            snapshots = await self.snapshot_records(request.name)
+            if snapshots and not request.force:
+                shown = [s.value.snapshot.name for s in snapshots]
+                raise FailedPrecondition(
+                    f"the share has {len(shown)} snapshot(s): {', '.join(shown[:5])}; "
+                    "delete them first, or delete the share with force",
+                    reason="SHARE_HAS_SNAPSHOTS",
+                )
+            for snapshot in snapshots:  # forced: they go first, on the backend too
+                if busy := await cloning(self, snapshot.value):
+                    raise FailedPrecondition(
+                        f"shares are being created from {snapshot.value.snapshot.name}: "
+                        f"{', '.join(busy[:5])}; delete the share after",
+                        reason="SNAPSHOT_IN_USE",
+                    )
+                if not snapshot.value.delete_requested:
+                    lifecycle.snapshot.delete_requested(snapshot.value)
+                    txn.put(snapshot.key, snapshot.value, snapshot.mod_revision)
             if unplaced:
                 # Nothing exists on any backend: the record and its rules just go.
                 txn.delete(found.key, found.mod_revision)
@@ -324,10 +381,3 @@ class Shares(Base):
         if not op.done:
             await self.nudge_backend(request.name)
         return op
-
-    async def pool_capacity(self, record: records_pb2.ShareRecord) -> records_pb2.PoolCapacity:
-        backend = await self.peers.backend(record.backend)
-        for pool in backend.pools if backend else ():
-            if pool.name == record.pool:
-                return pool
-        raise BackendUnavailable(f"the backend of {record.pool} is not reachable now; retry later")

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import grpc
 from google.protobuf import empty_pb2
+from google.protobuf.message import Message
 
 from sharemesh import network
 from sharemesh.driver.v1 import driver_service_pb2, driver_service_pb2_grpc
@@ -25,7 +26,7 @@ from sharemesh.runtime.peers import Peers
 from sharemesh.runtime.process import Context
 from sharemesh.runtime.server import Binding
 from sharemesh.state.v1 import records_pb2
-from sharemesh.v1 import access_rule_pb2, share_pb2
+from sharemesh.v1 import access_rule_pb2, share_pb2, snapshot_pb2
 
 from . import drivers
 from ._sync import ShareSync
@@ -33,13 +34,16 @@ from ._sync import ShareSync
 log = logging.getLogger(__name__)
 
 Share = share_pb2.Share
+Snapshot = snapshot_pb2.Snapshot
 AccessRule = access_rule_pb2.AccessRule
 ShareRecord = records_pb2.ShareRecord
 RuleRecord = records_pb2.AccessRuleRecord
+SnapshotRecord = records_pb2.SnapshotRecord
 _WAITING = (Share.CREATING, Share.UPDATING, Share.DELETING)
 _WORKERS = 16  # shares synced at once (each holds its share's etcd lock)
 _READS_IN_FLIGHT = 32  # etcd reads at once while listing this backend's records
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 
 class DriverService(driver_service_pb2_grpc.DriverServiceServicer):
@@ -78,6 +82,7 @@ class DriverHostApp:
             context.config.scheduler.max_attempts,
             context.config.gateway.host,
             context.config.retry_deadline_seconds,
+            context.config.export_id_quarantine_seconds,
         )
         self._controller = controllers.Controller(
             f"sync of {self.backend}", self._sync.sync, workers=_WORKERS
@@ -100,6 +105,15 @@ class DriverHostApp:
             name=f"access rules of {self.backend}",
         )
         self._rules.add_handler(self._rule_changed)
+        self._snapshots = controllers.Informer(
+            self._store,
+            self._store.root + "snapshots/",
+            SnapshotRecord,
+            keep=self._snapshot_is_mine,
+            lister=self._list_own_snapshots,
+            name=f"snapshots of {self.backend}",
+        )
+        self._snapshots.add_handler(self._snapshot_changed)
         self.share_servers: network.NetworkServers | None = None
         self._endpoint = ""
         self.bindings = [
@@ -147,19 +161,34 @@ class DriverHostApp:
         return [f for f in found if f is not None and f.value.backend == self.backend], revision
 
     def _rule_is_mine(self, rule: RuleRecord) -> bool:
-        share = rule.rule.name.rsplit("/accessRules/", 1)[0]
+        return self._is_mine(rule.rule.name.rsplit("/accessRules/", 1)[0])
+
+    def _snapshot_is_mine(self, snapshot: SnapshotRecord) -> bool:
+        return self._is_mine(snapshot.snapshot.name.rsplit("/snapshots/", 1)[0])
+
+    def _is_mine(self, share: str) -> bool:
         return self._shares.get(self._store.key_of(share)) is not None
 
     async def _list_own_rules(self) -> tuple[list[Versioned[RuleRecord]], int]:
+        return await self._list_under_own_shares("accessRules", RuleRecord)
+
+    async def _list_own_snapshots(self) -> tuple[list[Versioned[SnapshotRecord]], int]:
+        return await self._list_under_own_shares("snapshots", SnapshotRecord)
+
+    async def _list_under_own_shares(
+        self, collection: str, record_type: type[M]
+    ) -> tuple[list[Versioned[M]], int]:
+        """A collection of this backend's shares (their rules, their snapshots), read
+        share by share: O(own shares), never a range over the whole mesh."""
         # The revision first: every list below reads at or after it.
         _, revision = await _client.get_kv(self._store.client, self._store.root)
         listed = await _bounded(
             self._store.list_all(
-                self._store.prefix_of(share.value.share.name, "accessRules"), RuleRecord
+                self._store.prefix_of(share.value.share.name, collection), record_type
             )
             for share in self._shares.items()
         )
-        return [rule for rules, _ in listed for rule in rules], revision
+        return [item for items, _ in listed for item in items], revision
 
     def _share_changed(
         self, old: Versioned[ShareRecord] | None, new: Versioned[ShareRecord] | None
@@ -176,6 +205,16 @@ class DriverHostApp:
         waiting = rule.rule.state not in (AccessRule.ACTIVE, AccessRule.ERROR)
         if rule.delete_requested or rule.pending_operations or waiting:
             self.sync(rule.rule.name.rsplit("/accessRules/", 1)[0])
+
+    def _snapshot_changed(
+        self, old: Versioned[SnapshotRecord] | None, new: Versioned[SnapshotRecord] | None
+    ) -> None:
+        if new is None:
+            return
+        snapshot = new.value
+        waiting = snapshot.snapshot.state in (Snapshot.CREATING, Snapshot.DELETING)
+        if snapshot.delete_requested or snapshot.pending_operations or waiting:
+            self.sync(snapshot.snapshot.name.rsplit("/snapshots/", 1)[0])
 
     async def registration(self) -> records_pb2.BackendRecord:
         stats = await self.driver.stats()
@@ -210,7 +249,9 @@ class DriverHostApp:
             group.create_task(self._shares.run())
             await self._shares.synced.wait()
             group.create_task(self._rules.run())
+            group.create_task(self._snapshots.run())
             await self._rules.synced.wait()
+            await self._snapshots.synced.wait()
             await retry.persist("re-exporting this backend's shares", self._ensure_active)
             await retry.persist("registering", refresh)
             log.info("registered %s at %s", self.backend, endpoint)
@@ -231,13 +272,20 @@ class DriverHostApp:
         and so do the gateways and share servers that serve its shares on networks."""
         mine = self._shares.items()
         rules_of: dict[str, list[Versioned[RuleRecord]]] = {}
-        for rule in self._rules.items():  # from the watch: no read per share
+        for rule in self._rules.items():  # from the watches: no read per share
             share = rule.value.rule.name.rsplit("/accessRules/", 1)[0]
             rules_of.setdefault(share, []).append(rule)
+        snapshots_of: dict[str, list[Versioned[SnapshotRecord]]] = {}
+        for snapshot in self._snapshots.items():
+            share = snapshot.value.snapshot.name.rsplit("/snapshots/", 1)[0]
+            snapshots_of.setdefault(share, []).append(snapshot)
         for found in mine:
             if found.value.share.state == Share.ACTIVE:
+                name = found.value.share.name
                 try:
-                    await self._sync.ensure(found, rules_of.get(found.value.share.name, []))
+                    await self._sync.ensure(
+                        found, rules_of.get(name, []), snapshots_of.get(name, [])
+                    )
                 except Exception as error:
                     if retry.transient(error):
                         raise  # the whole re-export waits for etcd (retry.persist)
@@ -265,6 +313,7 @@ class DriverHostApp:
         and this backend's share servers made true (one no share needs any more goes)."""
         self._shares.resync()
         self._rules.resync()
+        self._snapshots.resync()
         await self._sync.serve_networks(self._shares.items())
 
     async def close(self) -> None:

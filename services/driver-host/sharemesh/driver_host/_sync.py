@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 
 from sharemesh import network
 from sharemesh.runtime import errors, lifecycle, operations, retry, telemetry
@@ -16,6 +17,7 @@ from sharemesh.runtime.coordination import Mutex, Session, Store, Txn, Versioned
 from sharemesh.runtime.errors import (
     Aborted,
     FencedOut,
+    NotFound,
     ShareMeshError,
     Unavailable,
 )
@@ -24,7 +26,8 @@ from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import access_rule_pb2, share_pb2
 
 from . import strategies
-from .drivers import Driver, ShareSpec
+from ._snapshots import SnapshotSync, settled, snapshot_spec
+from .drivers import Driver, ShareSpec, SnapshotSpec
 from .strategies import _records, rules_of, spec_of
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,7 @@ class ShareSync:
         max_attempts: int,
         host: str,
         retry_deadline_seconds: float = 600.0,
+        export_id_quarantine_seconds: float = 3600.0,
     ) -> None:
         self._store = store
         self._retry_deadline = retry_deadline_seconds
@@ -80,6 +84,7 @@ class ShareSync:
         # share networks go through the host's gateway (mode 2).
         self._on_share_server: strategies.OnShareServer | None = None
         self._deletion = strategies.Deletion(self._backend)
+        self._snapshots = SnapshotSync(self._backend, export_id_quarantine_seconds)
 
     def use_share_servers(self, servers: network.NetworkServers) -> None:
         self._on_share_server = strategies.OnShareServer(self._backend, servers)
@@ -130,6 +135,8 @@ class ShareSync:
         pending = [*found.value.pending_operations]
         for rule in rules:
             pending.extend(rule.value.pending_operations)
+        for snapshot in await self._snapshots.listed(name):
+            pending.extend(snapshot.value.pending_operations)
         return await retry.waiting_since(self._store, pending)
 
     def _unless_final(self, error: ShareMeshError, final: bool) -> ShareMeshError:
@@ -174,13 +181,22 @@ class ShareSync:
         )
         spec = spec_of(found.value)
         strategy = self._strategy_of(found.value)
+        failure_of = lambda e: self._unless_final(e, final)  # noqa: E731
         if found.value.delete_requested:
-            await self._deletion.delete(
-                found, rules, spec, lock, strategy, lambda e: self._unless_final(e, final)
-            )
+            try:
+                await self._snapshots.delete_all(found, spec, lock, failure_of)
+            except ShareMeshError as refused:
+                await self._deletion.refuse(found, refused, lock)
+                return
+            await self._deletion.delete(found, rules, spec, lock, strategy, failure_of)
             return
+        snapshots = await self._snapshots.listed(name)
+        rules_changed = any(r.value.pending_operations or r.value.delete_requested for r in rules)
         try:
-            found, locations = await strategy.realize(found, spec, rules, lock)
+            source = await self._source_of(found.value)
+            if found.value.revert_to:
+                await self._snapshots.revert(found, spec)
+            found, locations = await strategy.realize(found, spec, rules, lock, source)
         except ShareMeshError as error:
             await self._fail(found, rules, spec, self._unless_final(error, final), lock)
             return
@@ -189,13 +205,29 @@ class ShareSync:
             share_pb2.ExportLocation(path=e.path, nfs_port=e.nfs_port, mount_port=e.mount_port)
             for e in locations
         ]
-        if _settled(record, rules) and served in ([], list(record.share.export_locations)):
-            return  # already true and recorded so: a repeated sync writes nothing
-        txn = self._store.txn().fence(lock)
-        lifecycle.share.realized(record, served)
-        await self._settle_rules(txn, rules)
-        await _records.finish(self._store, txn, found, response=record.share)
-        await txn.commit()
+        if not _settled(record, rules) or served not in ([], list(record.share.export_locations)):
+            txn = self._store.txn().fence(lock)
+            lifecycle.share.realized(record, served)
+            await self._settle_rules(txn, rules)
+            await _records.finish(self._store, txn, found, response=record.share)
+            await txn.commit()
+        if not settled(snapshots) or rules_changed:  # else already true: nothing is written
+            await self._snapshots.sync(
+                found, spec, snapshots, rules, lock, failure_of, rules_changed=rules_changed
+            )
+
+    async def _source_of(self, record: records_pb2.ShareRecord) -> SnapshotSpec | None:
+        """The snapshot a share not made yet is to be made from, if any."""
+        if record.realized_size_gib or not record.share.source_snapshot:
+            return None
+        name = record.share.source_snapshot
+        snapshot = await self._store.get(self._store.key_of(name), records_pb2.SnapshotRecord)
+        share = await self._store.get(
+            self._store.key_of(name.rsplit("/snapshots/", 1)[0]), records_pb2.ShareRecord
+        )
+        if snapshot is None or share is None:
+            raise NotFound(f"{name}, the snapshot to make the share from, is gone")
+        return snapshot_spec(share.value, snapshot.value)
 
     async def serve_networks(self, shares: list[Versioned[records_pb2.ShareRecord]]) -> None:
         """Every share server of this backend made true (see OnShareServer.serve_all)."""
@@ -206,13 +238,16 @@ class ShareSync:
         self,
         found: Versioned[records_pb2.ShareRecord],
         rules: list[Versioned[records_pb2.AccessRuleRecord]],
+        snapshots: Sequence[Versioned[records_pb2.SnapshotRecord]] = (),
     ) -> None:
         """After a restart: mount and export an ACTIVE share again, with `rules` (its
-        rules, as the caller's watch holds them)."""
+        rules, as the caller's watch holds them), and its READY snapshots' exports."""
         # A share behind a gateway is exported to nobody here: its rules apply there.
         record = found.value
         behind_gateway = bool(record.share.share_network)
-        await self._driver.ensure_share(spec_of(record), [] if behind_gateway else rules_of(rules))
+        spec = spec_of(record)
+        await self._driver.ensure_share(spec, [] if behind_gateway else rules_of(rules))
+        await self._snapshots.ensure(record, spec, list(snapshots), rules)
 
     async def tell_gateways(self, shares: list[Versioned[records_pb2.ShareRecord]]) -> None:
         """After `ensure` mounted the shares again, each network's gateway syncs once."""

@@ -13,7 +13,6 @@ from google.protobuf import empty_pb2
 from sharemesh.runtime import (
     capacity,
     errors,
-    export_ids,
     ledger,
     lifecycle,
     operations,
@@ -123,12 +122,18 @@ class Placer:
         except ResourceExhausted as over:
             await self._fail(found, over)
             return None
-        candidates, allocations = await self._candidates()
+        registered, allocations = await self._candidates()
+        candidates = registered
+        if record.share.source_snapshot:
+            # A share made from a snapshot is a copy the source's backend makes in place:
+            # only the source share's pool can hold it.
+            source = await self._source_pool(record.share.source_snapshot)
+            candidates = [c for c in registered if c.pool == source]
         request = await self._request(record)
         try:
             chosen = self._placement.choose(candidates, request)
         except NoValidPool as reason:
-            await self._no_valid_pool(found, candidates, allocations, str(reason))
+            await self._no_valid_pool(found, registered, allocations, str(reason))
             return None
         ledger.pool(self._store, chosen.pool, allocations.get(chosen.pool)).add(txn, size)
         try:
@@ -153,23 +158,14 @@ class Placer:
         log.info("placed %s on %s", name, chosen.pool)
         return chosen.backend
 
+    async def _source_pool(self, snapshot: str) -> str:
+        share = snapshot.rsplit("/snapshots/", 1)[0]
+        found = await self._store.get(self._store.key_of(share), records_pb2.ShareRecord)
+        return found.value.pool if found is not None else ""
+
     async def _take_export_id(self, txn: Txn, backend: str) -> int:
-        """Export ids are unique per backend Ganesha; only the leader hands them out."""
-        root = self._store.root
-        ids = await ledger.read_export_ids(self._store, backend)
-        oldest, _, _ = await self._store.list(
-            keys.released_export_ids_prefix(root, backend), records_pb2.ReleasedExportId, limit=1
-        )
-        choice = export_ids.choose(
-            ids.value,
-            oldest[0].value if oldest else None,
-            operations.now(),
-            self._export_id_quarantine,
-        )
-        if choice.reused:
-            txn.delete(oldest[0].key, oldest[0].mod_revision)
-            return choice.export_id
-        return ids.set(txn, choice.export_id)
+        """Export ids are unique per backend Ganesha; they are taken at placement."""
+        return await ledger.take_export_id(self._store, txn, backend, self._export_id_quarantine)
 
     async def _candidates(
         self,

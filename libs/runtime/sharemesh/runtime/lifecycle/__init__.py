@@ -2,6 +2,6 @@
 named function over a record, checked and stamped in one place, so no service sets a
 state by hand. Pure: the callers read and write the records in their own transactions."""
 
-from . import access_rule, share
+from . import access_rule, share, snapshot
 
-__all__ = ["access_rule", "share"]
+__all__ = ["access_rule", "share", "snapshot"]

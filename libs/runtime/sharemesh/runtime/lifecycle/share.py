@@ -4,6 +4,8 @@
     placed             CREATING               -> CREATING, on a pool with an export id
     realized           CREATING|UPDATING|ACTIVE -> ACTIVE at its size, with its locations
     resize_requested   ACTIVE                 -> UPDATING
+    revert_requested   ACTIVE                 -> UPDATING, to its latest snapshot
+    reverted           UPDATING               -> (same): the backend holds the snapshot's data
     grown              UPDATING|ACTIVE        -> (same): the backend has the new size
     failed             CREATING|UPDATING|ACTIVE -> ERROR
     retried_elsewhere  CREATING               -> CREATING, unplaced, for another pool
@@ -120,10 +122,27 @@ def resize_requested(
     return delta
 
 
+def revert_requested(
+    record: ShareRecord, snapshot: str, at: timestamp_pb2.Timestamp | None = None
+) -> None:
+    """A revert of an ACTIVE share to `snapshot` (its latest, checked by the caller): it
+    is UPDATING until the backend holds the snapshot's data again."""
+    _check(record, (ACTIVE,), "reverted", reason="SHARE_NOT_ACTIVE")
+    record.revert_to = snapshot
+    _stamp(record, UPDATING, "", at)
+
+
+def reverted(record: ShareRecord) -> None:
+    """The backend put the snapshot's data back; `realized` then makes the share ACTIVE."""
+    _check(record, (UPDATING,), "reverted")
+    record.revert_to = ""
+
+
 def failed(record: ShareRecord, message: str, at: timestamp_pb2.Timestamp | None = None) -> None:
     """A change that no retry can fix: ERROR with `message`, which must be tenant-safe
     (errors.for_tenant). Only a delete or an admin's reset leaves ERROR."""
     _check(record, _LIVE, "failed")
+    record.revert_to = ""
     _stamp(record, ERROR, message, at)
 
 
@@ -188,6 +207,7 @@ def reset(record: ShareRecord, state: int, at: timestamp_pb2.Timestamp | None = 
     that was made; ERROR stays until a delete."""
     _check(record, _ANY, "reset")
     record.delete_requested = record.force_delete = False
+    record.revert_to = ""  # what waited on it was stopped
     if state == ACTIVE:
         if record.realized_size_gib == 0:
             raise FailedPrecondition(

@@ -12,7 +12,7 @@ from sharemesh.runtime.peers import Peers
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import access_rule_pb2
 
-from ..drivers import AccessRuleSpec, Driver, ExportLocation, ShareSpec
+from ..drivers import AccessRuleSpec, Driver, ExportLocation, ShareSpec, SnapshotSpec
 
 AccessRule = access_rule_pb2.AccessRule
 Rules = list[Versioned[records_pb2.AccessRuleRecord]]
@@ -35,9 +35,15 @@ class Backend:
 
 class Strategy(Protocol):
     async def realize(
-        self, found: Versioned[records_pb2.ShareRecord], spec: ShareSpec, rules: Rules, lock: Mutex
+        self,
+        found: Versioned[records_pb2.ShareRecord],
+        spec: ShareSpec,
+        rules: Rules,
+        lock: Mutex,
+        source: SnapshotSpec | None = None,
     ) -> tuple[Versioned[records_pb2.ShareRecord], list[ExportLocation]]:
-        """Makes the share exist at its size, served to its rules; returns its record
+        """Makes the share exist at its size (from `source`, a snapshot, if it is new and
+        made from one), served to its rules; returns its record
         (as written, if the strategy wrote it under `lock`) and the export locations to
         record (none: keep the recorded ones)."""
         ...
@@ -71,11 +77,16 @@ def rules_of(rules: Rules) -> list[AccessRuleSpec]:
 
 
 async def create_or_grow(
-    driver: Driver, record: records_pb2.ShareRecord, spec: ShareSpec
+    driver: Driver,
+    record: records_pb2.ShareRecord,
+    spec: ShareSpec,
+    source: SnapshotSpec | None = None,
 ) -> list[ExportLocation]:
-    """Makes the share on the backend, or grows it to its recorded size; returns the
-    backend's export locations when it made the share."""
+    """Makes the share on the backend (a copy of `source`, if given), or grows it to its
+    recorded size; returns the backend's export locations when it made the share."""
     if record.realized_size_gib == 0:
+        if source is not None:
+            return await driver.create_share_from_snapshot(spec, source)
         return await driver.create_share(spec)
     if record.share.size_gib > record.realized_size_gib:
         await driver.resize_share(spec, record.share.size_gib)

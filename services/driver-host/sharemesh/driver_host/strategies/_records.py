@@ -4,7 +4,7 @@ recording of an outcome with the operations that waited for it."""
 
 from __future__ import annotations
 
-from sharemesh.runtime import export_ids, ledger, operations, quota
+from sharemesh.runtime import ledger, operations, quota
 from sharemesh.runtime.coordination import Store, Txn, Versioned, keys
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_pb2
@@ -45,13 +45,7 @@ async def release(
 
 def release_export_id(backend: Backend, txn: Txn, record: records_pb2.ShareRecord) -> None:
     """Gives the share's Export_Id back, to rest in quarantine; its export is gone."""
-    if not record.export_id:
-        return
-    now = operations.now()
-    key = keys.released_export_id_key(
-        backend.store.root, backend.short_name, now.ToMilliseconds(), record.export_id
-    )
-    txn.put(key, export_ids.released(record.export_id, now))
+    ledger.release_export_id(backend.store, txn, backend.short_name, record.export_id)
 
 
 def host_index_key(store: Store, record: records_pb2.ShareRecord) -> str:

@@ -48,7 +48,7 @@ class Deletion:
         except ShareMeshError as failure:
             error = failure_of(failure)
             if not record.force_delete:
-                await self._refuse(found, error, lock)
+                await self.refuse(found, error, lock)
                 return
             log.warning(
                 "force-deleting %s although the backend failed: %s",
@@ -112,7 +112,7 @@ class Deletion:
                     records_pb2.AccessRuleRecord,
                 )
 
-    async def _refuse(
+    async def refuse(
         self, found: Versioned[records_pb2.ShareRecord], error: ShareMeshError, lock: Mutex
     ) -> None:
         """The share stays, in ERROR with the reason, to be deleted again (with `force`

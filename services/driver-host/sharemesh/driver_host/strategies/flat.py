@@ -5,7 +5,7 @@ from __future__ import annotations
 from sharemesh.runtime.coordination import Mutex, Versioned
 from sharemesh.state.v1 import records_pb2
 
-from ..drivers import ExportLocation, ShareSpec
+from ..drivers import ExportLocation, ShareSpec, SnapshotSpec
 from ._common import Backend, Rules, create_or_grow, rules_of
 
 
@@ -14,11 +14,16 @@ class Flat:
         self._driver = backend.driver
 
     async def realize(
-        self, found: Versioned[records_pb2.ShareRecord], spec: ShareSpec, rules: Rules, lock: Mutex
+        self,
+        found: Versioned[records_pb2.ShareRecord],
+        spec: ShareSpec,
+        rules: Rules,
+        lock: Mutex,
+        source: SnapshotSpec | None = None,
     ) -> tuple[Versioned[records_pb2.ShareRecord], list[ExportLocation]]:
         desired = rules_of(rules)
         created = found.value.realized_size_gib == 0
-        locations = await create_or_grow(self._driver, found.value, spec)
+        locations = await create_or_grow(self._driver, found.value, spec, source)
         if not created or desired:  # a new export already admits nobody
             await self._driver.update_access(spec, desired)
         return found, locations

@@ -13,7 +13,7 @@ from sharemesh.runtime.coordination import Mutex, Versioned, keys
 from sharemesh.runtime.errors import ShareMeshError, Unavailable
 from sharemesh.state.v1 import records_pb2
 
-from ..drivers import AccessRuleSpec, ExportLocation, ShareSpec
+from ..drivers import AccessRuleSpec, ExportLocation, ShareSpec, SnapshotSpec
 from . import _records
 from ._common import Backend, Rules, create_or_grow, export_on_backend
 
@@ -25,13 +25,18 @@ class BehindGateway:
         self._backend = backend
 
     async def realize(
-        self, found: Versioned[records_pb2.ShareRecord], spec: ShareSpec, rules: Rules, lock: Mutex
+        self,
+        found: Versioned[records_pb2.ShareRecord],
+        spec: ShareSpec,
+        rules: Rules,
+        lock: Mutex,
+        source: SnapshotSpec | None = None,
     ) -> tuple[Versioned[records_pb2.ShareRecord], list[ExportLocation]]:
         """Done when the gateway has confirmed the export. How the gateway reaches the
         share is recorded (under `lock`) before it is asked, as it reads it from etcd."""
         store, driver, record = self._backend.store, self._backend.driver, found.value
         created = record.realized_size_gib == 0
-        await create_or_grow(driver, record, spec)
+        await create_or_grow(driver, record, spec, source)
         access = driver.gateway_access(spec)
         # A proxying gateway reads the backend's own export: grant the gateways' links.
         proxies = access.fsal == "PROXY_V4"

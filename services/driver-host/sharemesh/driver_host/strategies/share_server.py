@@ -16,7 +16,7 @@ from sharemesh.runtime.errors import ShareMeshError
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_pb2
 
-from ..drivers import ExportLocation, ShareSpec
+from ..drivers import ExportLocation, ShareSpec, SnapshotSpec
 from ._common import Backend, Rules, create_or_grow, export_on_backend, spec_of
 
 log = logging.getLogger(__name__)
@@ -31,11 +31,16 @@ class OnShareServer:
         self._network_locks: dict[str, asyncio.Lock] = {}
 
     async def realize(
-        self, found: Versioned[records_pb2.ShareRecord], spec: ShareSpec, rules: Rules, lock: Mutex
+        self,
+        found: Versioned[records_pb2.ShareRecord],
+        spec: ShareSpec,
+        rules: Rules,
+        lock: Mutex,
+        source: SnapshotSpec | None = None,
     ) -> tuple[Versioned[records_pb2.ShareRecord], list[ExportLocation]]:
         record = found.value
         created = record.realized_size_gib == 0
-        await create_or_grow(self._backend.driver, record, spec)
+        await create_or_grow(self._backend.driver, record, spec, source)
         await export_on_backend(self._backend.driver, spec, created, [])
         server = await self._serve(record.share.share_network, record, making=True)
         assert server is not None
