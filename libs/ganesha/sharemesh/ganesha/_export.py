@@ -186,6 +186,21 @@ def client_rules(rules: Iterable[tuple[str, Access]]) -> tuple[ClientRule, ...]:
     return tuple(ClientRule((str(net),), levels[net]) for net in ordered)
 
 
+_CLIENT_BLOCK = re.compile(
+    r"\bCLIENT\s*\{\s*Clients\s*=\s*([^;{}]*);\s*Access_Type\s*=\s*(RW|RO)\s*;\s*\}"
+)
+
+
+def parse_clients(text: str) -> tuple[ClientRule, ...]:
+    """The CLIENT blocks of an EXPORT block that `Export.render` wrote, in order: what a
+    restarted driver reads back from an export file when it has nothing in memory."""
+    rules = []
+    for clients, access in _CLIENT_BLOCK.findall(text):
+        names = tuple(normalize_client(c.strip()) for c in clients.split(","))
+        rules.append(ClientRule(names, "RW" if access == "RW" else "RO"))
+    return tuple(rules)
+
+
 def share_pseudo(share_uid: str) -> str:
     """The NFSv4 pseudo path of a share, the same on its backend and on any gateway."""
     return f"/shares/{share_uid}"

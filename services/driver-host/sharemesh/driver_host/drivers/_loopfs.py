@@ -31,23 +31,30 @@ async def run(*argv: str, timeout: float = 120.0) -> str:
 # ---- image files -----------------------------------------------------------------------
 
 
-async def create_image(image: Path, size_bytes: int, reserve: bool = False) -> bool:
+async def create_image(
+    image: Path, size_bytes: int, reserve: bool = False, mkfs_options: tuple[str, ...] = ()
+) -> bool:
     """A sparse file holding a fresh XFS, or with `reserve` one whose blocks are all
     allocated on the pool's filesystem; appears under its name only when complete.
     Returns False if the image was there already."""
     if image.exists():
         return False
     image.parent.mkdir(parents=True, exist_ok=True)
-    tmp = image.with_name(f".{image.name}.tmp")
+    tmp = temporary(image)
     tmp.unlink(missing_ok=True)
     try:
         await _size(tmp, size_bytes, reserve)
-        await run("mkfs.xfs", "-q", str(tmp))
+        await run("mkfs.xfs", "-q", *mkfs_options, str(tmp))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, image)
     return True
+
+
+def temporary(image: Path) -> Path:
+    """Where an image is made before it appears under its name."""
+    return image.with_name(f".{image.name}.tmp")
 
 
 def image_size(image: Path) -> int:
@@ -91,7 +98,7 @@ async def _size(image: Path, size_bytes: int, reserve: bool) -> None:
 async def delete_image(image: Path) -> None:
     def unlink() -> None:
         image.unlink(missing_ok=True)
-        image.with_name(f".{image.name}.tmp").unlink(missing_ok=True)
+        temporary(image).unlink(missing_ok=True)
 
     await asyncio.to_thread(unlink)  # freeing a big image's extents takes milliseconds
 
@@ -124,13 +131,15 @@ def _real_path(image: Path) -> str:
     return os.fspath(image.resolve())  # the kernel names the file by its real path
 
 
-async def attach(image: Path, fresh: bool = False) -> str:
-    """A loop device for `image`: the one it has, or a new one. A `fresh` image (made in
-    this very call chain) cannot have one, so nothing is searched."""
+async def attach(image: Path, fresh: bool = False, readonly: bool = False) -> str:
+    """A loop device for `image`: the one it has, or a new one (read-only with
+    `readonly`). A `fresh` image (made in this very call chain) cannot have one, so
+    nothing is searched."""
     devices = [] if fresh else loop_devices(image)
     if devices:
         return devices[0]
-    return (await run("losetup", "-f", "--show", str(image))).strip()
+    flags = ("-r",) if readonly else ()
+    return (await run("losetup", *flags, "-f", "--show", str(image))).strip()
 
 
 async def refresh_size(device: str) -> None:
@@ -165,17 +174,24 @@ def mounted_device(mountpoint: Path) -> str | None:
     return f"/dev/{Path(block).name}"
 
 
-async def mount(image: Path, mountpoint: Path, fresh: bool = False) -> str:
+# A snapshot's filesystem: read-only, beside its share under the same UUID, and never
+# written to (its log is clean, since it was copied frozen).
+READ_ONLY = "ro,nouuid,norecovery"
+
+
+async def mount(image: Path, mountpoint: Path, fresh: bool = False, options: str = "") -> str:
     """Mounts the image's filesystem at `mountpoint` through a loop device, unless it is
-    mounted there already; returns the loop device."""
+    mounted there already; returns the loop device. A read-only mount (`ro`, e.g.
+    `READ_ONLY`) gets a read-only loop device."""
     mountpoint.mkdir(parents=True, exist_ok=True)
     device = mounted_device(mountpoint)
     if device is not None:
         if backing_file(device) != _real_path(image):
             raise Internal(f"{mountpoint} has {device} mounted, not a device of {image}")
         return device
-    device = await attach(image, fresh)
-    await run("mount", "-t", "xfs", device, str(mountpoint))
+    device = await attach(image, fresh, readonly="ro" in options.split(","))
+    flags = ("-o", options) if options else ()
+    await run("mount", "-t", "xfs", *flags, device, str(mountpoint))
     return device
 
 
@@ -191,6 +207,15 @@ async def unmount(mountpoint: Path, attempts: int = 20) -> None:
                 raise
             log.info("%s busy; retrying unmount", mountpoint)
             await asyncio.sleep(0.25)
+
+
+async def release(mountpoint: Path, image: Path) -> None:
+    """Unmounts an image's filesystem and frees its loop device."""
+    device = mounted_device(mountpoint)
+    await unmount(mountpoint)
+    if device is None and not image.exists():
+        return  # a repeat: the image goes only after its device was freed
+    await detach(image, device)
 
 
 def remove_mountpoint(mountpoint: Path) -> None:

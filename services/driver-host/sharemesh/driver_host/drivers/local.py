@@ -1,30 +1,39 @@
 """The local driver: each share an XFS image file on a loop device, served by one Ganesha.
 
 The image's size is a hard limit (a full share answers NOSPC), grows online, and never
-shrinks (XFS cannot).
+shrinks (XFS cannot). The images live in a pool with reflink (`_pool`), so a snapshot is
+a reflink copy of a frozen share's image (`_reflink`): instant, and sharing every block.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sharemesh.ganesha import (
+    ClientRule,
     Export,
     GaneshaInstance,
     RefusedExport,
     share_of_pseudo,
     share_pseudo,
+    snapshot_pseudo,
 )
+from sharemesh.ganesha._export import parse_clients
 from sharemesh.runtime.errors import InvalidArgument, NotFound, ResourceExhausted
 
-from . import _loopfs
-from ._loopfs import GIB
+from . import _loopfs, _reflink
+from ._loopfs import GIB, READ_ONLY
+from ._pool import Pool
 from .base import (
     AccessRuleSpec,
     BackendStats,
@@ -41,11 +50,15 @@ from .base import (
 
 log = logging.getLogger("sharemesh.driver_host.local")
 
+_SNAPSHOT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
 
 @dataclass(frozen=True, kw_only=True)
 class LocalDriverConfig:
     pool_dir: Path
-    """Holds `images/` (one sparse image per share) and `mnt/` (their mountpoints)."""
+    """Holds `pool.img` (the pool's XFS, unless `pool_dir` is on a reflink filesystem
+    already), `images/` (one sparse image per share, and `snapshots/`), `mnt/` (the
+    shares' mountpoints) and `snapmnt/` (those of exported snapshots)."""
     pool_name: str = "default"
     capacity_gib: int
     """What the pool offers; shares' sizes add up to at most this times the ratio."""
@@ -88,8 +101,10 @@ class LocalDriver:
 
     def __init__(self, config: LocalDriverConfig) -> None:
         self.config = config
-        self.images = Path(config.pool_dir) / "images"
+        self.pool = Pool(Path(config.pool_dir), config.capacity_gib)
+        self.images = self.pool.images
         self.mounts = Path(config.pool_dir) / "mnt"
+        self.snapshot_mounts = Path(config.pool_dir) / "snapmnt"
         self.ganesha = GaneshaInstance(
             Path(config.state_dir) / "ganesha",
             config.nfs_port,
@@ -108,17 +123,30 @@ class LocalDriver:
         self._stopping = asyncio.Event()
         # Exports Ganesha refused at `start`, told to the first `supervise` callback.
         self._refused_at_start: list[RefusedExport] = []
+        # Each share's clients as last applied: a revert exports it again with them.
+        self._clients: dict[str, tuple[ClientRule, ...]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         self._stopping.clear()
-        self.images.mkdir(parents=True, exist_ok=True)
+        await self.pool.open()  # the shares' images are on it
         self.mounts.mkdir(parents=True, exist_ok=True)
-        # Mount every share before a fresh Ganesha reads its export files: an export of an
-        # empty mountpoint would put clients' writes on the pool's own filesystem.
+        # Mount every share, and every exported snapshot, before a fresh Ganesha reads
+        # its export files: an export of an empty mountpoint would put clients' writes on
+        # the pool's own filesystem.
         for image in sorted(self.images.glob("*.img")):
             await self._mount(image.stem)
+            if _reflink.thaw(self._mountpoint(image.stem)):
+                log.warning("share %s was left frozen by a snapshot; thawed", image.stem)
+        for stale in self.pool.snapshots.glob(".*.tmp") if self.pool.reflink else ():
+            stale.unlink(missing_ok=True)  # copies a crash left unfinished
+        for mountpoint in self._exported_snapshots():
+            image = self._snapshot_image(mountpoint.name)
+            if image.exists():
+                await _loopfs.mount(image, mountpoint, options=READ_ONLY)
+            else:
+                _loopfs.remove_mountpoint(mountpoint)  # a delete that crashed
         self._refused_at_start = await self.ganesha.start()  # adopts a running one
 
     async def stop(self, stop_servers: bool) -> None:
@@ -128,7 +156,15 @@ class LocalDriver:
             # pool, and the next start mounts them again.
             await self.ganesha.stop()
             for image in sorted(self.images.glob("*.img")):
-                await self._unmount(image.stem)
+                await _loopfs.release(self._mountpoint(image.stem), image)
+            for mountpoint in self._exported_snapshots():
+                await _loopfs.release(mountpoint, self._snapshot_image(mountpoint.name))
+            await self.pool.close()
+
+    def _exported_snapshots(self) -> list[Path]:
+        """Mountpoints of the snapshots `export_snapshot` serves (made by it, removed
+        by `delete_snapshot`)."""
+        return sorted(self.snapshot_mounts.iterdir()) if self.snapshot_mounts.is_dir() else []
 
     async def supervise(
         self, on_restart: Callable[[Sequence[str]], Awaitable[None]] | None = None
@@ -158,8 +194,13 @@ class LocalDriver:
         return total
 
     def capabilities(self) -> Capabilities:
-        # Sparse images are thin; XFS cannot shrink; snapshots are not built yet.
+        # Sparse images are thin; XFS cannot shrink; snapshots need a reflink pool.
+        reflink = self.pool.reflink
         return Capabilities(
+            snapshot_support=reflink,
+            create_share_from_snapshot_support=reflink,
+            revert_to_snapshot_support=reflink,
+            mount_snapshot_support=reflink,
             thin_provisioning=True,
             driver_handles_share_servers=self.config.driver_handles_share_servers,
             max_over_subscription_ratio=self.config.max_over_subscription_ratio,
@@ -174,7 +215,7 @@ class LocalDriver:
         pool = PoolStats(
             name=self.config.pool_name,
             total_gib=total,
-            free_gib=max(0.0, total - provisioned),
+            free_gib=max(0.0, total - self.pool.used_bytes() / GIB),
             provisioned_gib=provisioned,
             offers=self.capabilities(),
         )
@@ -205,9 +246,12 @@ class LocalDriver:
         return GatewayAccess(fsal="VFS", path=str(self._mountpoint(share)))
 
     def _locations(self, share: ShareSpec) -> list[ExportLocation]:
+        return self._served_at(self._pseudo(share))
+
+    def _served_at(self, pseudo: str) -> list[ExportLocation]:
         return [
             ExportLocation(
-                path=f"{self.config.host}:{self._pseudo(share)}",
+                path=f"{self.config.host}:{pseudo}",
                 nfs_port=self.config.nfs_port,
                 mount_port=self.config.mount_port,
             )
@@ -217,26 +261,36 @@ class LocalDriver:
     def _pseudo(share: ShareSpec) -> str:
         return share_pseudo(share.share_id)
 
-    def _export(self, share: ShareSpec, rules: Sequence[AccessRuleSpec]) -> Export:
+    def _export(self, share: ShareSpec, clients: tuple[ClientRule, ...] = ()) -> Export:
         return Export(
             export_id=share.export_id,
             path=str(self._mountpoint(share)),
             pseudo=self._pseudo(share),
-            clients=client_blocks(rules),
+            clients=clients,
         )
+
+    async def _serve(self, share: ShareSpec, clients: tuple[ClientRule, ...]) -> None:
+        await self.ganesha.apply(self._export(share, clients))
+        self._clients[share.share_id] = clients
+
+    async def _serve_to_nobody(self, share: ShareSpec) -> None:
+        """A new share's export; a repeat keeps the clients `update_access` set since."""
+        if not await self.ganesha.serves(self._export(share)):
+            await self._serve(share, ())
 
     async def _mount(self, share_id: str, fresh: bool = False) -> str:
         """Mounts the share's image (through its loop device); returns the device."""
         return await _loopfs.mount(self._image(share_id), self._mountpoint(share_id), fresh)
 
-    async def _unmount(self, share_id: str) -> None:
-        """Unmounts the share and frees its loop device."""
-        mountpoint, image = self._mountpoint(share_id), self._image(share_id)
-        device = _loopfs.mounted_device(mountpoint)
-        await _loopfs.unmount(mountpoint)
-        if device is None and not image.exists():
-            return  # a repeat: the image goes only after its device was freed
-        await _loopfs.detach(image, device)
+    def _admit(self, share: ShareSpec) -> None:
+        """Refuses a new share the pool may not provision (under `self._capacity`)."""
+        if self._provisioned_bytes() + share.size_gib * GIB > self._limit_bytes():
+            raise ResourceExhausted(
+                f"pool {self.config.pool_name} may provision "
+                f"{self._limit_bytes() / GIB:.0f} GiB, "
+                f"{self._provisioned_bytes() / GIB:.0f} GiB provisioned; "
+                f"{share.size_gib} GiB more do not fit"
+            )
 
     async def create_share(self, share: ShareSpec) -> list[ExportLocation]:
         self._check(share)
@@ -246,22 +300,12 @@ class LocalDriver:
             fresh = False
             if not image.exists():
                 async with self._capacity:
-                    wanted = self._provisioned_bytes() + share.size_gib * GIB
-                    if wanted > self._limit_bytes():
-                        raise ResourceExhausted(
-                            f"pool {self.config.pool_name} may provision "
-                            f"{self._limit_bytes() / GIB:.0f} GiB, "
-                            f"{self._provisioned_bytes() / GIB:.0f} GiB provisioned; "
-                            f"{share.size_gib} GiB more do not fit"
-                        )
+                    self._admit(share)
                     fresh = await _loopfs.create_image(
                         image, share.size_gib * GIB, reserve=share.thick
                     )
             await self._mount(share.share_id, fresh)
-            # A repeat must not reset the clients that update_access set since.
-            export = self._export(share, ())
-            if not await self.ganesha.serves(export):
-                await self.ganesha.apply(export)
+            await self._serve_to_nobody(share)
         log.info(
             "created share %s (%s GiB) in %.2fs",
             share.name,
@@ -273,10 +317,13 @@ class LocalDriver:
     async def delete_share(self, share: ShareSpec) -> None:
         async with self._locks.of(share.share_id):
             await self.ganesha.remove(share.export_id)
-            await self._unmount(share.share_id)
+            await _loopfs.release(self._mountpoint(share), self._image(share))
             await _loopfs.delete_image(self._image(share))
+            self._revert_intent(share).unlink(missing_ok=True)
             _loopfs.remove_mountpoint(self._mountpoint(share))
+            self.pool.settle()
         self._locks.by_share.pop(share.share_id, None)
+        self._clients.pop(share.share_id, None)
         log.info("deleted share %s", share.name)
 
     async def resize_share(self, share: ShareSpec, new_size_gib: int) -> None:
@@ -314,37 +361,190 @@ class LocalDriver:
         self, share: ShareSpec, rules: Sequence[AccessRuleSpec]
     ) -> list[ExportLocation]:
         self._check(share)
-        export = self._export(share, rules)  # validates the rules before touching anything
+        clients = client_blocks(rules)  # validates the rules before touching anything
         async with self._locks.of(share.share_id):
             if not self._image(share).exists():
                 raise NotFound(f"share {share.name} has no image on this backend")
             await self._mount(share.share_id)
-            await self.ganesha.apply(export)
+            await self._serve(share, clients)
         return self._locations(share)
 
-    # ---- snapshots (not offered yet: reflink copies of a frozen image, DESIGN §7) -------
+    # ---- snapshots: reflink copies in the pool (DESIGN §7) -----------------------------
+
+    def _snapshot_image(self, snapshot_id: str) -> Path:
+        return self.pool.snapshots / f"{snapshot_id}.img"
+
+    def _offer(self, capability: str, action: str) -> None:
+        """Refuses what a pool without reflink cannot do, naming the capability."""
+        if not self.pool.reflink:
+            raise unsupported(capability, action)
 
     async def create_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
-        raise unsupported("snapshot_support", f"cannot snapshot share {share.name}")
+        self._offer("snapshot_support", f"cannot snapshot share {share.name}")
+        self._check(share)
+        _check_snapshot(snapshot)
+        target = self._snapshot_image(snapshot.snapshot_id)
+        async with self._locks.of(share.share_id):
+            if target.exists():
+                return  # a repeat
+            image, mountpoint = self._image(share), self._mountpoint(share)
+            if not image.exists():
+                raise NotFound(f"share {share.name} has no image on this backend")
+            # A name of its own per attempt: a helper of a killed driver-host may still
+            # be writing an earlier one, which nothing will rename.
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+            frozen = await _reflink.copy_share(mountpoint, image, target, tmp)
+        log.info("snapshot %s of %s taken, frozen %.3fs", snapshot.name, share.name, frozen)
 
     async def delete_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
-        raise unsupported("snapshot_support", f"cannot delete snapshot {snapshot.name}")
-
-    async def create_share_from_snapshot(
-        self, share: ShareSpec, snapshot: SnapshotSpec
-    ) -> list[ExportLocation]:
-        raise unsupported(
-            "create_share_from_snapshot_support",
-            f"cannot create share {share.name} from a snapshot",
-        )
-
-    async def revert_to_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
-        raise unsupported("revert_to_snapshot_support", f"cannot revert share {share.name}")
+        self._offer("snapshot_support", f"cannot delete snapshot {snapshot.name}")
+        _check_snapshot(snapshot)
+        image = self._snapshot_image(snapshot.snapshot_id)
+        mountpoint = self.snapshot_mounts / snapshot.snapshot_id
+        async with self._locks.of(snapshot.share_id):
+            if snapshot.export_id:
+                await self.ganesha.remove(snapshot.export_id)
+            await _loopfs.release(mountpoint, image)
+            _loopfs.remove_mountpoint(mountpoint)
+            await _loopfs.delete_image(image)
+            self.pool.settle()
+        log.info("deleted snapshot %s", snapshot.name)
 
     async def export_snapshot(
         self, share: ShareSpec, snapshot: SnapshotSpec, rules: Sequence[AccessRuleSpec]
     ) -> list[ExportLocation]:
-        raise unsupported("mount_snapshot_support", f"cannot export snapshot {snapshot.name}")
+        self._offer("mount_snapshot_support", f"cannot export snapshot {snapshot.name}")
+        _check_snapshot(snapshot)
+        pseudo = snapshot_pseudo(snapshot.snapshot_id)
+        mountpoint = self.snapshot_mounts / snapshot.snapshot_id
+        # Every client of the share's rules, read-only whatever its level there.
+        readers = [AccessRuleSpec(rule.access_to, "READ_ONLY") for rule in rules]
+        export = Export(snapshot.export_id, str(mountpoint), pseudo, clients=client_blocks(readers))
+        async with self._locks.of(snapshot.share_id):
+            image = self._snapshot_image(snapshot.snapshot_id)
+            if not image.exists():
+                raise NotFound(f"snapshot {snapshot.name} does not exist on this backend")
+            await _loopfs.mount(image, mountpoint, options=READ_ONLY)
+            await self.ganesha.apply(export)
+        return self._served_at(pseudo)
+
+    def _snapshot_source(self, snapshot: SnapshotSpec) -> Path:
+        source = self._snapshot_image(snapshot.snapshot_id)
+        if not source.exists():
+            raise NotFound(f"snapshot {snapshot.name} does not exist on this backend")
+        return source
+
+    async def create_share_from_snapshot(
+        self, share: ShareSpec, snapshot: SnapshotSpec
+    ) -> list[ExportLocation]:
+        self._offer(
+            "create_share_from_snapshot_support",
+            f"cannot create share {share.name} from a snapshot",
+        )
+        self._check(share)
+        _check_snapshot(snapshot)
+        started = time.monotonic()
+        async with self._locks.of(share.share_id):
+            image = self._image(share)
+            fresh = not image.exists()
+            if fresh:
+                source = self._snapshot_source(snapshot)
+                if share.size_gib * GIB < _loopfs.image_size(source):
+                    raise InvalidArgument(
+                        "size_gib",
+                        f"must be at least the snapshot's {_loopfs.image_size(source) // GIB} GiB",
+                    )
+                async with self._capacity:
+                    self._admit(share)
+                    await _reflink.new_share_image(
+                        source, image, share.size_gib * GIB, share.thick, self._mountpoint(share)
+                    )
+            await self._mount(share.share_id, fresh)
+            # Always: a repeat after a crash before it still grows the filesystem.
+            await _loopfs.grow_filesystem(self._mountpoint(share))
+            await self._serve_to_nobody(share)
+        log.info(
+            "created share %s from snapshot %s in %.3fs",
+            share.name,
+            snapshot.name,
+            time.monotonic() - started,
+        )
+        return self._locations(share)
+
+    def _revert_intent(self, share: ShareSpec) -> Path:
+        """Written once the reverted image is ready, removed once it serves: the
+        snapshot and the clients, for a repeat after a crash while it was withdrawn."""
+        return self.images / f".{share.share_id}.revert"
+
+    async def revert_to_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
+        self._offer("revert_to_snapshot_support", f"cannot revert share {share.name}")
+        self._check(share)
+        _check_snapshot(snapshot)
+        if snapshot.share_id != share.share_id:
+            raise InvalidArgument("snapshot", f"is not a snapshot of share {share.name}")
+        started = time.monotonic()
+        async with self._locks.of(share.share_id):
+            image, mountpoint = self._image(share), self._mountpoint(share)
+            if not image.exists():
+                raise NotFound(f"share {share.name} has no image on this backend")
+            tmp, intent = _loopfs.temporary(image), self._revert_intent(share)
+            pending = _read_intent(intent)
+            # The intent outlives the swap, the copy (tmp) does not: both say it is done.
+            if not (pending and pending[0] == snapshot.snapshot_id and not tmp.exists()):
+                source = self._snapshot_source(snapshot)
+                await _reflink.clone(source, tmp)
+                # The share keeps its size if it grew since the snapshot.
+                await _loopfs.grow_image(tmp, _loopfs.image_size(image), reserve=share.thick)
+            clients = pending[1] if pending else await self._clients_of(share)
+            _write_intent(intent, snapshot.snapshot_id, clients)
+            # The swap: clients see a pause from here until the export is back.
+            paused = time.monotonic()
+            await self.ganesha.remove(share.export_id)
+            await _loopfs.release(mountpoint, image)
+            if tmp.exists():
+                os.replace(tmp, image)
+            await self._mount(share.share_id)
+            await _loopfs.grow_filesystem(mountpoint)
+            await self._serve(share, clients)
+            intent.unlink()
+        log.info(
+            "reverted share %s to snapshot %s in %.3fs (unexported %.3fs)",
+            share.name,
+            snapshot.name,
+            time.monotonic() - started,
+            time.monotonic() - paused,
+        )
+
+    async def _clients_of(self, share: ShareSpec) -> tuple[ClientRule, ...]:
+        """The share's clients now: as last applied, or after a restart as its export
+        file says (Ganesha's accepted version, `GaneshaInstance` names it `<id>.conf`)."""
+        if share.share_id in self._clients:
+            return self._clients[share.share_id]
+        file = self.ganesha.exports_dir / f"{share.export_id}.conf"
+        try:
+            return parse_clients(await asyncio.to_thread(file.read_text))
+        except FileNotFoundError:
+            return ()
+
+
+def _check_snapshot(snapshot: SnapshotSpec) -> None:
+    if not _SNAPSHOT_ID.match(snapshot.snapshot_id):
+        raise InvalidArgument("snapshot_id", "letters, digits, '-' and '_' only, at most 128")
+
+
+def _read_intent(intent: Path) -> tuple[str, tuple[ClientRule, ...]] | None:
+    try:
+        held = json.loads(intent.read_text())
+    except FileNotFoundError:
+        return None
+    clients = tuple(ClientRule(tuple(names), access) for names, access in held["clients"])
+    return held["snapshot_id"], clients
+
+
+def _write_intent(intent: Path, snapshot_id: str, clients: tuple[ClientRule, ...]) -> None:
+    tmp = intent.with_name(f"{intent.name}.tmp")
+    tmp.write_text(json.dumps({"snapshot_id": snapshot_id, "clients": clients}))
+    os.replace(tmp, intent)
 
 
 def _share_ids(refused: Sequence[RefusedExport]) -> list[str]:

@@ -1,0 +1,170 @@
+"""Reflink copies of XFS images, and the freeze that makes a copy of a mounted one
+consistent: the local driver's snapshot mechanics.
+
+A reflink copy (FICLONE) shares every block with its source, so it takes milliseconds
+and no space until one of the two is written. A mounted share is frozen for its copy;
+the freeze, copy and thaw run in a detached helper so that a driver-host killed in the
+middle cannot leave the share frozen, and `thaw` is what a restart runs for the case
+where the helper itself died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import os
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+from sharemesh.runtime.errors import Internal
+
+from . import _loopfs
+from ._loopfs import run
+
+log = logging.getLogger("sharemesh.driver_host.reflink")
+
+# linux/fs.h and xfs_fs.h; Python's fcntl has none of them.
+FICLONE = 0x40049409  # _IOW(0x94, 9, int)
+FITHAW = 0xC0045878  # _IOWR('X', 120, int)
+XFS_IOC_FREE_EOFBLOCKS = 0x8080583A  # _IOR('X', 58, struct xfs_fs_eofblocks), 128 bytes
+_EOFBLOCKS_V1 = struct.pack("=II", 1, 0) + bytes(120)
+
+# Errors of a filesystem that cannot share blocks between files.
+_NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL}
+
+# Freeze, copy, thaw; the thaw runs whatever the copy did. `setsid` puts it in a session
+# of its own, so a kill of the driver-host (or of its process group) does not reach it.
+_FROZEN_COPY = (
+    'fsfreeze -f "$1" || exit 90; '
+    'cp --reflink=always "$2" "$3"; rc=$?; '
+    'fsfreeze -u "$1" || exit 91; exit $rc'
+)
+
+
+def _clone(src: Path, dst: Path) -> None:
+    with open(src, "rb") as source, open(dst, "wb") as target:
+        fcntl.ioctl(target.fileno(), FICLONE, source.fileno())
+
+
+async def clone(src: Path, dst: Path) -> None:
+    """`dst` becomes a reflink copy of `src` (replaced if it exists)."""
+    try:
+        await asyncio.to_thread(_clone, src, dst)
+    except OSError as error:
+        if error.errno in _NO_REFLINK:
+            raise Internal(f"the pool's filesystem cannot reflink {src.name}") from error
+        raise
+
+
+def supports_reflink(directory: Path) -> bool:
+    """Whether files in `directory` can share blocks: tried, not guessed from the type."""
+    probe = directory / ".reflink-probe"
+    copy = directory / ".reflink-probe.copy"
+    try:
+        probe.write_bytes(b"reflink probe\n")
+        _clone(probe, copy)
+        return True
+    except OSError as error:
+        if error.errno in _NO_REFLINK:
+            return False
+        raise
+    finally:
+        probe.unlink(missing_ok=True)
+        copy.unlink(missing_ok=True)
+
+
+async def frozen_copy(mountpoint: Path, image: Path, dst: Path) -> float:
+    """`dst` becomes a reflink copy of `image`, taken while the filesystem mounted from it
+    at `mountpoint` is frozen (so it is clean: its log needs no recovery). Returns the
+    seconds the filesystem was frozen, about."""
+    started = time.monotonic()
+    proc = await asyncio.to_thread(
+        subprocess.Popen,
+        ["sh", "-c", _FROZEN_COPY, "sh", str(mountpoint), str(image), str(dst)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    # Cancelled or not, the helper is waited for: the share must never be left frozen
+    # by a caller that went away, and `dst` is not to be used before it is complete.
+    waiting = asyncio.ensure_future(asyncio.to_thread(proc.communicate))
+    _, stderr = await asyncio.shield(waiting)
+    if proc.returncode != 0:
+        if thaw(mountpoint):
+            log.error("%s stayed frozen after a failed snapshot; thawed", mountpoint)
+        raise Internal(
+            f"snapshot of {image.name} failed ({proc.returncode}): {stderr.decode().strip()}"
+        )
+    return time.monotonic() - started
+
+
+def thaw(mountpoint: Path) -> bool:
+    """Thaws the filesystem at `mountpoint`; True if it was frozen."""
+    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, FITHAW, 0)
+    except OSError as error:
+        if error.errno == errno.EINVAL:  # not frozen
+            return False
+        raise
+    finally:
+        os.close(fd)
+    return True
+
+
+async def copy_share(mountpoint: Path, image: Path, target: Path, tmp: Path) -> float:
+    """`target` becomes a snapshot of the share in `image`: frozen for the copy if it is
+    mounted at `mountpoint`. Made as `tmp` and renamed, so a crash never leaves a half
+    copy under `target`. Returns the seconds the share was frozen."""
+    try:
+        if _loopfs.mounted_device(mountpoint) is not None:
+            frozen = await frozen_copy(mountpoint, image, tmp)
+        else:
+            frozen = 0.0  # nothing writes an unmounted image
+            await clone(image, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return frozen
+
+
+async def new_share_image(
+    snapshot: Path, image: Path, size_bytes: int, reserve: bool, scratch: Path
+) -> None:
+    """`image` becomes a copy of `snapshot` with a filesystem UUID of its own (so it
+    mounts beside its origin without `nouuid`), grown to `size_bytes`. Made under
+    `_loopfs.temporary(image)`, mounted once at the unused `scratch` mountpoint."""
+    tmp = _loopfs.temporary(image)
+    await _loopfs.release(scratch, tmp)  # a crash may have left it mounted there
+    try:
+        await clone(snapshot, tmp)
+        # A frozen XFS is consistent but its log is not marked clean, and xfs_admin
+        # needs a clean one: one mount replays it (nouuid: its origin is mounted).
+        await _loopfs.mount(tmp, scratch, fresh=True, options="nouuid")
+        await _loopfs.release(scratch, tmp)
+        out = await run("xfs_admin", "-U", "generate", str(tmp))
+        if "new UUID" not in out:  # it exits 0 when it refuses
+            raise Internal(f"xfs_admin did not change the UUID of {image.name}: {out.strip()}")
+        await _loopfs.grow_image(tmp, size_bytes, reserve=reserve)
+        os.replace(tmp, image)
+    finally:
+        await _loopfs.release(scratch, tmp)
+        tmp.unlink(missing_ok=True)
+
+
+def settle(directory: Path) -> None:
+    """XFS frees a deleted file's blocks in the background; this waits for it (the
+    blockgc ioctl flushes deferred inode inactivation) so free space reads true."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, XFS_IOC_FREE_EOFBLOCKS, bytearray(_EOFBLOCKS_V1))
+    except OSError as error:
+        if error.errno not in (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    finally:
+        os.close(fd)
