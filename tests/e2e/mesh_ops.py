@@ -4,11 +4,13 @@ through its export, and read what the mesh has allocated."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
+import grpc
 import pytest
 from google.protobuf import field_mask_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from sharemesh.client import Client
 from sharemesh.launcher import LocalMesh
@@ -211,3 +213,30 @@ async def running_mesh(
     ) as mesh:  # type: ignore[arg-type]
         yield mesh
     assert_host_clean(state)
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    """The `ErrorInfo.reason` of a refused call's rich status ('' if it has none)."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            for packed in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.ErrorInfo()
+                if packed.Unpack(info):
+                    return info.reason
+    return ""
+
+
+async def refused(call: Awaitable[object], code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    """The error of a call that must be refused with `code`."""
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call
+    assert error.value.code() == code, error.value.details()
+    return error.value
+
+
+async def project_usage(mesh: LocalMesh, project: str) -> records_pb2.ProjectUsage:
+    assert mesh.etcd is not None
+    async with connect(mesh.etcd.endpoint) as client:
+        store = Store(client)
+        found = await store.get(keys.usage_key(store.root, project), records_pb2.ProjectUsage)
+        return found.value if found else records_pb2.ProjectUsage()

@@ -4,6 +4,8 @@ change is made once (AIP-155)."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Awaitable, Callable
 
 from google.longrunning import operations_pb2
@@ -16,7 +18,7 @@ from sharemesh.state.v1 import records_pb2
 
 Write = Callable[[Txn, records_pb2.OperationRecord], Awaitable[None]]
 
-_ATTEMPTS = 8
+_ATTEMPTS = 24
 
 
 class Recorder:
@@ -36,7 +38,7 @@ class Recorder:
         commits it with the Operation; a lost race re-runs it on fresh reads."""
         fingerprint = operations.request_hash(request)
         rid_key = self._request_id_key(project, request_id)
-        for _ in range(_ATTEMPTS):
+        for attempt in range(_ATTEMPTS):
             if rid_key and (replayed := await self._replay(rid_key, fingerprint)):
                 return replayed
             op = operations.new(project, target, verb, request_id, fingerprint)
@@ -57,6 +59,9 @@ class Recorder:
                 if race.metadata.get("key") != rid_key:
                     raise
             except Aborted:
+                # Many writers of one counter (a quota, a share's record) at once: spread
+                # the retries so each round has a winner.
+                await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
                 continue
         raise Aborted(f"{target} is changing too fast; try again")
 
