@@ -19,6 +19,7 @@ from typing import Literal, Protocol
 from sharemesh.driver_host.drivers import (
     AccessLevel,
     Driver,
+    ExportLocation,
     FakeDriver,
     LocalDriver,
     LocalDriverConfig,
@@ -58,6 +59,19 @@ class Subject(Protocol):
 
     async def fill(self, share: ShareSpec, leave_bytes: int) -> None:
         """Fill the share from the server's side until `leave_bytes` are free."""
+
+    async def mounts_at(self, location: ExportLocation) -> bool:
+        """The client can mount what is exported at `location` (e.g. a snapshot's)."""
+
+    async def write_at(self, location: ExportLocation, name: str, size_bytes: int) -> Outcome:
+        """The client writes a new file at `location` (ROFS, ACCES or OK; never NOSPC)."""
+
+    async def read_at(self, location: ExportLocation, name: str) -> int | None:
+        """The bytes the client reads back from a file at `location`, or None."""
+
+
+def _pseudo(location: ExportLocation) -> str:
+    return location.path.split(":", 1)[1]
 
 
 _ids = itertools.count(1)
@@ -99,25 +113,12 @@ class LocalSubject:
         await self.driver.start()
 
     async def mounts(self, share: ShareSpec) -> bool:
-        c = self.config
-        url = nfs_url(CLIENT, "/shares", share.share_id, 3, c.nfs_port, c.mount_port)
-        rc, _ = await run("nfs-ls", url)
-        return rc == 0
+        return await self._lists(share_pseudo(share.share_id))
 
     async def write(self, share: ShareSpec, name: str, size_bytes: int) -> Outcome:
-        with tempfile.NamedTemporaryFile(dir=self.scratch) as src:
-            src.write(os.urandom(size_bytes))
-            src.flush()
-            c = self.config
-            rc, out = await nfs_write(
-                Path(src.name), CLIENT, share_pseudo(share.share_id), name, c.nfs_port, c.mount_port
-            )
-        if rc == 0:
-            return "OK"
-        if "ROFS" in out:
-            return "ROFS"
-        if "ACCES" in out or "PERM" in out:
-            return "ACCES"
+        outcome, out = await self._write(share_pseudo(share.share_id), name, size_bytes)
+        if outcome is not None:
+            return outcome
         # nfs-cp names no status for a failed WRITE: the server answered NOSPC exactly
         # when the share's filesystem cannot take the file.
         st = os.statvfs(self.mountpoint(share))
@@ -125,10 +126,47 @@ class LocalSubject:
         return "NOSPC"
 
     async def read(self, share: ShareSpec, name: str) -> int | None:
+        return await self._read(share_pseudo(share.share_id), name)
+
+    async def mounts_at(self, location: ExportLocation) -> bool:
+        assert location.nfs_port == self.config.nfs_port, location
+        return await self._lists(_pseudo(location))
+
+    async def write_at(self, location: ExportLocation, name: str, size_bytes: int) -> Outcome:
+        outcome, out = await self._write(_pseudo(location), name, size_bytes)
+        assert outcome is not None, out
+        return outcome
+
+    async def read_at(self, location: ExportLocation, name: str) -> int | None:
+        return await self._read(_pseudo(location), name)
+
+    async def _lists(self, pseudo: str) -> bool:
+        c = self.config
+        parent, name = pseudo.rsplit("/", 1)
+        rc, _ = await run("nfs-ls", nfs_url(CLIENT, parent, name, 3, c.nfs_port, c.mount_port))
+        return rc == 0
+
+    async def _write(self, pseudo: str, name: str, size_bytes: int) -> tuple[Outcome | None, str]:
+        """The outcome, or None for a failed write whose status nfs-cp does not name."""
+        with tempfile.NamedTemporaryFile(dir=self.scratch) as src:
+            src.write(os.urandom(size_bytes))
+            src.flush()
+            c = self.config
+            rc, out = await nfs_write(
+                Path(src.name), CLIENT, pseudo, name, c.nfs_port, c.mount_port
+            )
+        if rc == 0:
+            return "OK", out
+        if "ROFS" in out:
+            return "ROFS", out
+        if "ACCES" in out or "PERM" in out:
+            return "ACCES", out
+        return None, out
+
+    async def _read(self, pseudo: str, name: str) -> int | None:
         with tempfile.TemporaryDirectory(dir=self.scratch) as tmp:
             dst = Path(tmp) / name
-            pseudo, port = share_pseudo(share.share_id), self.config.nfs_port
-            rc, _ = await nfs_read(dst, CLIENT, pseudo, name, port)
+            rc, _ = await nfs_read(dst, CLIENT, pseudo, name, self.config.nfs_port)
             return dst.stat().st_size if rc == 0 else None
 
     async def fill(self, share: ShareSpec, leave_bytes: int) -> None:
@@ -173,6 +211,25 @@ class FakeSubject:
 
     async def fill(self, share: ShareSpec, leave_bytes: int) -> None:
         self.driver.backend.fill(share.share_id, leave_bytes)
+
+    # The fake serves exports of snapshots only besides its shares' (`snapshot_pseudo`).
+
+    def _snapshot_level(self, location: ExportLocation) -> tuple[str, AccessLevel | None]:
+        snapshot_id = _pseudo(location).removeprefix("/snapshots/")
+        return snapshot_id, self.driver.backend.snapshot_access(snapshot_id, CLIENT)
+
+    async def mounts_at(self, location: ExportLocation) -> bool:
+        return self._snapshot_level(location)[1] is not None
+
+    async def write_at(self, location: ExportLocation, name: str, size_bytes: int) -> Outcome:
+        level = self._snapshot_level(location)[1]
+        return "ACCES" if level is None else "ROFS" if level == "READ_ONLY" else "OK"
+
+    async def read_at(self, location: ExportLocation, name: str) -> int | None:
+        snapshot_id, level = self._snapshot_level(location)
+        if level is None:
+            return None
+        return self.driver.backend.snapshots[snapshot_id].files.get(name)
 
 
 _OUTCOMES: dict[int | None, Outcome] = {

@@ -267,6 +267,8 @@ def snapshot_of(share: ShareSpec, n: int = 1) -> SnapshotSpec:
         snapshot_id=f"{share.share_id}-snap-{n}",
         name=f"{share.name}/snapshots/s{n}",
         share_id=share.share_id,
+        size_gib=share.size_gib,
+        export_id=share.export_id + 10_000 * n,  # unique per NFS server, as shares' are
     )
 
 
@@ -347,3 +349,44 @@ async def test_revert_to_a_snapshot_where_offered(driver: Subject, share: ShareS
         assert await reach(driver, share) == "READ_WRITE", "a revert keeps the rules"
     finally:
         await driver.driver.delete_snapshot(share, snapshot)
+
+
+async def test_a_mountable_snapshot_where_offered(driver: Subject, share: ShareSpec) -> None:
+    snapshot = snapshot_of(share)
+    caps = await offers(driver)
+    if not caps.mount_snapshot_support:
+        with refused_for("mount_snapshot_support"):
+            await driver.driver.export_snapshot(share, snapshot, [rw(CLIENT)])
+        return
+
+    await driver.driver.update_access(share, [rw(CLIENT)])
+    assert await driver.write(share, "before", MIB) == "OK"
+    await driver.driver.create_snapshot(share, snapshot)
+    assert await driver.write(share, "after", MIB) == "OK"
+    try:
+        # Only the rules' clients may mount it.
+        (location,) = await driver.driver.export_snapshot(share, snapshot, [rw(OTHER)])
+        assert location != (await driver.driver.ensure_share(share, [rw(CLIENT)]))[0]
+        assert not await driver.mounts_at(location)
+
+        # Read-only for every client, even one the share lets write; as of the snapshot.
+        again = await driver.driver.export_snapshot(share, snapshot, [rw(CLIENT)])
+        assert again == [location], "a repeat answers the same export location"
+        assert await driver.mounts_at(location)
+        assert await driver.read_at(location, "before") == MIB
+        assert await driver.read_at(location, "after") is None
+        assert await driver.write_at(location, "new", 4096) == "ROFS"
+        assert await driver.read_at(location, "new") is None
+        assert await driver.write(share, "share-still-writable", MIB) == "OK"
+
+        # After a restart, export_snapshot (as ensure) serves it again.
+        await driver.restart()
+        assert await driver.driver.export_snapshot(share, snapshot, [ro(CLIENT)]) == [location]
+        assert await driver.read_at(location, "before") == MIB
+        assert await driver.write_at(location, "new", 4096) == "ROFS"
+    finally:
+        await driver.driver.delete_snapshot(share, snapshot)
+    assert not await driver.mounts_at(location), "a deleted snapshot is not served"
+    with pytest.raises(NotFound):
+        await driver.driver.export_snapshot(share, snapshot, [rw(CLIENT)])
+    assert await driver.read(share, "after") == MIB, "the share keeps its data"
