@@ -126,7 +126,7 @@ def test_resource_has_pattern_and_identifier_name(resource: str) -> None:
     assert field_behavior_pb2.IDENTIFIER in behaviors
 
 
-@pytest.mark.parametrize("resource", ["Share", "AccessRule", "Snapshot", "ShareNetwork"])
+@pytest.mark.parametrize("resource", ["Share", "AccessRule", "ShareNetwork"])
 def test_state_is_short_and_nested(resource: str) -> None:
     msg = share_service_pb2.DESCRIPTOR.pool.FindMessageTypeByName(f"sharemesh.v1.{resource}")
     assert [v.name for v in msg.enum_types_by_name["State"].values] == [
@@ -134,6 +134,19 @@ def test_state_is_short_and_nested(resource: str) -> None:
         "CREATING",
         "ACTIVE",
         "UPDATING",
+        "DELETING",
+        "ERROR",
+    ]
+
+
+def test_a_snapshot_is_ready_rather_than_active() -> None:
+    # A snapshot never changes once taken (issue 10, as Filestore's snapshots): READY,
+    # and no UPDATING.
+    msg = share_service_pb2.DESCRIPTOR.pool.FindMessageTypeByName("sharemesh.v1.Snapshot")
+    assert [v.name for v in msg.enum_types_by_name["State"].values] == [
+        "STATE_UNSPECIFIED",
+        "CREATING",
+        "READY",
         "DELETING",
         "ERROR",
     ]

@@ -238,7 +238,8 @@ def check_request(
     """The standard checks for a request: REQUIRED fields, no OUTPUT_ONLY input, and
     every value within its bounds. For an Update, the resource's own REQUIRED fields are
     not demanded."""
-    if resource_field:
+    if resource_field and request.HasField(resource_field):
+        # Only when present: clearing a field of an absent message makes it present.
         clear_output_only(getattr(request, resource_field))
     check_required(request, partial=resource_field if update and resource_field else "")
     check_bounds(request)
