@@ -25,17 +25,19 @@ from sharemesh.driver_host.drivers import FakeDriver
 from sharemesh.driver_host.drivers.fake import FakeBackend, FakeDriverConfig
 from sharemesh.ganesha import share_pseudo
 from sharemesh.runtime import errors, ledger, lifecycle, operations, quota
+from sharemesh.runtime.config import QuotaConfig
 from sharemesh.runtime.coordination import Session, Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import (
     Aborted,
     FailedPrecondition,
     Internal,
+    NotFound,
     ShareMeshError,
     Unavailable,
 )
 from sharemesh.runtime.peers import Peers
 from sharemesh.state.v1 import records_pb2
-from sharemesh.v1 import access_rule_pb2, share_pb2
+from sharemesh.v1 import access_rule_pb2, share_pb2, snapshot_pb2
 
 Share = share_pb2.Share
 AccessRule = access_rule_pb2.AccessRule
@@ -60,7 +62,9 @@ class Mesh:
     syncs: dict[str, ShareSync] = field(default_factory=dict)
 
     def add_backend(self, backend: str, *, deadline: float = DEADLINE) -> ShareSync:
-        driver = FakeDriver(FakeDriverConfig(), FakeBackend())
+        # Backend `a` offers snapshots (taken, cloned, reverted to, mountable); `b` none.
+        config = FakeDriverConfig(snapshot_support=backend == "a")
+        driver = FakeDriver(config, FakeBackend())
         self.drivers[backend] = driver
         self.syncs[backend] = self.sync_for(backend, driver, self.session, deadline)
         return self.syncs[backend]
@@ -221,6 +225,51 @@ class Mesh:
             self._wait_on(txn, found, op, "removing the client from the export")
 
         return await self._request(name, "delete", write)
+
+    async def take_snapshot(self, share: str, snapshot_id: str) -> tuple[str, str]:
+        """CreateSnapshot: its quota reserved and the share written, as the api does."""
+        name = f"{share}/snapshots/{snapshot_id}"
+
+        async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
+            found = await self.share(share)
+            size = found.value.share.size_gib
+            await quota.reserve_snapshot(self.store, txn, QuotaConfig(), PROJECT, size)
+            record = records_pb2.SnapshotRecord(
+                project=PROJECT, pending_operations=[op.operation.name]
+            )
+            record.snapshot.name = name
+            record.snapshot.uid = f"snap{snapshot_id}"
+            lifecycle.snapshot.requested(record, size)
+            txn.create(self.store.key_of(name), record)
+            txn.put(found.key, found.value, found.mod_revision)
+
+        return name, await self._request(name, "create", write)
+
+    async def delete_snapshot(self, name: str) -> str:
+        async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
+            found = await self.snapshot(name)
+            assert found is not None
+            lifecycle.snapshot.delete_requested(found.value)
+            found.value.pending_operations.append(op.operation.name)
+            txn.put(found.key, found.value, found.mod_revision)
+
+        return await self._request(name, "delete", write)
+
+    async def revert(self, share: str, snapshot: str) -> str:
+        async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
+            found = await self.share(share)
+            lifecycle.share.revert_requested(found.value, snapshot)
+            self._wait_on(txn, found, op, "reverting")
+
+        return await self._request(share, "revert", write)
+
+    async def snapshot(self, name: str) -> Versioned[records_pb2.SnapshotRecord] | None:
+        return await self.store.get(self.store.key_of(name), records_pb2.SnapshotRecord)
+
+    async def snapshot_usage(self) -> tuple[int, int]:
+        found = await ledger.read_usage(self.store, PROJECT, "snapshots")
+        held = found.found.value if found.found else records_pb2.ProjectUsage()
+        return held.snapshots, held.snapshot_gib
 
     # ---- what a tenant or an operator reads --------------------------------------------
 
@@ -788,3 +837,148 @@ async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out")
         await asyncio.sleep(0.01)
+
+
+# ---- snapshots ----------------------------------------------------------------------------
+
+
+async def test_a_snapshot_is_taken_exported_and_deleted(mesh: Mesh) -> None:
+    name = await mesh.active("s1", 3)
+    await mesh.add_rule(name, "r1", "10.0.0.0/24", AccessRule.READ_WRITE)
+    await mesh.syncs["a"].sync(name)
+    driver = mesh.drivers["a"]
+    driver.backend.write("uids1", "a.txt", 10, CLIENT)
+    snapshot, take = await mesh.take_snapshot(name, "x")
+    await mesh.syncs["a"].sync(name)
+
+    taken = await mesh.response(take, snapshot_pb2.Snapshot)  # type: ignore[type-var]
+    assert taken.state == snapshot_pb2.Snapshot.READY and taken.size_gib == 3
+    assert [e.path for e in taken.export_locations] == ["127.0.0.1:/snapshots/snapx"]
+    assert driver.backend.snapshots["snapx"].files == {"a.txt": 10}
+    assert driver.backend.snapshot_access("snapx", CLIENT) == "READ_ONLY"
+    record = (await mesh.snapshot(snapshot)).value  # type: ignore[union-attr]
+    assert record.export_id and not record.pending_operations
+    assert await mesh.snapshot_usage() == (1, 3)
+
+    # A rule change reaches the snapshot's export too.
+    await mesh.add_rule(name, "r2", "10.9.0.0/24", AccessRule.READ_WRITE)
+    await mesh.syncs["a"].sync(name)
+    assert driver.backend.snapshot_access("snapx", "10.9.0.1") == "READ_ONLY"
+
+    delete = await mesh.delete_snapshot(snapshot)
+    await mesh.syncs["a"].sync(name)
+    await mesh.done(delete)
+    assert await mesh.snapshot(snapshot) is None
+    assert "snapx" not in driver.backend.snapshots
+    assert await mesh.snapshot_usage() == (0, 0)
+    assert record.export_id in await mesh.released_ids("a")
+
+
+async def test_a_snapshot_the_backend_refuses_is_error_and_keeps_its_quota(mesh: Mesh) -> None:
+    name = await mesh.active("s1", 2)
+    driver = mesh.drivers["a"]
+    driver.fail_next("create_snapshot", FailedPrecondition(f"{HOST_PATH}/x: read-only pool"))
+    snapshot, take = await mesh.take_snapshot(name, "x")
+    await mesh.syncs["a"].sync(name)
+
+    error = await mesh.failed(take)
+    assert HOST_PATH not in error.message
+    record = (await mesh.snapshot(snapshot)).value  # type: ignore[union-attr]
+    assert record.snapshot.state == snapshot_pb2.Snapshot.ERROR
+    assert HOST_PATH not in record.snapshot.state_message
+    assert record.export_id == 0, "its export id went back"
+    assert await mesh.snapshot_usage() == (1, 2)
+    # The share is untouched, and the failed snapshot can be deleted.
+    assert (await mesh.share(name)).value.share.state == Share.ACTIVE
+    await mesh.delete_snapshot(snapshot)
+    await mesh.syncs["a"].sync(name)
+    assert await mesh.snapshot(snapshot) is None and await mesh.snapshot_usage() == (0, 0)
+
+
+async def test_transient_snapshot_faults_are_retried(mesh: Mesh) -> None:
+    name = await mesh.active("s1", 2)
+    driver = mesh.drivers["a"]
+    driver.fail_next("create_snapshot", Unavailable("the NFS server is restarting"), times=2)
+    snapshot, take = await mesh.take_snapshot(name, "x")
+    await mesh.syncs["a"].sync(name)
+    await mesh.done(take)
+    assert driver.count("create_snapshot") == 3
+
+
+async def test_a_revert_puts_the_snapshots_data_back(mesh: Mesh) -> None:
+    name = await mesh.active("s1", 2)
+    await mesh.add_rule(name, "r1", "10.0.0.0/24", AccessRule.READ_WRITE)
+    await mesh.syncs["a"].sync(name)
+    driver = mesh.drivers["a"]
+    driver.backend.write("uids1", "a.txt", 10, CLIENT)
+    snapshot, _ = await mesh.take_snapshot(name, "x")
+    await mesh.syncs["a"].sync(name)
+    driver.backend.write("uids1", "b.txt", 20, CLIENT)
+
+    revert = await mesh.revert(name, snapshot)
+    with states_seen(mesh, name) as seen:
+        await mesh.syncs["a"].sync(name)
+    reverted = await mesh.response(revert, Share)
+    assert reverted.state == Share.ACTIVE
+    assert driver.backend.shares["uids1"].files == {"a.txt": 10}
+    assert driver.backend.access("uids1", CLIENT) == "READ_WRITE", "the rules stay"
+    record = (await mesh.share(name)).value
+    assert record.revert_to == "" and not record.pending_operations
+    assert Share.ERROR not in seen
+
+
+async def test_a_revert_to_a_snapshot_gone_from_the_backend_is_error(mesh: Mesh) -> None:
+    name = await mesh.active("s1", 2)
+    snapshot, _ = await mesh.take_snapshot(name, "x")
+    await mesh.syncs["a"].sync(name)
+    mesh.drivers["a"].backend.snapshots.clear()  # lost behind the mesh's back
+    revert = await mesh.revert(name, snapshot)
+    await mesh.syncs["a"].sync(name)
+    assert isinstance(await mesh.failed(revert), NotFound)
+    record = (await mesh.share(name)).value
+    assert record.share.state == Share.ERROR and record.revert_to == ""
+
+
+async def test_a_share_is_made_from_a_snapshot(mesh: Mesh) -> None:
+    source = await mesh.active("s1", 2)
+    driver = mesh.drivers["a"]
+    await mesh.add_rule(source, "r1", "10.0.0.0/24", AccessRule.READ_WRITE)
+    await mesh.syncs["a"].sync(source)
+    driver.backend.write("uids1", "a.txt", 10, CLIENT)
+    snapshot, _ = await mesh.take_snapshot(source, "x")
+    await mesh.syncs["a"].sync(source)
+
+    name, create = await mesh.create_share("s2", 3)
+    found = await mesh.share(name)
+    found.value.share.source_snapshot = snapshot
+    await mesh.store.txn().put(found.key, found.value, found.mod_revision).commit()
+    await mesh.place(name, "a")
+    await mesh.syncs["a"].sync(name)
+
+    made = await mesh.response(create, Share)
+    assert made.state == Share.ACTIVE and made.size_gib == 3
+    assert driver.backend.shares["uids2"].files == {"a.txt": 10}
+    assert driver.count("create_share") == 1, "only the source was made blank"
+
+
+async def test_a_forced_delete_takes_the_snapshots_with_the_share(mesh: Mesh) -> None:
+    name = await mesh.active("s1", 2)
+    snapshots = []
+    for n in range(2):
+        snapshot, _ = await mesh.take_snapshot(name, f"x{n}")
+        snapshots.append(snapshot)
+    await mesh.syncs["a"].sync(name)
+    for snapshot in snapshots:  # as the api's forced delete marks them
+        found = await mesh.snapshot(snapshot)
+        assert found is not None
+        lifecycle.snapshot.delete_requested(found.value)
+        await mesh.store.txn().put(found.key, found.value, found.mod_revision).commit()
+    delete = await mesh.delete(name, force=True)
+    await mesh.syncs["a"].sync(name)
+
+    await mesh.done(delete)
+    assert await mesh.found(name) is None
+    assert all([await mesh.snapshot(s) is None for s in snapshots])
+    assert mesh.drivers["a"].backend.snapshots == {}
+    assert await mesh.snapshot_usage() == (0, 0)
+    assert (await mesh.allocated("a"), await mesh.used()) == (0, 0)
