@@ -27,7 +27,7 @@ from sharemesh.v1 import access_rule_pb2, share_pb2
 
 from . import strategies
 from ._snapshots import SnapshotSync, settled, snapshot_spec
-from .drivers import Driver, ShareSpec, SnapshotSpec
+from .drivers import Driver, Progress, ShareSpec, SnapshotSpec, progress_to
 from .strategies import _records, rules_of, spec_of
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,8 @@ class ShareSync:
             source = await self._source_of(found.value)
             if found.value.revert_to:
                 await self._snapshots.revert(found, spec)
-            found, locations = await strategy.realize(found, spec, rules, lock, source)
+            with progress_to(self._progress_of(found.value)):
+                found, locations = await strategy.realize(found, spec, rules, lock, source)
         except ShareMeshError as error:
             await self._fail(found, rules, spec, self._unless_final(error, final), lock)
             return
@@ -215,6 +216,24 @@ class ShareSync:
             await self._snapshots.sync(
                 found, spec, snapshots, rules, lock, failure_of, rules_changed=rules_changed
             )
+
+    def _progress_of(self, record: records_pb2.ShareRecord) -> Progress:
+        """What the driver reports of a long call (a clone) goes into the metadata of the
+        operations that wait for the share."""
+        waiting = list(record.pending_operations)
+
+        async def tell(percent: int, detail: str) -> None:
+            for name in waiting:
+                found = await self._store.get(self._store.key_of(name), records_pb2.OperationRecord)
+                if found is None or found.value.operation.done:
+                    continue
+                operations.set_progress(found.value, detail, percent)
+                try:
+                    await self._store.txn().put(found.key, found.value, found.mod_revision).commit()
+                except Aborted:
+                    pass  # finished meanwhile; the next report tries again
+
+        return tell
 
     async def _source_of(self, record: records_pb2.ShareRecord) -> SnapshotSpec | None:
         """The snapshot a share not made yet is to be made from, if any."""

@@ -15,8 +15,11 @@ from .base import (
     ExportLocation,
     GatewayAccess,
     PoolStats,
+    Progress,
     ShareSpec,
     SnapshotSpec,
+    progress_to,
+    report_progress,
 )
 from .fake import FakeBackend, FakeDriver, FakeDriverConfig
 from .local import LocalDriver, LocalDriverConfig
@@ -35,8 +38,11 @@ __all__ = [
     "LocalDriver",
     "LocalDriverConfig",
     "PoolStats",
+    "Progress",
     "ShareSpec",
     "SnapshotSpec",
+    "progress_to",
+    "report_progress",
     "create",
 ]
 

@@ -7,8 +7,10 @@ these plain values, never protos or etcd records.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Literal, Protocol, runtime_checkable
 
@@ -63,6 +65,30 @@ class SnapshotSpec:
     export_id: int = 0
     """Ganesha Export_Id of the snapshot's own read-only export (`export_snapshot`); 0
     when it is not exported."""
+
+
+Progress = Callable[[int, str], Awaitable[None]]
+_progress: contextvars.ContextVar[Progress | None] = contextvars.ContextVar(
+    "sharemesh_driver_progress", default=None
+)
+
+
+async def report_progress(percent: int, detail: str) -> None:
+    """Tells whoever waits for the call in progress how far it is (say, a clone the
+    backend makes asynchronously); nothing when no one listens."""
+    listener = _progress.get()
+    if listener is not None:
+        await listener(percent, detail)
+
+
+@contextlib.contextmanager
+def progress_to(listener: Progress) -> Iterator[None]:
+    """Driver calls made inside report their progress to `listener`."""
+    token = _progress.set(listener)
+    try:
+        yield
+    finally:
+        _progress.reset(token)
 
 
 @dataclass(frozen=True)
@@ -221,7 +247,8 @@ class Driver(Protocol):
     async def create_share_from_snapshot(
         self, share: ShareSpec, snapshot: SnapshotSpec
     ) -> list[ExportLocation]:
-        """`create_share` whose data is the snapshot's (`create_share_from_snapshot_support`)."""
+        """`create_share` whose data is the snapshot's (`create_share_from_snapshot_support`).
+        A backend that copies for a while reports how far it is (`report_progress`)."""
 
     async def revert_to_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
         """Put the share's data back as the snapshot has it (`revert_to_snapshot_support`).

@@ -39,6 +39,7 @@ from .base import (
     SnapshotSpec,
     check_share,
     client_blocks,
+    report_progress,
     unsupported,
 )
 
@@ -445,6 +446,7 @@ class FakeDriver:
         check_share(share, self.config.pool_name)
         await self._enter("create_share_from_snapshot", share.share_id)
         self._serving()
+        await report_progress(50, "copying the snapshot")
         source = self._snapshot(snapshot)
         if share.size_gib * GIB < source.size_bytes:
             raise InvalidArgument("size_gib", "must be at least the snapshot's share's size")
