@@ -6,7 +6,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol
 
 from sharemesh.runtime import validation
 from sharemesh.runtime.errors import InvalidArgument
@@ -33,6 +33,15 @@ class ClientRule(NamedTuple):
 
     clients: tuple[str, ...]
     access: Access
+
+
+class Fsal(Protocol):
+    """How an export reaches its data: one FSAL block. Each backend kind has its own
+    (VFS for a local directory, PROXY_V4 for another NFS server, CEPH, GLUSTER…)."""
+
+    def render(self) -> str:
+        """The `FSAL { ... }` block; every value in it passes a closed grammar."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,7 @@ class Export:
     """The directory served (VFS), or the backend's path (PROXY_V4)."""
     pseudo: str
     """Where clients find it in the NFSv4 pseudo tree (and the v3 mount path)."""
-    fsal: VfsFsal | ProxyV4Fsal = field(default_factory=VfsFsal)
+    fsal: Fsal = field(default_factory=VfsFsal)
     clients: tuple[ClientRule, ...] = ()
     """CLIENT blocks in order; Ganesha grants the first block that matches a client."""
     squash: str = "No_Root_Squash"
