@@ -117,44 +117,58 @@ def thaw(mountpoint: Path) -> bool:
     return True
 
 
-async def copy_share(mountpoint: Path, image: Path, target: Path, tmp: Path) -> float:
-    """`target` becomes a snapshot of the share in `image`: frozen for the copy if it is
-    mounted at `mountpoint`. Made as `tmp` and renamed, so a crash never leaves a half
-    copy under `target`. Returns the seconds the share was frozen."""
+async def copy_image(
+    source: Path, tmp: Path, work: Path, mountpoint: Path | None = None, new_uuid: bool = True
+) -> float:
+    """`tmp` becomes a reflink copy of the XFS in `source`, with `new_uuid` a UUID of its
+    own: the NFS server tells filesystems apart by UUID, and skips a second one with the
+    same, so whatever is served beside its source needs one. It costs the log's size in
+    new blocks (xfs_admin rewrites the log; 64 MiB for a 1 GiB share), so a snapshot
+    gets one only when it is exported. With `mountpoint` (where `source` is mounted),
+    the copy is taken frozen. Returns the seconds the source was frozen. The caller
+    renames `tmp` into place."""
+    scratch = work / tmp.name
+    await _loopfs.release(scratch, tmp)  # a crash may have left it mounted there
     try:
-        if _loopfs.mounted_device(mountpoint) is not None:
-            frozen = await frozen_copy(mountpoint, image, tmp)
+        if mountpoint is not None and _loopfs.mounted_device(mountpoint) is not None:
+            frozen = await frozen_copy(mountpoint, source, tmp)
         else:
             frozen = 0.0  # nothing writes an unmounted image
-            await clone(image, tmp)
-        os.replace(tmp, target)
-    finally:
+            await clone(source, tmp)
+        if not new_uuid:
+            return frozen
+        # A frozen XFS is consistent, but its log is not marked clean and xfs_admin
+        # needs a clean one: one mount replays it (nouuid: the source is mounted).
+        device = await _loopfs.mount(tmp, scratch, fresh=True, options="nouuid")
+        await _loopfs.unmount(scratch)
+        await _loopfs.detach(tmp, device)
+        out = await run("xfs_admin", "-U", "generate", str(tmp))
+        if "new UUID" not in out:  # it exits 0 when it refuses
+            raise Internal(f"xfs_admin did not change the UUID of {tmp.name}: {out.strip()}")
+    except BaseException:
+        await _loopfs.release(scratch, tmp)
         tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _loopfs.remove_mountpoint(scratch)
     return frozen
 
 
-async def new_share_image(
-    snapshot: Path, image: Path, size_bytes: int, reserve: bool, scratch: Path
-) -> None:
-    """`image` becomes a copy of `snapshot` with a filesystem UUID of its own (so it
-    mounts beside its origin without `nouuid`), grown to `size_bytes`. Made under
-    `_loopfs.temporary(image)`, mounted once at the unused `scratch` mountpoint."""
-    tmp = _loopfs.temporary(image)
-    await _loopfs.release(scratch, tmp)  # a crash may have left it mounted there
-    try:
-        await clone(snapshot, tmp)
-        # A frozen XFS is consistent but its log is not marked clean, and xfs_admin
-        # needs a clean one: one mount replays it (nouuid: its origin is mounted).
-        await _loopfs.mount(tmp, scratch, fresh=True, options="nouuid")
-        await _loopfs.release(scratch, tmp)
-        out = await run("xfs_admin", "-U", "generate", str(tmp))
-        if "new UUID" not in out:  # it exits 0 when it refuses
-            raise Internal(f"xfs_admin did not change the UUID of {image.name}: {out.strip()}")
-        await _loopfs.grow_image(tmp, size_bytes, reserve=reserve)
-        os.replace(tmp, image)
-    finally:
-        await _loopfs.release(scratch, tmp)
-        tmp.unlink(missing_ok=True)
+def fs_uuid(image: Path) -> bytes:
+    """The UUID in the XFS superblock at the start of `image` (`sb_uuid`, offset 32)."""
+    with open(image, "rb") as f:
+        f.seek(32)
+        return f.read(16)
+
+
+async def clear_work(work: Path) -> None:
+    """Releases what a crash left mounted in `work` (copies being given a UUID)."""
+    for scratch in sorted(work.iterdir()) if work.is_dir() else ():
+        device = _loopfs.mounted_device(scratch)
+        await _loopfs.unmount(scratch)
+        if device is not None:
+            await _loopfs.detach(scratch, device)
+        _loopfs.remove_mountpoint(scratch)
 
 
 def settle(directory: Path) -> None:

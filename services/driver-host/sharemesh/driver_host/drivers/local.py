@@ -105,6 +105,8 @@ class LocalDriver:
         self.images = self.pool.images
         self.mounts = Path(config.pool_dir) / "mnt"
         self.snapshot_mounts = Path(config.pool_dir) / "snapmnt"
+        self.work = Path(config.pool_dir) / "work"
+        """Scratch mountpoints of copies being made."""
         self.ganesha = GaneshaInstance(
             Path(config.state_dir) / "ganesha",
             config.nfs_port,
@@ -139,6 +141,7 @@ class LocalDriver:
             await self._mount(image.stem)
             if _reflink.thaw(self._mountpoint(image.stem)):
                 log.warning("share %s was left frozen by a snapshot; thawed", image.stem)
+        await _reflink.clear_work(self.work)
         for stale in self.pool.snapshots.glob(".*.tmp") if self.pool.reflink else ():
             stale.unlink(missing_ok=True)  # copies a crash left unfinished
         for mountpoint in self._exported_snapshots():
@@ -393,7 +396,8 @@ class LocalDriver:
             # A name of its own per attempt: a helper of a killed driver-host may still
             # be writing an earlier one, which nothing will rename.
             tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
-            frozen = await _reflink.copy_share(mountpoint, image, target, tmp)
+            frozen = await _reflink.copy_image(image, tmp, self.work, mountpoint, new_uuid=False)
+            os.replace(tmp, target)
         log.info("snapshot %s of %s taken, frozen %.3fs", snapshot.name, share.name, frozen)
 
     async def delete_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
@@ -421,9 +425,15 @@ class LocalDriver:
         readers = [AccessRuleSpec(rule.access_to, "READ_ONLY") for rule in rules]
         export = Export(snapshot.export_id, str(mountpoint), pseudo, clients=client_blocks(readers))
         async with self._locks.of(snapshot.share_id):
-            image = self._snapshot_image(snapshot.snapshot_id)
-            if not image.exists():
-                raise NotFound(f"snapshot {snapshot.name} does not exist on this backend")
+            image = self._snapshot_source(snapshot)
+            share_image = self._image(snapshot.share_id)
+            if _loopfs.mounted_device(mountpoint) is None and (
+                share_image.exists() and _reflink.fs_uuid(image) == _reflink.fs_uuid(share_image)
+            ):
+                # First export: served beside its share, it needs a UUID of its own.
+                tmp = image.with_name(f".{image.name}.{uuid.uuid4().hex[:12]}.tmp")
+                await _reflink.copy_image(image, tmp, self.work)
+                os.replace(tmp, image)
             await _loopfs.mount(image, mountpoint, options=READ_ONLY)
             await self.ganesha.apply(export)
         return self._served_at(pseudo)
@@ -456,9 +466,10 @@ class LocalDriver:
                     )
                 async with self._capacity:
                     self._admit(share)
-                    await _reflink.new_share_image(
-                        source, image, share.size_gib * GIB, share.thick, self._mountpoint(share)
-                    )
+                    tmp = _loopfs.temporary(image)
+                    await _reflink.copy_image(source, tmp, self.work)
+                    await _loopfs.grow_image(tmp, share.size_gib * GIB, reserve=share.thick)
+                    os.replace(tmp, image)
             await self._mount(share.share_id, fresh)
             # Always: a repeat after a crash before it still grows the filesystem.
             await _loopfs.grow_filesystem(self._mountpoint(share))
@@ -492,7 +503,9 @@ class LocalDriver:
             # The intent outlives the swap, the copy (tmp) does not: both say it is done.
             if not (pending and pending[0] == snapshot.snapshot_id and not tmp.exists()):
                 source = self._snapshot_source(snapshot)
-                await _reflink.clone(source, tmp)
+                # Its own UUID again, unless the snapshot has one of its own (exported).
+                same = _reflink.fs_uuid(source) == _reflink.fs_uuid(image)
+                await _reflink.copy_image(source, tmp, self.work, new_uuid=not same)
                 # The share keeps its size if it grew since the snapshot.
                 await _loopfs.grow_image(tmp, _loopfs.image_size(image), reserve=share.thick)
             clients = pending[1] if pending else await self._clients_of(share)
