@@ -1,0 +1,172 @@
+"""Snapshots of the local driver, at the driver: a 1 GiB share full of data (real XFS
+image on a loop device in a reflink pool, exported by a real Ganesha).
+
+Reports, each beside a plain full copy of the same image (`cp --reflink=never`, the
+baseline) measured in the same run, with their ratio:
+
+- snapshot time (`create_snapshot`; the share is frozen only for the reflink copy);
+- the pool's new used space per snapshot;
+- `create_share_from_snapshot` time, until the new share is mounted and exported;
+- `revert_to_snapshot` time, and how long the share's export was withdrawn.
+
+It prints figures, never asserts them. Everything it makes is removed at the end.
+
+    .venv/bin/python bench/bench_snapshots.py [--rounds 5] [--size-gib 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent / "tests"
+sys.path[:0] = [str(HERE)]
+
+from sharemesh.driver_host.drivers import (  # noqa: E402
+    AccessRuleSpec,
+    LocalDriver,
+    LocalDriverConfig,
+    ShareSpec,
+    SnapshotSpec,
+)
+from sharemesh.runtime.ports import free_port  # noqa: E402
+
+from support import ensure_rpcbind, loops_under, mounts_under  # noqa: E402
+
+GIB = 1 << 30
+RW = [AccessRuleSpec("127.0.0.1", "READ_WRITE")]
+
+
+def used_bytes(pool: Path) -> int:
+    os.sync()
+    st = os.statvfs(pool / "images")
+    return (st.f_blocks - st.f_bavail) * st.f_frsize
+
+
+async def timed(call: Callable[[], Awaitable[object]]) -> float:
+    started = time.monotonic()
+    await call()
+    return time.monotonic() - started
+
+
+def full_copy(src: Path, dst: Path) -> float:
+    """The baseline: the same image copied block by block, synced."""
+    started = time.monotonic()
+    subprocess.run(["cp", "--reflink=never", str(src), str(dst)], check=True)
+    subprocess.run(["sync", "-f", str(dst)], check=True)
+    return time.monotonic() - started
+
+
+def line(what: str, ours: float, baseline: float, unit: str = "ms") -> None:
+    scale = 1000 if unit == "ms" else 1 / (1 << 20)
+    print(
+        f"{what:<34} {ours * scale:10.1f} {unit}   full copy {baseline * scale:10.1f} {unit}"
+        f"   ratio {ours / baseline if baseline else float('nan'):.4f}"
+    )
+
+
+async def main(rounds: int, size_gib: int) -> None:
+    ensure_rpcbind()
+    root = Path(tempfile.mkdtemp(prefix="bench-snapshots-"))
+    config = LocalDriverConfig(
+        pool_dir=root / "pool",
+        capacity_gib=size_gib * (rounds + 4) + 2,
+        max_over_subscription_ratio=1.0,
+        nfs_port=free_port(),
+        mount_port=free_port(),
+        state_dir=root / "state",
+    )
+    driver = LocalDriver(config)
+    share = ShareSpec("bench", "projects/p/locations/l/shares/bench", size_gib, "default", 10)
+    image = config.pool_dir / "images" / "bench.img"
+    mountpoint = config.pool_dir / "mnt" / "bench"
+    snap_times, snap_space, clone_times, revert_times, copy_times = [], [], [], [], []
+    try:
+        await driver.start()
+        await driver.create_share(share)
+        await driver.update_access(share, RW)
+        # Full of data: random bytes in files up to ~80 % of the share, on the pool.
+        fill = int(size_gib * GIB * 0.8)
+        subprocess.run(
+            [
+                "dd",
+                "if=/dev/urandom",
+                f"of={mountpoint / 'data'}",
+                "bs=4M",
+                f"count={fill // (4 << 20)}",
+                "conv=fsync",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        print(f"share: {size_gib} GiB, {fill / GIB:.2f} GiB of data; {rounds} rounds")
+        for n in range(rounds):
+            # Some new data since the last round, so each snapshot freezes real work.
+            with open(mountpoint / f"new-{n}", "wb") as f:
+                f.write(os.urandom(8 << 20))
+            snapshot = SnapshotSpec(f"bench-{n}", f"{share.name}/snapshots/{n}", "bench", size_gib)
+            before = used_bytes(config.pool_dir)
+            snap_times.append(await timed(lambda: driver.create_snapshot(share, snapshot)))
+            snap_space.append(used_bytes(config.pool_dir) - before)
+
+            clone = ShareSpec(
+                f"clone-{n}", f"projects/p/locations/l/shares/c{n}", size_gib, "default", 100 + n
+            )
+            clone_times.append(
+                await timed(lambda: driver.create_share_from_snapshot(clone, snapshot))
+            )
+            revert_times.append(await timed(lambda: driver.revert_to_snapshot(share, snapshot)))
+            await driver.delete_share(clone)
+
+            copy = config.pool_dir / "images" / "snapshots" / f".baseline-{n}"
+            copy_times.append(await asyncio.to_thread(full_copy, image, copy))
+            copy.unlink()
+        baseline = statistics.median(copy_times)
+        print(f"{'':34} {'median':>10}      baseline (median of {rounds})")
+        line("create_snapshot", statistics.median(snap_times), baseline)
+        line(
+            "  pool space per snapshot",
+            statistics.median(snap_space),
+            image.stat().st_blocks * 512,
+            unit="MiB",
+        )
+        print(f"  = {100 * statistics.median(snap_space) / (size_gib * GIB):.3f} % of the share")
+        line("create_share_from_snapshot", statistics.median(clone_times), baseline)
+        line("revert_to_snapshot", statistics.median(revert_times), baseline)
+        print(
+            "all rounds (ms): snapshot",
+            [round(t * 1000) for t in snap_times],
+            "clone",
+            [round(t * 1000) for t in clone_times],
+            "revert",
+            [round(t * 1000) for t in revert_times],
+            "full copy",
+            [round(t * 1000) for t in copy_times],
+        )
+    finally:
+        for n in range(rounds):
+            await driver.delete_snapshot(share, SnapshotSpec(f"bench-{n}", "", "bench"))
+        await driver.delete_share(share)
+        await driver.stop(stop_servers=True)
+        left = mounts_under(root) + loops_under(root)
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+        if left:
+            print("LEFT BEHIND:", left)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--size-gib", type=int, default=1)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(main(args.rounds, args.size_gib))
