@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _networks, _shares, _up
+from . import _networks, _shares, _snapshots, _up
 
 
 def parser() -> argparse.ArgumentParser:
@@ -13,7 +13,8 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
     _up.add_parser(commands)
     common = _shares.common_options()
-    _shares.add_parsers(commands, common)
+    share = _shares.add_parsers(commands, common)
+    _snapshots.add_parsers(commands, share, common)
     _networks.add_parsers(commands, common)
     return top
 

@@ -79,9 +79,10 @@ RULE_COLUMNS = ["name", "access_to", "access_level", "state", "state_message"]
 
 async def share_create(c: Client, args: argparse.Namespace) -> None:
     share = Share(
-        size_gib=args.size,
+        size_gib=args.size or 0,
         share_type=args.type or "",
         share_network=qualify(args, args.network, "shareNetworks") if args.network else "",
+        source_snapshot=args.from_snapshot or "",
     )
     op = await c.call(
         c.shares.CreateShare,
@@ -225,11 +226,17 @@ def common_options() -> argparse.ArgumentParser:
 def add_parsers(
     commands: argparse._SubParsersAction,  # type: ignore[type-arg]
     common: argparse.ArgumentParser,
-) -> None:
+) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """Adds `share …` and `access …`; returns the `share` verbs, for other modules' verbs."""
     share = commands.add_parser("share", help="shares").add_subparsers(dest="verb", required=True)
     p = share.add_parser("create", parents=[common], help="create a share")
     p.add_argument("id")
-    p.add_argument("--size", type=int, required=True, help="size in GiB")
+    p.add_argument(
+        "--size", type=int, help="size in GiB (with --from-snapshot: the snapshot's by default)"
+    )
+    p.add_argument(
+        "--from-snapshot", help="make it from this snapshot, projects/P/shares/S/snapshots/X"
+    )
     p.add_argument("--type", help="share type, shareTypes/ID")
     p.add_argument("--network", help="share network, projects/P/shareNetworks/N")
     p.add_argument("--request-id", help="makes a retry safe")
@@ -272,3 +279,4 @@ def add_parsers(
     p = access.add_parser("delete", parents=[common], help="remove a rule")
     p.add_argument("name")
     p.set_defaults(run=_run(access_delete))
+    return share
