@@ -3,6 +3,7 @@ Ganesha serving every share of the module), and a fresh 1 GiB share per test."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,11 +15,10 @@ from sharemesh.driver_host.drivers import (
     LocalDriver,
     LocalDriverConfig,
     ShareSpec,
-    _loopfs,
 )
 from sharemesh.runtime.ports import free_port
 
-from support import ensure_rpcbind, processes_mentioning
+from support import ensure_rpcbind, loops_under, mounts_under, processes_mentioning
 
 CAPACITY_GIB = 6
 
@@ -40,11 +40,15 @@ async def _local(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Subj
         yield subject
     finally:
         await subject.driver.stop(stop_servers=True)
+        # Shares, snapshots and the pool itself: the stop released every one of them.
+        left = mounts_under(root) + loops_under(root)
         # Last resort if a test died between steps: nothing may outlive the module.
-        for image in (config.pool_dir / "images").glob("*.img"):
-            await _loopfs.unmount(config.pool_dir / "mnt" / image.stem)
-            await _loopfs.detach(image)
+        for line in sorted(mounts_under(root), key=lambda m: -len(m.split()[1])):
+            subprocess.run(["umount", "-l", line.split()[1]], check=False)
+        for line in loops_under(root):
+            subprocess.run(["losetup", "-d", line.split(":")[0]], check=False)
         assert not processes_mentioning(str(root)), "a test process survived"
+        assert not left, f"the driver's stop left {left}"
 
 
 async def _fake(config: FakeDriverConfig) -> AsyncIterator[Subject]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import re
@@ -31,7 +30,7 @@ from sharemesh.ganesha import (
 from sharemesh.ganesha._export import parse_clients
 from sharemesh.runtime.errors import InvalidArgument, NotFound, ResourceExhausted
 
-from . import _loopfs, _reflink
+from . import _loopfs, _reflink, _revert
 from ._loopfs import GIB, READ_ONLY
 from ._pool import Pool
 from .base import (
@@ -499,7 +498,7 @@ class LocalDriver:
             if not image.exists():
                 raise NotFound(f"share {share.name} has no image on this backend")
             tmp, intent = _loopfs.temporary(image), self._revert_intent(share)
-            pending = _read_intent(intent)
+            pending = _revert.read_intent(intent)
             # The intent outlives the swap, the copy (tmp) does not: both say it is done.
             if not (pending and pending[0] == snapshot.snapshot_id and not tmp.exists()):
                 source = self._snapshot_source(snapshot)
@@ -509,7 +508,7 @@ class LocalDriver:
                 # The share keeps its size if it grew since the snapshot.
                 await _loopfs.grow_image(tmp, _loopfs.image_size(image), reserve=share.thick)
             clients = pending[1] if pending else await self._clients_of(share)
-            _write_intent(intent, snapshot.snapshot_id, clients)
+            _revert.write_intent(intent, snapshot.snapshot_id, clients)
             # The swap: clients see a pause from here until the export is back.
             paused = time.monotonic()
             await self.ganesha.remove(share.export_id)
@@ -543,21 +542,6 @@ class LocalDriver:
 def _check_snapshot(snapshot: SnapshotSpec) -> None:
     if not _SNAPSHOT_ID.match(snapshot.snapshot_id):
         raise InvalidArgument("snapshot_id", "letters, digits, '-' and '_' only, at most 128")
-
-
-def _read_intent(intent: Path) -> tuple[str, tuple[ClientRule, ...]] | None:
-    try:
-        held = json.loads(intent.read_text())
-    except FileNotFoundError:
-        return None
-    clients = tuple(ClientRule(tuple(names), access) for names, access in held["clients"])
-    return held["snapshot_id"], clients
-
-
-def _write_intent(intent: Path, snapshot_id: str, clients: tuple[ClientRule, ...]) -> None:
-    tmp = intent.with_name(f"{intent.name}.tmp")
-    tmp.write_text(json.dumps({"snapshot_id": snapshot_id, "clients": clients}))
-    os.replace(tmp, intent)
 
 
 def _share_ids(refused: Sequence[RefusedExport]) -> list[str]:
