@@ -16,7 +16,7 @@ from sharemesh.client import Client
 from sharemesh.launcher import LocalMesh
 from sharemesh.runtime.coordination import Store, connect, keys
 from sharemesh.state.v1 import records_pb2
-from sharemesh.v1 import access_rule_pb2, share_network_pb2, share_pb2
+from sharemesh.v1 import access_rule_pb2, share_network_pb2, share_pb2, snapshot_pb2
 from sharemesh.v1 import share_network_service_pb2 as sns
 from sharemesh.v1 import share_service_pb2 as ss
 
@@ -124,18 +124,20 @@ async def revoke(client: Client, rule: str) -> None:
     )
 
 
-def _where(share: Share) -> tuple[str, str, int, int]:
+def _where(share: Share | snapshot_pb2.Snapshot) -> tuple[str, str, int, int]:
     location = share.export_locations[0]
     host, pseudo = location.path.split(":", 1)
     return host, pseudo, location.nfs_port, location.mount_port
 
 
-async def write(share: Share, src: Path, name: str) -> tuple[int, str]:
+async def write(share: Share | snapshot_pb2.Snapshot, src: Path, name: str) -> tuple[int, str]:
     host, pseudo, nfs_port, mount_port = _where(share)
     return await nfs_write(src, host, pseudo, name, nfs_port, mount_port)
 
 
-async def read(share: Share, dst: Path, name: str, version: int = 4) -> tuple[int, str]:
+async def read(
+    share: Share | snapshot_pb2.Snapshot, dst: Path, name: str, version: int = 4
+) -> tuple[int, str]:
     host, pseudo, nfs_port, mount_port = _where(share)
     dst.unlink(missing_ok=True)
     return await nfs_read(dst, host, pseudo, name, nfs_port, version, mount_port)
