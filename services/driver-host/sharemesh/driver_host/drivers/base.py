@@ -50,6 +50,12 @@ def check_share(share: ShareSpec, pool: str) -> None:
         raise InvalidArgument("pool", f"this backend has pool {pool!r} only")
 
 
+def check_snapshot(snapshot: SnapshotSpec) -> None:
+    """Refuses a snapshot id a driver cannot name files or subvolumes by."""
+    if not _SHARE_ID.match(snapshot.snapshot_id):
+        raise InvalidArgument("snapshot_id", "letters, digits, '-' and '_' only, at most 128")
+
+
 @dataclass(frozen=True)
 class SnapshotSpec:
     """A point-in-time copy of a share, as a driver needs to know it."""

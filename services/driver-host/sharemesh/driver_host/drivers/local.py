@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -43,13 +42,12 @@ from .base import (
     ShareSpec,
     SnapshotSpec,
     check_share,
+    check_snapshot,
     client_blocks,
     unsupported,
 )
 
 log = logging.getLogger("sharemesh.driver_host.local")
-
-_SNAPSHOT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -384,7 +382,7 @@ class LocalDriver:
     async def create_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
         self._offer("snapshot_support", f"cannot snapshot share {share.name}")
         self._check(share)
-        _check_snapshot(snapshot)
+        check_snapshot(snapshot)
         target = self._snapshot_image(snapshot.snapshot_id)
         async with self._locks.of(share.share_id):
             if target.exists():
@@ -401,7 +399,7 @@ class LocalDriver:
 
     async def delete_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
         self._offer("snapshot_support", f"cannot delete snapshot {snapshot.name}")
-        _check_snapshot(snapshot)
+        check_snapshot(snapshot)
         image = self._snapshot_image(snapshot.snapshot_id)
         mountpoint = self.snapshot_mounts / snapshot.snapshot_id
         async with self._locks.of(snapshot.share_id):
@@ -417,7 +415,7 @@ class LocalDriver:
         self, share: ShareSpec, snapshot: SnapshotSpec, rules: Sequence[AccessRuleSpec]
     ) -> list[ExportLocation]:
         self._offer("mount_snapshot_support", f"cannot export snapshot {snapshot.name}")
-        _check_snapshot(snapshot)
+        check_snapshot(snapshot)
         pseudo = snapshot_pseudo(snapshot.snapshot_id)
         mountpoint = self.snapshot_mounts / snapshot.snapshot_id
         # Every client of the share's rules, read-only whatever its level there.
@@ -451,7 +449,7 @@ class LocalDriver:
             f"cannot create share {share.name} from a snapshot",
         )
         self._check(share)
-        _check_snapshot(snapshot)
+        check_snapshot(snapshot)
         started = time.monotonic()
         async with self._locks.of(share.share_id):
             image = self._image(share)
@@ -489,7 +487,7 @@ class LocalDriver:
     async def revert_to_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
         self._offer("revert_to_snapshot_support", f"cannot revert share {share.name}")
         self._check(share)
-        _check_snapshot(snapshot)
+        check_snapshot(snapshot)
         if snapshot.share_id != share.share_id:
             raise InvalidArgument("snapshot", f"is not a snapshot of share {share.name}")
         started = time.monotonic()
@@ -537,11 +535,6 @@ class LocalDriver:
             return parse_clients(await asyncio.to_thread(file.read_text))
         except FileNotFoundError:
             return ()
-
-
-def _check_snapshot(snapshot: SnapshotSpec) -> None:
-    if not _SNAPSHOT_ID.match(snapshot.snapshot_id):
-        raise InvalidArgument("snapshot_id", "letters, digits, '-' and '_' only, at most 128")
 
 
 def _share_ids(refused: Sequence[RefusedExport]) -> list[str]:
