@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sharemesh.runtime.errors import (
     Internal,
@@ -40,6 +41,8 @@ log = logging.getLogger("sharemesh.ganesha")
 
 _GANESHA = "ganesha.nfsd"
 _DBUS = "dbus-daemon"
+# While both run, supervision waits on their pidfds; this slow look is only a net.
+_IDLE_CHECK = 30.0
 
 # Children this process started: polled so an exited child is reaped, not left a zombie
 # (on these machines PID 1 does not reap orphans either).
@@ -358,6 +361,7 @@ class GaneshaInstance:
             self._stopped = True
             await self._terminate(self._ganesha_pid(), "ganesha")
             await self._terminate(self._bus_pid(), "dbus-daemon")
+            self._mgr.close()
             for f in (self.pid_file, self.bus_pid_file, self.bus_socket):
                 f.unlink(missing_ok=True)
 
@@ -689,12 +693,16 @@ class GaneshaInstance:
         export, in one hold of the instance lock so no change in between is lost or
         undone; then call `on_restart` with the exports Ganesha refused.
 
-        Runs until cancelled, until `until` is set, or once `stop()` was called.
+        While both run, it sleeps until Ganesha or its bus exits (a pidfd each wakes it,
+        so an idle host is not polled); a slow look every `_IDLE_CHECK` seconds is the
+        net under that. Runs until cancelled, until `until` is set, or once `stop()`
+        was called.
         """
         failures = 0
         while not (until is not None and until.is_set()):
-            # A Ganesha that keeps failing to start is retried less and less often.
-            await asyncio.sleep(min(interval * 2**failures, 30.0))
+            if failures or not await self._until_exit(_IDLE_CHECK, until):
+                # A Ganesha that keeps failing to start is retried less and less often.
+                await _wait(until, min(interval * 2**failures, 30.0))
             if self._stopped or (until is not None and until.is_set()):
                 return
             if self.is_alive():
@@ -726,6 +734,56 @@ class GaneshaInstance:
                     await on_restart(refused)
                 except Exception:
                     log.exception("ganesha %s: after-restart callback failed", self.state_dir)
+
+    async def _until_exit(self, timeout: float, until: asyncio.Event | None) -> bool:
+        """Wait until Ganesha or its bus exits, `until` is set, or `timeout` passes.
+        False when there was nothing to wait on: one of them is not running, or this
+        kernel has no pidfds (the caller then polls)."""
+        pids = [self._ganesha_pid(), self._bus_pid()]
+        if None in pids:
+            return False
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def on_exit() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        fds: list[int] = []
+        try:
+            for pid in pids:
+                assert pid is not None
+                try:
+                    fd = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    return True  # exited just now: look at once
+                except (AttributeError, OSError):
+                    return False
+                fds.append(fd)
+                # Readable once the process exits (a zombie child counts).
+                loop.add_reader(fd, on_exit)
+            waits: set[asyncio.Future[Any]] = {exited}
+            if until is not None:
+                waits.add(asyncio.ensure_future(until.wait()))
+            try:
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+            return True
+        finally:
+            for fd in fds:
+                loop.remove_reader(fd)
+                os.close(fd)
+
+
+async def _wait(until: asyncio.Event | None, seconds: float) -> None:
+    """Sleep `seconds`, or less if `until` is set meanwhile."""
+    if until is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(until.wait(), seconds)
 
 
 def _can_connect_tcp(host: str, port: int) -> bool:
