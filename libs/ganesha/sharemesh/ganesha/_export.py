@@ -76,6 +76,36 @@ class ProxyV4Fsal:
         )
 
 
+_GLUSTER_VOLUME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_GLUSTER_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
+_GLUSTER_PATH = re.compile(r"^(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*/?$")
+
+
+@dataclass(frozen=True)
+class GlusterFsal:
+    """A directory of a Gluster volume, reached through libgfapi (FSAL_GLUSTER); the
+    export's `path` only names it in Ganesha. Ganesha keeps one client per volume for
+    all its exports of it, and ending that client takes ~10 s (`glfs_fini`)."""
+
+    server: str
+    """The volfile server: an address or host name."""
+    volume: str
+    volpath: str
+    """The directory inside the volume, absolute (`/` is the volume's root)."""
+
+    def render(self) -> str:
+        if not _GLUSTER_HOST.match(self.server):
+            raise InvalidArgument("fsal.server", "must be an IP address or a host name")
+        if not _GLUSTER_VOLUME.match(self.volume):
+            raise InvalidArgument("fsal.volume", "letters, digits, '_', '.' and '-' only")
+        if not self.volpath.startswith("/") or not _GLUSTER_PATH.match(self.volpath):
+            raise InvalidArgument("fsal.volpath", "must be an absolute path of plain names")
+        return (
+            f'FSAL {{ Name = GLUSTER; Hostname = "{self.server}"; '
+            f'Volume = "{self.volume}"; Volpath = "{self.volpath}"; }}'
+        )
+
+
 @dataclass(frozen=True)
 class Export:
     """One export of one Ganesha instance. Without client rules nobody may mount it."""

@@ -22,6 +22,7 @@ from .base import (
     report_progress,
 )
 from .fake import FakeBackend, FakeDriver, FakeDriverConfig
+from .glusterfs import GlusterDriver, GlusterDriverConfig
 from .local import LocalDriver, LocalDriverConfig
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "FakeDriver",
     "FakeDriverConfig",
     "GatewayAccess",
+    "GlusterDriver",
+    "GlusterDriverConfig",
     "LocalDriver",
     "LocalDriverConfig",
     "PoolStats",
@@ -53,4 +56,6 @@ def create(driver: str, options: Mapping[str, Any]) -> Driver:
         return LocalDriver(from_mapping(LocalDriverConfig, options, "options."))
     if driver == "fake":
         return FakeDriver(from_mapping(FakeDriverConfig, options, "options."))
-    raise InvalidArgument("driver", f"unknown driver {driver!r}; known: fake, local")
+    if driver == "glusterfs":
+        return GlusterDriver(from_mapping(GlusterDriverConfig, options, "options."))
+    raise InvalidArgument("driver", f"unknown driver {driver!r}; known: fake, glusterfs, local")
