@@ -9,9 +9,13 @@ baseline) measured in the same run, with their ratio:
 - `create_share_from_snapshot` time, until the new share is mounted and exported;
 - `revert_to_snapshot` time, and how long the share's export was withdrawn.
 
+Then the same through a whole mesh (`--mesh`, on by default), as a tenant sees it: from
+the API call to the Operation done, CreateSnapshot to READY, CreateShare from the
+snapshot to ACTIVE, RevertShare to ACTIVE.
+
 It prints figures, never asserts them. Everything it makes is removed at the end.
 
-    .venv/bin/python bench/bench_snapshots.py [--rounds 5] [--size-gib 1]
+    .venv/bin/python bench/bench_snapshots.py [--rounds 5] [--size-gib 1] [--no-mesh]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent / "tests"
 sys.path[:0] = [str(HERE)]
 
+from sharemesh.client import Client  # noqa: E402
 from sharemesh.driver_host.drivers import (  # noqa: E402
     AccessRuleSpec,
     LocalDriver,
@@ -38,7 +43,10 @@ from sharemesh.driver_host.drivers import (  # noqa: E402
     ShareSpec,
     SnapshotSpec,
 )
+from sharemesh.launcher import LocalMesh  # noqa: E402
 from sharemesh.runtime.ports import free_port  # noqa: E402
+from sharemesh.v1 import share_pb2, snapshot_pb2  # noqa: E402
+from sharemesh.v1 import share_service_pb2 as ss  # noqa: E402
 
 from support import ensure_rpcbind, loops_under, mounts_under  # noqa: E402
 
@@ -163,10 +171,120 @@ async def main(rounds: int, size_gib: int) -> None:
             print("LEFT BEHIND:", left)
 
 
+def fill(mountpoint: Path, size_gib: int) -> float:
+    """Random data up to ~80 % of the share, written on the server; the GiB written."""
+    count = int(size_gib * GIB * 0.8) // (4 << 20)
+    subprocess.run(
+        ["dd", "if=/dev/urandom", f"of={mountpoint / 'data'}", "bs=4M", f"count={count}"]
+        + ["conv=fsync"],
+        check=True,
+        capture_output=True,
+    )
+    return count * (4 << 20) / GIB
+
+
+async def through_mesh(rounds: int, size_gib: int) -> None:
+    """The tenant's view: each call until its Operation is done."""
+    with tempfile.TemporaryDirectory(prefix="bench-snapshots-mesh-") as tmp:
+        config = Path(tmp) / "mesh.toml"
+        config.write_text(
+            '[[backends]]\nname = "local"\n[backends.options]\n'
+            f"capacity_gib = {size_gib * (2 * rounds + 4)}\n"
+        )
+        async with LocalMesh(Path(tmp) / "state", config, api_port=0) as mesh:
+            async with Client(mesh.api_address, mesh.admin_token) as c:
+
+                async def done(call: Awaitable[object], kind: type) -> tuple[object, float]:
+                    started = time.monotonic()
+                    result = await c.wait(await call, kind)  # type: ignore[arg-type]
+                    return result, time.monotonic() - started
+
+                share, _ = await done(
+                    c.call(
+                        c.shares.CreateShare,
+                        ss.CreateShareRequest(
+                            parent="projects/bench",
+                            share_id="full",
+                            share=share_pb2.Share(size_gib=size_gib),
+                        ),
+                    ),
+                    share_pb2.Share,
+                )
+                pool = Path(tmp) / "state" / "pools" / "local"
+                written = await asyncio.to_thread(fill, pool / "mnt" / share.uid, size_gib)  # type: ignore[attr-defined]
+                image = pool / "images" / f"{share.uid}.img"  # type: ignore[attr-defined]
+                print(f"through the mesh: {size_gib} GiB share, {written:.2f} GiB of data")
+                snaps, clones, reverts, copies = [], [], [], []
+                for n in range(rounds):
+                    taken, took = await done(
+                        c.call(
+                            c.shares.CreateSnapshot,
+                            ss.CreateSnapshotRequest(
+                                parent=share.name,  # type: ignore[attr-defined]
+                                snapshot_id=f"s{n}",
+                                snapshot=snapshot_pb2.Snapshot(),
+                            ),
+                        ),
+                        snapshot_pb2.Snapshot,
+                    )
+                    snaps.append(took)
+                    clone, took = await done(
+                        c.call(
+                            c.shares.CreateShare,
+                            ss.CreateShareRequest(
+                                parent="projects/bench",
+                                share_id=f"clone-{n}",
+                                share=share_pb2.Share(source_snapshot=taken.name),  # type: ignore[attr-defined]
+                            ),
+                        ),
+                        share_pb2.Share,
+                    )
+                    clones.append(took)
+                    _, took = await done(
+                        c.call(
+                            c.shares.RevertShare,
+                            ss.RevertShareRequest(name=share.name, snapshot=taken.name),  # type: ignore[attr-defined]
+                        ),
+                        share_pb2.Share,
+                    )
+                    reverts.append(took)
+                    await c.wait(
+                        await c.call(c.shares.DeleteShare, ss.DeleteShareRequest(name=clone.name))  # type: ignore[attr-defined]
+                    )
+                    await c.wait(
+                        await c.call(
+                            c.shares.DeleteSnapshot,
+                            ss.DeleteSnapshotRequest(name=taken.name),  # type: ignore[attr-defined]
+                        )
+                    )
+                    copy = pool / "images" / f".baseline-{n}"
+                    copies.append(await asyncio.to_thread(full_copy, image, copy))
+                    copy.unlink()
+                baseline = statistics.median(copies)
+                print(f"{'':34} {'median':>10}      baseline (median of {rounds})")
+                line("CreateSnapshot to READY", statistics.median(snaps), baseline)
+                line("CreateShare from it to ACTIVE", statistics.median(clones), baseline)
+                line("RevertShare to ACTIVE", statistics.median(reverts), baseline)
+                print(
+                    "all rounds (ms): snapshot",
+                    [round(t * 1000) for t in snaps],
+                    "clone",
+                    [round(t * 1000) for t in clones],
+                    "revert",
+                    [round(t * 1000) for t in reverts],
+                )
+                await c.wait(
+                    await c.call(c.shares.DeleteShare, ss.DeleteShareRequest(name=share.name))  # type: ignore[attr-defined]
+                )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--size-gib", type=int, default=1)
+    parser.add_argument("--no-mesh", dest="mesh", action="store_false")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(main(args.rounds, args.size_gib))
+    if args.mesh:
+        asyncio.run(through_mesh(args.rounds, args.size_gib))
