@@ -7,8 +7,10 @@ from __future__ import annotations
 # crash the children an in-process launcher forks.
 import sharemesh.runtime  # noqa: F401
 
+import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -41,3 +43,23 @@ async def etcd_client(etcd_server: EtcdServer, etcd_root: str):  # type: ignore[
             yield client
         finally:
             await client.delete_prefix(etcd_root.encode())
+
+
+# ---- GlusterFS: one development volume per test session (scripts/dev-gluster) ----------
+
+_DEV_GLUSTER = Path(__file__).resolve().parent.parent / "scripts" / "dev-gluster"
+
+
+@pytest.fixture(scope="session")
+def gluster_volume(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A started one-brick Gluster volume with exact quotas, deleted (brick, image and
+    all) after the session; its name."""
+    home = tmp_path_factory.mktemp("gluster")
+    try:
+        up = subprocess.run(
+            [str(_DEV_GLUSTER), "up", str(home)], capture_output=True, text=True, timeout=120
+        )
+        assert up.returncode == 0, up.stderr
+        yield up.stdout.strip()
+    finally:
+        subprocess.run([str(_DEV_GLUSTER), "down", str(home)], timeout=120, check=False)

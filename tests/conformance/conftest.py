@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from conformance.harness import FakeSubject, LocalSubject, Subject, new_share
+from conformance.harness_glusterfs import gluster_subject
 from sharemesh.driver_host.drivers import (
     FakeDriver,
     FakeDriverConfig,
@@ -58,13 +59,16 @@ async def _fake(config: FakeDriverConfig) -> AsyncIterator[Subject]:
     await subject.driver.stop(stop_servers=True)
 
 
-@pytest.fixture(scope="module", params=["local", "fake", "fake-capable"])
+@pytest.fixture(scope="module", params=["local", "glusterfs", "fake", "fake-capable"])
 async def driver(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Subject]:
     """`fake-capable` offers shrink and snapshots, so the tests' other branches run too."""
     if request.param == "local":
         subjects = _local(tmp_path_factory)
+    elif request.param == "glusterfs":
+        volume = request.getfixturevalue("gluster_volume")
+        subjects = gluster_subject(tmp_path_factory, volume)
     else:
         capable = request.param == "fake-capable"
         subjects = _fake(
