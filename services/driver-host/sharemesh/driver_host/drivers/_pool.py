@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from sharemesh.runtime.commands import CommandError
+
 from . import _loopfs, _reflink
 from ._loopfs import GIB
 
@@ -61,7 +63,20 @@ class Pool:
         self.dir.mkdir(parents=True, exist_ok=True)
         layout = self._layout()
         if layout == "image":
-            await self._mount_image()
+            try:
+                await self._mount_image()
+            except CommandError as error:
+                if self.image.exists():
+                    raise  # the pool is there and will not mount: never serve without it
+                # No room (or no XFS) for a new pool's filesystem: serve plain images
+                # beside each other, as pools made before snapshots do.
+                log.warning(
+                    "pool %s: its reflink filesystem could not be made (%s); its shares "
+                    "are plain images, and it offers no snapshots",
+                    self.dir,
+                    error,
+                )
+                self.layout = layout = "legacy"
         self.images.mkdir(exist_ok=True)
         if layout != "legacy":
             self.snapshots.mkdir(exist_ok=True)
