@@ -174,8 +174,9 @@ def mounted_device(mountpoint: Path) -> str | None:
     return f"/dev/{Path(block).name}"
 
 
-# A snapshot's filesystem: read-only, beside its share under the same UUID, and never
-# written to (its log is clean, since it was copied frozen).
+# An exported snapshot's filesystem: read-only and never written to, without log
+# recovery, which it needs none of (copied frozen) and cannot have (its log names the
+# share's UUID, its superblock one of its own: `_reflink.read_only_copy`).
 READ_ONLY = "ro,nouuid,norecovery"
 
 

@@ -18,6 +18,7 @@ import os
 import struct
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 from sharemesh.runtime.errors import Internal
@@ -32,6 +33,10 @@ FICLONE = 0x40049409  # _IOW(0x94, 9, int)
 FITHAW = 0xC0045878  # _IOWR('X', 120, int)
 XFS_IOC_FREE_EOFBLOCKS = 0x8080583A  # _IOR('X', 58, struct xfs_fs_eofblocks), 128 bytes
 _EOFBLOCKS_V1 = struct.pack("=II", 1, 0) + bytes(120)
+
+# XFS v5 lets the superblock name the filesystem by a UUID other than the one stamped in
+# its metadata (`sb_meta_uuid`, with this incompatible feature bit set).
+_META_UUID = 0x4
 
 # Errors of a filesystem that cannot share blocks between files.
 _NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL}
@@ -122,11 +127,11 @@ async def copy_image(
 ) -> float:
     """`tmp` becomes a reflink copy of the XFS in `source`, with `new_uuid` a UUID of its
     own: the NFS server tells filesystems apart by UUID, and skips a second one with the
-    same, so whatever is served beside its source needs one. It costs the log's size in
-    new blocks (xfs_admin rewrites the log; 64 MiB for a 1 GiB share), so a snapshot
-    gets one only when it is exported. With `mountpoint` (where `source` is mounted),
-    the copy is taken frozen. Returns the seconds the source was frozen. The caller
-    renames `tmp` into place."""
+    same, so a share served beside its source needs one. It costs the log's size in new
+    blocks (xfs_admin rewrites the log; 64 MiB for a 1 GiB share), which a read-only
+    copy avoids (`read_only_copy`). With `mountpoint` (where `source` is mounted), the
+    copy is taken frozen. Returns the seconds the source was frozen. The caller renames
+    `tmp` into place."""
     scratch = work / tmp.name
     await _loopfs.release(scratch, tmp)  # a crash may have left it mounted there
     try:
@@ -152,6 +157,46 @@ async def copy_image(
     finally:
         _loopfs.remove_mountpoint(scratch)
     return frozen
+
+
+async def read_only_copy(source: Path, tmp: Path) -> None:
+    """`tmp` becomes a reflink copy of the XFS in `source` (not mounted) with a UUID of its
+    own in its superblocks alone, to be served beside `source`'s filesystem. Its log
+    still names the old UUID, so it mounts only read-only without log recovery
+    (`_loopfs.READ_ONLY`), which a copy taken frozen needs none of. It costs a few KiB
+    and ~10 ms, where a new UUID in the log costs the log's size (`copy_image`). The
+    caller renames `tmp` into place."""
+    try:
+        await clone(source, tmp)
+        await _relabel(tmp, uuid.uuid4())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+async def _relabel(image: Path, new: uuid.UUID) -> None:
+    """Writes `new` as the UUID of every superblock of the XFS in `image`; its metadata
+    keep naming the first UUID (`sb_meta_uuid`), so nothing else is written."""
+    fields = "uuid meta_uuid features_incompat agcount versionnum"
+    out = await run("xfs_db", "-r", "-c", "sb 0", "-c", f"print {fields}", str(image))
+    sb = dict(line.split(" = ", 1) for line in out.splitlines() if " = " in line)
+    if int(sb["versionnum"], 16) & 0xF != 5:
+        raise Internal(f"{image.name} is not an XFS v5 filesystem: cannot relabel it")
+    incompat = int(sb["features_incompat"], 16)
+    writes = [f"write uuid {new}"]
+    if not incompat & _META_UUID:
+        meta = [
+            f"write meta_uuid {sb['uuid']}",
+            f"write features_incompat {incompat | _META_UUID:#x}",
+        ]
+        writes = meta + writes
+    commands = []
+    for ag in range(int(sb["agcount"])):  # the secondary superblocks too, as xfs_admin does
+        for command in (f"sb {ag}", *writes):
+            commands += ["-c", command]
+    out = await run("xfs_db", "-x", *commands, str(image))
+    if fs_uuid(image) != new.bytes:  # xfs_db exits 0 when a write fails
+        raise Internal(f"xfs_db did not change the UUID of {image.name}: {out.strip()}")
 
 
 def fs_uuid(image: Path) -> bytes:

@@ -142,7 +142,7 @@ class LocalDriver:
         for stale in self.pool.snapshots.glob(".*.tmp") if self.pool.reflink else ():
             stale.unlink(missing_ok=True)  # copies a crash left unfinished
         for mountpoint in self._exported_snapshots():
-            image = self._snapshot_image(mountpoint.name)
+            image = self._exported_image(mountpoint.name)
             if image.exists():
                 await _loopfs.mount(image, mountpoint, options=READ_ONLY)
             else:
@@ -158,7 +158,7 @@ class LocalDriver:
             for image in sorted(self.images.glob("*.img")):
                 await _loopfs.release(self._mountpoint(image.stem), image)
             for mountpoint in self._exported_snapshots():
-                await _loopfs.release(mountpoint, self._snapshot_image(mountpoint.name))
+                await _loopfs.release(mountpoint, self._exported_image(mountpoint.name))
             await self.pool.close()
 
     def _exported_snapshots(self) -> list[Path]:
@@ -372,7 +372,19 @@ class LocalDriver:
     # ---- snapshots: reflink copies in the pool (DESIGN §7) -----------------------------
 
     def _snapshot_image(self, snapshot_id: str) -> Path:
+        """The snapshot as taken: never changed, the source of clones and reverts."""
         return self.pool.snapshots / f"{snapshot_id}.img"
+
+    def _read_only_copy(self, snapshot_id: str) -> Path:
+        """What an exported snapshot's mount reads: a reflink copy of its image with a
+        UUID of its own in its superblocks (`_reflink.read_only_copy`)."""
+        return self.pool.snapshots / f"{snapshot_id}.ro"
+
+    def _exported_image(self, snapshot_id: str) -> Path:
+        """The image an exported snapshot is mounted from: its read-only copy, or for a
+        snapshot exported before those, its image (which was given a UUID of its own)."""
+        copy = self._read_only_copy(snapshot_id)
+        return copy if copy.exists() else self._snapshot_image(snapshot_id)
 
     def _offer(self, capability: str, action: str) -> None:
         """Refuses what a pool without reflink cannot do, naming the capability."""
@@ -405,9 +417,10 @@ class LocalDriver:
         async with self._locks.of(snapshot.share_id):
             if snapshot.export_id:
                 await self.ganesha.remove(snapshot.export_id)
-            await _loopfs.release(mountpoint, image)
+            await _loopfs.release(mountpoint, self._exported_image(snapshot.snapshot_id))
             _loopfs.remove_mountpoint(mountpoint)
-            await _loopfs.delete_image(image)
+            await _loopfs.delete_image(self._read_only_copy(snapshot.snapshot_id))
+            await _loopfs.delete_image(image)  # last: while it is there, a repeat finishes
             self.pool.settle()
         log.info("deleted snapshot %s", snapshot.name)
 
@@ -422,15 +435,15 @@ class LocalDriver:
         readers = [AccessRuleSpec(rule.access_to, "READ_ONLY") for rule in rules]
         export = Export(snapshot.export_id, str(mountpoint), pseudo, clients=client_blocks(readers))
         async with self._locks.of(snapshot.share_id):
-            image = self._snapshot_source(snapshot)
-            share_image = self._image(snapshot.share_id)
-            if _loopfs.mounted_device(mountpoint) is None and (
-                share_image.exists() and _reflink.fs_uuid(image) == _reflink.fs_uuid(share_image)
-            ):
-                # First export: served beside its share, it needs a UUID of its own.
-                tmp = image.with_name(f".{image.name}.{uuid.uuid4().hex[:12]}.tmp")
-                await _reflink.copy_image(image, tmp, self.work)
-                os.replace(tmp, image)
+            source = self._snapshot_source(snapshot)
+            copy = self._read_only_copy(snapshot.snapshot_id)
+            if _loopfs.mounted_device(mountpoint) is None and not copy.exists():
+                # Served beside its share (and its share's other snapshots), it needs a
+                # UUID of its own: Ganesha skips a second filesystem with the same.
+                tmp = copy.with_name(f".{copy.name}.{uuid.uuid4().hex[:12]}.tmp")
+                await _reflink.read_only_copy(source, tmp)
+                os.replace(tmp, copy)
+            image = self._exported_image(snapshot.snapshot_id)
             await _loopfs.mount(image, mountpoint, options=READ_ONLY)
             await self.ganesha.apply(export)
         return self._served_at(pseudo)
@@ -500,7 +513,8 @@ class LocalDriver:
             # The intent outlives the swap, the copy (tmp) does not: both say it is done.
             if not (pending and pending[0] == snapshot.snapshot_id and not tmp.exists()):
                 source = self._snapshot_source(snapshot)
-                # Its own UUID again, unless the snapshot has one of its own (exported).
+                # The share's UUID again; a snapshot exported before read-only copies
+                # had a UUID of its own written into its image: then a new one.
                 same = _reflink.fs_uuid(source) == _reflink.fs_uuid(image)
                 await _reflink.copy_image(source, tmp, self.work, new_uuid=not same)
                 # The share keeps its size if it grew since the snapshot.
