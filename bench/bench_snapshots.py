@@ -6,12 +6,16 @@ baseline) measured in the same run, with their ratio:
 
 - snapshot time (`create_snapshot`; the share is frozen only for the reflink copy);
 - the pool's new used space per snapshot;
-- `create_share_from_snapshot` time, until the new share is mounted and exported;
+- `export_snapshot` time (the snapshot mounted read-only and served), and the pool's new
+  used space for it;
+- `create_share_from_snapshot` time, until the new share is mounted and exported, and
+  the pool's new used space for it;
 - `revert_to_snapshot` time, and how long the share's export was withdrawn.
 
 Then the same through a whole mesh (`--mesh`, on by default), as a tenant sees it: from
 the API call to the Operation done, CreateSnapshot to READY, CreateShare from the
-snapshot to ACTIVE, RevertShare to ACTIVE.
+snapshot to ACTIVE, RevertShare to ACTIVE; and the pool's new used space for a snapshot
+(the mesh exports every READY one) and for a clone.
 
 It prints figures, never asserts them. Everything it makes is removed at the end.
 
@@ -98,6 +102,7 @@ async def main(rounds: int, size_gib: int) -> None:
     image = config.pool_dir / "images" / "bench.img"
     mountpoint = config.pool_dir / "mnt" / "bench"
     snap_times, snap_space, clone_times, revert_times, copy_times = [], [], [], [], []
+    export_times, export_space, clone_space = [], [], []
     try:
         await driver.start()
         await driver.create_share(share)
@@ -121,17 +126,24 @@ async def main(rounds: int, size_gib: int) -> None:
             # Some new data since the last round, so each snapshot freezes real work.
             with open(mountpoint / f"new-{n}", "wb") as f:
                 f.write(os.urandom(8 << 20))
-            snapshot = SnapshotSpec(f"bench-{n}", f"{share.name}/snapshots/{n}", "bench", size_gib)
+            snapshot = SnapshotSpec(
+                f"bench-{n}", f"{share.name}/snapshots/{n}", "bench", size_gib, 200 + n
+            )
             before = used_bytes(config.pool_dir)
             snap_times.append(await timed(lambda: driver.create_snapshot(share, snapshot)))
             snap_space.append(used_bytes(config.pool_dir) - before)
+            before = used_bytes(config.pool_dir)
+            export_times.append(await timed(lambda: driver.export_snapshot(share, snapshot, RW)))
+            export_space.append(used_bytes(config.pool_dir) - before)
 
             clone = ShareSpec(
                 f"clone-{n}", f"projects/p/locations/l/shares/c{n}", size_gib, "default", 100 + n
             )
+            before = used_bytes(config.pool_dir)
             clone_times.append(
                 await timed(lambda: driver.create_share_from_snapshot(clone, snapshot))
             )
+            clone_space.append(used_bytes(config.pool_dir) - before)
             revert_times.append(await timed(lambda: driver.revert_to_snapshot(share, snapshot)))
             await driver.delete_share(clone)
 
@@ -141,18 +153,20 @@ async def main(rounds: int, size_gib: int) -> None:
         baseline = statistics.median(copy_times)
         print(f"{'':34} {'median':>10}      baseline (median of {rounds})")
         line("create_snapshot", statistics.median(snap_times), baseline)
-        line(
-            "  pool space per snapshot",
-            statistics.median(snap_space),
-            image.stat().st_blocks * 512,
-            unit="MiB",
-        )
-        print(f"  = {100 * statistics.median(snap_space) / (size_gib * GIB):.3f} % of the share")
+        full_bytes, share_bytes = image.stat().st_blocks * 512, size_gib * GIB
+        line("  pool space per snapshot", statistics.median(snap_space), full_bytes, unit="MiB")
+        print(f"  = {100 * statistics.median(snap_space) / share_bytes:.3f} % of the share")
+        line("export_snapshot", statistics.median(export_times), baseline)
+        line("  pool space per export", statistics.median(export_space), full_bytes, unit="MiB")
+        print(f"  = {100 * statistics.median(export_space) / share_bytes:.3f} % of the share")
         line("create_share_from_snapshot", statistics.median(clone_times), baseline)
+        line("  pool space per clone", statistics.median(clone_space), full_bytes, unit="MiB")
         line("revert_to_snapshot", statistics.median(revert_times), baseline)
         print(
             "all rounds (ms): snapshot",
             [round(t * 1000) for t in snap_times],
+            "export",
+            [round(t * 1000) for t in export_times],
             "clone",
             [round(t * 1000) for t in clone_times],
             "revert",
@@ -162,7 +176,7 @@ async def main(rounds: int, size_gib: int) -> None:
         )
     finally:
         for n in range(rounds):
-            await driver.delete_snapshot(share, SnapshotSpec(f"bench-{n}", "", "bench"))
+            await driver.delete_snapshot(share, SnapshotSpec(f"bench-{n}", "", "bench", 0, 200 + n))
         await driver.delete_share(share)
         await driver.stop(stop_servers=True)
         left = mounts_under(root) + loops_under(root)
@@ -215,7 +229,9 @@ async def through_mesh(rounds: int, size_gib: int) -> None:
                 image = pool / "images" / f"{share.uid}.img"  # type: ignore[attr-defined]
                 print(f"through the mesh: {size_gib} GiB share, {written:.2f} GiB of data")
                 snaps, clones, reverts, copies = [], [], [], []
+                snap_space, clone_space = [], []
                 for n in range(rounds):
+                    before = used_bytes(pool)
                     taken, took = await done(
                         c.call(
                             c.shares.CreateSnapshot,
@@ -228,6 +244,8 @@ async def through_mesh(rounds: int, size_gib: int) -> None:
                         snapshot_pb2.Snapshot,
                     )
                     snaps.append(took)
+                    snap_space.append(used_bytes(pool) - before)
+                    before = used_bytes(pool)
                     clone, took = await done(
                         c.call(
                             c.shares.CreateShare,
@@ -240,6 +258,7 @@ async def through_mesh(rounds: int, size_gib: int) -> None:
                         share_pb2.Share,
                     )
                     clones.append(took)
+                    clone_space.append(used_bytes(pool) - before)
                     _, took = await done(
                         c.call(
                             c.shares.RevertShare,
@@ -262,8 +281,12 @@ async def through_mesh(rounds: int, size_gib: int) -> None:
                     copy.unlink()
                 baseline = statistics.median(copies)
                 print(f"{'':34} {'median':>10}      baseline (median of {rounds})")
+                full_bytes, share_bytes = image.stat().st_blocks * 512, size_gib * GIB
                 line("CreateSnapshot to READY", statistics.median(snaps), baseline)
+                line("  pool space per snapshot", statistics.median(snap_space), full_bytes, "MiB")
+                print(f"  = {100 * statistics.median(snap_space) / share_bytes:.3f} % of the share")
                 line("CreateShare from it to ACTIVE", statistics.median(clones), baseline)
+                line("  pool space per clone", statistics.median(clone_space), full_bytes, "MiB")
                 line("RevertShare to ACTIVE", statistics.median(reverts), baseline)
                 print(
                     "all rounds (ms): snapshot",
