@@ -217,6 +217,15 @@ class Snapshots(Base):
                     metadata={"newer": ",".join(newer)},
                 )
             await self.require_capability(record, "revert_to_snapshot_support", "cannot revert")
+            if record.share.share_network:
+                # Its gateway or share server would keep serving the filesystem the
+                # revert replaces until their Ganesha restarts: refused until they follow.
+                raise FailedPrecondition(
+                    "a share on a share network cannot be reverted yet; make a share from "
+                    "the snapshot instead",
+                    reason="REVERT_TO_SNAPSHOT_NOT_SUPPORTED",
+                    metadata={"capability": "revert_to_snapshot_support"},
+                )
             # Compared, so the snapshot cannot be deleted meanwhile.
             txn.check(snapshot.key, snapshot.mod_revision)
             lifecycle.share.revert_requested(record, request.snapshot)
