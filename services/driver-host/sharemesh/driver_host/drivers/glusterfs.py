@@ -141,12 +141,20 @@ class GlusterDriver:
                 f"Gluster volume {self.config.volume} has no quota enabled; shares' sizes "
                 "could not be enforced (`gluster volume quota VOLUME enable`)"
             )
-        for timeout in ("features.soft-timeout", "features.hard-timeout"):
-            if info.options.get(timeout) != "0":
+        # Either lets a client's writes past a share's size seem to succeed: the quota
+        # timeouts for about a minute, write-behind always (the brick's late EDQUOT never
+        # reaches an NFSv3 client).
+        for option, exact in (
+            ("features.soft-timeout", "0"),
+            ("features.hard-timeout", "0"),
+            ("performance.write-behind", "off"),
+        ):
+            if info.options.get(option) != exact:
                 log.warning(
-                    "volume %s: %s is not 0; writes may overshoot a share's size for a while",
+                    "volume %s: %s is not %s; writes may overshoot a share's size",
                     self.config.volume,
-                    timeout,
+                    option,
+                    exact,
                 )
         log_file = Path(self.config.state_dir) / "gfapi.log"
         self._volume = await asyncio.to_thread(

@@ -1,0 +1,190 @@
+"""A tenant's journey on a GlusterFS backend through a whole mesh, over real NFS (Ganesha
+with FSAL_GLUSTER on a real volume): create, grant, write, read, read-only, the size
+limit to the MiB, grow, delete leaving no directory, quota or export;
+a kill -9 of the driver-host and of its Ganesha; the time of a delete and of a stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sharemesh.client import Client
+from sharemesh.driver_host.drivers._gluster_cli import GlusterCli
+from sharemesh.driver_host.drivers.glusterfs import ANCHOR_EXPORT_ID, _client
+from sharemesh.launcher import LocalMesh
+from sharemesh.runtime.ports import free_port
+from sharemesh.v1 import share_service_pb2 as ss
+
+from mesh_ops import (
+    RO,
+    RW,
+    TENANT_KEYS,
+    Share,
+    allocated_gib,
+    create_share,
+    delete_share,
+    grant,
+    read,
+    running_mesh,
+    set_level,
+    write,
+)
+from support import pid_alive
+
+pytestmark = pytest.mark.e2e
+CLIENT = "127.0.0.1"
+MIB = 1 << 20
+
+CONFIG = (
+    """
+reconcile_interval_seconds = 2
+
+[[backends]]
+name = "gluster"
+driver = "glusterfs"
+state_dir = "{home}/servers"
+[backends.options]
+server = "127.0.0.1"
+volume = "{volume}"
+state_dir = "{home}/ganesha"
+nfs_port = {nfs_port}
+mount_port = {mount_port}
+"""
+    + TENANT_KEYS
+)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The gluster backend's state: its Ganesha's under `ganesha/ganesha/`."""
+    return tmp_path_factory.mktemp("gluster-backend")
+
+
+@pytest.fixture(scope="module")
+async def mesh(
+    tmp_path_factory: pytest.TempPathFactory, gluster_volume: str, home: Path
+) -> AsyncIterator[LocalMesh]:
+    config = CONFIG.format(
+        home=home, volume=gluster_volume, nfs_port=free_port(), mount_port=free_port()
+    )
+    async with running_mesh(tmp_path_factory, config) as mesh:
+        yield mesh
+        stopping = time.monotonic()
+    # The whole mesh, the gluster backend's Ganesha with it (its volume client's end,
+    # ~10 s, is not waited for).
+    took = time.monotonic() - stopping
+    print(f"\nmesh with a gluster backend stopped in {took:.2f}s")
+    assert took < 10, f"the mesh took {took:.1f}s to stop"
+
+
+@pytest.fixture
+def cli(gluster_volume: str) -> GlusterCli:
+    return GlusterCli(gluster_volume)
+
+
+def zeros(path: Path, size: int) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+async def resize(client: Client, share: Share, size_gib: int) -> Share:
+    op = await client.call(
+        client.shares.ResizeShare, ss.ResizeShareRequest(name=share.name, size_gib=size_gib)
+    )
+    return await client.wait(op, Share)
+
+
+async def test_the_journey_on_gluster(
+    mesh: LocalMesh, alpha: Client, cli: GlusterCli, home: Path, tmp_path: Path
+) -> None:
+    mib = tmp_path / "one.bin"
+    mib.write_bytes(os.urandom(MIB))
+    share = await create_share(alpha, "alpha", "journey", size_gib=1)
+    assert share.state == Share.ACTIVE
+    quota = f"/shares/{share.uid}"
+    assert (await cli.limit(quota)).hard_bytes == 1 << 30  # type: ignore[union-attr]
+    assert await allocated_gib(mesh, "gluster") == 1
+    assert (await write(share, mib, "early.bin"))[0] != 0, "nobody may mount before a rule"
+
+    rule = await grant(alpha, share.name, CLIENT, RW)
+    code, out = await write(share, mib, "one.bin")
+    assert code == 0, out
+    back = tmp_path / "back.bin"
+    for version in (4, 3):
+        code, out = await read(share, back, "one.bin", version)
+        assert code == 0 and back.read_bytes() == mib.read_bytes(), out
+
+    await set_level(alpha, rule.name, RO)
+    assert (await write(share, mib, "refused.bin"))[0] != 0, "a READ_ONLY client wrote"
+    assert (await read(share, back, "one.bin"))[0] == 0
+    await set_level(alpha, rule.name, RW)
+
+    # The limit, to the MiB: 1023 MiB stored, then 2 MiB more do not fit.
+    code, out = await write(share, zeros(tmp_path / "most.bin", 1022 * MIB), "most.bin")
+    assert code == 0, out
+    code, out = await write(share, zeros(tmp_path / "two.bin", 2 * MIB), "two.bin")
+    assert code != 0, f"a write past the share's size succeeded: {await cli.limit(quota)}"
+    assert (await cli.limit(quota)).used_bytes <= 1 << 30  # type: ignore[union-attr]
+
+    # A grow lifts it, online.
+    grown = await resize(alpha, share, 2)
+    assert grown.size_gib == 2 and grown.state == Share.ACTIVE
+    assert (await cli.limit(quota)).hard_bytes == 2 << 30  # type: ignore[union-attr]
+    assert await allocated_gib(mesh, "gluster") == 2
+    code, out = await write(share, zeros(tmp_path / "more.bin", 64 * MIB), "more.bin")
+    assert code == 0, out
+    assert (await read(share, back, "one.bin"))[0] == 0
+
+    started = time.monotonic()
+    await delete_share(alpha, share.name)
+    took = time.monotonic() - started
+    assert took < 5, f"a delete took {took:.1f}s"
+    print(f"\ngluster share delete through the mesh: {took:.2f}s")
+    assert await cli.limit(quota) is None
+    volume = _client("127.0.0.1", cli.volume, tmp_path / "gfapi.log")
+    assert not await asyncio.to_thread(volume.is_dir, quota), "its directory is left"
+    # Only the anchor export is left (it keeps Ganesha's volume client).
+    exports = home / "ganesha/ganesha/exports.d"
+    assert sorted(f.name for f in exports.glob("*.conf")) == [f"{ANCHOR_EXPORT_ID}.conf"]
+    assert (await read(share, back, "one.bin"))[0] != 0
+    assert await allocated_gib(mesh, "gluster") == 0
+
+
+async def test_a_killed_driver_host_and_ganesha_serve_again(
+    mesh: LocalMesh, alpha: Client, home: Path, tmp_path: Path
+) -> None:
+    mib = tmp_path / "one.bin"
+    mib.write_bytes(os.urandom(MIB))
+    writable = await create_share(alpha, "alpha", "crash")
+    readonly = await create_share(alpha, "alpha", "crash-ro")
+    await grant(alpha, writable.name, CLIENT, RW)
+    rule = await grant(alpha, readonly.name, CLIENT, RW)
+    for share in (writable, readonly):
+        assert (await write(share, mib, "one.bin"))[0] == 0
+    await set_level(alpha, rule.name, RO)
+
+    host = mesh.children["driver-host-gluster"]
+    assert host.pid is not None
+    ganesha = int((home / "ganesha/ganesha/ganesha.pid").read_text())
+    for pid in (host.pid, ganesha):
+        os.kill(pid, signal.SIGKILL)
+    started = time.monotonic()
+    back = tmp_path / "back.bin"
+    while (await read(writable, back, "one.bin"))[0] != 0 or pid_alive(ganesha):
+        assert time.monotonic() - started < 45, "the share did not serve again"
+        await asyncio.sleep(0.2)
+    print(f"\ngluster shares served again {time.monotonic() - started:.2f}s after kill -9")
+    for share in (writable, readonly):
+        assert (await read(share, back, "one.bin"))[0] == 0
+        assert back.read_bytes() == mib.read_bytes()
+    assert (await write(writable, mib, "two.bin"))[0] == 0, "the RW rule was lost"
+    assert (await write(readonly, mib, "two.bin"))[0] != 0, "the RO rule was lost"
+    for share in (writable, readonly):
+        await delete_share(alpha, share.name)
