@@ -191,7 +191,7 @@ class Volume:
         fd = self._lib.glfs_opendir(self._handle(), path.encode())
         if not fd:
             _raise("opendir", path)
-        entries = []
+        entries: list[tuple[str, bool]] = []
         try:
             while True:
                 ctypes.set_errno(0)
