@@ -1,8 +1,10 @@
 """Share lifecycle benchmark on a real local mesh (etcd, services, Ganesha, XFS loops).
 
 Prints create-to-ACTIVE and delete latency (p50, p99) and throughput at several
-concurrencies, access-rule-to-mountable latency, etcd's own transaction rate measured
-in the same run (the baseline), and each service's resident memory after N creates.
+concurrencies, the CPU of each process and the etcd requests (by method, from etcd's own
+metrics) per create+delete, access-rule-to-mountable latency, etcd's own transaction
+rate measured in the same run (the baseline), and each service's resident memory after
+N creates.
 
     .venv/bin/python bench/bench_shares.py [--creates 1000] [--concurrency 1 8 32]
 """
@@ -12,10 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections import Counter
 from pathlib import Path
 
 from sharemesh.client import Client
@@ -156,6 +161,23 @@ def cpu_by_service(mesh: LocalMesh) -> dict[str, float]:
     return usage
 
 
+_HANDLED = re.compile(r'^grpc_server_handled_total\{[^}]*grpc_method="(\w+)"[^}]*\} (\d+)', re.M)
+_COMMITTED = re.compile(r"^etcd_server_proposals_committed_total (\S+)", re.M)
+
+
+def etcd_requests(endpoint: str) -> Counter[str]:
+    """etcd's own count of the requests it answered, by gRPC method, and of the raft
+    proposals it committed (its writes), read from its metrics."""
+    with urllib.request.urlopen(f"{endpoint}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    counts: Counter[str] = Counter()
+    for method, count in _HANDLED.findall(text):
+        counts[method] += int(count)
+    committed = _COMMITTED.search(text)
+    counts["(writes committed)"] = int(float(committed.group(1))) if committed else 0
+    return counts
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -183,15 +205,22 @@ async def main(args: argparse.Namespace) -> None:
                 for concurrency in args.concurrency:
                     count = max(args.per_level, concurrency * 4)
                     before = cpu_by_service(mesh)
+                    requests = etcd_requests(mesh.etcd.endpoint)
                     creates, deletes, create_rate, delete_rate = await create_and_delete(
                         client, f"c{concurrency}", count, concurrency
                     )
                     after = cpu_by_service(mesh)
+                    requests = etcd_requests(mesh.etcd.endpoint) - requests
                     per_share = "  ".join(
                         f"{name} {(after[name] - before[name]) / count * 1000:.0f}"
                         for name in after
                     )
-                    print(f"  CPU ms per create+delete: {per_share}")
+                    total = sum(after[name] - before[name] for name in after) / count * 1000
+                    print(f"  CPU ms per create+delete: {per_share}  (total {total:.0f})")
+                    per_etcd = "  ".join(
+                        f"{method} {n / count:.1f}" for method, n in sorted(requests.items())
+                    )
+                    print(f"  etcd requests per create+delete: {per_etcd}")
                     allowed = (base1 if concurrency == 1 else base32) / TXNS_PER_CREATE
                     print(
                         f"concurrency {concurrency:3}  n={count:4}  create {ms(creates)}  "
