@@ -101,6 +101,10 @@ class GatewayConfig:
 class TelemetryConfig:
     spans_dir: str = ""
     """Where each process writes its trace spans as JSON lines; empty: no tracing."""
+    metrics_listen: str = ""
+    """HOST:PORT where a process serves its metrics as Prometheus text (`/metrics`);
+    empty: no metrics. Each process needs its own: set it per process with
+    `SHAREMESH__TELEMETRY__METRICS_LISTEN` (the launcher gives each child a port)."""
 
 
 @dataclass(frozen=True)

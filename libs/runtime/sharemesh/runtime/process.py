@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import aetcd
 
-from . import logs, retry, server, telemetry
+from . import logs, metrics, retry, server, telemetry
 from .config import MeshConfig
 from .config import load as load_config
 from .coordination import Session, Store, connect
@@ -80,6 +80,7 @@ async def serve(
 ) -> None:
     logs.configure(name, config.log_level)
     telemetry.configure(name, config.telemetry)
+    await metrics.start(name, config.telemetry)  # before etcd: a waiting process is seen too
     async with connect(config.etcd.endpoint) as client:
         session = await _session(name, client, config.etcd.lease_ttl_seconds, stop)
         if session is None:
@@ -129,6 +130,7 @@ async def serve(
             if work.done() and not work.cancelled() and work.exception():
                 raise work.exception()  # type: ignore[misc]
     telemetry.shutdown()
+    await metrics.stop()
     log.info("%s stopped", name)
 
 

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from . import telemetry
+from . import metrics, telemetry
 from .errors import ShareMeshError, Unimplemented, public_status, status_code_of, to_status
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,7 @@ class GrpcServer:
         self._server = grpc.aio.server(
             interceptors=[
                 *telemetry.server_interceptors(),
+                *metrics.server_interceptors(),
                 ErrorInterceptor({b.name: b.authenticate for b in bindings if b.authenticate}),
             ],
             # gRPC shares ports by default: a second server on a taken port would
