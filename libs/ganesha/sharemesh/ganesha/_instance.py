@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sharemesh.runtime import metrics
 from sharemesh.runtime.errors import (
     Internal,
     InvalidArgument,
@@ -173,6 +174,7 @@ class GaneshaInstance:
         self._accepted: dict[int, Export] = {}
         self._loaded_from_files: set[int] = set()
         self._stopped = True
+        metrics.observe_ganesha(self)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -195,6 +197,10 @@ class GaneshaInstance:
         except (FileNotFoundError, ProcessLookupError, IndexError):
             return ""
         return f"{pid}:{started}"
+
+    def export_count(self) -> int:
+        """Exports Ganesha has accepted (0 once stopped)."""
+        return 0 if self._stopped else len(self._accepted)
 
     def is_alive(self) -> bool:
         """Ganesha and its bus both run (without the bus it cannot be managed)."""
@@ -723,6 +729,7 @@ class GaneshaInstance:
                 )
                 continue
             failures = 0
+            metrics.ganesha_restarted(self)
             log.info(
                 "ganesha %s back in %.2fs; refused exports: %s",
                 self.state_dir,

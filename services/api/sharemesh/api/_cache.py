@@ -15,6 +15,8 @@ key-ordered copy in memory: a page is a bisect plus `page_size` items.
   up in time (or is listing), the caller reads etcd as before.
 - Faults: a compacted watch lists again; an etcd that is away is waited for with
   backoff, resuming the watch after the last revision applied.
+- Metrics: shares, snapshots and operations are counted by state as they change, so a
+  scrape reads a few counts, never the records.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from sharemesh.runtime import retry
+from sharemesh.runtime import metrics, retry
 from sharemesh.runtime.coordination import Store, Versioned
 from sharemesh.runtime.coordination._client import (
     Compacted,
@@ -40,7 +43,7 @@ from sharemesh.runtime.coordination._client import (
 )
 from sharemesh.runtime.errors import Internal, Unavailable
 from sharemesh.state.v1 import records_pb2
-from sharemesh.v1 import share_pb2
+from sharemesh.v1 import share_pb2, snapshot_pb2
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
@@ -62,6 +65,8 @@ CATCH_UP_SECONDS = 1.0
 # under gRPC's 4 MiB message limit.
 LIST_PAGE = 2000
 CANCEL_SECONDS = 1.0
+# The collections counted by state (shares are parsed for their facts anyway).
+COUNTED = ("shares", "snapshots", "operations")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +127,10 @@ class Snapshot:
         self._facts: dict[str, ShareFacts] = {}
         self._by_field: dict[str, dict[str, set[str]]] = {"share_network": {}, "share_type": {}}
         self._unplaced: dict[str, int] = {}
+        self._counted = tuple(f"{root}{c}/" for c in COUNTED)
+        self._state_of: dict[str, tuple[str, str]] = {}  # key -> (collection, state)
+        self._states_seen: dict[tuple[str, str], tuple[str, str]] = {}
+        self.states: dict[str, Counter[str]] = {c: Counter() for c in COUNTED}
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -135,6 +144,9 @@ class Snapshot:
         self._keys = sorted(self._entries)
         self._facts.clear()
         self._unplaced.clear()
+        self._state_of.clear()
+        for counts in self.states.values():
+            counts.clear()
         for index in self._by_field.values():
             index.clear()
         for key, entry in self._entries.items():
@@ -187,15 +199,19 @@ class Snapshot:
             index += 1
 
     def _index(self, key: str, entry: Entry) -> None:
-        if not key.startswith(self.shares_prefix):
+        if not key.startswith(self._counted):
             return
         self._unindex(key)
+        if not key.startswith(self.shares_prefix):
+            self._count(key, _state(key[len(self.root) :].split("/", 1)[0], key, entry.value))
+            return
         record = records_pb2.ShareRecord()
         try:
             record.ParseFromString(entry.value)
         except DecodeError:
             log.warning("share record %s does not parse; not indexed", key)
             return
+        self._count(key, ("shares", share_pb2.Share.State.Name(record.share.state)))
         facts = self._facts[key] = ShareFacts.of(record)
         for field, index in self._by_field.items():
             if value := getattr(facts, field):
@@ -204,7 +220,16 @@ class Snapshot:
             held = self._unplaced.get(facts.project, 0)
             self._unplaced[facts.project] = held + facts.unplaced_gib
 
+    def _count(self, key: str, state: tuple[str, str] | None) -> None:
+        if state is not None:
+            # One tuple per state, not per record: 100,000 records would hold 100,000.
+            self._state_of[key] = state = self._states_seen.setdefault(state, state)
+            self.states[state[0]][state[1]] += 1
+
     def _unindex(self, key: str) -> None:
+        if (counted := self._state_of.pop(key, None)) is not None:
+            collection, state = counted
+            self.states[collection][state] -= 1
         facts = self._facts.pop(key, None)
         if facts is None:
             return
@@ -223,6 +248,21 @@ class Snapshot:
                 del self._unplaced[facts.project]
 
 
+def _state(collection: str, key: str, value: bytes) -> tuple[str, str] | None:
+    """The state of a snapshot or operation record (None: unparsable)."""
+    try:
+        if collection == "snapshots":
+            snapshot = records_pb2.SnapshotRecord.FromString(value).snapshot
+            return "snapshots", snapshot_pb2.Snapshot.State.Name(snapshot.state)
+        operation = records_pb2.OperationRecord.FromString(value).operation
+    except DecodeError:
+        log.warning("record %s does not parse; not counted", key)
+        return None
+    if not operation.done:
+        return "operations", "RUNNING"
+    return "operations", "FAILED" if operation.HasField("error") else "SUCCEEDED"
+
+
 class WatchCache:
     """The api process's cache: `run()` keeps it current; `consistent()` says whether a
     read from it now would see every write etcd has acknowledged."""
@@ -234,6 +274,11 @@ class WatchCache:
         self._catch_up = catch_up_seconds
         self._applied = asyncio.Event()
         self._watch_stream: Any = None
+        metrics.observe_records(self)
+
+    def record_states(self) -> Mapping[str, Mapping[str, int]]:
+        """Shares, snapshots and operations per state (nothing while listing)."""
+        return self.snapshot.states if self.ready else {}
 
     async def run(self) -> None:
         """List, then watch, until cancelled: list again after a compaction, and wait

@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 
 from sharemesh import network
 from sharemesh.driver.v1 import driver_service_pb2, driver_service_pb2_grpc
-from sharemesh.runtime import controllers, names, operations, retry
+from sharemesh.runtime import controllers, ledger, metrics, names, operations, retry
 from sharemesh.runtime.config import BackendConfig, MeshConfig
 from sharemesh.runtime.coordination import Versioned, _client, keys
 from sharemesh.runtime.peers import Peers
@@ -123,6 +123,7 @@ class DriverHostApp:
                 DriverService(self),
             )
         ]
+        metrics.observe_pools(self.pool_usage)
 
     async def enable_share_servers(self) -> None:
         """A driver that handles share servers gets a network server per share network."""
@@ -235,6 +236,19 @@ class DriverHostApp:
             capacity.capabilities.update(pool.capabilities)
             capacity.availability_zone = pool.capabilities.get("availability_zone", "")
         return record
+
+    async def pool_usage(self) -> list[metrics.PoolUsage]:
+        """This backend's pools for a metrics scrape: the driver's view and the ledger's."""
+        usage = []
+        for pool in (await self.driver.stats()).pools:
+            name = f"{self.backend}/pools/{pool.name}"
+            allocated = (await ledger.read_pool(self._store, name)).value
+            usage.append(
+                metrics.PoolUsage(
+                    name, pool.total_gib, pool.free_gib, pool.provisioned_gib, allocated
+                )
+            )
+        return usage
 
     async def run(self, endpoint: str) -> None:
         self._endpoint = endpoint

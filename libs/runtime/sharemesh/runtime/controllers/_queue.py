@@ -9,7 +9,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from sharemesh.runtime import retry
+from sharemesh.runtime import metrics, retry
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,10 @@ class Controller:
         self._reconcile = reconcile
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
+        metrics.observe_queue(self)
+
+    def depth(self) -> int:
+        return len(self.queue)
 
     async def run(self) -> None:
         """Works until `stop` (or cancellation)."""
@@ -158,6 +162,7 @@ class Controller:
             except Exception as error:
                 retry.unless_cancelled(error)
                 delay = self.queue.add_rate_limited(key)
+                metrics.queue_retried(self.name)
                 if retry.transient(error):
                     log.warning(
                         "%s %s: %s; again in %.2fs", self.name, key, retry.reason(error), delay

@@ -18,6 +18,7 @@ from typing import TypeVar
 import aetcd
 from aetcd import rpc
 
+from sharemesh.runtime import metrics
 from sharemesh.runtime.errors import Aborted, Unavailable
 
 from . import _client
@@ -208,12 +209,15 @@ class Election:
             self._rev = 0
             raise
         self.leadership = Leadership(self, key, rev, value)
+        metrics.leader_elected(self.prefix.rsplit("/", 1)[-1])
         return self.leadership
 
     async def resign(self) -> None:
         """Give up leadership (or a pending candidacy); idempotent."""
         if self._rev:
             await _dequeue(self.session, self.key, self._rev)
+        if self.leadership is not None:
+            metrics.leader_resigned(self.prefix.rsplit("/", 1)[-1])
         self._rev = 0
         self.leadership = None
 
