@@ -3,6 +3,7 @@
 The launcher resolves the user's config into `DIR/mesh.json` (ports, paths, the etcd
 endpoint), which every child reads, so operators can see exactly what runs.
 Ports chosen once are kept in `DIR/ports.json`, so export locations survive a restart.
+Each child serves its metrics on a port of its own; `DIR/metrics.json` says where.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class LocalMesh:
         self._etcd_watch: asyncio.Task[None] | None = None
         self.children: dict[str, Child] = {}
         self.config: mesh_config.MeshConfig | None = None
+        self.metrics: dict[str, str] = {}
+        """Each child's metrics URL (Prometheus text), by child name."""
 
     @property
     def api_address(self) -> str:
@@ -92,6 +95,8 @@ class LocalMesh:
         tmp.replace(resolved)
         self.config = mesh_config.load(resolved, env={})
         self.children = self._children(resolved)
+        (self.state_dir / "metrics.json").write_text(json.dumps(self.metrics, indent=2))
+        log.info("metrics (Prometheus text): %s", self.metrics)
         # The api goes last, so that when it answers the services it nudges are there.
         for child in self.children.values():
             await child.start()
@@ -137,34 +142,26 @@ class LocalMesh:
         logs = self.state_dir / "logs"
         py = sys.executable
         cfg = ["--config", str(resolved)]
-        children = {
-            "scheduler": Child(
-                "scheduler", [py, "-m", "sharemesh.scheduler", *cfg], logs / "scheduler.log"
-            )
-        }
+
+        def child(name: str, argv: list[str], release_argv: list[str] | None = None) -> Child:
+            # One config for all: each child's own metrics port comes by environment.
+            listen = self._metrics_listen[name]
+            self.metrics[name] = f"http://{listen}/metrics"
+            env = {f"{mesh_config.ENV_PREFIX}TELEMETRY__METRICS_LISTEN": listen}
+            return Child(name, argv, logs / f"{name}.log", env, release_argv)
+
+        children = {"scheduler": child("scheduler", [py, "-m", "sharemesh.scheduler", *cfg])}
         for name, listen in self._standby_schedulers.items():
-            children[name] = Child(
-                name,
-                [py, "-m", "sharemesh.scheduler", *cfg, "--listen", listen],
-                logs / f"{name}.log",
+            children[name] = child(
+                name, [py, "-m", "sharemesh.scheduler", *cfg, "--listen", listen]
             )
         for backend in self.config.backends:
             name = f"driver-host-{backend.name}"
             argv = [py, "-m", "sharemesh.driver_host", *cfg, "--backend", backend.name]
-            children[name] = Child(
-                name,
-                [*argv, "--own-servers"],
-                logs / f"{name}.log",
-                release_argv=[*argv, "--release"],
-            )
+            children[name] = child(name, [*argv, "--own-servers"], [*argv, "--release"])
         gateway = [py, "-m", "sharemesh.gateway", *cfg]
-        children["gateway"] = Child(
-            "gateway",
-            [*gateway, "--own-servers"],
-            logs / "gateway.log",
-            release_argv=[*gateway, "--release"],
-        )
-        children["api"] = Child("api", [py, "-m", "sharemesh.api", *cfg], logs / "api.log")
+        children["gateway"] = child("gateway", [*gateway, "--own-servers"], [*gateway, "--release"])
+        children["api"] = child("api", [py, "-m", "sharemesh.api", *cfg])
         return children
 
     def _ensure_admin_token(self) -> None:
@@ -219,5 +216,9 @@ class LocalMesh:
                 options.setdefault("nfs_port", port(f"{backend['name']}_nfs"))
                 options.setdefault("mount_port", port(f"{backend['name']}_mount"))
         self.etcd_ports = (port("etcd_client"), port("etcd_peer"))
+        services = ["api", "scheduler", *self._standby_schedulers, "gateway"]
+        services += [f"driver-host-{backend['name']}" for backend in backends]
+        # Kept across restarts, like the other ports: a Prometheus config stays right.
+        self._metrics_listen = {name: f"127.0.0.1:{port(f'metrics_{name}')}" for name in services}
         ports_file.write_text(json.dumps(kept, indent=2))
         return raw
