@@ -108,11 +108,20 @@ class Pool:
             log.info("pool %s grown to %s GiB", self.dir, self.capacity_gib)
 
     async def close(self) -> None:
-        """Unmounts the pool and frees its loop device (its shares are unmounted first)."""
-        if self.layout != "image":
+        """Unmounts the pool and frees its loop device (its shares are unmounted first).
+        Also from a process that never opened it (a release after a crash)."""
+        if self.layout not in (None, "image") or not self.image.exists():
             return
         device = _loopfs.mounted_device(self.images)
-        await _loopfs.unmount(self.images)
+        try:
+            await _loopfs.unmount(self.images)
+        except CommandError as error:
+            if "busy" not in error.stderr:
+                raise
+            # A server still stopping (a gateway's Ganesha reading a share) holds it for a
+            # moment more: detach it now, and the kernel frees it once the last user goes.
+            log.info("pool %s still busy; unmounting it lazily", self.dir)
+            await _loopfs.run("umount", "--lazy", str(self.images))
         await _loopfs.detach(self.image, device)
 
     def used_bytes(self) -> int:
