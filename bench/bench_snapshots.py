@@ -46,6 +46,7 @@ from sharemesh.driver_host.drivers import (  # noqa: E402
     LocalDriverConfig,
     ShareSpec,
     SnapshotSpec,
+    _reflink,
 )
 from sharemesh.launcher import LocalMesh  # noqa: E402
 from sharemesh.runtime.ports import free_port  # noqa: E402
@@ -60,6 +61,7 @@ RW = [AccessRuleSpec("127.0.0.1", "READ_WRITE")]
 
 def used_bytes(pool: Path) -> int:
     os.sync()
+    _reflink.settle(pool / "images")  # a deleted image's blocks are freed in the background
     st = os.statvfs(pool / "images")
     return (st.f_blocks - st.f_bavail) * st.f_frsize
 

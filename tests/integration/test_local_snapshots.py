@@ -348,6 +348,29 @@ async def test_an_exported_snapshot_costs_a_few_blocks_and_stays_as_taken(host: 
     assert await host.read(pseudo, "a") == b"A" * 4096
 
 
+async def test_a_revert_mounts_while_another_namespace_holds_the_old_filesystem(
+    host: Host,
+) -> None:
+    """A process that unshared its mounts while the share was mounted keeps the share's
+    old filesystem alive after the revert unmounts it; XFS then refuses a filesystem
+    with the same UUID, so the reverted share must have one of its own."""
+    await _share_with(host, "a", b"A" * 4096)
+    await host.driver.create_snapshot(SHARE, SNAPSHOT)
+    rc, out = await host.write("/shares/snappy", "b", b"B" * 4096)
+    assert rc == 0, out
+    holder = subprocess.Popen(["unshare", "--mount", "sleep", "120"])
+    try:
+        ours = os.readlink("/proc/self/ns/mnt")
+        while os.readlink(f"/proc/{holder.pid}/ns/mnt") == ours:
+            await asyncio.sleep(0.01)
+        await host.driver.revert_to_snapshot(SHARE, SNAPSHOT)
+        assert await host.read("/shares/snappy", "a") == b"A" * 4096
+        assert await host.read("/shares/snappy", "b") is None
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 async def test_a_pool_made_before_snapshots_keeps_its_shares(tmp_path: Path) -> None:
     ensure_rpcbind()
     pool_dir = tmp_path / "pool"

@@ -513,10 +513,10 @@ class LocalDriver:
             # The intent outlives the swap, the copy (tmp) does not: both say it is done.
             if not (pending and pending[0] == snapshot.snapshot_id and not tmp.exists()):
                 source = self._snapshot_source(snapshot)
-                # The share's UUID again; a snapshot exported before read-only copies
-                # had a UUID of its own written into its image: then a new one.
-                same = _reflink.fs_uuid(source) == _reflink.fs_uuid(image)
-                await _reflink.copy_image(source, tmp, self.work, new_uuid=not same)
+                # A UUID of its own: the share's filesystem may outlive its unmount in a
+                # mount namespace copied while it was mounted (a process that unshared
+                # its mounts), and XFS mounts no second filesystem with its UUID.
+                await _reflink.copy_image(source, tmp, self.work)
                 # The share keeps its size if it grew since the snapshot.
                 await _loopfs.grow_image(tmp, _loopfs.image_size(image), reserve=share.thick)
             clients = pending[1] if pending else await self._clients_of(share)
