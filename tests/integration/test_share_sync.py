@@ -62,8 +62,9 @@ class Mesh:
     syncs: dict[str, ShareSync] = field(default_factory=dict)
 
     def add_backend(self, backend: str, *, deadline: float = DEADLINE) -> ShareSync:
-        # Backend `a` offers snapshots (taken, cloned, reverted to, mountable); `b` none.
-        config = FakeDriverConfig(snapshot_support=backend == "a")
+        # Backend `a` offers snapshots (taken, cloned, reverted to, mountable) and shrinks;
+        # `b` neither.
+        config = FakeDriverConfig(snapshot_support=backend == "a", shrink_support=backend == "a")
         driver = FakeDriver(config, FakeBackend())
         self.drivers[backend] = driver
         self.syncs[backend] = self.sync_for(backend, driver, self.session, deadline)
@@ -982,3 +983,35 @@ async def test_a_forced_delete_takes_the_snapshots_with_the_share(mesh: Mesh) ->
     assert mesh.drivers["a"].backend.snapshots == {}
     assert await mesh.snapshot_usage() == (0, 0)
     assert (await mesh.allocated("a"), await mesh.used()) == (0, 0)
+
+
+# ---- shrink ---------------------------------------------------------------------------------
+
+
+async def test_a_shrink_is_realized_at_the_smaller_size(mesh: Mesh) -> None:
+    name = await mesh.active("s1", 3)
+    resize = await mesh.resize(name, 1)
+    await mesh.syncs["a"].sync(name)
+    shrunk = await mesh.response(resize, Share)
+    assert (shrunk.state, shrunk.size_gib) == (Share.ACTIVE, 1)
+    assert mesh.drivers["a"].backend.shares["uids1"].size_bytes == 1 << 30
+    record = (await mesh.share(name)).value
+    assert record.realized_size_gib == record.allocated_gib == 1
+    assert (await mesh.allocated("a"), await mesh.used()) == (1, 1)
+
+
+async def test_a_shrink_that_would_lose_data_leaves_the_share_as_it_was(mesh: Mesh) -> None:
+    name = await mesh.active("s1", 3)
+    await mesh.add_rule(name, "r1", "10.0.0.0/24", AccessRule.READ_WRITE)
+    await mesh.syncs["a"].sync(name)
+    mesh.drivers["a"].backend.write("uids1", "big", (3 << 30) // 2, CLIENT)
+    resize = await mesh.resize(name, 1)
+    await mesh.syncs["a"].sync(name)
+
+    assert (await mesh.failed(resize)).reason == "SHRINK_WOULD_LOSE_DATA"
+    record = (await mesh.share(name)).value
+    assert (record.share.state, record.share.size_gib) == (Share.ACTIVE, 3)
+    assert "resize to 1 GiB failed" in record.share.state_message
+    assert record.realized_size_gib == record.allocated_gib == 3
+    assert (await mesh.allocated("a"), await mesh.used()) == (3, 3), "taken again"
+    assert mesh.drivers["a"].backend.shares["uids1"].size_bytes == 3 << 30

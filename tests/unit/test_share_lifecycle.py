@@ -100,7 +100,7 @@ def test_a_resize_asks_for_the_size_then_the_backend_grows_it() -> None:
         5,
         2,
     )
-    share.grown(record)
+    share.resized(record)
     assert record.realized_size_gib == 5 and record.share.state == Share.UPDATING
     share.realized(record)
     assert record.share.state == Share.ACTIVE
@@ -109,17 +109,24 @@ def test_a_resize_asks_for_the_size_then_the_backend_grows_it() -> None:
             share.resize_requested(in_state(state), 9)
         assert refused.value.reason == "SHARE_NOT_ACTIVE"
     with pytest.raises(FailedPrecondition, match="CREATING"):
-        share.grown(placed())
+        share.resized(placed())
+
+
+def test_a_failed_shrink_leaves_the_share_active_at_its_size_holding_it_again() -> None:
+    record = active(4)
+    share.resize_requested(record, 1)
+    assert share.resize_failed(record, "data would not fit") == -3
+    assert (record.share.state, record.share.size_gib) == (Share.ACTIVE, 4)
 
 
 def test_a_failed_grow_leaves_the_share_active_at_its_old_size() -> None:
     record = active()
     share.resize_requested(record, 5)
-    assert share.grow_failed(record, "no space") == 3
+    assert share.resize_failed(record, "no space") == 3
     assert (record.share.state, record.share.size_gib) == (Share.ACTIVE, 2)
     assert record.share.state_message == "resize to 5 GiB failed: no space"
     with pytest.raises(FailedPrecondition, match="ERROR"):
-        share.grow_failed(in_state(Share.ERROR), "x")
+        share.resize_failed(in_state(Share.ERROR), "x")
 
 
 def test_a_failure_is_error_with_the_message_from_any_live_state() -> None:

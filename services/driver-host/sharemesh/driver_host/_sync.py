@@ -295,7 +295,7 @@ class ShareSync:
         lock: Mutex,
     ) -> None:
         """A create that failed is undone on the backend and gives its capacity back; a
-        grow that failed leaves the share ACTIVE at its size and gives back what it took;
+        resize that failed leaves the share ACTIVE at its size, and its capacity as it was;
         any other change that failed leaves the share in ERROR with the reason."""
         record = found.value
         error = errors.for_tenant(error, record.share.name, log)
@@ -314,8 +314,8 @@ class ShareSync:
                 ):
                     await self._place_elsewhere(txn, found, error)
                     return
-        if record.share.size_gib > record.realized_size_gib > 0:
-            given_back = lifecycle.share.grow_failed(record, error.message)
+        if record.realized_size_gib > 0 and record.share.size_gib != record.realized_size_gib:
+            given_back = lifecycle.share.resize_failed(record, error.message)
             await _records.release(self._store, txn, record, given_back)
         elif record.share.state != Share.ACTIVE or record.pending_operations:
             lifecycle.share.failed(record, error.message)

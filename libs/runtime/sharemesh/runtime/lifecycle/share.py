@@ -6,10 +6,10 @@
     resize_requested   ACTIVE                 -> UPDATING
     revert_requested   ACTIVE                 -> UPDATING, to its latest snapshot
     reverted           UPDATING               -> (same): the backend holds the snapshot's data
-    grown              UPDATING|ACTIVE        -> (same): the backend has the new size
+    resized            UPDATING|ACTIVE        -> (same): the backend has the new size
     failed             CREATING|UPDATING|ACTIVE -> ERROR
     retried_elsewhere  CREATING               -> CREATING, unplaced, for another pool
-    grow_failed        UPDATING|ACTIVE        -> ACTIVE at the size it has
+    resize_failed      UPDATING|ACTIVE        -> ACTIVE at the size it has
     delete_requested   any                    -> DELETING
     delete_refused     DELETING               -> ERROR
     released           DELETING               -> (record gone)
@@ -93,7 +93,7 @@ def realized(
     locations: Sequence[share_pb2.ExportLocation] = (),
     at: timestamp_pb2.Timestamp | None = None,
 ) -> None:
-    """The backend made the share (created, grown, its rules applied) at its size; new
+    """The backend made the share (created, resized, its rules applied) at its size; new
     `locations` replace the recorded ones (none given keeps them)."""
     _check(record, _LIVE, "realized")
     record.realized_size_gib = record.share.size_gib
@@ -103,10 +103,10 @@ def realized(
     _stamp(record, ACTIVE, "", at)
 
 
-def grown(record: ShareRecord) -> None:
-    """The backend grew the filesystem to the asked size. XFS cannot shrink back, so it
-    is the realized size even if the rest of the change fails; the state waits."""
-    _check(record, (UPDATING, ACTIVE), "grown")
+def resized(record: ShareRecord) -> None:
+    """The backend grew (or shrank) the share to the asked size. It is the realized size
+    even if the rest of the change fails (XFS cannot shrink back); the state waits."""
+    _check(record, (UPDATING, ACTIVE), "resized")
     record.realized_size_gib = record.share.size_gib
 
 
@@ -166,11 +166,12 @@ def retried_elsewhere(
     return failed_pool
 
 
-def grow_failed(
+def resize_failed(
     record: ShareRecord, message: str, at: timestamp_pb2.Timestamp | None = None
 ) -> int:
-    """A grow that failed leaves the share ACTIVE at the size it has, saying why; returns
-    the GiB it no longer holds (the caller gives them back)."""
+    """A resize that failed leaves the share ACTIVE at the size it has, saying why;
+    returns the GiB it no longer holds: what a grow took, given back by the caller, or
+    (negative) what a shrink gave back early, which the caller takes again."""
     _check(record, (UPDATING, ACTIVE), "left at its size")
     wanted = record.share.size_gib
     given_back = wanted - record.realized_size_gib

@@ -76,21 +76,21 @@ def rules_of(rules: Rules) -> list[AccessRuleSpec]:
     ]  # type: ignore[arg-type]
 
 
-async def create_or_grow(
+async def create_or_resize(
     driver: Driver,
     record: records_pb2.ShareRecord,
     spec: ShareSpec,
     source: SnapshotSpec | None = None,
 ) -> list[ExportLocation]:
-    """Makes the share on the backend (a copy of `source`, if given), or grows it to its
-    recorded size; returns the backend's export locations when it made the share."""
+    """Makes the share on the backend (a copy of `source`, if given), or grows or shrinks
+    it to its recorded size; returns the backend's export locations when it made it."""
     if record.realized_size_gib == 0:
         if source is not None:
             return await driver.create_share_from_snapshot(spec, source)
         return await driver.create_share(spec)
-    if record.share.size_gib > record.realized_size_gib:
+    if record.share.size_gib != record.realized_size_gib:
         await driver.resize_share(spec, record.share.size_gib)
-        lifecycle.share.grown(record)  # for real: a later failure must not undo it
+        lifecycle.share.resized(record)  # for real: a later failure must not undo it
     return []
 
 

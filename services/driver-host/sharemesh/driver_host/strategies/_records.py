@@ -32,7 +32,8 @@ async def finish(
 async def release(
     store: Store, txn: Txn, record: records_pb2.ShareRecord, gib: int | None = None
 ) -> None:
-    """Gives the share's reservation (or `gib` of it) back to its pool and project."""
+    """Gives the share's reservation (or `gib` of it) back to its pool and project; a
+    negative `gib` takes that much again (a shrink that failed)."""
     gib = record.allocated_gib if gib is None else gib
     if not gib:
         return

@@ -6,7 +6,7 @@ from sharemesh.runtime.coordination import Mutex, Versioned
 from sharemesh.state.v1 import records_pb2
 
 from ..drivers import ExportLocation, ShareSpec, SnapshotSpec
-from ._common import Backend, Rules, create_or_grow, rules_of
+from ._common import Backend, Rules, create_or_resize, rules_of
 
 
 class Flat:
@@ -23,7 +23,7 @@ class Flat:
     ) -> tuple[Versioned[records_pb2.ShareRecord], list[ExportLocation]]:
         desired = rules_of(rules)
         created = found.value.realized_size_gib == 0
-        locations = await create_or_grow(self._driver, found.value, spec, source)
+        locations = await create_or_resize(self._driver, found.value, spec, source)
         if not created or desired:  # a new export already admits nobody
             await self._driver.update_access(spec, desired)
         return found, locations

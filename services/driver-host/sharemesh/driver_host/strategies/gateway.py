@@ -15,7 +15,7 @@ from sharemesh.state.v1 import records_pb2
 
 from ..drivers import AccessRuleSpec, ExportLocation, ShareSpec, SnapshotSpec
 from . import _records
-from ._common import Backend, Rules, create_or_grow, export_on_backend
+from ._common import Backend, Rules, create_or_resize, export_on_backend
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class BehindGateway:
         share is recorded (under `lock`) before it is asked, as it reads it from etcd."""
         store, driver, record = self._backend.store, self._backend.driver, found.value
         created = record.realized_size_gib == 0
-        await create_or_grow(driver, record, spec, source)
+        await create_or_resize(driver, record, spec, source)
         access = driver.gateway_access(spec)
         # A proxying gateway reads the backend's own export: grant the gateways' links.
         proxies = access.fsal == "PROXY_V4"

@@ -17,7 +17,7 @@ from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_pb2
 
 from ..drivers import ExportLocation, ShareSpec, SnapshotSpec
-from ._common import Backend, Rules, create_or_grow, export_on_backend, spec_of
+from ._common import Backend, Rules, create_or_resize, export_on_backend, spec_of
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class OnShareServer:
     ) -> tuple[Versioned[records_pb2.ShareRecord], list[ExportLocation]]:
         record = found.value
         created = record.realized_size_gib == 0
-        await create_or_grow(self._backend.driver, record, spec, source)
+        await create_or_resize(self._backend.driver, record, spec, source)
         await export_on_backend(self._backend.driver, spec, created, [])
         server = await self._serve(record.share.share_network, record, making=True)
         assert server is not None
