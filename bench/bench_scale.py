@@ -7,7 +7,8 @@ Ganesha), writes N share records straight into etcd for a backend that does not 
 - ListShares through the real gRPC API (admin, page_size 50): p50/p99 of the big
   project's first page and of a page from the middle of it;
 - the CPU of every process over an idle period (utime+stime from /proc/<pid>/stat, reaped
-  children included), and their resident memory (VmRSS);
+  children included), their resident memory (VmRSS), and the requests etcd answered
+  meanwhile, per minute (from its metrics: what the idle mesh asks of it);
 - a baseline from the same run: a range read of one etcd key, and the ratio of each N's
   first page to the first N's.
 
@@ -40,6 +41,8 @@ from sharemesh.state.v1 import records_pb2  # noqa: E402
 from sharemesh.v1 import share_pb2  # noqa: E402
 from sharemesh.v1 import share_service_pb2 as ss  # noqa: E402
 
+from bench_shares import etcd_requests  # noqa: E402 - beside this script
+
 SMALL_PROJECTS = 4  # each holds 5 % of the records; "big" holds the rest
 PUTS_PER_TXN = 100  # etcd's default --max-txn-ops is 128
 IN_FLIGHT = 16
@@ -56,6 +59,7 @@ class Result:
     cpu: dict[str, float] = field(default_factory=dict)
     rss: dict[str, float] = field(default_factory=dict)
     idle: float = 0.0
+    idle_requests: dict[str, float] = field(default_factory=dict)
     write_seconds: float = 0.0
 
 
@@ -184,10 +188,13 @@ async def measure(n: int, args: argparse.Namespace, tmp: Path) -> Result:
         await asyncio.sleep(args.settle)
         running = pids(mesh)
         before = {name: cpu_seconds(pid) for name, pid in running.items()}
+        requests = etcd_requests(mesh.etcd.endpoint)
         started = time.perf_counter()
         await asyncio.sleep(args.idle)
         result.idle = time.perf_counter() - started
         result.cpu = {name: cpu_seconds(pid) - before[name] for name, pid in running.items()}
+        requests = etcd_requests(mesh.etcd.endpoint) - requests
+        result.idle_requests = {m: n * 60 / result.idle for m, n in sorted(requests.items())}
         result.rss = {name: rss_mb(pid) for name, pid in running.items()}
     return result
 
@@ -215,6 +222,9 @@ def report(results: list[Result]) -> None:
         total = sum(r.cpu.values()) / r.idle * 100
         print(f"{r.n:>8} | {r.idle:6.1f} | " + " | ".join(cells) + f" | {total:8.2f} %")
     print("(CPU seconds over the idle period, and resident memory, per process)")
+    for r in results:
+        asked = "  ".join(f"{m} {n:.0f}" for m, n in r.idle_requests.items())
+        print(f"{r.n:>8} | etcd requests per idle minute: {asked}")
 
 
 async def main(args: argparse.Namespace) -> None:
