@@ -70,22 +70,7 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalM
         yield running
 
 
-@pytest.fixture(scope="module")
-async def alpha(mesh: LocalMesh) -> AsyncIterator[Client]:
-    async with Client(mesh.api_address, "alpha-key") as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-async def beta(mesh: LocalMesh) -> AsyncIterator[Client]:
-    async with Client(mesh.api_address, "beta-key") as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-async def admin(mesh: LocalMesh) -> AsyncIterator[Client]:
-    async with Client(mesh.api_address, mesh.admin_token) as client:
-        yield client
+# `alpha`, `beta` and `admin` (conftest.py) are clients of this module's `mesh`.
 
 
 async def new_share(

@@ -208,13 +208,15 @@ class LocalMesh:
         for backend in backends:
             backend["listen"] = f"127.0.0.1:{free_port()}"
             options = backend.setdefault("options", {})
-            if backend.get("driver", "local") == "local":
-                home = self.state_dir / "pools" / backend["name"]
+            driver = backend.get("driver", "local")
+            home = self.state_dir / "pools" / backend["name"]
+            if driver != "fake":  # every real backend runs its own Ganesha
                 backend.setdefault("state_dir", str(home / "servers"))
-                options.setdefault("pool_dir", str(home))
                 options.setdefault("state_dir", str(home / "ganesha"))
                 options.setdefault("nfs_port", port(f"{backend['name']}_nfs"))
                 options.setdefault("mount_port", port(f"{backend['name']}_mount"))
+            if driver == "local":
+                options.setdefault("pool_dir", str(home))
         self.etcd_ports = (port("etcd_client"), port("etcd_peer"))
         services = ["api", "scheduler", *self._standby_schedulers, "gateway"]
         services += [f"driver-host-{backend['name']}" for backend in backends]

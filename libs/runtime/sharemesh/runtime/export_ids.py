@@ -14,7 +14,10 @@ from sharemesh.state.v1.records_pb2 import ReleasedExportId
 
 from .errors import ResourceExhausted
 
-MAX_EXPORT_ID = 0xFFFF  # Ganesha's Export_Id is a uint16; 0 is its pseudo root
+MAX_EXPORT_ID = 0xFFFE  # Ganesha's Export_Id is a uint16; 0 is its pseudo root
+RESERVED_EXPORT_ID = 0xFFFF
+"""Never handed to a share or snapshot: a driver's own export (the glusterfs driver's
+anchor, which keeps the volume's client alive in Ganesha) may use it."""
 
 
 @dataclass(frozen=True)

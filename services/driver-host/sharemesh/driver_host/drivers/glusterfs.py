@@ -30,6 +30,7 @@ from sharemesh.ganesha import (
     share_of_pseudo,
     share_pseudo,
 )
+from sharemesh.runtime import export_ids
 from sharemesh.runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -59,7 +60,7 @@ GIB = 1 << 30
 SHARES_DIR = "/shares"
 """Where the shares' directories live in the volume; quotas elsewhere are not ours."""
 _FREE_STEP = 64 << 20
-ANCHOR_EXPORT_ID = 65535
+ANCHOR_EXPORT_ID = export_ids.RESERVED_EXPORT_ID
 """The anchor export's id: the last of Ganesha's, which the mesh hands out last."""
 
 
