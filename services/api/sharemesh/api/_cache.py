@@ -146,7 +146,8 @@ class Snapshot:
         self._unplaced.clear()
         self._state_of.clear()
         for counts in self.states.values():
-            counts.clear()
+            for state in counts:  # kept at 0: a state's series does not vanish on a relist
+                counts[state] = 0
         for index in self._by_field.values():
             index.clear()
         for key, entry in self._entries.items():
