@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -116,6 +117,9 @@ class DriverHostApp:
         self._snapshots.add_handler(self._snapshot_changed)
         self.share_servers: network.NetworkServers | None = None
         self._endpoint = ""
+        # The registration as last written (without its time), and when.
+        self._published = b""
+        self._published_at = 0.0
         self.bindings = [
             Binding(
                 driver_service_pb2.DESCRIPTOR.services_by_name["DriverService"].full_name,
@@ -276,7 +280,19 @@ class DriverHostApp:
             group.create_task(retry.every(interval, "resync", self.resync))
 
     async def _register(self, key: str) -> None:
-        await self._store.put(key, await self.registration(), lease=self._context.session.lease_id)
+        """Writes the registration when it changed (capacity, endpoint…), and at least
+        once per reconcile interval as a net. The lease keeps the key alive: a put every
+        few seconds cost etcd a write, and every watcher an event, while nothing changed."""
+        record = await self.registration()
+        content = _without_time(record)
+        if (
+            content == self._published
+            and time.monotonic() - self._published_at
+            < self._context.config.reconcile_interval_seconds
+        ):
+            return
+        await self._store.put(key, record, lease=self._context.session.lease_id)
+        self._published, self._published_at = content, time.monotonic()
 
     def _refresh_interval(self) -> float:
         return max(self._context.config.etcd.lease_ttl_seconds / 2, 1)
@@ -340,6 +356,14 @@ class DriverHostApp:
             await self.share_servers.stop(stop_servers=release)
         await self.driver.stop(stop_servers=release)
         await self._peers.close()
+
+
+def _without_time(record: records_pb2.BackendRecord) -> bytes:
+    """What a registration says, whenever it was made."""
+    copy = records_pb2.BackendRecord()
+    copy.CopyFrom(record)
+    copy.ClearField("update_time")
+    return copy.SerializeToString(deterministic=True)
 
 
 async def _bounded(calls: Iterable[Awaitable[T]], limit: int = _READS_IN_FLIGHT) -> list[T]:
