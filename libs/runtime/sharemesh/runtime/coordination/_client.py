@@ -265,22 +265,6 @@ async def lease_grant(client: aetcd.Client, ttl: int) -> tuple[int, int]:
     return response.ID, response.TTL
 
 
-async def lease_keepalive_once(client: aetcd.Client, lease_id: int, timeout: float) -> int:
-    """Refresh a lease once; the new TTL (<= 0: the lease is gone)."""
-    try:
-        _ready(client)
-        call = client.leasestub.LeaseKeepAlive(
-            iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]),
-            timeout=timeout,
-            metadata=client.metadata,
-        )
-        async for reply in call:
-            return int(reply.TTL)
-    except Exception as error:
-        raise map_rpc_error(error) from error
-    raise Unavailable("etcd lease keep-alive: stream ended without an answer")
-
-
 async def lease_revoke(client: aetcd.Client, lease_id: int, timeout: float | None = None) -> None:
     try:
         _ready(client)
