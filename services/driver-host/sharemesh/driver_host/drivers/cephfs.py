@@ -1,0 +1,542 @@
+"""The CephFS driver: each share a subvolume in one subvolume group, served by one
+Ganesha through FSAL_CEPH.
+
+The subvolume's quota is the share's size (a full share answers EDQUOT), so shares are
+thin and grow and shrink online; a shrink below what is stored is refused. A snapshot is
+a subvolume snapshot and a share from it a subvolume clone, which Ceph copies in the
+background while `create_share_from_snapshot` reports how far it is. Everything goes
+through mon and mgr commands (`_ceph`). Ganesha acts as a cephx user whose caps reach
+only the group's directory, never as the admin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sharemesh.ganesha import (
+    CephFsal,
+    ClientRule,
+    Export,
+    GaneshaInstance,
+    RefusedExport,
+    share_of_pseudo,
+    share_pseudo,
+)
+from sharemesh.runtime.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+
+from ._ceph import CephCluster, CephError
+from .base import (
+    AccessRuleSpec,
+    BackendStats,
+    Capabilities,
+    ExportLocation,
+    GatewayAccess,
+    PoolStats,
+    ShareSpec,
+    SnapshotSpec,
+    check_share,
+    client_blocks,
+    report_progress,
+    unsupported,
+)
+
+log = logging.getLogger("sharemesh.driver_host.cephfs")
+
+GIB = 1 << 30
+_CEPH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_SNAPSHOT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_CLONE_POLL = 0.5
+
+
+@dataclass(frozen=True, kw_only=True)
+class CephFsDriverConfig:
+    conf: Path
+    """The cluster's ceph.conf."""
+    keyring: Path
+    """The keyring of `client`, which manages subvolumes and cephx users."""
+    client: str = "admin"
+    fs_name: str = "cephfs"
+    subvolume_group: str = "sharemesh"
+    """Every share of this backend is a subvolume in this group (made at start)."""
+    ganesha_client: str = ""
+    """The cephx user Ganesha acts as, its caps limited to the group; default
+    `sharemesh-<subvolume_group>`."""
+    pool_name: str = "cephfs"
+    max_over_subscription_ratio: float = 1.0
+    """Quotas are thin: shares' sizes may add up to this many times the cluster's size."""
+    reserved_percentage: float = 0.0
+    host: str = "127.0.0.1"
+    """The address clients use, in export locations."""
+    nfs_port: int
+    mount_port: int
+    state_dir: Path
+    """The Ganesha instance's state: config, export files, pidfiles, log, bus."""
+    grace_seconds: int = 0
+    bind_address: str | None = None
+    availability_zone: str = ""
+    timeout_seconds: float = 30.0
+    """How long one command to the cluster may take."""
+    capabilities: Mapping[str, str] = field(default_factory=dict)
+
+
+class CephFsDriver:
+    """Implements `Driver` on CephFS subvolumes."""
+
+    def __init__(self, config: CephFsDriverConfig) -> None:
+        for name in ("client", "fs_name", "subvolume_group", "ganesha_client"):
+            value = getattr(config, name)
+            if (value or name != "ganesha_client") and not _CEPH_NAME.match(value):
+                raise InvalidArgument(f"options.{name}", "letters, digits, '.', '-' and '_'")
+        if config.max_over_subscription_ratio < 1:
+            raise InvalidArgument(
+                "options.max_over_subscription_ratio", "must be at least 1 (1 means thick)"
+            )
+        if not 0 <= config.reserved_percentage < 100:
+            raise InvalidArgument("options.reserved_percentage", "must be from 0 to under 100")
+        self.config = config
+        self.ganesha_client = config.ganesha_client or f"sharemesh-{config.subvolume_group}"
+        self.cluster = CephCluster(
+            Path(config.conf), Path(config.keyring), config.client, config.timeout_seconds
+        )
+        self.ganesha = GaneshaInstance(
+            Path(config.state_dir) / "ganesha",
+            config.nfs_port,
+            config.mount_port,
+            grace_seconds=config.grace_seconds,
+            bind_address=config.bind_address,
+        )
+        self._fsal: CephFsal | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._capacity = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._refused_at_start: list[RefusedExport] = []
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        group = self.config.subvolume_group
+        await self._mgr("fs subvolumegroup create", group_name=group)  # a repeat is a no-op
+        # The group's directory and nothing else; `fs authorize` returns the same key
+        # to a repeat with the same caps.
+        (user,) = await self.cluster.mon(
+            "fs authorize",
+            filesystem=self.config.fs_name,
+            entity=f"client.{self.ganesha_client}",
+            caps=[f"/volumes/{group}", "rw"],
+        )
+        self._fsal = CephFsal(self.config.fs_name, self.ganesha_client, user["key"])
+        # libcephfs in Ganesha finds the cluster through CEPH_CONF (FSAL_CEPH has no
+        # per-export config file); Ganesha inherits this process's environment.
+        os.environ["CEPH_CONF"] = str(Path(self.config.conf).absolute())
+        self._refused_at_start = await self.ganesha.start()  # adopts a running one
+
+    async def stop(self, stop_servers: bool) -> None:
+        self._stopping.set()
+        if stop_servers:
+            await self.ganesha.stop()
+        self.cluster.close()
+
+    async def supervise(
+        self, on_restart: Callable[[Sequence[str]], Awaitable[None]] | None = None
+    ) -> None:
+        async def restarted(refused: Sequence[RefusedExport]) -> None:
+            if on_restart is not None:
+                await on_restart([u for r in refused if (u := share_of_pseudo(r.pseudo))])
+
+        if self._refused_at_start:
+            refused, self._refused_at_start = self._refused_at_start, []
+            await restarted(refused)
+        await self.ganesha.supervise(restarted, until=self._stopping)
+
+    # ---- commands --------------------------------------------------------------------
+
+    async def _mgr(self, prefix: str, **args: Any) -> Any:
+        """A volumes-module command on this backend's file system."""
+        return await self.cluster.mgr(prefix, vol_name=self.config.fs_name, **args)
+
+    async def _subvolume(self, prefix: str, share_id: str, **args: Any) -> Any:
+        return await self._mgr(
+            prefix, group_name=self.config.subvolume_group, sub_name=share_id, **args
+        )
+
+    async def _info(self, share_id: str) -> dict[str, Any] | None:
+        """The subvolume's `info` (quota, bytes used, path), None when there is none."""
+        try:
+            info: dict[str, Any] = await self._subvolume("fs subvolume info", share_id)
+            return info
+        except CephError as error:
+            if error.code == errno.ENOENT:
+                return None
+            raise
+
+    async def _path(self, share: ShareSpec) -> str:
+        try:
+            path: str = await self._subvolume("fs subvolume getpath", share.share_id)
+            return path
+        except CephError as error:
+            if error.code == errno.ENOENT:
+                raise NotFound(f"share {share.name} has no subvolume on this backend") from None
+            raise _internal(error) from None
+
+    # ---- stats -----------------------------------------------------------------------
+
+    def capabilities(self) -> Capabilities:
+        # Quotas are thin and shrink; clones are Ceph's. A revert or a mountable
+        # snapshot is not built (Ceph has no subvolume rollback).
+        return Capabilities(
+            snapshot_support=True,
+            create_share_from_snapshot_support=True,
+            shrink_support=True,
+            thin_provisioning=True,
+            max_over_subscription_ratio=self.config.max_over_subscription_ratio,
+            reserved_percentage=self.config.reserved_percentage,
+            availability_zone=self.config.availability_zone,
+            custom=self.config.capabilities,
+        )
+
+    async def _provisioned_bytes(self) -> int:
+        """The quotas of the group's subvolumes (a clone being made counts once ready)."""
+        try:
+            names = await self._mgr("fs subvolume ls", group_name=self.config.subvolume_group)
+        except CephError as error:
+            if error.code == errno.ENOENT:
+                return 0
+            raise _internal(error) from None
+        total = 0
+        for entry in names or ():
+            try:
+                info = await self._info(entry["name"])
+            except CephError:
+                continue  # a clone not ready yet, or gone meanwhile
+            quota = (info or {}).get("bytes_quota")
+            total += quota if isinstance(quota, int) else 0
+        return total
+
+    async def _cluster_bytes(self) -> tuple[int, int]:
+        df = await self.cluster.mon("df")
+        return int(df["stats"]["total_bytes"]), int(df["stats"]["total_avail_bytes"])
+
+    async def stats(self) -> BackendStats:
+        total, free = await self._cluster_bytes()
+        pool = PoolStats(
+            name=self.config.pool_name,
+            total_gib=total / GIB,
+            free_gib=free / GIB,
+            provisioned_gib=await self._provisioned_bytes() / GIB,
+            offers=self.capabilities(),
+        )
+        return BackendStats(pools=(pool,))
+
+    async def _admit(self, more_bytes: int, what: str) -> None:
+        """Refuses `more_bytes` of quota the pool may not promise (under `_capacity`)."""
+        total, _ = await self._cluster_bytes()
+        limit = int(total * self.config.max_over_subscription_ratio)
+        provisioned = await self._provisioned_bytes()
+        if provisioned + more_bytes > limit:
+            raise ResourceExhausted(
+                f"pool {self.config.pool_name} may provision {limit / GIB:.0f} GiB, "
+                f"{provisioned / GIB:.0f} GiB provisioned; {what} does not fit"
+            )
+
+    # ---- shares ----------------------------------------------------------------------
+
+    def _lock(self, share_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(share_id, asyncio.Lock())
+
+    def _check(self, share: ShareSpec) -> None:
+        check_share(share, self.config.pool_name)
+
+    def _locations(self, share: ShareSpec) -> list[ExportLocation]:
+        return [
+            ExportLocation(
+                path=f"{self.config.host}:{share_pseudo(share.share_id)}",
+                nfs_port=self.config.nfs_port,
+                mount_port=self.config.mount_port,
+            )
+        ]
+
+    def gateway_access(self, share: ShareSpec) -> GatewayAccess:
+        # FSAL_CEPH for gateways is not built yet: they proxy this backend's export.
+        return GatewayAccess(
+            fsal="PROXY_V4",
+            path=share_pseudo(share.share_id),
+            nfs_port=self.config.nfs_port,
+            server_generation=self.ganesha.generation(),
+        )
+
+    def _export(self, share: ShareSpec, path: str, clients: tuple[ClientRule, ...]) -> Export:
+        if self._fsal is None:
+            raise Unavailable("the CephFS backend is starting")
+        return Export(
+            export_id=share.export_id,
+            path=path,
+            pseudo=share_pseudo(share.share_id),
+            fsal=self._fsal,
+            clients=clients,
+        )
+
+    async def _serve_to_nobody(self, share: ShareSpec) -> None:
+        """A new share's export; a repeat keeps the clients `update_access` set since."""
+        export = self._export(share, await self._path(share), ())
+        if not await self.ganesha.serves(export):
+            await self.ganesha.apply(export)
+
+    async def create_share(self, share: ShareSpec) -> list[ExportLocation]:
+        self._check(share)
+        started = time.monotonic()
+        async with self._lock(share.share_id):
+            if await self._info(share.share_id) is None:
+                async with self._capacity:
+                    await self._admit(share.size_gib * GIB, f"share {share.name}")
+                    await self._subvolume(
+                        "fs subvolume create", share.share_id, size=share.size_gib * GIB
+                    )
+            await self._serve_to_nobody(share)
+        log.info(
+            "created share %s (%s GiB) in %.2fs",
+            share.name,
+            share.size_gib,
+            time.monotonic() - started,
+        )
+        return self._locations(share)
+
+    async def delete_share(self, share: ShareSpec) -> None:
+        async with self._lock(share.share_id):
+            await self.ganesha.remove(share.export_id)
+            await self._remove_subvolume(share)
+        self._locks.pop(share.share_id, None)
+        log.info("deleted share %s", share.name)
+
+    async def _remove_subvolume(self, share: ShareSpec) -> None:
+        """Removes the subvolume; a missing one is success, as is a failed clone."""
+        try:
+            await self._subvolume("fs subvolume rm", share.share_id, force=True)
+        except CephError as error:
+            if error.code == errno.ENOTEMPTY:
+                raise FailedPrecondition(
+                    f"share {share.name} still has snapshots; delete them first",
+                    reason="SHARE_HAS_SNAPSHOTS",
+                ) from None
+            if error.code != errno.EAGAIN:
+                raise _internal(error) from None
+            # A clone still copying: stop it, then remove what it made.
+            await self._mgr(
+                "fs clone cancel",
+                group_name=self.config.subvolume_group,
+                clone_name=share.share_id,
+            )
+            await self._subvolume("fs subvolume rm", share.share_id, force=True)
+
+    async def resize_share(self, share: ShareSpec, new_size_gib: int) -> None:
+        self._check(share)
+        new = new_size_gib * GIB
+        async with self._lock(share.share_id):
+            info = await self._info(share.share_id)
+            if info is None:
+                raise NotFound(f"share {share.name} has no subvolume on this backend")
+            current = info.get("bytes_quota")
+            used = int(info.get("bytes_used", 0))
+            if used > new:
+                raise _would_lose_data(share, new_size_gib, used)
+            async with self._capacity:
+                if isinstance(current, int) and new > current:
+                    await self._admit(new - current, f"growing {share.name}")
+                try:
+                    await self._subvolume(
+                        "fs subvolume resize", share.share_id, new_size=str(new), no_shrink=False
+                    )
+                except CephError as error:
+                    # Data written since the look above: Ceph checks again.
+                    if error.code == errno.EINVAL and "used size" in error.message:
+                        raise _would_lose_data(share, new_size_gib, used) from None
+                    raise _internal(error) from None
+        log.info("resized share %s to %s GiB", share.name, new_size_gib)
+
+    async def update_access(self, share: ShareSpec, rules: Sequence[AccessRuleSpec]) -> None:
+        await self.ensure_share(share, rules)
+
+    async def ensure_share(
+        self, share: ShareSpec, rules: Sequence[AccessRuleSpec]
+    ) -> list[ExportLocation]:
+        self._check(share)
+        clients = client_blocks(rules)  # validates the rules before touching anything
+        async with self._lock(share.share_id):
+            await self.ganesha.apply(self._export(share, await self._path(share), clients))
+        return self._locations(share)
+
+    # ---- snapshots: Ceph's subvolume snapshots and clones ------------------------------
+
+    async def create_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
+        self._check(share)
+        _check_snapshot(snapshot)
+        async with self._lock(share.share_id):
+            try:  # a repeat of an existing snapshot succeeds
+                await self._subvolume(
+                    "fs subvolume snapshot create", share.share_id, snap_name=snapshot.snapshot_id
+                )
+            except CephError as error:
+                if error.code == errno.ENOENT:
+                    raise NotFound(f"share {share.name} has no subvolume on this backend") from None
+                raise _internal(error) from None
+        log.info("snapshot %s of %s taken", snapshot.name, share.name)
+
+    async def delete_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
+        _check_snapshot(snapshot)
+        async with self._lock(snapshot.share_id):
+            try:
+                await self._subvolume(
+                    "fs subvolume snapshot rm",
+                    snapshot.share_id,
+                    snap_name=snapshot.snapshot_id,
+                    force=True,  # a missing snapshot is success
+                )
+            except CephError as error:
+                if error.code == errno.ENOENT:
+                    return  # its share is gone too
+                if error.code == errno.EAGAIN:  # clones of it are still copying
+                    raise Unavailable(f"snapshot {snapshot.name} is being cloned") from None
+                raise _internal(error) from None
+        log.info("deleted snapshot %s", snapshot.name)
+
+    async def export_snapshot(
+        self, share: ShareSpec, snapshot: SnapshotSpec, rules: Sequence[AccessRuleSpec]
+    ) -> list[ExportLocation]:
+        raise unsupported("mount_snapshot_support", f"cannot export snapshot {snapshot.name}")
+
+    async def revert_to_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
+        raise unsupported("revert_to_snapshot_support", f"cannot revert share {share.name}")
+
+    async def create_share_from_snapshot(
+        self, share: ShareSpec, snapshot: SnapshotSpec
+    ) -> list[ExportLocation]:
+        self._check(share)
+        _check_snapshot(snapshot)
+        if share.size_gib < snapshot.size_gib:
+            raise InvalidArgument(
+                "size_gib", f"must be at least the snapshot's {snapshot.size_gib} GiB"
+            )
+        started = time.monotonic()
+        async with self._lock(share.share_id):
+            # A repeat finds the clone made, copying (it waits again) or failed (made anew).
+            state = await self._clone_state(share)
+            if state in ("failed", "canceled"):
+                await self._remove_subvolume(share)
+                state = None
+            if state is None and await self._info(share.share_id) is None:
+                async with self._capacity:
+                    await self._admit(share.size_gib * GIB, f"share {share.name}")
+                    await self._clone(share, snapshot)
+            await self._wait_for_clone(share, snapshot)
+            # A clone has its source's quota: the share's own size now.
+            await self._subvolume(
+                "fs subvolume resize",
+                share.share_id,
+                new_size=str(share.size_gib * GIB),
+                no_shrink=False,
+            )
+            await self._serve_to_nobody(share)
+        log.info(
+            "created share %s from snapshot %s in %.2fs",
+            share.name,
+            snapshot.name,
+            time.monotonic() - started,
+        )
+        return self._locations(share)
+
+    async def _clone(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
+        group = self.config.subvolume_group
+        try:
+            await self._mgr(
+                "fs subvolume snapshot clone",
+                group_name=group,
+                sub_name=snapshot.share_id,
+                snap_name=snapshot.snapshot_id,
+                target_sub_name=share.share_id,
+                target_group_name=group,
+            )
+        except CephError as error:
+            if error.code == errno.ENOENT:
+                raise NotFound(f"snapshot {snapshot.name} does not exist on this backend") from None
+            raise _internal(error) from None
+
+    async def _clone_state(self, share: ShareSpec) -> str | None:
+        """`pending`, `in-progress`, `complete`, `failed` or `canceled`; None when the
+        share is no clone (or none yet)."""
+        status = await self._clone_status(share)
+        return None if status is None else str(status.get("state"))
+
+    async def _clone_status(self, share: ShareSpec) -> dict[str, Any] | None:
+        try:
+            answer = await self._mgr(
+                "fs clone status",
+                group_name=self.config.subvolume_group,
+                clone_name=share.share_id,
+            )
+        except CephError as error:
+            if error.code in (errno.ENOENT, errno.EINVAL):  # no such subvolume, or no clone
+                return None
+            raise _internal(error) from None
+        status: dict[str, Any] = answer["status"]
+        return status
+
+    async def _wait_for_clone(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
+        """Until Ceph has copied the snapshot, reporting how far it is; a failed clone
+        is removed (a repeat makes it anew)."""
+        while True:
+            status = await self._clone_status(share)
+            state = None if status is None else status.get("state")
+            if state in (None, "complete"):
+                await report_progress(100, f"cloned from snapshot {snapshot.snapshot_id}")
+                return
+            if state in ("failed", "canceled"):
+                log.error("clone %s of %s: %s", share.share_id, snapshot.name, status)
+                await self._remove_subvolume(share)
+                raise Internal(f"copying snapshot {snapshot.name} into share {share.name} failed")
+            # Ceph from Quincy on says how much it copied; Pacific only the state.
+            report = (status or {}).get("progress_report", {})
+            percent = _percent(report.get("percentage cloned", "0"))
+            await report_progress(percent, f"clone {state}")
+            await asyncio.sleep(_CLONE_POLL)
+
+
+def _percent(text: object) -> int:
+    try:
+        return max(0, min(99, int(float(str(text).rstrip("%")))))
+    except ValueError:
+        return 0
+
+
+def _would_lose_data(share: ShareSpec, new_size_gib: int, used: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"cannot shrink share {share.name} to {new_size_gib} GiB: it holds {used / GIB:.2f} GiB",
+        reason="SHRINK_WOULD_LOSE_DATA",
+        metadata={"used_bytes": str(used)},
+    )
+
+
+def _internal(error: CephError) -> Internal:
+    """What a retry cannot fix; Ceph's words stay in the log."""
+    log.error("ceph: %s", error)
+    return Internal(f"the Ceph cluster refused {str(error).split(':')[0]!r}")
+
+
+def _check_snapshot(snapshot: SnapshotSpec) -> None:
+    if not _SNAPSHOT_ID.match(snapshot.snapshot_id):
+        raise InvalidArgument("snapshot_id", "letters, digits, '-' and '_' only, at most 128")
