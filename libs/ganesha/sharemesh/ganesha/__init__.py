@@ -9,6 +9,7 @@ is an IPv4 or IPv6 address or CIDR (`parse_client`); a refused export is never i
 from ._dbus import LiveExport
 from ._export import (
     Access,
+    CephFsal,
     ClientRule,
     Export,
     Fsal,
@@ -26,6 +27,7 @@ from ._instance import ExportRefused, GaneshaInstance, RefusedExport
 
 __all__ = [
     "Access",
+    "CephFsal",
     "ClientRule",
     "Export",
     "ExportRefused",

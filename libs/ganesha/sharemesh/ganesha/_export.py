@@ -106,6 +106,35 @@ class GlusterFsal:
         )
 
 
+# Ceph names (file systems, cephx users) and cephx keys (base64): closed grammars, so
+# nothing else reaches the config.
+_CEPH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_CEPHX_KEY = re.compile(r"^[A-Za-z0-9+/]{16,256}={0,2}$")
+
+
+@dataclass(frozen=True)
+class CephFsal:
+    """A CephFS directory through libcephfs (FSAL_CEPH); the export's `path` is the
+    directory in the file system. The cluster is the one of the `ceph.conf` that
+    libcephfs reads in Ganesha's process (`CEPH_CONF`)."""
+
+    filesystem: str
+    user_id: str
+    """The cephx user Ganesha acts as, without `client.`."""
+    secret_access_key: str = field(repr=False)
+
+    def render(self) -> str:
+        for name, value in (("fsal.filesystem", self.filesystem), ("fsal.user_id", self.user_id)):
+            if not _CEPH_NAME.match(value):
+                raise InvalidArgument(name, "letters, digits, '.', '-' and '_' only")
+        if not _CEPHX_KEY.match(self.secret_access_key):
+            raise InvalidArgument("fsal.secret_access_key", "must be a base64 cephx key")
+        return (
+            f'FSAL {{ Name = CEPH; Filesystem = "{self.filesystem}"; '
+            f'User_Id = "{self.user_id}"; Secret_Access_Key = "{self.secret_access_key}"; }}'
+        )
+
+
 @dataclass(frozen=True)
 class Export:
     """One export of one Ganesha instance. Without client rules nobody may mount it."""

@@ -21,6 +21,7 @@ from .base import (
     progress_to,
     report_progress,
 )
+from .cephfs import CephFsDriver, CephFsDriverConfig
 from .fake import FakeBackend, FakeDriver, FakeDriverConfig
 from .glusterfs import GlusterDriver, GlusterDriverConfig
 from .local import LocalDriver, LocalDriverConfig
@@ -30,6 +31,8 @@ __all__ = [
     "AccessRuleSpec",
     "BackendStats",
     "Capabilities",
+    "CephFsDriver",
+    "CephFsDriverConfig",
     "Driver",
     "ExportLocation",
     "FakeBackend",
@@ -56,6 +59,10 @@ def create(driver: str, options: Mapping[str, Any]) -> Driver:
         return LocalDriver(from_mapping(LocalDriverConfig, options, "options."))
     if driver == "fake":
         return FakeDriver(from_mapping(FakeDriverConfig, options, "options."))
+    if driver == "cephfs":
+        return CephFsDriver(from_mapping(CephFsDriverConfig, options, "options."))
     if driver == "glusterfs":
         return GlusterDriver(from_mapping(GlusterDriverConfig, options, "options."))
-    raise InvalidArgument("driver", f"unknown driver {driver!r}; known: fake, glusterfs, local")
+    raise InvalidArgument(
+        "driver", f"unknown driver {driver!r}; known: cephfs, fake, glusterfs, local"
+    )
