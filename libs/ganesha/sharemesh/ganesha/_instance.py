@@ -258,7 +258,10 @@ class GaneshaInstance:
         """Start Ganesha; False if it exited during its start."""
         self._write_main_config(include_exports)
         self.pid_file.unlink(missing_ok=True)
-        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus_address)
+        # BLKID_FILE: no libblkid cache. Ganesha tells filesystems apart by the UUID it
+        # reads; a cached entry (trusted for ~2 s) could name a reused loop device's
+        # previous filesystem.
+        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus_address, BLKID_FILE="/dev/null")
         argv = [
             _GANESHA,
             "-F",
