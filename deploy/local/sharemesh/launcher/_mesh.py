@@ -42,8 +42,10 @@ class LocalMesh:
         api_port: int = DEFAULT_API_PORT,
         lease_ttl_seconds: int | None = None,
         schedulers: int = 1,
+        metrics: bool = True,
     ) -> None:
         self.state_dir = state_dir.resolve()
+        self._metrics_on = metrics
         # Standby schedulers listen on ports of their own; only the leader places.
         self._standby_schedulers = {
             f"scheduler-{i}": f"127.0.0.1:{free_port()}" for i in range(2, schedulers + 1)
@@ -56,7 +58,8 @@ class LocalMesh:
         self.children: dict[str, Child] = {}
         self.config: mesh_config.MeshConfig | None = None
         self.metrics: dict[str, str] = {}
-        """Each child's metrics URL (Prometheus text), by child name."""
+        """Each child's metrics URL (Prometheus text), by child name; none with
+        `metrics=False`."""
 
     @property
     def api_address(self) -> str:
@@ -144,10 +147,12 @@ class LocalMesh:
         cfg = ["--config", str(resolved)]
 
         def child(name: str, argv: list[str], release_argv: list[str] | None = None) -> Child:
-            # One config for all: each child's own metrics port comes by environment.
-            listen = self._metrics_listen[name]
-            self.metrics[name] = f"http://{listen}/metrics"
-            env = {f"{mesh_config.ENV_PREFIX}TELEMETRY__METRICS_LISTEN": listen}
+            env = {}
+            if self._metrics_on:
+                # One config for all: each child's own metrics port comes by environment.
+                listen = self._metrics_listen[name]
+                self.metrics[name] = f"http://{listen}/metrics"
+                env[f"{mesh_config.ENV_PREFIX}TELEMETRY__METRICS_LISTEN"] = listen
             return Child(name, argv, logs / f"{name}.log", env, release_argv)
 
         children = {"scheduler": child("scheduler", [py, "-m", "sharemesh.scheduler", *cfg])}
