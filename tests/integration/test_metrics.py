@@ -211,3 +211,18 @@ async def test_leader_changes_are_counted(endpoint: str, etcd_client, etcd_root:
         assert value(samples, "sharemesh_leader_changes_total", **labels) == 2
         await two.resign()
     assert value(await scrape(endpoint), "sharemesh_leader", **labels) == 0
+
+
+async def test_a_request_too_long_is_closed_unanswered(endpoint: str) -> None:
+    host, port = endpoint.removeprefix("http://").split("/")[0].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /metrics HTTP/1.1\r\nX-Pad: " + b"x" * 10_000 + b"\r\n\r\n")
+    await writer.drain()
+    try:
+        answer = await asyncio.wait_for(reader.read(), 5)
+    except ConnectionResetError:  # closed with the rest of the request unread
+        answer = b""
+    assert answer == b""
+    writer.close()
+    # The endpoint still answers the next scraper.
+    assert "process_cpu_seconds_total" in {name for name, _ in await scrape(endpoint)}

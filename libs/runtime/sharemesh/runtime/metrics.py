@@ -41,6 +41,7 @@ GIB = 1 << 30
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # A scrape waits this long for the pools; past it, it reports what it read last.
 _POOL_READ_SECONDS = 5.0
+# A request's head must fit and arrive in these, or the connection is closed.
 _REQUEST_LIMIT = 8192
 _REQUEST_SECONDS = 5.0
 
@@ -325,6 +326,7 @@ def configure(service: str, config: TelemetryConfig) -> None:
     global _registry
     if not config.metrics_listen or _registry is not None:
         return
+    # Imported here: a process without metrics does not load the exporter.
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
     registry = CollectorRegistry()
@@ -354,7 +356,7 @@ async def start(service: str, config: TelemetryConfig) -> str:
         return ""
     if _server is None:
         host, port = split_host_port(config.metrics_listen)
-        _server = await asyncio.start_server(_answer, host, port)
+        _server = await asyncio.start_server(_answer, host, port, limit=_REQUEST_LIMIT)
     bound = _server.sockets[0].getsockname()
     url = f"http://{config.metrics_listen.rpartition(':')[0]}:{bound[1]}/metrics"
     log.info("%s metrics at %s", service, url)
@@ -373,7 +375,7 @@ async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     """A minimal HTTP/1.1 answer: GET /metrics, then close (what a scraper needs)."""
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _REQUEST_SECONDS)
-        method, _, rest = head[:_REQUEST_LIMIT].partition(b" ")
+        method, _, rest = head.partition(b" ")
         path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
         if method != b"GET":
             status, body, kind = "405 Method Not Allowed", b"GET only\n", "text/plain"
@@ -388,9 +390,9 @@ async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         )
         await writer.drain()
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-        pass  # not an HTTP request we answer: just close
+        pass  # not a request we answer (cut short, too long, too slow): just close
     except ConnectionError:
-        pass
+        pass  # the scraper went away
     finally:
         writer.close()
         with contextlib.suppress(Exception):
