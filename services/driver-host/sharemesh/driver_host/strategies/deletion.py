@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable
 
 from sharemesh.runtime import errors, lifecycle, operations
-from sharemesh.runtime.coordination import Mutex, Versioned
+from sharemesh.runtime.coordination import Mutex, Versioned, keys
 from sharemesh.runtime.errors import Aborted, FencedOut, ShareMeshError
 from sharemesh.state.v1 import records_pb2
 
@@ -27,6 +27,7 @@ _COUNTER_ATTEMPTS = 20
 class Deletion:
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
+        self._counters = asyncio.Lock()  # deletes give back to the counters one at a time
 
     async def delete(
         self,
@@ -76,41 +77,41 @@ class Deletion:
         its capacity, quota and export id; the id only if its export is gone (a forced
         delete may leave it live, and no other share may get its id then).
 
-        Concurrent deletes race only for the pool's and project's counters; such a race
-        is counted again here, rather than redoing the backend's work, which a retry of
-        the whole sync would."""
+        Concurrent deletes race only for the pool's and project's counters. In this
+        process they take turns (read the counters, commit), so they never race each
+        other; a race with another process (a placement) is counted again here, rather
+        than redoing the backend's work, which a retry of the whole sync would."""
         store = self._backend.store
         lifecycle.share.released(found.value)
         for attempt in range(_COUNTER_ATTEMPTS):
-            record = records_pb2.ShareRecord()
+            record = records_pb2.ShareRecord()  # `release` counts down its copy
             record.CopyFrom(found.value)
             txn = store.txn().fence(lock)
             for rule in rules:
                 txn.delete(rule.key, rule.mod_revision)
                 await operations.finish_for_deleted(store, txn, rule.value.pending_operations)
-            await _records.release(store, txn, record)
             if export_gone:
                 _records.release_export_id(self._backend, txn, record)
             _records.unindex(self._backend, txn, record)
             txn.delete(found.key, found.mod_revision)
             await operations.finish_for_deleted(store, txn, record.pending_operations)
             try:
-                await txn.commit()
+                async with self._counters:
+                    await _records.release(store, txn, record)
+                    await txn.commit()
                 return
             except FencedOut:
                 raise  # the lock is lost: whoever holds it now finishes
-            except Aborted:
-                now = await store.get(found.key, records_pb2.ShareRecord)
-                if now is None or now.mod_revision != found.mod_revision:
-                    raise  # the share itself changed: the whole sync decides again
-                if attempt == _COUNTER_ATTEMPTS - 1:
-                    raise
-                # Many deletes at once all want the same counters: spread the retries.
-                await asyncio.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
-                rules, _ = await store.list_all(
-                    store.prefix_of(record.share.name, "accessRules"),
-                    records_pb2.AccessRuleRecord,
+            except Aborted as race:
+                # The failed compare is named; the counters are compared last, so only
+                # when nothing else changed is it theirs (else the sync decides again).
+                counters = (
+                    keys.usage_key(store.root, record.project),
+                    keys.pool_allocation_key(store.root, record.pool),
                 )
+                if race.metadata.get("key") not in counters or attempt == _COUNTER_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
 
     async def refuse(
         self, found: Versioned[records_pb2.ShareRecord], error: ShareMeshError, lock: Mutex
