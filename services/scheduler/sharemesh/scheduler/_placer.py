@@ -97,7 +97,8 @@ class Placer:
         return None
 
     async def _place_once(self, name: str) -> str | None:
-        """Places the share if it waits for placement; returns its backend to nudge."""
+        """Places the share if it waits for placement; returns its backend to nudge
+        (None when it was placed already, or is not to be)."""
         found = await self._store.get(self._store.key_of(name), records_pb2.ShareRecord)
         if found is None:
             return None
@@ -106,9 +107,8 @@ class Placer:
 
     async def _place_found(self, found: Versioned[records_pb2.ShareRecord]) -> str | None:
         name, record = found.value.share.name, found.value
-        if record.backend:
-            waiting = record.share.state in (Share.CREATING, Share.UPDATING, Share.DELETING)
-            return record.backend if waiting else None
+        if record.backend:  # placed already (a nudge and the watch both asked): its
+            return None  # backend was nudged then, and its own watch has the record
         if record.share.state != Share.CREATING or record.delete_requested:
             return None
         size = record.share.size_gib
