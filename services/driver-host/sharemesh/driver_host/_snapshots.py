@@ -264,6 +264,7 @@ class SnapshotSync:
     async def delete_all(
         self,
         share: Versioned[records_pb2.ShareRecord],
+        snapshots: Snapshots,
         spec: ShareSpec,
         lock: Mutex,
         failure_of: FailureOf,
@@ -271,7 +272,7 @@ class SnapshotSync:
         """Before the share goes: each of its snapshots (the api accepts the delete of a
         share with snapshots only when forced, and marks them deleted with it). A
         refusal (not forced) is raised: the share stays, with the snapshot."""
-        for found in await self.listed(share.value.share.name):
+        for found in snapshots:
             forced = share.value.force_delete
             if refused := await self.delete(
                 share.value, spec, found, lock, failure_of, forced=forced

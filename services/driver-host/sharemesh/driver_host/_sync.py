@@ -164,33 +164,41 @@ class ShareSync:
             log.warning("sync of %s kept racing; the reconciler will finish it", name)
 
     async def _sync_once(self, name: str, lock: Mutex, final: bool) -> None:
-        found = await self._store.get(self._store.key_of(name), records_pb2.ShareRecord)
+        # The share, its rules and its snapshots at one revision, in one round trip.
+        found, (rules, snapshots) = await self._store.get_with(
+            self._store.key_of(name),
+            records_pb2.ShareRecord,
+            [
+                (self._store.prefix_of(name, "accessRules"), records_pb2.AccessRuleRecord),
+                (self._store.prefix_of(name, "snapshots"), records_pb2.SnapshotRecord),
+            ],
+        )
         if found is None or found.value.backend != self.backend:
             return
         with telemetry.continued(found.value.trace_parent, "sync share"):
-            await self._sync_found(found, lock, final)
+            await self._sync_found(found, rules, snapshots, lock, final)
 
     async def _sync_found(
-        self, found: Versioned[records_pb2.ShareRecord], lock: Mutex, final: bool
+        self,
+        found: Versioned[records_pb2.ShareRecord],
+        rules: list[Versioned[records_pb2.AccessRuleRecord]],
+        snapshots: list[Versioned[records_pb2.SnapshotRecord]],
+        lock: Mutex,
+        final: bool,
     ) -> None:
-        name = found.value.share.name
         if found.value.share.state == Share.ERROR and not found.value.delete_requested:
             return  # only a delete (or an admin's reset) moves a share out of ERROR
-        rules, _ = await self._store.list_all(
-            self._store.prefix_of(name, "accessRules"), records_pb2.AccessRuleRecord
-        )
         spec = spec_of(found.value)
         strategy = self._strategy_of(found.value)
         failure_of = lambda e: self._unless_final(e, final)  # noqa: E731
         if found.value.delete_requested:
             try:
-                await self._snapshots.delete_all(found, spec, lock, failure_of)
+                await self._snapshots.delete_all(found, snapshots, spec, lock, failure_of)
             except ShareMeshError as refused:
                 await self._deletion.refuse(found, refused, lock)
                 return
             await self._deletion.delete(found, rules, spec, lock, strategy, failure_of)
             return
-        snapshots = await self._snapshots.listed(name)
         rules_changed = any(r.value.pending_operations or r.value.delete_requested for r in rules)
         try:
             source = await self._source_of(found.value)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import aetcd
 from aetcd import rpc
@@ -28,6 +28,7 @@ from ._client import Compacted, Compare, FutureRevision
 M = TypeVar("M", bound=Message)
 
 DEFAULT_ROOT = "/sharemesh/"
+_CHILDREN = 1000  # records under one parent read in one go by `get_with`
 WATCH_CANCEL_SECONDS = 1.0
 
 
@@ -211,6 +212,31 @@ class Store:
     async def get(self, key: str, msg_type: type[M]) -> Versioned[M] | None:
         kv, _ = await _client.get_kv(self.client, self.check_key(key))
         return None if kv is None else _versioned(kv, msg_type)
+
+    async def get_with(
+        self, key: str, msg_type: type[M], children: Sequence[tuple[str, type[Message]]]
+    ) -> tuple[Versioned[M] | None, builtins.list[builtins.list[Versioned[Any]]]]:
+        """A record and, for each (prefix, type) of `children`, the records directly under
+        that prefix (a share, its rules, its snapshots), read at one revision in one round
+        trip (a read-only transaction) instead of one range each."""
+        ranges = [_client.range_request(self.check_key(key))]
+        for prefix, _ in children:
+            self.check_key(prefix)
+            ranges.append(
+                _client.range_request(prefix, _client.prefix_end(prefix), limit=_CHILDREN)
+            )
+        response = await _client.txn(self.client, [], [_client.op_range(r) for r in ranges])
+        kvs = [r.response_range.kvs for r in response.responses]
+        found = _versioned(kvs[0][0], msg_type) if kvs[0] else None
+        listed: builtins.list[builtins.list[Versioned[Any]]] = []
+        for (prefix, child_type), read in zip(children, response.responses[1:]):
+            if read.response_range.more:  # more than a share ever has: page through
+                listed.append((await self.list_all(prefix, child_type))[0])
+                continue
+            plen = len(prefix.encode())
+            kept = (kv for kv in read.response_range.kvs if b"/" not in kv.key[plen:])
+            listed.append([_versioned(kv, child_type) for kv in kept])
+        return found, listed
 
     def txn(self) -> Txn:
         return Txn(self)
