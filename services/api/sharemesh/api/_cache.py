@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from sharemesh.runtime import metrics, retry
-from sharemesh.runtime.coordination import Store, Versioned
+from sharemesh.runtime.coordination import Store, Versioned, _store
 from sharemesh.runtime.coordination._client import (
     Compacted,
     is_closed,
@@ -41,7 +41,7 @@ from sharemesh.runtime.coordination._client import (
     range_,
     range_request,
 )
-from sharemesh.runtime.errors import Internal, Unavailable
+from sharemesh.runtime.errors import Unavailable
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_pb2, snapshot_pb2
 
@@ -105,11 +105,8 @@ class ShareFacts:
 
 
 def decode(key: str, entry: Entry, record_type: type[M]) -> Versioned[M]:
-    message = record_type()
-    try:
-        message.ParseFromString(entry.value)
-    except DecodeError as error:
-        raise Internal(f"record {key!r} is not a {record_type.__name__}: {error}") from error
+    """Parsed as the Store parses (its schema version checked), when a page is read."""
+    message = _store.decode(key, entry.value, record_type)
     return Versioned(message, entry.mod_revision, entry.create_revision, key)
 
 

@@ -1,7 +1,7 @@
 """The scheduler process: active/standby through an etcd election. Only the leader
-places: an informer over the shares that wait for placement feeds its work queue
-(`PlaceShare` nudges only enqueue); the others wait in the election queue and take
-over when its lease ends."""
+migrates the mesh's records to this code's schema, then places: an informer over the
+shares that wait for placement feeds its work queue (`PlaceShare` nudges only
+enqueue); the others wait in the election queue and take over when its lease ends."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from sharemesh.runtime import controllers, operations, retry
+from sharemesh.runtime import controllers, migrations, operations, retry
 from sharemesh.runtime.coordination import Election, Leadership, Versioned, keys
 from sharemesh.runtime.errors import Unavailable
 from sharemesh.runtime.peers import Peers
@@ -81,6 +81,9 @@ class SchedulerApp:
         leadership = await retry.persist(
             "standing for leadership", lambda: election.campaign(endpoint.encode())
         )
+        # Older records are brought to this code's schema before anything is placed;
+        # a leader that dies meanwhile leaves the rest to the next one.
+        await migrations.run(self._store, leadership)
         log.info("leading; placing shares")
         self.placer = Placer(
             self._store,

@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError, Message
 from sharemesh.runtime.errors import (
     Aborted,
     AlreadyExists,
+    FailedPrecondition,
     FencedOut,
     Internal,
     InvalidArgument,
@@ -66,18 +67,59 @@ def _as_fence(fence: object) -> Compare:
     raise TypeError(f"not a fence: {fence!r}")
 
 
-def _decode(key: bytes | str, data: bytes, msg_type: type[M]) -> M:
+# Schema versions (records.proto): the version of each record type this code writes,
+# by full proto name; a versioned type not named here is at 1. A type goes up only
+# with the migration that brings its older records to it (sharemesh.runtime.migrations).
+SCHEMA_VERSIONS: dict[str, int] = {"sharemesh.state.v1.ShareRecord": 2}
+SCHEMA_FIELD = "schema_version"
+
+
+def schema_version(msg_type: type[Message]) -> int | None:
+    """The version of `msg_type` this code writes; None for a type without versions
+    (public messages such as ShareType, whose schema only grows compatibly)."""
+    descriptor = msg_type.DESCRIPTOR
+    if SCHEMA_FIELD not in descriptor.fields_by_name:
+        return None
+    return SCHEMA_VERSIONS.get(descriptor.full_name, 1)
+
+
+def decode(key: bytes | str, data: bytes, msg_type: type[M]) -> M:
+    """A record as stored, its schema version checked: one newer than this code knows is
+    refused (never parsed into what it is not, so never written back); one without a
+    version (written before versions) reads as 1."""
     message = msg_type()
     try:
         message.ParseFromString(data)
     except DecodeError as error:
         raise Internal(f"record {key!r} is not a {msg_type.__name__}: {error}") from error
+    known = schema_version(msg_type)
+    if known is not None:
+        version = getattr(message, SCHEMA_FIELD) or 1
+        if version > known:
+            raw = key.decode() if isinstance(key, bytes) else key
+            raise FailedPrecondition(
+                f"the record was written by a newer sharemesh (schema version {version} of "
+                f"{msg_type.__name__}; this service knows up to {known}); it is left as it "
+                "is until this service is upgraded",
+                metadata={"key": raw},
+            )
+        setattr(message, SCHEMA_FIELD, version)
     return message
+
+
+def encode(msg: Message) -> bytes:
+    """A record to store: a new one (no version yet) gets this code's version of its
+    type; one read keeps its own, so only a migration raises it."""
+    if not getattr(msg, SCHEMA_FIELD, 1):
+        version = schema_version(type(msg))
+        if version is not None:
+            setattr(msg, SCHEMA_FIELD, version)
+    return msg.SerializeToString()
 
 
 def _versioned(kv: rpc.KeyValue, msg_type: type[M]) -> Versioned[M]:
     return Versioned(
-        _decode(kv.key, kv.value, msg_type), kv.mod_revision, kv.create_revision, kv.key.decode()
+        decode(kv.key, kv.value, msg_type), kv.mod_revision, kv.create_revision, kv.key.decode()
     )
 
 
@@ -109,7 +151,7 @@ class Txn:
     def create(self, key: str, msg: Message, *, lease: int = 0) -> Txn:
         key = self._key(key)
         self._compares.append(("create", Compare(key.encode(), "create", "==", 0)))
-        self._ops.append(lambda: _client.op_put(key, msg.SerializeToString(), lease))
+        self._ops.append(lambda: _client.op_put(key, encode(msg), lease))
         return self
 
     def put(
@@ -121,7 +163,7 @@ class Txn:
             self._compares.append(
                 ("mod", Compare(key.encode(), "mod", "==", expected_mod_revision))
             )
-        self._ops.append(lambda: _client.op_put(key, msg.SerializeToString(), lease))
+        self._ops.append(lambda: _client.op_put(key, encode(msg), lease))
         return self
 
     def delete(self, key: str, expected_mod_revision: int | None = None) -> Txn:
@@ -393,7 +435,7 @@ class Store:
                 kind = str(event.kind)
                 value: object = None
                 if kind == "PUT":
-                    value = kv.value if msg_type is None else _decode(kv.key, kv.value, msg_type)
+                    value = kv.value if msg_type is None else decode(kv.key, kv.value, msg_type)
                 yield WatchEvent(kind, kv.key.decode(), value, kv.mod_revision, kv.create_revision)
         except Exception as error:
             mapped = _client.map_rpc_error(error)

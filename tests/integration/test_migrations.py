@@ -1,0 +1,157 @@
+"""Schema versions and migrations against a real etcd: the Store stamps and checks the
+version of every record; the first migration (v1 -> v2) writes the index keys of the
+shares placed before the per-backend index, fenced by the leader, once, and in pages."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import empty_pb2
+
+from sharemesh.runtime import migrations
+from sharemesh.runtime.coordination import Election, Session, Store, keys
+from sharemesh.runtime.coordination import _client as etcd
+from sharemesh.runtime.errors import FailedPrecondition, FencedOut
+from sharemesh.runtime.migrations import _runner
+from sharemesh.state.v1 import records_pb2
+from sharemesh.v1 import share_pb2
+
+TTL = 2
+ShareRecord = records_pb2.ShareRecord
+
+
+def v1_share(name: str, backend: str = "", network: str = "", host: str = "") -> ShareRecord:
+    """A share as the code before schema versions wrote it (no version field)."""
+    return ShareRecord(
+        share=share_pb2.Share(name=name, size_gib=1, share_network=network),
+        project=name.split("/")[1],
+        backend=f"backends/{backend}" if backend else "",
+        pool=f"backends/{backend}/pools/default" if backend else "",
+        host=host,
+    )
+
+
+async def put_raw(store: Store, key: str, record: ShareRecord) -> None:
+    """Written as old code writes: bytes straight to etcd, not through the Store."""
+    await etcd.txn(store.client, [], [etcd.op_put(key, record.SerializeToString())])
+
+
+async def raw(store: Store, key: str) -> tuple[bytes, int, int] | None:
+    """A key's bytes, mod revision and etcd version (how many times it was written)."""
+    kv, _ = await etcd.get_kv(store.client, key)
+    return None if kv is None else (kv.value, kv.mod_revision, kv.version)
+
+
+async def test_the_store_stamps_versions_and_refuses_newer_records(etcd_client, etcd_root):  # type: ignore[no-untyped-def]
+    store = Store(etcd_client, etcd_root)
+    new = store.key_of("projects/p/shares/new")
+    await store.create(new, v1_share("projects/p/shares/new"))
+    assert ShareRecord.FromString((await raw(store, new))[0]).schema_version == 2
+    rule = store.key_of("projects/p/shares/new/accessRules/r")
+    await store.create(rule, records_pb2.AccessRuleRecord())
+    stored_rule = (await raw(store, rule))[0]
+    assert records_pb2.AccessRuleRecord.FromString(stored_rule).schema_version == 1
+
+    # An old record reads as version 1 and keeps it when rewritten: only a migration
+    # raises it, so "version 2" always means "has what version 2 needs".
+    old = store.key_of("projects/p/shares/old")
+    await put_raw(store, old, v1_share("projects/p/shares/old", "local"))
+    found = await store.get(old, ShareRecord)
+    assert found is not None and found.value.schema_version == 1
+    found.value.share.size_gib = 2  # resized by today's api
+    await store.update(old, found.value, found.mod_revision)
+    assert ShareRecord.FromString((await raw(store, old))[0]).schema_version == 1
+
+    # A record from a newer sharemesh: refused on every read path, never rewritten.
+    newer = store.key_of("projects/p/shares/newer")
+    record = v1_share("projects/p/shares/newer", "local")
+    record.schema_version = 99
+    await put_raw(store, newer, record)
+    before = await raw(store, newer)
+    with pytest.raises(FailedPrecondition) as refused:
+        await store.get(newer, ShareRecord)
+    assert "newer sharemesh" in refused.value.message and "99" in refused.value.message
+    assert etcd_root not in refused.value.message  # the key is metadata, for the operator
+    with pytest.raises(FailedPrecondition):
+        await store.list_all(store.prefix_of("projects/p", "shares"), ShareRecord)
+    assert await raw(store, newer) == before
+
+
+async def test_v1_shares_get_their_index_keys_once_fenced_and_in_pages(etcd_client, etcd_root):  # type: ignore[no-untyped-def]
+    store = Store(etcd_client, etcd_root)
+    flat = [f"projects/p{i % 3}/shares/s{i:03d}" for i in range(95)]  # 3 pages
+    for name in flat:
+        await put_raw(store, store.key_of(name), v1_share(name, "local"))
+    networked = "projects/p0/shares/on-net"
+    net = "projects/p0/shareNetworks/n1"
+    await put_raw(store, store.key_of(networked), v1_share(networked, "local", net, "host-a"))
+    unplaced = "projects/p1/shares/waiting"
+    await put_raw(store, store.key_of(unplaced), v1_share(unplaced))
+    # Placed by today's scheduler before the migration ran: its index is there already.
+    indexed = "projects/p2/shares/indexed"
+    await put_raw(store, store.key_of(indexed), v1_share(indexed, "local"))
+    await store.put(keys.backend_index_key(etcd_root, "local", indexed), empty_pb2.Empty())
+
+    async with Session(etcd_client, TTL) as session:
+        leader = await Election(session, keys.election_prefix(etcd_root, "scheduler")).campaign(
+            b"me"
+        )
+        assert await migrations.run(store, leader) == migrations.SCHEMA == 2
+
+        for name in [*flat, networked, indexed]:
+            assert await raw(store, keys.backend_index_key(etcd_root, "local", name, "")) or (
+                name == networked
+            )
+        assert await raw(store, keys.backend_index_key(etcd_root, "local", networked, net))
+        assert await raw(store, keys.host_index_key(etcd_root, "host-a", net, networked))
+        every = await store.scan(store.root + "shares/", ShareRecord)
+        assert len(every) == 98
+        assert {s.value.schema_version for s in every} == {2}
+        assert not await raw(store, keys.backend_index_key(etcd_root, "local", unplaced, ""))
+        # Each share was rewritten exactly once (etcd's per-key version: put, migration).
+        assert {(await raw(store, s.key))[2] for s in every} == {2}
+        schema = await store.get(migrations.schema_key(store), records_pb2.SchemaRecord)
+        assert schema is not None
+        assert (schema.value.version, schema.value.resume_after, schema.value.migrated) == (
+            2,
+            "",
+            98,
+        )
+
+        # Again (a new leader, a restart): nothing left to do, nothing written.
+        revision = (await etcd.get_kv(etcd_client, etcd_root))[1]
+        assert await migrations.run(store, leader) == 2
+        assert (await etcd.get_kv(etcd_client, etcd_root))[1] == revision
+
+
+async def test_a_leader_that_lost_leadership_writes_nothing(etcd_client, etcd_root):  # type: ignore[no-untyped-def]
+    store = Store(etcd_client, etcd_root)
+    name = "projects/p/shares/s"
+    await put_raw(store, store.key_of(name), v1_share(name, "local"))
+    prefix = keys.election_prefix(etcd_root, "scheduler")
+    async with Session(etcd_client, TTL) as old, Session(etcd_client, TTL) as new:
+        stale = await Election(old, prefix).campaign(b"old")
+        await old.close()  # its lease is gone: another may lead now
+        await Election(new, prefix).campaign(b"new")
+        with pytest.raises(FencedOut):
+            await migrations.run(store, stale)
+    assert (await raw(store, store.key_of(name)))[2] == 1
+    assert not await raw(store, keys.backend_index_key(etcd_root, "local", name))
+    assert await raw(store, migrations.schema_key(store)) is None
+
+
+async def test_a_mesh_newer_than_the_code_is_left_alone(etcd_client, etcd_root):  # type: ignore[no-untyped-def]
+    store = Store(etcd_client, etcd_root)
+    await put_raw(store, store.key_of("projects/p/shares/s"), v1_share("projects/p/shares/s", "x"))
+    await store.put(migrations.schema_key(store), records_pb2.SchemaRecord(version=7))
+    async with Session(etcd_client, TTL) as session:
+        leader = await Election(session, keys.election_prefix(etcd_root, "s")).campaign(b"me")
+        assert await migrations.run(store, leader) == 7
+    assert not await raw(store, keys.backend_index_key(etcd_root, "x", "projects/p/shares/s"))
+    assert await migrations.mesh_version(store) == 7
+    await migrations.wait_for(store, 2)  # a service of this code need not wait
+
+
+def test_the_page_fits_in_one_etcd_transaction() -> None:
+    # A page writes a record and up to two index keys per share, plus the schema:
+    # etcd's default --max-txn-ops is 128.
+    assert 3 * _runner.PAGE + 1 <= 128
