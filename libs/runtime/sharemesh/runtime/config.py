@@ -31,6 +31,12 @@ class EtcdConfig:
     """Root of every key the mesh writes, so meshes can share one etcd."""
     lease_ttl_seconds: int = 10
     """TTL of registration, election and lock leases; a dead process's keys vanish after it."""
+    ca_file: str = ""
+    """PEM CA(s) an `https://` etcd's certificate must chain to; empty: `[tls] ca_file`."""
+    cert_file: str = ""
+    """Client certificate this process presents to etcd; empty: `[tls] cert_file`."""
+    key_file: str = ""
+    """Private key of the etcd client certificate; empty: `[tls] key_file`."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,24 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """Mutual TLS between the mesh's own processes (the public API has `[api] tls_*`)."""
+
+    ca_file: str = ""
+    """PEM of the mesh CA: a peer's certificate must chain to it. During a CA rotation,
+    the old and the new CA concatenated."""
+    cert_file: str = ""
+    """This process's certificate, its identity a `spiffe://sharemesh/service/{role}`
+    URI SAN; servers reload it (and the CA) when the files change. Empty: plaintext,
+    which internal servers refuse beyond loopback."""
+    key_file: str = ""
+    """PEM private key of `cert_file`."""
+    probe_listen: str = ""
+    """Loopback HOST:PORT answering only `grpc.health.v1` in plaintext, for probes that
+    cannot present a certificate (kubelet `grpc:` probes); empty: none."""
+
+
+@dataclass(frozen=True)
 class TelemetryConfig:
     spans_dir: str = ""
     """Where each process writes its trace spans as JSON lines; empty: no tracing."""
@@ -121,6 +145,14 @@ class QuotaConfig:
     """Per-project snapshot counts, overriding `default_snapshots`."""
     project_snapshot_gib: Mapping[str, int] = field(default_factory=dict)
     """Per-project snapshot GiB, overriding `default_snapshot_gib`."""
+    default_shares: int = 0
+    """Shares a project may hold; 0 is no limit."""
+    project_shares: Mapping[str, int] = field(default_factory=dict)
+    """Per-project share counts, overriding `default_shares`."""
+    default_share_networks: int = 0
+    """Share networks a project may hold; 0 is no limit."""
+    project_share_networks: Mapping[str, int] = field(default_factory=dict)
+    """Per-project share network counts, overriding `default_share_networks`."""
 
     def limit_gib(self, project: str) -> int:
         return int(self.projects.get(project, self.default_gib))
@@ -130,6 +162,12 @@ class QuotaConfig:
 
     def limit_snapshot_gib(self, project: str) -> int:
         return int(self.project_snapshot_gib.get(project, self.default_snapshot_gib))
+
+    def limit_shares(self, project: str) -> int:
+        return int(self.project_shares.get(project, self.default_shares))
+
+    def limit_share_networks(self, project: str) -> int:
+        return int(self.project_share_networks.get(project, self.default_share_networks))
 
 
 @dataclass(frozen=True)
@@ -141,6 +179,7 @@ class MeshConfig:
     gateway: GatewayConfig = GatewayConfig()
     quotas: QuotaConfig = QuotaConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    tls: TlsConfig = TlsConfig()
     operation_retention_seconds: float = 7 * 24 * 3600
     """How long a finished Operation, and the request id that made it, are kept."""
     export_id_quarantine_seconds: float = 3600.0

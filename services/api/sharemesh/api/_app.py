@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 from pathlib import Path
 
 import grpc
 from google.longrunning import operations_pb2_grpc, operations_proto_pb2
 
+from sharemesh.runtime import quota
 from sharemesh.runtime.config import ApiConfig, split_host_port
 from sharemesh.runtime.errors import FailedPrecondition
 from sharemesh.runtime.peers import Peers
@@ -17,6 +19,8 @@ from sharemesh.runtime.server import Binding
 from sharemesh.v1 import (
     pool_service_pb2,
     pool_service_pb2_grpc,
+    project_service_pb2,
+    project_service_pb2_grpc,
     share_network_service_pb2,
     share_network_service_pb2_grpc,
     share_service_pb2,
@@ -30,6 +34,7 @@ from ._auth import Authenticator
 from ._cache import WatchCache
 from ._operations import Operations
 from ._pools import Pools
+from ._projects import Projects
 from ._share_networks import ShareNetworks
 from ._share_types import ShareTypes
 from ._shares import Shares
@@ -62,44 +67,63 @@ class ApiApp:
     def __init__(self, context: Context) -> None:
         self.credentials = _credentials(context.config.api)
         self.peers = Peers(context.store)
-        auth = Authenticator(context.config.api)
-        self.cache = cache = WatchCache(context.store)
+        store = context.store
+        self.auth = auth = Authenticator(context.config.api, store)
+        self.limits = quota.LiveLimits(store, context.config.quotas)
+        self.cache = cache = WatchCache(store)
+        services = [
+            (
+                share_service_pb2,
+                "ShareService",
+                share_service_pb2_grpc.add_ShareServiceServicer_to_server,
+                ShareService(store, self.peers, auth, cache, self.limits.quotas),
+            ),
+            (
+                share_type_service_pb2,
+                "ShareTypeService",
+                share_type_service_pb2_grpc.add_ShareTypeServiceServicer_to_server,
+                ShareTypes(store, auth, cache),
+            ),
+            (
+                share_network_service_pb2,
+                "ShareNetworkService",
+                share_network_service_pb2_grpc.add_ShareNetworkServiceServicer_to_server,
+                ShareNetworks(store, self.peers, auth, cache),
+            ),
+            (
+                pool_service_pb2,
+                "PoolService",
+                pool_service_pb2_grpc.add_PoolServiceServicer_to_server,
+                Pools(store, self.peers, auth),
+            ),
+            (
+                project_service_pb2,
+                "ProjectService",
+                project_service_pb2_grpc.add_ProjectServiceServicer_to_server,
+                Projects(store, auth, cache, context.config.quotas),
+            ),
+            (
+                operations_proto_pb2,
+                "Operations",
+                operations_pb2_grpc.add_OperationsServicer_to_server,
+                Operations(store, auth, cache),
+            ),
+        ]
+        # Every public method checks the caller's role (`_auth.REQUIRED`) first.
         self.bindings = [
             Binding(
-                _service_name(share_service_pb2, "ShareService"),
-                share_service_pb2_grpc.add_ShareServiceServicer_to_server,
-                ShareService(context.store, self.peers, auth, cache, context.config.quotas),
+                _service_name(module, name),
+                add,
+                auth.guard(servicer, module.DESCRIPTOR.services_by_name[name]),
                 auth.authenticate,
-            ),
-            Binding(
-                _service_name(share_type_service_pb2, "ShareTypeService"),
-                share_type_service_pb2_grpc.add_ShareTypeServiceServicer_to_server,
-                ShareTypes(context.store, auth, cache),
-                auth.authenticate,
-            ),
-            Binding(
-                _service_name(share_network_service_pb2, "ShareNetworkService"),
-                share_network_service_pb2_grpc.add_ShareNetworkServiceServicer_to_server,
-                ShareNetworks(context.store, self.peers, auth, cache),
-                auth.authenticate,
-            ),
-            Binding(
-                _service_name(pool_service_pb2, "PoolService"),
-                pool_service_pb2_grpc.add_PoolServiceServicer_to_server,
-                Pools(context.store, self.peers, auth),
-                auth.authenticate,
-            ),
-            Binding(
-                _service_name(operations_proto_pb2, "Operations"),
-                operations_pb2_grpc.add_OperationsServicer_to_server,
-                Operations(context.store, auth, cache),
-                auth.authenticate,
-            ),
+            )
+            for module, name, add, servicer in services
         ]
 
     async def run(self, endpoint: str) -> None:
-        """Keeps the watch cache the lists read current (the api holds no other state)."""
-        await self.cache.run()
+        """Keeps the watch cache the lists read, the API keys and the quota limits
+        current (the api holds no other state)."""
+        await asyncio.gather(self.cache.run(), self.auth.run(), self.limits.run())
 
     async def close(self) -> None:
         await self.peers.close()

@@ -116,9 +116,8 @@ class Placer:
         # The quota is reserved here, where placements are one at a time, and checked
         # against the usage this txn compares, so racing creates and resizes cannot
         # together overshoot it (the api's check is only a first look).
-        used = await quota.adjust(self._store, txn, record.project, size)
         try:
-            quota.check(self._quotas, record.project, used - size, size)
+            await quota.reserve_share(self._store, txn, self._quotas, record.project, name, size)
         except ResourceExhausted as over:
             await self._fail(found, over)
             return None
