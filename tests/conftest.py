@@ -63,3 +63,24 @@ def gluster_volume(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield up.stdout.strip()
     finally:
         subprocess.run([str(_DEV_GLUSTER), "down", str(home)], timeout=120, check=False)
+
+
+# ---- CephFS: one development cluster per test session (scripts/dev-ceph) ----------------
+
+_DEV_CEPH = Path(__file__).resolve().parent.parent / "scripts" / "dev-ceph"
+
+
+@pytest.fixture(scope="session")
+def ceph_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """A started one-node Ceph cluster with the file system `cephfs`, stopped and removed
+    (daemons, OSD file, keys) after the session: its ceph.conf and admin keyring."""
+    home = tmp_path_factory.mktemp("ceph")
+    try:
+        up = subprocess.run(
+            [str(_DEV_CEPH), "up", str(home)], capture_output=True, text=True, timeout=240
+        )
+        assert up.returncode == 0, up.stderr
+        conf, keyring = up.stdout.split()
+        yield Path(conf), Path(keyring)
+    finally:
+        subprocess.run([str(_DEV_CEPH), "down", str(home)], timeout=120, check=False)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from conformance.harness import FakeSubject, LocalSubject, Subject, new_share
+from conformance.harness_cephfs import ceph_subject
 from conformance.harness_glusterfs import gluster_subject
 from sharemesh.driver_host.drivers import (
     FakeDriver,
@@ -59,7 +60,7 @@ async def _fake(config: FakeDriverConfig) -> AsyncIterator[Subject]:
     await subject.driver.stop(stop_servers=True)
 
 
-@pytest.fixture(scope="module", params=["local", "glusterfs", "fake", "fake-capable"])
+@pytest.fixture(scope="module", params=["local", "glusterfs", "cephfs", "fake", "fake-capable"])
 async def driver(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Subject]:
@@ -69,6 +70,8 @@ async def driver(
     elif request.param == "glusterfs":
         volume = request.getfixturevalue("gluster_volume")
         subjects = gluster_subject(tmp_path_factory, volume)
+    elif request.param == "cephfs":
+        subjects = ceph_subject(tmp_path_factory, request.getfixturevalue("ceph_cluster"))
     else:
         capable = request.param == "fake-capable"
         subjects = _fake(
