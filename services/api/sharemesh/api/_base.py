@@ -30,7 +30,7 @@ from sharemesh.v1 import (
 )
 
 from ._auth import Authenticator, Caller
-from ._cache import WatchCache
+from ._cache import WatchCache, decode
 from ._mutations import Recorder, Write
 
 M = TypeVar("M", bound=Message)
@@ -219,7 +219,18 @@ class Base:
         return operation_view(caller, op, found.mod_revision if found else 0)
 
     async def nudge_backend(self, share: str) -> None:
-        found = await self.store.get(self.store.key_of(share), records_pb2.ShareRecord)
+        """Nudges the share's driver-host (its watch would find the change anyway). The
+        backend is looked up in the watch cache: a share the cache does not hold yet is
+        read from etcd; one it holds as it was before a re-placement nudges the old
+        backend, to no harm."""
+        key = self.store.key_of(share)
+        entry = self.cache.snapshot.get(key) if self.cache.ready else None
+        if entry is not None:
+            found: Versioned[records_pb2.ShareRecord] | None = decode(
+                key, entry, records_pb2.ShareRecord
+            )
+        else:
+            found = await self.store.get(key, records_pb2.ShareRecord)
         if found and found.value.backend:
             backend = found.value.backend
             self.peers.nudge(f"sync {share}", lambda: self.peers.sync_share(backend, share))

@@ -18,7 +18,7 @@ from sharemesh.state.v1 import records_pb2
 from . import _paging
 from ._auth import Authenticator, Caller
 from ._base import operation_view
-from ._cache import WatchCache
+from ._cache import Entry, WatchCache, decode
 
 DEFAULT_WAIT_SECONDS = 60.0
 MAX_WAIT_SECONDS = 300.0
@@ -80,15 +80,23 @@ class Operations(operations_pb2_grpc.OperationsServicer):
     ) -> operations_pb2.Operation:
         validation.check_request(request)
         caller = self._auth.caller(context)
-        found = await self._get(request.name, caller)
+        names.OPERATION.parse("name", request.name)
+        caller.check_resource(request.name)
         timeout = DEFAULT_WAIT_SECONDS
         if request.HasField("timeout"):
             timeout = min(request.timeout.ToTimedelta().total_seconds(), MAX_WAIT_SECONDS)
-        if found.value.operation.done or timeout <= 0:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0)
+        found = await self._wait_in_cache(request.name, deadline)
+        if found is not None:
+            return operation_view(caller, found.value.operation, found.mod_revision)
+        # The cache cannot say (it is listing): read etcd and watch the one key.
+        found = await self._get(request.name, caller)
+        if found.value.operation.done or loop.time() >= deadline:
             return operation_view(caller, found.value.operation, found.mod_revision)
         # Watching from just after the revision we read cannot miss the completion.
         with contextlib.suppress(asyncio.TimeoutError):
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(deadline):
                 async for event in self._store.watch_prefix(
                     found.key, found.mod_revision + 1, records_pb2.OperationRecord
                 ):
@@ -101,6 +109,35 @@ class Operations(operations_pb2_grpc.OperationsServicer):
                         return operation_view(caller, record.operation, event.mod_revision)
         found = await self._get(request.name, caller)
         return operation_view(caller, found.value.operation, found.mod_revision)
+
+    async def _wait_in_cache(
+        self, name: str, deadline: float
+    ) -> Versioned[records_pb2.OperationRecord] | None:
+        """The operation once it is done, or as it is at `deadline`, from the watch cache,
+        which follows every operation anyway: no read and no watch of etcd per wait
+        (a client waits on every operation it starts). NOT_FOUND if etcd has no such
+        operation; None when the cache cannot say (listing), to read etcd instead."""
+        cache, loop = self._cache, asyncio.get_running_loop()
+        key = self._store.key_of(name)
+        # Just made by another api process, the operation may not be here yet: catch up
+        # with etcd's revision now (one read of one key), then its absence is the truth.
+        if cache.ready and cache.snapshot.get(key) is None and not await cache.consistent():
+            return None
+        last: Entry | None = None
+        found: Versioned[records_pb2.OperationRecord] | None = None
+        while cache.ready:
+            entry = cache.snapshot.get(key)
+            if entry is None:
+                raise NotFound(f"{name} not found")
+            if found is None or entry is not last:  # parsed again only when it changed
+                last, found = entry, decode(key, entry, records_pb2.OperationRecord)
+            if found.value.operation.done or loop.time() >= deadline:
+                return found
+            # Each revision the cache applies wakes this; a change of the key shows then.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await cache.caught_up(cache.revision + 1)
+        return None
 
     async def DeleteOperation(  # noqa: N802
         self, request: operations_pb2.DeleteOperationRequest, context: grpc.aio.ServicerContext
