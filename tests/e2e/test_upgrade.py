@@ -66,6 +66,7 @@ async def _load(state: Path) -> None:
     server = EtcdServer(state / "etcd")
     await server.start()
     try:
+        assert server.client_port and server.peer_port
         ports = {"etcd_client": server.client_port, "etcd_peer": server.peer_port}
         stored = json.loads(FIXTURE.read_text())["keys"]
         puts = [(key, base64.b64decode(value)) for key, value in stored.items()]
@@ -100,9 +101,9 @@ async def _kill_leader_mid_migration(mesh: LocalMesh, state: Path) -> dict[str, 
             assert schema.version < 2, "the migration finished before it could be stopped"
             await asyncio.sleep(0.005)
         schedulers = {n: c for n, c in mesh.children.items() if n.startswith("scheduler")}
-        pids = {n: c.pid for n, c in schedulers.items()}
+        pids = {n: c.pid or 0 for n, c in schedulers.items()}
+        assert all(pids.values())
         for pid in pids.values():
-            assert pid is not None
             os.kill(pid, signal.SIGSTOP)
         halfway = await _schema(client)
         owner = await leader(client, keys.election_prefix(ROOT, "scheduler"))

@@ -10,6 +10,7 @@ from google.protobuf import empty_pb2
 from sharemesh.runtime import migrations
 from sharemesh.runtime.coordination import Election, Session, Store, keys
 from sharemesh.runtime.coordination import _client as etcd
+from sharemesh.runtime.coordination._store import schema_version
 from sharemesh.runtime.errors import FailedPrecondition, FencedOut
 from sharemesh.runtime.migrations import _runner
 from sharemesh.state.v1 import records_pb2
@@ -41,14 +42,20 @@ async def raw(store: Store, key: str) -> tuple[bytes, int, int] | None:
     return None if kv is None else (kv.value, kv.mod_revision, kv.version)
 
 
+async def stored(store: Store, key: str) -> tuple[bytes, int, int]:
+    found = await raw(store, key)
+    assert found is not None, f"{key} is missing"
+    return found
+
+
 async def test_the_store_stamps_versions_and_refuses_newer_records(etcd_client, etcd_root):  # type: ignore[no-untyped-def]
     store = Store(etcd_client, etcd_root)
     new = store.key_of("projects/p/shares/new")
     await store.create(new, v1_share("projects/p/shares/new"))
-    assert ShareRecord.FromString((await raw(store, new))[0]).schema_version == 2
+    assert ShareRecord.FromString((await stored(store, new))[0]).schema_version == 2
     rule = store.key_of("projects/p/shares/new/accessRules/r")
     await store.create(rule, records_pb2.AccessRuleRecord())
-    stored_rule = (await raw(store, rule))[0]
+    stored_rule = (await stored(store, rule))[0]
     assert records_pb2.AccessRuleRecord.FromString(stored_rule).schema_version == 1
 
     # An old record reads as version 1 and keeps it when rewritten: only a migration
@@ -59,7 +66,7 @@ async def test_the_store_stamps_versions_and_refuses_newer_records(etcd_client, 
     assert found is not None and found.value.schema_version == 1
     found.value.share.size_gib = 2  # resized by today's api
     await store.update(old, found.value, found.mod_revision)
-    assert ShareRecord.FromString((await raw(store, old))[0]).schema_version == 1
+    assert ShareRecord.FromString((await stored(store, old))[0]).schema_version == 1
 
     # A record from a newer sharemesh: refused on every read path, never rewritten.
     newer = store.key_of("projects/p/shares/newer")
@@ -97,10 +104,8 @@ async def test_v1_shares_get_their_index_keys_once_fenced_and_in_pages(etcd_clie
         )
         assert await migrations.run(store, leader) == migrations.SCHEMA == 2
 
-        for name in [*flat, networked, indexed]:
-            assert await raw(store, keys.backend_index_key(etcd_root, "local", name, "")) or (
-                name == networked
-            )
+        for name in [*flat, indexed]:
+            assert await raw(store, keys.backend_index_key(etcd_root, "local", name))
         assert await raw(store, keys.backend_index_key(etcd_root, "local", networked, net))
         assert await raw(store, keys.host_index_key(etcd_root, "host-a", net, networked))
         every = await store.scan(store.root + "shares/", ShareRecord)
@@ -108,7 +113,7 @@ async def test_v1_shares_get_their_index_keys_once_fenced_and_in_pages(etcd_clie
         assert {s.value.schema_version for s in every} == {2}
         assert not await raw(store, keys.backend_index_key(etcd_root, "local", unplaced, ""))
         # Each share was rewritten exactly once (etcd's per-key version: put, migration).
-        assert {(await raw(store, s.key))[2] for s in every} == {2}
+        assert {(await stored(store, s.key))[2] for s in every} == {2}
         schema = await store.get(migrations.schema_key(store), records_pb2.SchemaRecord)
         assert schema is not None
         assert (schema.value.version, schema.value.resume_after, schema.value.migrated) == (
@@ -134,7 +139,7 @@ async def test_a_leader_that_lost_leadership_writes_nothing(etcd_client, etcd_ro
         await Election(new, prefix).campaign(b"new")
         with pytest.raises(FencedOut):
             await migrations.run(store, stale)
-    assert (await raw(store, store.key_of(name)))[2] == 1
+    assert (await stored(store, store.key_of(name)))[2] == 1
     assert not await raw(store, keys.backend_index_key(etcd_root, "local", name))
     assert await raw(store, migrations.schema_key(store)) is None
 
@@ -149,6 +154,11 @@ async def test_a_mesh_newer_than_the_code_is_left_alone(etcd_client, etcd_root):
     assert not await raw(store, keys.backend_index_key(etcd_root, "x", "projects/p/shares/s"))
     assert await migrations.mesh_version(store) == 7
     await migrations.wait_for(store, 2)  # a service of this code need not wait
+
+
+def test_the_store_writes_the_version_the_last_migration_brings() -> None:
+    for step in migrations.STEPS:
+        assert schema_version(step.record_type) == step.version
 
 
 def test_the_page_fits_in_one_etcd_transaction() -> None:
