@@ -105,8 +105,6 @@ ADMIN_ONLY = {
     "CreateAttachment",
     "DeleteAttachment",
     "ListPools",
-    "ListProjects",
-    "GetProject",
     "CreateProject",
     "DeleteProject",
     "ListApiKeys",
@@ -115,7 +113,8 @@ ADMIN_ONLY = {
     "DeleteApiKey",
     "UpdateQuota",
 }
-GLOBAL_READS = {"ListShareTypes", "GetShareType"}  # no project's: every key reads them
+# No project's (or, for ListProjects, only the caller's own): every key reads them.
+GLOBAL_READS = {"ListShareTypes", "GetShareType", "ListProjects"}
 
 
 def is_read(method: str) -> bool:
@@ -344,6 +343,10 @@ async def test_keys_are_stored_only_as_hashes_and_revoked_at_once(
             holder.shares.ListShares, ss.ListSharesRequest(parent="projects/delta")
         )
         assert list(listed_shares.shares) == []
+        own = await holder.call(
+            projects(holder).ListProjects, project_service_pb2.ListProjectsRequest()
+        )
+        assert [p.name for p in own.projects] == ["projects/delta"]  # its own, no other
         forged = key.secret[:-2] + ("AA" if not key.secret.endswith("AA") else "BB")
         async with Client(mesh.api_address, forged) as forger:
             assert (

@@ -85,8 +85,9 @@ REQUIRED: dict[str, Role] = {
     "sharemesh.v1.ShareNetworkService.CreateAttachment": _ADMIN,
     "sharemesh.v1.ShareNetworkService.DeleteAttachment": _ADMIN,
     "sharemesh.v1.PoolService.ListPools": _ADMIN,
-    "sharemesh.v1.ProjectService.ListProjects": _ADMIN,
-    "sharemesh.v1.ProjectService.GetProject": _ADMIN,
+    # A project's own keys see their project (and the CLI learns a key's project so).
+    "sharemesh.v1.ProjectService.ListProjects": _READ,
+    "sharemesh.v1.ProjectService.GetProject": _READ,
     "sharemesh.v1.ProjectService.CreateProject": _ADMIN,
     "sharemesh.v1.ProjectService.DeleteProject": _ADMIN,
     "sharemesh.v1.ProjectService.ListApiKeys": _ADMIN,

@@ -83,6 +83,12 @@ class Projects(grpc_pb.ProjectServiceServicer):
         self, request: project_service_pb2.ListProjectsRequest, context: grpc.aio.ServicerContext
     ) -> project_service_pb2.ListProjectsResponse:
         validation.check_request(request)
+        caller = self._auth.caller(context)
+        if not caller.admin:  # a project's key sees its own project, record or not
+            own = names.PROJECT.format(project=caller.project)
+            found = await self._store.get(self._store.key_of(own), Project)
+            shown = _project_view(found) if found else Project(name=own)
+            return project_service_pb2.ListProjectsResponse(projects=[shown])
         items, token = await _paging.page(
             self._store,
             self._store.prefix_of("", "projects"),
@@ -99,6 +105,8 @@ class Projects(grpc_pb.ProjectServiceServicer):
         self, request: project_service_pb2.GetProjectRequest, context: grpc.aio.ServicerContext
     ) -> Project:
         validation.check_request(request)
+        names.PROJECT.parse("name", request.name)
+        self._auth.caller(context).check_resource(request.name)
         return _project_view(await self._project(request.name, "name"))
 
     async def CreateProject(  # noqa: N802
@@ -138,10 +146,7 @@ class Projects(grpc_pb.ProjectServiceServicer):
         )
         for collection, what, record_type in held:
             if await self._holds(request.name, collection, record_type):
-                raise FailedPrecondition(
-                    f"{request.name} still holds {what}; delete them first",
-                    reason="PROJECT_NOT_EMPTY",
-                )
+                raise FailedPrecondition(f"{request.name} still holds {what}; delete them first")
         # The project, its keys (revoked with it) and its limits go in one transaction.
         txn = self._store.txn().delete(found.key, found.mod_revision)
         for key in self._keys_of(project):
