@@ -93,7 +93,7 @@ async def _cli_round_trip(api: str, token: str) -> None:
     code, out = await _cli(
         {**env, "SHAREMESH_TOKEN": "wrong"}, "share", "list", "--project", "demo"
     )
-    assert code == 1 and "UNAUTHENTICATED" in out, out
+    assert code == 3 and "UNAUTHENTICATED" in out and "SHAREMESH_TOKEN" in out, out
     with guest_namespaces("cli") as guests:
         code, out = await _cli(
             env, "network", "create", "net1", "--cidr", "10.33.0.0/24", "--project", "demo"

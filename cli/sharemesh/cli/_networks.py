@@ -9,7 +9,8 @@ from sharemesh.client import Client
 from sharemesh.v1 import share_network_pb2
 from sharemesh.v1 import share_network_service_pb2 as sns
 
-from ._shares import _print, _project, _run, _table, qualify
+from . import _output
+from ._base import finish, project, qualify, run
 
 ShareNetwork = share_network_pb2.ShareNetwork
 Attachment = share_network_pb2.Attachment
@@ -30,39 +31,33 @@ async def network_create(c: Client, args: argparse.Namespace) -> None:
     op = await c.call(
         c.networks.CreateShareNetwork,
         sns.CreateShareNetworkRequest(
-            parent=f"projects/{_project(args)}",
+            parent=f"projects/{project(args)}",
             share_network_id=args.id,
             share_network=ShareNetwork(cidr=args.cidr, segmentation_id=args.segmentation_id),
         ),
     )
-    _print(args, await c.wait(op, ShareNetwork) if args.wait else op, COLUMNS)
+    await finish(c, args, op, ShareNetwork, COLUMNS)
 
 
 async def network_list(c: Client, args: argparse.Namespace) -> None:
     page = await c.call(
         c.networks.ListShareNetworks,
-        sns.ListShareNetworksRequest(parent=f"projects/{_project(args)}", page_size=1000),
+        sns.ListShareNetworksRequest(parent=f"projects/{project(args)}", page_size=1000),
     )
-    _table(list(page.share_networks), ["name", "cidr", "state"], args.json)
+    _output.table(args, list(page.share_networks), ["name", "cidr", "state"])
 
 
 async def network_show(c: Client, args: argparse.Namespace) -> None:
-    _print(
-        args,
-        await c.call(
-            c.networks.GetShareNetwork,
-            sns.GetShareNetworkRequest(name=network_name(args, args.name)),
-        ),
-        COLUMNS,
+    network = await c.call(
+        c.networks.GetShareNetwork, sns.GetShareNetworkRequest(name=network_name(args, args.name))
     )
+    _output.show(args, network, COLUMNS)
 
 
 async def network_delete(c: Client, args: argparse.Namespace) -> None:
     name = network_name(args, args.name)
     op = await c.call(c.networks.DeleteShareNetwork, sns.DeleteShareNetworkRequest(name=name))
-    if args.wait:
-        await c.wait(op)
-    print(f"deleted {name}" if args.wait else op.name)
+    await finish(c, args, op, None, [], done=f"deleted {name}")
 
 
 async def network_attach(c: Client, args: argparse.Namespace) -> None:
@@ -74,19 +69,13 @@ async def network_attach(c: Client, args: argparse.Namespace) -> None:
             attachment=Attachment(netns=args.netns, address=args.address, host=args.host or ""),
         ),
     )
-    _print(
-        args,
-        await c.wait(op, Attachment) if args.wait else op,
-        ["name", "netns", "address", "host", "state"],
-    )
+    await finish(c, args, op, Attachment, ["name", "netns", "address", "host", "state"])
 
 
 async def network_detach(c: Client, args: argparse.Namespace) -> None:
     name = f"{network_name(args, args.network)}/attachments/{attachment_id(args.netns)}"
     op = await c.call(c.networks.DeleteAttachment, sns.DeleteAttachmentRequest(name=name))
-    if args.wait:
-        await c.wait(op)
-    print(f"detached {args.netns}" if args.wait else op.name)
+    await finish(c, args, op, None, [], done=f"detached {args.netns}")
 
 
 def add_parsers(
@@ -94,28 +83,28 @@ def add_parsers(
     common: argparse.ArgumentParser,
 ) -> None:
     verbs = commands.add_parser("network", help="share networks").add_subparsers(
-        dest="verb", required=True
+        dest="verb", required=True, metavar="VERB"
     )
     p = verbs.add_parser("create", parents=[common], help="create a share network")
-    p.add_argument("id")
-    p.add_argument("--cidr", required=True)
+    p.add_argument("id", help="the network's id: lower-case letters, digits and dashes")
+    p.add_argument("--cidr", required=True, help="its addresses, e.g. 10.31.0.0/24")
     p.add_argument("--segmentation-id", type=int, default=0, help="recorded only")
-    p.set_defaults(run=_run(network_create))
+    p.set_defaults(run=run(network_create))
     p = verbs.add_parser("list", parents=[common], help="list share networks")
-    p.set_defaults(run=_run(network_list))
+    p.set_defaults(run=run(network_list))
     for verb, action in (("show", network_show), ("delete", network_delete)):
         p = verbs.add_parser(verb, parents=[common], help=f"{verb} a share network")
-        p.add_argument("name", help="projects/P/shareNetworks/N, or N with --project")
-        p.set_defaults(run=_run(action))
+        p.add_argument("name", help="projects/P/shareNetworks/N, or N in the project")
+        p.set_defaults(run=run(action))
     p = verbs.add_parser(
         "attach", parents=[common], help="plug a network namespace into a share network"
     )
-    p.add_argument("network")
-    p.add_argument("netns")
+    p.add_argument("network", help="N, or projects/P/shareNetworks/N")
+    p.add_argument("netns", help="an existing network namespace (ip netns)")
     p.add_argument("--address", required=True, help="its address on the network")
     p.add_argument("--host", help="the host it is on (default: the only one)")
-    p.set_defaults(run=_run(network_attach))
+    p.set_defaults(run=run(network_attach))
     p = verbs.add_parser("detach", parents=[common], help="unplug a namespace")
-    p.add_argument("network")
-    p.add_argument("netns")
-    p.set_defaults(run=_run(network_detach))
+    p.add_argument("network", help="N, or projects/P/shareNetworks/N")
+    p.add_argument("netns", help="the namespace attached")
+    p.set_defaults(run=run(network_detach))

@@ -3,64 +3,38 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
-import sys
-from collections.abc import Awaitable, Callable
 
-import grpc
-from google.protobuf import field_mask_pb2, json_format, message
+from google.protobuf import field_mask_pb2, message
 
-from sharemesh.client import Client, OperationFailed
-from sharemesh.runtime.errors import from_rpc_error
+from sharemesh.client import Client
 from sharemesh.v1 import access_rule_pb2, share_pb2
 from sharemesh.v1 import share_service_pb2 as ss
+
+from . import _base, _output
+from ._base import common_options, finish, qualify, share_name
 
 Share = share_pb2.Share
 AccessRule = access_rule_pb2.AccessRule
 LEVELS = {"rw": AccessRule.READ_WRITE, "ro": AccessRule.READ_ONLY}
 
-
-def qualify(args: argparse.Namespace, value: str, collection: str) -> str:
-    """A full resource name from a full one, or from an id plus --project."""
-    return value if "/" in value else f"projects/{_project(args)}/{collection}/{value}"
-
-
-def _share_name(args: argparse.Namespace, value: str) -> str:
-    return qualify(args, value, "shares")
-
-
-def _project(args: argparse.Namespace) -> str:
-    project = args.project or os.environ.get("SHAREMESH_PROJECT", "")
-    if not project:
-        raise SystemExit("error: name a project with --project or SHAREMESH_PROJECT")
-    return project
+# The names other command modules have imported from here.
+_run = _base.run
+_project = _base.project
+_share_name = share_name
+__all__ = ["common_options", "qualify", "_run", "_project", "_share_name", "_print", "_table"]
 
 
 def _print(args: argparse.Namespace, item: message.Message, columns: list[str]) -> None:
-    data = json_format.MessageToDict(item, preserving_proto_field_name=True)
-    if args.json:
-        print(json.dumps(data, indent=2))
-        return
-    for column in columns:
-        value = data.get(column, "")
-        if column == "export_locations" and value:
-            value = ", ".join(
-                f"{e['path']} (nfs {e.get('nfs_port')}, mount {e.get('mount_port')})" for e in value
-            )
-        print(f"{column:18} {value}")
+    _output.show(args, item, columns)
 
 
-def _table(rows: list[message.Message], columns: list[str], as_json: bool) -> None:
-    data = [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in rows]
-    if as_json:
-        print(json.dumps(data, indent=2))
-        return
-    widths = [max([len(c)] + [len(str(d.get(c, ""))) for d in data]) for c in columns]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)))
-    for d in data:
-        print("  ".join(str(d.get(c, "")).ljust(w) for c, w in zip(columns, widths)))
+def _table(
+    rows: list[message.Message], columns: list[str], args: argparse.Namespace | bool
+) -> None:
+    """A list; `args` may be the older `--json` flag alone."""
+    if isinstance(args, bool):
+        args = argparse.Namespace(json=args, format="table", column=None)
+    _output.table(args, rows, columns)
 
 
 SHARE_COLUMNS = [
@@ -69,6 +43,7 @@ SHARE_COLUMNS = [
     "state",
     "state_message",
     "share_type",
+    "share_network",
     "pool",
     "export_locations",
     "create_time",
@@ -77,23 +52,42 @@ SHARE_COLUMNS = [
 RULE_COLUMNS = ["name", "access_to", "access_level", "state", "state_message"]
 
 
+def rule_name(args: argparse.Namespace, value: str) -> str:
+    return _base.child_name(args, value, "accessRules", "access rule")
+
+
+def positive_gib(text: str) -> int:
+    """`--size`: a whole number of GiB, at least 1 (0 is no size, not "required")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of GiB") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 GiB, not {value}")
+    return value
+
+
 async def share_create(c: Client, args: argparse.Namespace) -> None:
     share = Share(
         size_gib=args.size or 0,
-        share_type=args.type or "",
+        share_type=_base.type_name(args.type) if args.type else "",
         share_network=qualify(args, args.network, "shareNetworks") if args.network else "",
-        source_snapshot=args.from_snapshot or "",
+        source_snapshot=(
+            _base.child_name(args, args.from_snapshot, "snapshots", "snapshot")
+            if args.from_snapshot
+            else ""
+        ),
     )
     op = await c.call(
         c.shares.CreateShare,
         ss.CreateShareRequest(
-            parent=f"projects/{_project(args)}",
+            parent=f"projects/{_base.project(args)}",
             share_id=args.id,
             share=share,
             request_id=args.request_id or "",
         ),
     )
-    _print(args, await c.wait(op, Share) if args.wait else op, SHARE_COLUMNS)
+    await finish(c, args, op, Share, SHARE_COLUMNS)
 
 
 async def share_list(c: Client, args: argparse.Namespace) -> None:
@@ -102,125 +96,92 @@ async def share_list(c: Client, args: argparse.Namespace) -> None:
         page = await c.call(
             c.shares.ListShares,
             ss.ListSharesRequest(
-                parent=f"projects/{_project(args)}", page_token=token, filter=args.filter or ""
+                parent=f"projects/{_base.project(args)}", page_token=token, filter=args.filter or ""
             ),
         )
         shares += page.shares
         token = page.next_page_token
         if not token:
             break
-    _table(shares, ["name", "size_gib", "state", "pool"], args.json)
+    _output.table(args, shares, ["name", "size_gib", "state", "pool"])
 
 
 async def share_show(c: Client, args: argparse.Namespace) -> None:
-    _print(
-        args,
-        await c.call(c.shares.GetShare, ss.GetShareRequest(name=_share_name(args, args.name))),
-        SHARE_COLUMNS,
-    )
+    share = await c.call(c.shares.GetShare, ss.GetShareRequest(name=share_name(args, args.name)))
+    _output.show(args, share, SHARE_COLUMNS)
 
 
 async def share_delete(c: Client, args: argparse.Namespace) -> None:
-    op = await c.call(
-        c.shares.DeleteShare,
-        ss.DeleteShareRequest(name=_share_name(args, args.name), force=args.force),
-    )
-    if args.wait:
-        await c.wait(op)
-    print(f"deleted {_share_name(args, args.name)}" if args.wait else op.name)
+    name = share_name(args, args.name)
+    op = await c.call(c.shares.DeleteShare, ss.DeleteShareRequest(name=name, force=args.force))
+    await finish(c, args, op, None, [], done=f"deleted {name}")
 
 
 async def share_resize(c: Client, args: argparse.Namespace) -> None:
     op = await c.call(
         c.shares.ResizeShare,
-        ss.ResizeShareRequest(name=_share_name(args, args.name), size_gib=args.size),
+        ss.ResizeShareRequest(name=share_name(args, args.name), size_gib=args.size),
     )
-    _print(args, await c.wait(op, Share) if args.wait else op, SHARE_COLUMNS)
+    await finish(c, args, op, Share, SHARE_COLUMNS)
 
 
 async def share_reset_state(c: Client, args: argparse.Namespace) -> None:
     op = await c.call(
         c.shares.ResetShareState,
         ss.ResetShareStateRequest(
-            name=_share_name(args, args.name), state=Share.State.Value(args.state.upper())
+            name=share_name(args, args.name), state=Share.State.Value(args.state.upper())
         ),
     )
-    _print(args, await c.wait(op, Share) if args.wait else op, SHARE_COLUMNS)
+    await finish(c, args, op, Share, SHARE_COLUMNS)
 
 
 async def access_create(c: Client, args: argparse.Namespace) -> None:
     op = await c.call(
         c.shares.CreateAccessRule,
         ss.CreateAccessRuleRequest(
-            parent=_share_name(args, args.share),
+            parent=share_name(args, args.share),
             access_rule=AccessRule(access_to=args.to, access_level=LEVELS[args.level]),
+            request_id=args.request_id or "",
         ),
     )
-    _print(args, await c.wait(op, AccessRule) if args.wait else op, RULE_COLUMNS)
+    await finish(c, args, op, AccessRule, RULE_COLUMNS)
 
 
 async def access_list(c: Client, args: argparse.Namespace) -> None:
-    page = await c.call(
-        c.shares.ListAccessRules,
-        ss.ListAccessRulesRequest(parent=_share_name(args, args.share), page_size=1000),
-    )
-    _table(list(page.access_rules), RULE_COLUMNS, args.json)
+    rules, token = [], ""
+    while True:
+        page = await c.call(
+            c.shares.ListAccessRules,
+            ss.ListAccessRulesRequest(parent=share_name(args, args.share), page_token=token),
+        )
+        rules += page.access_rules
+        token = page.next_page_token
+        if not token:
+            break
+    _output.table(args, rules, RULE_COLUMNS)
 
 
 async def access_update(c: Client, args: argparse.Namespace) -> None:
     op = await c.call(
         c.shares.UpdateAccessRule,
         ss.UpdateAccessRuleRequest(
-            access_rule=AccessRule(name=args.name, access_level=LEVELS[args.level]),
+            access_rule=AccessRule(
+                name=rule_name(args, args.name), access_level=LEVELS[args.level]
+            ),
             update_mask=field_mask_pb2.FieldMask(paths=["access_level"]),
         ),
     )
-    _print(args, await c.wait(op, AccessRule) if args.wait else op, RULE_COLUMNS)
+    await finish(c, args, op, AccessRule, RULE_COLUMNS)
 
 
 async def access_delete(c: Client, args: argparse.Namespace) -> None:
-    op = await c.call(c.shares.DeleteAccessRule, ss.DeleteAccessRuleRequest(name=args.name))
-    if args.wait:
-        await c.wait(op)
-    print(f"deleted {args.name}" if args.wait else op.name)
+    name = rule_name(args, args.name)
+    op = await c.call(c.shares.DeleteAccessRule, ss.DeleteAccessRuleRequest(name=name))
+    await finish(c, args, op, None, [], done=f"deleted {name}")
 
 
-def _run(action: Callable[[Client, argparse.Namespace], Awaitable[None]]):  # type: ignore[no-untyped-def]
-    def run(args: argparse.Namespace) -> int:
-        async def main() -> None:
-            async with Client() as client:
-                await action(client, args)
-
-        try:
-            asyncio.run(main())
-        except grpc.aio.AioRpcError as error:
-            _fail(from_rpc_error(error), error.code().name)
-            return 1
-        except OperationFailed as failed:
-            _fail(failed.error, failed.code.name)
-            return 1
-        return 0
-
-    return run
-
-
-def _fail(error, code: str) -> None:  # type: ignore[no-untyped-def]
-    print(f"error: {code}: {error.message}", file=sys.stderr)
-    for field, description in error.field_violations:
-        print(f"  {field}: {description}", file=sys.stderr)
-
-
-def common_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--project", help="project (default: $SHAREMESH_PROJECT)")
-    common.add_argument("--json", action="store_true", help="print JSON")
-    common.add_argument(
-        "--no-wait",
-        dest="wait",
-        action="store_false",
-        help="print the Operation instead of waiting for it",
-    )
-    return common
+SHARE_HELP = "projects/P/shares/S, or S in the project"
+RULE_HELP = "projects/P/shares/S/accessRules/R, or S/R in the project"
 
 
 def add_parsers(
@@ -228,55 +189,68 @@ def add_parsers(
     common: argparse.ArgumentParser,
 ) -> argparse._SubParsersAction:  # type: ignore[type-arg]
     """Adds `share …` and `access …`; returns the `share` verbs, for other modules' verbs."""
-    share = commands.add_parser("share", help="shares").add_subparsers(dest="verb", required=True)
+    share = commands.add_parser("share", help="shares: NFS file systems").add_subparsers(
+        dest="verb", required=True, metavar="VERB"
+    )
     p = share.add_parser("create", parents=[common], help="create a share")
-    p.add_argument("id")
+    p.add_argument("id", help="the share's id: lower-case letters, digits and dashes")
     p.add_argument(
-        "--size", type=int, help="size in GiB (with --from-snapshot: the snapshot's by default)"
+        "--size",
+        type=positive_gib,
+        help="size in GiB, at least 1 (with --from-snapshot: the snapshot's by default)",
     )
     p.add_argument(
-        "--from-snapshot", help="make it from this snapshot, projects/P/shares/S/snapshots/X"
+        "--from-snapshot", metavar="SNAPSHOT", help="make it from this snapshot: S/X, or its name"
     )
-    p.add_argument("--type", help="share type, shareTypes/ID")
-    p.add_argument("--network", help="share network, projects/P/shareNetworks/N")
-    p.add_argument("--request-id", help="makes a retry safe")
-    p.set_defaults(run=_run(share_create))
-    p = share.add_parser("list", parents=[common], help="list shares")
+    p.add_argument("--type", help="share type: T, or shareTypes/T (default: the mesh's default)")
+    p.add_argument("--network", help="share network: N, or projects/P/shareNetworks/N")
+    p.add_argument("--request-id", help="makes a retry safe: the same id never acts twice")
+    p.set_defaults(run=_base.run(share_create))
+    p = share.add_parser("list", parents=[common], help="list the project's shares")
     p.add_argument("--filter", help="e.g. state=ACTIVE")
-    p.set_defaults(run=_run(share_list))
-    for verb, action in (("show", share_show), ("delete", share_delete)):
-        p = share.add_parser(verb, parents=[common], help=f"{verb} a share")
-        p.add_argument("name", help="projects/P/shares/S, or S with --project")
-        if verb == "delete":
-            p.add_argument("--force", action="store_true")
-        p.set_defaults(run=_run(action))
+    p.set_defaults(run=_base.run(share_list))
+    p = share.add_parser("show", parents=[common], help="show a share and how to mount it")
+    p.add_argument("name", help=SHARE_HELP)
+    p.set_defaults(run=_base.run(share_show))
+    p = share.add_parser("delete", parents=[common], help="delete a share")
+    p.add_argument("name", help=SHARE_HELP)
+    p.add_argument("--force", action="store_true", help="also delete its snapshots")
+    p.set_defaults(run=_base.run(share_delete))
     p = share.add_parser("resize", parents=[common], help="grow (or shrink) a share")
-    p.add_argument("name")
-    p.add_argument("--size", type=int, required=True)
-    p.set_defaults(run=_run(share_resize))
+    p.add_argument("name", help=SHARE_HELP)
+    p.add_argument("--size", type=positive_gib, required=True, help="the new size in GiB")
+    p.set_defaults(run=_base.run(share_resize))
     p = share.add_parser(
         "reset-state", parents=[common], help="set a stuck or failed share's state (admin)"
     )
-    p.add_argument("name")
-    p.add_argument("--state", choices=["active", "error"], required=True)
-    p.set_defaults(run=_run(share_reset_state))
-
-    access = commands.add_parser("access", help="access rules").add_subparsers(
-        dest="verb", required=True
+    p.add_argument("name", help=SHARE_HELP)
+    p.add_argument(
+        "--state",
+        choices=["active", "error"],
+        required=True,
+        help="active: make it true again; error: give up on it",
     )
-    p = access.add_parser("create", parents=[common], help="let a host mount a share")
-    p.add_argument("share")
-    p.add_argument("--to", required=True, help="IP address or CIDR")
-    p.add_argument("--level", choices=sorted(LEVELS), default="rw")
-    p.set_defaults(run=_run(access_create))
+    p.set_defaults(run=_base.run(share_reset_state))
+
+    access = commands.add_parser("access", help="access rules: who may mount").add_subparsers(
+        dest="verb", required=True, metavar="VERB"
+    )
+    p = access.add_parser("create", parents=[common], help="let a host or network mount a share")
+    p.add_argument("share", help=SHARE_HELP)
+    p.add_argument("--to", required=True, help="IP address or CIDR (stored normalized: a/32)")
+    p.add_argument(
+        "--level", choices=sorted(LEVELS), default="rw", help="read-write or read-only (rw)"
+    )
+    p.add_argument("--request-id", help="makes a retry safe: the same id never acts twice")
+    p.set_defaults(run=_base.run(access_create))
     p = access.add_parser("list", parents=[common], help="list a share's rules")
-    p.add_argument("share")
-    p.set_defaults(run=_run(access_list))
+    p.add_argument("share", help=SHARE_HELP)
+    p.set_defaults(run=_base.run(access_list))
     p = access.add_parser("update", parents=[common], help="change a rule's level")
-    p.add_argument("name")
-    p.add_argument("--level", choices=sorted(LEVELS), required=True)
-    p.set_defaults(run=_run(access_update))
+    p.add_argument("name", help=RULE_HELP)
+    p.add_argument("--level", choices=sorted(LEVELS), required=True, help="read-write or read-only")
+    p.set_defaults(run=_base.run(access_update))
     p = access.add_parser("delete", parents=[common], help="remove a rule")
-    p.add_argument("name")
-    p.set_defaults(run=_run(access_delete))
+    p.add_argument("name", help=RULE_HELP)
+    p.set_defaults(run=_base.run(access_delete))
     return share

@@ -8,7 +8,9 @@ from sharemesh.client import Client
 from sharemesh.v1 import share_pb2, snapshot_pb2
 from sharemesh.v1 import share_service_pb2 as ss
 
-from ._shares import SHARE_COLUMNS, _print, _run, _share_name, _table
+from . import _output
+from ._base import UsageError, child_name, finish, run, share_name
+from ._shares import SHARE_COLUMNS
 
 Snapshot = snapshot_pb2.Snapshot
 SNAPSHOT_COLUMNS = [
@@ -24,15 +26,10 @@ SNAPSHOT_COLUMNS = [
 
 
 def snapshot_name(args: argparse.Namespace, value: str, share: str = "") -> str:
-    """A full snapshot name, or SHARE/SNAPSHOT ids with --project."""
-    if value.startswith("projects/"):
-        return value
-    if share:
-        return f"{_share_name(args, share)}/snapshots/{value}"
-    share_id, _, snapshot_id = value.partition("/")
-    if not snapshot_id:
-        raise SystemExit("error: name a snapshot as projects/P/shares/S/snapshots/X or S/X")
-    return f"{_share_name(args, share_id)}/snapshots/{snapshot_id}"
+    """A full snapshot name, or SHARE/SNAPSHOT ids (or a SNAPSHOT id of `share`)."""
+    if share and "/" not in value:
+        return f"{share_name(args, share)}/snapshots/{value}"
+    return child_name(args, value, "snapshots", "snapshot")
 
 
 def _labels(pairs: list[str] | None) -> dict[str, str]:
@@ -40,7 +37,7 @@ def _labels(pairs: list[str] | None) -> dict[str, str]:
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"error: --label takes KEY=VALUE, not {pair!r}")
+            raise UsageError(f"--label takes KEY=VALUE, not {pair!r}")
         labels[key] = value
     return labels
 
@@ -49,13 +46,13 @@ async def snapshot_create(c: Client, args: argparse.Namespace) -> None:
     op = await c.call(
         c.shares.CreateSnapshot,
         ss.CreateSnapshotRequest(
-            parent=_share_name(args, args.share),
+            parent=share_name(args, args.share),
             snapshot_id=args.id,
             snapshot=Snapshot(description=args.description or "", labels=_labels(args.label)),
             request_id=args.request_id or "",
         ),
     )
-    _print(args, await c.wait(op, Snapshot) if args.wait else op, SNAPSHOT_COLUMNS)
+    await finish(c, args, op, Snapshot, SNAPSHOT_COLUMNS)
 
 
 async def snapshot_list(c: Client, args: argparse.Namespace) -> None:
@@ -63,40 +60,37 @@ async def snapshot_list(c: Client, args: argparse.Namespace) -> None:
     while True:
         page = await c.call(
             c.shares.ListSnapshots,
-            ss.ListSnapshotsRequest(parent=_share_name(args, args.share), page_token=token),
+            ss.ListSnapshotsRequest(parent=share_name(args, args.share), page_token=token),
         )
         snapshots += page.snapshots
         token = page.next_page_token
         if not token:
             break
-    _table(snapshots, ["name", "size_gib", "state", "create_time"], args.json)
+    _output.table(args, snapshots, ["name", "size_gib", "state", "create_time"])
 
 
 async def snapshot_show(c: Client, args: argparse.Namespace) -> None:
     name = snapshot_name(args, args.name)
-    _print(
-        args, await c.call(c.shares.GetSnapshot, ss.GetSnapshotRequest(name=name)), SNAPSHOT_COLUMNS
-    )
+    snapshot = await c.call(c.shares.GetSnapshot, ss.GetSnapshotRequest(name=name))
+    _output.show(args, snapshot, SNAPSHOT_COLUMNS)
 
 
 async def snapshot_delete(c: Client, args: argparse.Namespace) -> None:
     name = snapshot_name(args, args.name)
     op = await c.call(c.shares.DeleteSnapshot, ss.DeleteSnapshotRequest(name=name))
-    if args.wait:
-        await c.wait(op)
-    print(f"deleted {name}" if args.wait else op.name)
+    await finish(c, args, op, None, [], done=f"deleted {name}")
 
 
 async def share_revert(c: Client, args: argparse.Namespace) -> None:
     op = await c.call(
         c.shares.RevertShare,
         ss.RevertShareRequest(
-            name=_share_name(args, args.name),
+            name=share_name(args, args.name),
             snapshot=snapshot_name(args, args.snapshot, share=args.name),
             request_id=args.request_id or "",
         ),
     )
-    _print(args, await c.wait(op, share_pb2.Share) if args.wait else op, SHARE_COLUMNS)
+    await finish(c, args, op, share_pb2.Share, SHARE_COLUMNS)
 
 
 def add_parsers(
@@ -107,25 +101,25 @@ def add_parsers(
     p = share.add_parser(
         "revert", parents=[common], help="put a share's data back as its latest snapshot has it"
     )
-    p.add_argument("name", help="projects/P/shares/S, or S with --project")
+    p.add_argument("name", help="projects/P/shares/S, or S in the project")
     p.add_argument("--snapshot", required=True, help="its latest snapshot: a name or an id")
     p.add_argument("--request-id", help="makes a retry safe")
-    p.set_defaults(run=_run(share_revert))
+    p.set_defaults(run=run(share_revert))
 
     snapshot = commands.add_parser("snapshot", help="snapshots of shares").add_subparsers(
-        dest="verb", required=True
+        dest="verb", required=True, metavar="VERB"
     )
     p = snapshot.add_parser("create", parents=[common], help="take a snapshot of a share")
-    p.add_argument("share", help="projects/P/shares/S, or S with --project")
+    p.add_argument("share", help="projects/P/shares/S, or S in the project")
     p.add_argument("id", help="the snapshot's id")
     p.add_argument("--description", help="free text")
     p.add_argument("--label", action="append", metavar="KEY=VALUE", help="a label (repeatable)")
     p.add_argument("--request-id", help="makes a retry safe")
-    p.set_defaults(run=_run(snapshot_create))
+    p.set_defaults(run=run(snapshot_create))
     p = snapshot.add_parser("list", parents=[common], help="list a share's snapshots")
-    p.add_argument("share", help="projects/P/shares/S, or S with --project")
-    p.set_defaults(run=_run(snapshot_list))
+    p.add_argument("share", help="projects/P/shares/S, or S in the project")
+    p.set_defaults(run=run(snapshot_list))
     for verb, action in (("show", snapshot_show), ("delete", snapshot_delete)):
         p = snapshot.add_parser(verb, parents=[common], help=f"{verb} a snapshot")
-        p.add_argument("name", help="projects/P/shares/S/snapshots/X, or S/X with --project")
-        p.set_defaults(run=_run(action))
+        p.add_argument("name", help="projects/P/shares/S/snapshots/X, or S/X in the project")
+        p.set_defaults(run=run(action))
