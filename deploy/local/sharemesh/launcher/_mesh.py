@@ -4,12 +4,16 @@ The launcher resolves the user's config into `DIR/mesh.json` (ports, paths, the 
 endpoint), which every child reads, so operators can see exactly what runs.
 Ports chosen once are kept in `DIR/ports.json`, so export locations survive a restart.
 Each child serves its metrics on a port of its own; `DIR/metrics.json` says where.
+Inside, everything is mutual TLS: the mesh CA and a certificate per child, etcd and the
+launcher itself (`operator`) live in `DIR/tls/`, made on first start and kept. Health
+answers without a certificate only on each child's loopback probe port (`DIR/probes.json`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -19,12 +23,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from sharemesh.runtime import certs, tls
 from sharemesh.runtime import config as mesh_config
 from sharemesh.runtime.health import wait_serving
 from sharemesh.runtime.ports import free_port, reserve
 
 from ._children import Child
-from .etcd_server import EtcdServer
+from .etcd_server import EtcdServer, EtcdTls
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,7 @@ class LocalMesh:
         self.metrics: dict[str, str] = {}
         """Each child's metrics URL (Prometheus text), by child name; none with
         `metrics=False`."""
+        self._probes: dict[str, str] = {}
 
     @property
     def api_address(self) -> str:
@@ -86,8 +92,12 @@ class LocalMesh:
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         self._ensure_admin_token()
         raw = self._resolve()
+        raw.setdefault("tls", {})["ca_file"] = str(self.ca.cert_file)
         self.etcd = EtcdServer(
-            self.state_dir / "etcd", client_port=self.etcd_ports[0], peer_port=self.etcd_ports[1]
+            self.state_dir / "etcd",
+            client_port=self.etcd_ports[0],
+            peer_port=self.etcd_ports[1],
+            tls=self._etcd_tls(),
         )
         await self.etcd.start()
         self._etcd_watch = asyncio.create_task(self.etcd.supervise(), name="watch-etcd")
@@ -99,6 +109,7 @@ class LocalMesh:
         self.config = mesh_config.load(resolved, env={})
         self.children = self._children(resolved)
         (self.state_dir / "metrics.json").write_text(json.dumps(self.metrics, indent=2))
+        (self.state_dir / "probes.json").write_text(json.dumps(self._probes, indent=2))
         log.info("metrics (Prometheus text): %s", self.metrics)
         # The api goes last, so that when it answers the services it nudges are there.
         for child in self.children.values():
@@ -106,12 +117,8 @@ class LocalMesh:
         api = self.config.api
         api_root = Path(api.tls_cert_file).read_bytes() if api.tls_cert_file else None
         await asyncio.gather(
-            *(
-                wait_serving(
-                    address, timeout=60, root_certificates=api_root if name == "api" else None
-                )
-                for name, address in self.addresses().items()
-            )
+            wait_serving(api.listen, timeout=60, root_certificates=api_root),
+            *(wait_serving(address, timeout=60) for address in self.probe_addresses().values()),
         )
 
     async def stop(self) -> None:
@@ -140,6 +147,39 @@ class LocalMesh:
             addresses[f"driver-host-{backend.name}"] = backend.listen
         return addresses
 
+    def probe_addresses(self) -> dict[str, str]:
+        """Each child's plaintext loopback health port (its gRPC port wants a mesh
+        certificate), by child name."""
+        return dict(self._probes)
+
+    @functools.cached_property
+    def ca(self) -> certs.MeshCA:
+        """The mesh CA in `DIR/tls/`, created on first use."""
+        return certs.MeshCA(self.state_dir / "tls")
+
+    def identity(self, name: str) -> tls.Identity:
+        """The TLS files of a child (or `operator`, the launcher's own), issued if new."""
+        cert_file, key_file = self.ca.ensure(certs.Leaf(name, _role(name)))
+        return tls.Identity(str(self.ca.cert_file), str(cert_file), str(key_file))
+
+    def rotate_certificate(self, name: str) -> tls.Identity:
+        """A new key and certificate for `name` from the same CA: servers take it at
+        their next handshake, clients when they next connect; nothing restarts."""
+        self.ca.issue(certs.Leaf(name, _role(name)))
+        return self.identity(name)
+
+    def _etcd_tls(self) -> EtcdTls:
+        server = self.identity("etcd-server")
+        peer = self.identity("etcd-peer")
+        return EtcdTls(
+            ca_file=Path(server.ca_file),
+            cert_file=Path(server.cert_file),
+            key_file=Path(server.key_file),
+            peer_cert_file=Path(peer.cert_file),
+            peer_key_file=Path(peer.key_file),
+            client=self.identity("operator"),
+        )
+
     def _children(self, resolved: Path) -> dict[str, Child]:
         assert self.config is not None
         logs = self.state_dir / "logs"
@@ -153,6 +193,12 @@ class LocalMesh:
                 listen = self._metrics_listen[name]
                 self.metrics[name] = f"http://{listen}/metrics"
                 env[f"{mesh_config.ENV_PREFIX}TELEMETRY__METRICS_LISTEN"] = listen
+            # Its own certificate (the CA is in mesh.json), and a health port for probes.
+            identity = self.identity(name)
+            self._probes[name] = f"127.0.0.1:{free_port()}"
+            env[f"{mesh_config.ENV_PREFIX}TLS__CERT_FILE"] = identity.cert_file
+            env[f"{mesh_config.ENV_PREFIX}TLS__KEY_FILE"] = identity.key_file
+            env[f"{mesh_config.ENV_PREFIX}TLS__PROBE_LISTEN"] = self._probes[name]
             return Child(name, argv, logs / f"{name}.log", env, release_argv)
 
         children = {"scheduler": child("scheduler", [py, "-m", "sharemesh.scheduler", *cfg])}
@@ -229,3 +275,11 @@ class LocalMesh:
         self._metrics_listen = {name: f"127.0.0.1:{port(f'metrics_{name}')}" for name in services}
         ports_file.write_text(json.dumps(kept, indent=2))
         return raw
+
+
+def _role(name: str) -> str:
+    """The role in a certificate's identity, from the name of what holds it."""
+    for role in ("scheduler", "driver-host", "etcd"):
+        if name.startswith(role):
+            return role
+    return name  # api, gateway, operator

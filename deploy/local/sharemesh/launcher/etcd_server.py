@@ -11,8 +11,10 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from sharemesh.runtime import tls
 from sharemesh.runtime.errors import Unavailable
 from sharemesh.runtime.ports import free_port
 
@@ -28,8 +30,33 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """etcd's certificates: clients must present one from the CA, and so must peers."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    peer_cert_file: Path
+    peer_key_file: Path
+    client: tls.Identity
+    """What the launcher's own process presents (its waits, and tests' direct reads)."""
+
+    def flags(self) -> list[str]:
+        return [
+            "--client-cert-auth",
+            f"--trusted-ca-file={self.ca_file}",
+            f"--cert-file={self.cert_file}",
+            f"--key-file={self.key_file}",
+            "--peer-client-cert-auth",
+            f"--peer-trusted-ca-file={self.ca_file}",
+            f"--peer-cert-file={self.peer_cert_file}",
+            f"--peer-key-file={self.peer_key_file}",
+        ]
+
+
 class EtcdServer:
-    """One single-member etcd on 127.0.0.1.
+    """One single-member etcd on 127.0.0.1; with `tls`, over TLS with client certificates.
 
     `async with EtcdServer(data_dir) as etcd:` starts it (free ports unless given),
     waits until a real KV read succeeds, and stops it on exit. The log goes to
@@ -46,8 +73,11 @@ class EtcdServer:
         binary: str | None = None,
         compaction_retention: str = "1h",
         extra_args: tuple[str, ...] = (),
+        tls: EtcdTls | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.tls = tls
+        self._scheme = "https" if tls else "http"
         self.name = name
         self.binary = binary or shutil.which("etcd") or "/usr/bin/etcd"
         self._fixed_ports = client_port is not None or peer_port is not None
@@ -62,7 +92,7 @@ class EtcdServer:
     def endpoint(self) -> str:
         if self.client_port is None:
             raise RuntimeError("etcd not started")
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{self._scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def pid(self) -> int | None:
@@ -73,8 +103,8 @@ class EtcdServer:
         return self._process is not None and self._process.poll() is None
 
     def _command(self) -> list[str]:
-        client = f"http://127.0.0.1:{self.client_port}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        client = f"{self._scheme}://127.0.0.1:{self.client_port}"
+        peer = f"{self._scheme}://127.0.0.1:{self.peer_port}"
         return [
             self.binary,
             "--name",
@@ -95,6 +125,7 @@ class EtcdServer:
             f"--auto-compaction-retention={self.compaction_retention}",
             "--logger=zap",
             "--log-outputs=stderr",
+            *(self.tls.flags() if self.tls else []),
             *self.extra_args,
         ]
 
@@ -113,6 +144,8 @@ class EtcdServer:
                 self.client_port, self.peer_port = free_port(), free_port()
                 while self.peer_port == self.client_port:
                     self.peer_port = free_port()
+            if self.tls:
+                tls.register_etcd_client(self.endpoint, self.tls.client)
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "ab") as log:
@@ -149,7 +182,8 @@ class EtcdServer:
             if self._process is None or self._process.poll() is not None:
                 raise _Exited()
             try:
-                async with connect(self.endpoint, timeout=2.0) as client:
+                identity = self.tls.client if self.tls else None
+                async with connect(self.endpoint, timeout=2.0, identity=identity) as client:
                     await client.get(b"/__health")
                 return
             except Exception as error:  # noqa: BLE001 - retried until the deadline

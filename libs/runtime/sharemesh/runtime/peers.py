@@ -1,6 +1,7 @@
 """Finding and nudging the other services: the scheduler's leader, a backend's
 driver-host, a host's gateway. Endpoints come from etcd registrations; channels are
-kept per endpoint. A nudge is the fast path only: if it is lost, a reconciler finds
+kept per endpoint and, with mutual TLS, present this process's certificate and verify
+the peer's against the mesh CA. A nudge is the fast path only: if it is lost, a reconciler finds
 the work in etcd, so a failed nudge is logged, never raised.
 
 This is the one place where a peer's gRPC errors become the mesh's own: a call answers
@@ -21,7 +22,7 @@ from sharemesh.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from sharemesh.scheduler.v1 import scheduler_service_pb2, scheduler_service_pb2_grpc
 from sharemesh.state.v1 import records_pb2
 
-from . import retry, telemetry
+from . import retry, telemetry, tls
 from .coordination import Store, keys, leader
 from .errors import ShareMeshError, Unavailable, from_rpc_error
 
@@ -42,17 +43,32 @@ async def _translated() -> AsyncIterator[None]:
 
 
 class Peers:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, identity: tls.Identity | None = None) -> None:
+        """`identity` defaults to the process's own (`tls.configure`); none: plaintext."""
         self._store = store
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        identity = identity or tls.own()
+        self._credentials = tls.ChannelCredentials(identity) if identity else None
+        self._channels: dict[str, tuple[object, grpc.aio.Channel]] = {}
+        self._retired: list[grpc.aio.Channel] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     def channel(self, endpoint: str) -> grpc.aio.Channel:
-        if endpoint not in self._channels:
-            self._channels[endpoint] = grpc.aio.insecure_channel(
-                endpoint, interceptors=telemetry.client_interceptors()
-            )
-        return self._channels[endpoint]
+        """The channel to `endpoint`; a new one once the certificate files changed, so
+        that a rotated certificate is presented (the old one's calls run to their end)."""
+        version, credentials = self._credentials.current() if self._credentials else (None, None)
+        kept = self._channels.get(endpoint)
+        if kept is not None and kept[0] == version:
+            return kept[1]
+        if kept is not None:
+            self._retired.append(kept[1])
+        interceptors = telemetry.client_interceptors()
+        channel = (
+            grpc.aio.secure_channel(endpoint, credentials, interceptors=interceptors)
+            if credentials
+            else grpc.aio.insecure_channel(endpoint, interceptors=interceptors)
+        )
+        self._channels[endpoint] = (version, channel)
+        return channel
 
     async def scheduler_endpoint(self) -> str | None:
         value = await leader(
@@ -133,5 +149,7 @@ class Peers:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        for channel in self._channels.values():
+        for _, channel in self._channels.values():
+            await channel.close()
+        for channel in self._retired:
             await channel.close()

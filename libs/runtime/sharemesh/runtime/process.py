@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import aetcd
 
-from . import logs, metrics, retry, server, telemetry
+from . import logs, metrics, retry, server, telemetry, tls
 from .config import MeshConfig
 from .config import load as load_config
 from .coordination import Session, Store, connect
@@ -81,7 +81,9 @@ async def serve(
     logs.configure(name, config.log_level)
     telemetry.configure(name, config.telemetry)
     await metrics.start(name, config.telemetry)  # before etcd: a waiting process is seen too
-    async with connect(config.etcd.endpoint) as client:
+    tls.configure(config.tls)  # what its peer channels present
+    etcd_identity = tls.etcd_identity(config.etcd, config.tls)
+    async with connect(config.etcd.endpoint, identity=etcd_identity) as client:
         session = await _session(name, client, config.etcd.lease_ttl_seconds, stop)
         if session is None:
             log.info("%s stopped before etcd answered", name)
@@ -89,7 +91,16 @@ async def serve(
         async with session:
             store = Store(client, config.etcd.prefix)
             app = await build(Context(config, client, store, session, stop))
-            server = GrpcServer(listen, app.bindings, getattr(app, "credentials", None))
+            # A public service (the api) brings its own credentials; the others are
+            # internal, served with mutual TLS when the config has an identity.
+            public = hasattr(app, "credentials")
+            server = GrpcServer(
+                listen,
+                app.bindings,
+                getattr(app, "credentials", None),
+                identity=None if public else tls.identity(config.tls),
+                probe_listen=config.tls.probe_listen,
+            )
             port = await server.start()
             host = listen.rpartition(":")[0]
             endpoint = f"{host}:{port}"

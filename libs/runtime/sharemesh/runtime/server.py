@@ -1,10 +1,13 @@
 """Server bootstrap shared by every service: grpc.aio on uvloop, health, reflection,
-one interceptor that authenticates public calls and maps errors, and a graceful stop
-that lets in-flight calls finish."""
+one interceptor that authenticates public calls (bearer keys) or authorizes internal
+ones (the caller's mesh certificate) and maps errors, and a graceful stop that lets
+in-flight calls finish."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,8 +20,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from . import metrics, telemetry
-from .errors import ShareMeshError, Unimplemented, public_status, status_code_of, to_status
+from . import metrics, telemetry, tls
+from .config import split_host_port
+from .errors import (
+    FailedPrecondition,
+    ShareMeshError,
+    Unimplemented,
+    public_status,
+    status_code_of,
+    to_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +38,8 @@ log = logging.getLogger(__name__)
 # caller, and returns whether the caller may read internal detail in errors (host paths,
 # etcd keys), as an operator may and a tenant may not.
 Authenticate = Callable[[grpc.aio.ServicerContext], bool]
+# Raises (PERMISSION_DENIED) unless the caller may call the method (`/pkg.Service/Method`).
+Authorize = Callable[[str, grpc.aio.ServicerContext], None]
 
 
 @dataclass(frozen=True)
@@ -41,12 +54,18 @@ class Binding:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Authenticates each call to a public service before anything else runs (even for a
-    method that is not implemented), and maps any exception a handler raises to a rich
-    status through the one error table."""
+    """Authenticates each call to a public service, or authorizes each call to an
+    internal one, before anything else runs (even for a method that is not implemented),
+    and maps any exception a handler raises to a rich status through the one error
+    table."""
 
-    def __init__(self, authenticators: dict[str, Authenticate] | None = None) -> None:
+    def __init__(
+        self,
+        authenticators: dict[str, Authenticate] | None = None,
+        authorize: Authorize | None = None,
+    ) -> None:
         self._authenticators = authenticators or {}
+        self._authorize = authorize
 
     async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = await continuation(details)
@@ -54,6 +73,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return None
         # details.method is `/package.Service/Method`.
         authenticate = self._authenticators.get(details.method.split("/")[1])
+        if authenticate is None and self._authorize is not None:
+            authenticate = functools.partial(_authorized, self._authorize, details.method)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _guard_unary(handler.unary_unary, details.method, authenticate),
@@ -67,6 +88,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+def _authorized(authorize: Authorize, method: str, context: grpc.aio.ServicerContext) -> bool:
+    authorize(method, context)
+    return True  # a mesh service may read internal detail in errors
 
 
 async def _abort(
@@ -118,31 +144,62 @@ def _guard_stream(behavior, method, authenticate):  # type: ignore[no-untyped-de
     return guarded
 
 
+def _loopback(listen: str) -> bool:
+    host = split_host_port(listen)[0]
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve anywhere
+        return False
+
+
 class GrpcServer:
     """A grpc.aio server with health and reflection. `start()` returns the bound port,
-    so tests can listen on port 0."""
+    so tests can listen on port 0.
+
+    `credentials` serve a public service (its own TLS, bearer keys); `identity` makes it
+    an internal one: mutual TLS with the mesh CA, each call authorized by the caller's
+    role (`tls.CALLERS`). With neither it is plaintext, which only loopback may be.
+    `probe_listen` adds a plaintext loopback port that answers health checks only."""
 
     def __init__(
         self,
         listen: str,
         bindings: Sequence[Binding],
         credentials: grpc.ServerCredentials | None = None,
+        *,
+        identity: tls.Identity | None = None,
+        probe_listen: str = "",
     ) -> None:
         self._listen = listen
         self._bindings = list(bindings)
+        if credentials is None and identity is not None:
+            credentials = tls.server_credentials(identity)
+        elif credentials is None and not _loopback(listen):
+            raise FailedPrecondition(
+                f"an internal service listens on {listen} beyond loopback without mutual "
+                "TLS: configure tls.ca_file, tls.cert_file and tls.key_file"
+            )
+        if probe_listen and not _loopback(probe_listen):
+            raise FailedPrecondition(f"tls.probe_listen {probe_listen} is not on loopback")
         self._credentials = credentials
+        self._probe_listen = probe_listen
         self.health = HealthServicer()
         self._server = grpc.aio.server(
             interceptors=[
                 *telemetry.server_interceptors(),
                 *metrics.server_interceptors(),
-                ErrorInterceptor({b.name: b.authenticate for b in bindings if b.authenticate}),
+                ErrorInterceptor(
+                    {b.name: b.authenticate for b in bindings if b.authenticate},
+                    tls.authorize if identity is not None else None,
+                ),
             ],
             # gRPC shares ports by default: a second server on a taken port would
             # silently get half of its calls. Fail the bind instead.
             options=[("grpc.so_reuseport", 0)],
         )
+        self._probe: grpc.aio.Server | None = None
         self.port = 0
+        self.probe_port = 0
 
     async def start(self) -> int:
         for binding in self._bindings:
@@ -164,6 +221,14 @@ class GrpcServer:
         if not self.port:
             raise OSError(f"cannot listen on {self._listen}")
         await self._server.start()
+        if self._probe_listen:
+            # A server of its own, so that nothing but health is ever plaintext.
+            self._probe = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._probe)
+            self.probe_port = self._probe.add_insecure_port(self._probe_listen)
+            if not self.probe_port:
+                raise OSError(f"cannot listen on {self._probe_listen}")
+            await self._probe.start()
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
@@ -172,6 +237,8 @@ class GrpcServer:
         """Answers NOT_SERVING, refuses new calls, and lets in-flight ones finish."""
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
+        if self._probe is not None:
+            await self._probe.stop(0)
 
 
 def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

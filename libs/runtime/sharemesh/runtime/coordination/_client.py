@@ -14,30 +14,72 @@ from urllib.parse import urlsplit
 
 import aetcd
 import grpc
-from aetcd import rpc
+from aetcd import rpc, watcher
 
+from sharemesh.runtime import tls
 from sharemesh.runtime.errors import Internal, InvalidArgument, Unavailable
 
 DEFAULT_TIMEOUT = 10.0
 
 
-def _host_port(endpoint: str) -> tuple[str, int]:
+def _endpoint(endpoint: str) -> tuple[str, str, int]:
     text = endpoint if "://" in endpoint else f"http://{endpoint}"
     parts = urlsplit(text)
-    if parts.scheme not in ("http", "") or not parts.hostname:
-        raise InvalidArgument("endpoint", f"{endpoint!r} is not http://HOST:PORT")
-    return parts.hostname, parts.port or 2379
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidArgument("etcd.endpoint", f"{endpoint!r} is not http(s)://HOST:PORT")
+    return parts.scheme, parts.hostname, parts.port or 2379
+
+
+class _TlsClient(aetcd.Client):
+    """aetcd's client over TLS with a client certificate (aetcd 1.0 knows plaintext
+    only); the files are read when it connects, so a new client presents a rotated
+    certificate."""
+
+    def __init__(self, host: str, port: int, timeout: float | None, identity: tls.Identity) -> None:
+        super().__init__(host=host, port=port, timeout=timeout)  # type: ignore[arg-type]
+        self._credentials = tls.ChannelCredentials(identity)
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        self.channel = rpc.secure_channel(
+            f"{self._host}:{self._port}",
+            self._credentials.current()[1],
+            options=self._options.items(),
+        )
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._watcher = watcher.Watcher(
+            rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+        )
+        self._connected.set()
 
 
 @contextlib.asynccontextmanager
 async def connect(
-    endpoint: str, *, timeout: float | None = DEFAULT_TIMEOUT
+    endpoint: str,
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    identity: tls.Identity | None = None,
 ) -> AsyncIterator[aetcd.Client]:
-    """A connected `aetcd.Client` for `http://HOST:PORT` (or `HOST:PORT`), closed on exit.
+    """A connected `aetcd.Client` for `http(s)://HOST:PORT` (or `HOST:PORT`), closed on
+    exit. `https://` presents `identity`'s certificate, by default the one registered
+    for that endpoint (`tls.register_etcd_client`) or this process's own.
 
     `timeout` bounds every unary call (seconds)."""
-    host, port = _host_port(endpoint)
-    client = aetcd.Client(host=host, port=port, timeout=timeout)
+    scheme, host, port = _endpoint(endpoint)
+    client: aetcd.Client
+    if scheme == "https":
+        identity = identity or tls.etcd_client_for(endpoint)
+        if identity is None:
+            raise InvalidArgument(
+                "etcd.cert_file", f"etcd at {endpoint} needs a client certificate"
+            )
+        client = _TlsClient(host, port, timeout, identity)
+    else:
+        client = aetcd.Client(host=host, port=port, timeout=timeout)  # type: ignore[arg-type]
     try:
         await client.connect()  # opens the channel; the first call reaches the server
     except Exception as error:
