@@ -7,6 +7,7 @@ import sys
 from importlib import metadata
 
 from . import (
+    _admin,
     _base,
     _catalog,
     _completion,
@@ -45,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
     _networks.add_parsers(commands, common)
     _catalog.add_parsers(commands, common)
     _operations.add_parsers(commands, common)
+    _admin.add_parsers(commands, common)
     _completion.add_parser(commands, top)
     return top
 
