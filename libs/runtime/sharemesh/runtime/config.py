@@ -117,8 +117,9 @@ class TlsConfig:
     key_file: str = ""
     """PEM private key of `cert_file`."""
     probe_listen: str = ""
-    """Loopback HOST:PORT answering only `grpc.health.v1` in plaintext, for probes that
-    cannot present a certificate (kubelet `grpc:` probes); empty: none."""
+    """HOST:PORT answering only `grpc.health.v1`, in plaintext, for probes that cannot
+    present a certificate (kubelet `grpc:` probes reach the pod's address, others may
+    keep it on loopback); empty: none."""
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,7 @@ class GrpcServer:
     `credentials` serve a public service (its own TLS, bearer keys); `identity` makes it
     an internal one: mutual TLS with the mesh CA, each call authorized by the caller's
     role (`tls.CALLERS`). With neither it is plaintext, which only loopback may be.
-    `probe_listen` adds a plaintext loopback port that answers health checks only."""
+    `probe_listen` adds a plaintext port that answers health checks and nothing else."""
 
     def __init__(
         self,
@@ -179,8 +179,6 @@ class GrpcServer:
                 f"an internal service listens on {listen} beyond loopback without mutual "
                 "TLS: configure tls.ca_file, tls.cert_file and tls.key_file"
             )
-        if probe_listen and not _loopback(probe_listen):
-            raise FailedPrecondition(f"tls.probe_listen {probe_listen} is not on loopback")
         self._credentials = credentials
         self._probe_listen = probe_listen
         self.health = HealthServicer()
