@@ -314,8 +314,11 @@ class WatchCache:
         waits up to `catch_up_seconds` for it. False: read etcd instead."""
         if not self.ready:
             return False
+        # The revision applied before asking: the watch may apply newer ones while the
+        # read is in flight, and etcd is behind the cache only if behind this one.
+        applied = self.revision
         target = await self.current_revision()
-        if target < self.revision:  # etcd lost its data: another history
+        if target < applied:  # etcd lost its data: another history
             log.warning("watch cache: etcd is at revision %d, behind the cache", target)
             self._forget()
             return False
