@@ -26,6 +26,7 @@ from sharemesh.v1 import (
     share_network_service_pb2,
     share_service_pb2,
     share_type_service_pb2,
+    snapshot_pb2,
 )
 from sharemesh.v1 import share_service_pb2 as ss
 
@@ -455,3 +456,46 @@ async def test_quota_limits_set_shown_and_enforced_under_racing_creates(
         for share in (made[1], fits):
             await delete_share(gamma, share.name)
     assert (await get_quota(admin, "gamma")).usage == project_pb2.QuotaAmounts()
+
+
+async def test_snapshot_limit_set_through_the_api_holds_under_racing_snapshots(
+    mesh: LocalMesh, admin: Client
+) -> None:
+    key = await make_key(admin, "sigma", ApiKey.MEMBER)
+    await admin.call(
+        projects(admin).UpdateQuota,
+        project_service_pb2.UpdateQuotaRequest(
+            quota=project_pb2.Quota(
+                name="projects/sigma/quota", limits=project_pb2.QuotaAmounts(snapshots=1)
+            ),
+            update_mask={"paths": ["limits.snapshots"]},
+        ),
+    )
+    async with Client(mesh.api_address, key.secret) as sigma:
+        share = await create_share(sigma, "sigma", "snapped")
+
+        async def snapshot(i: int) -> object:
+            try:
+                op = await sigma.call(
+                    sigma.shares.CreateSnapshot,
+                    ss.CreateSnapshotRequest(
+                        parent=share.name, snapshot_id=f"s{i}", snapshot=snapshot_pb2.Snapshot()
+                    ),
+                )
+                return await sigma.wait(op, snapshot_pb2.Snapshot)
+            except (OperationFailed, grpc.aio.AioRpcError) as refused:
+                return refused
+
+        results = await asyncio.gather(*(snapshot(i) for i in range(3)))
+        taken = [r for r in results if isinstance(r, snapshot_pb2.Snapshot)]
+        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(taken) == 1 and len(refused) == 2, results
+        assert all(r.code() == Code.RESOURCE_EXHAUSTED for r in refused)
+        assert (await get_quota(sigma, "sigma")).usage.snapshots == 1
+        await sigma.wait(
+            await sigma.call(
+                sigma.shares.DeleteShare, ss.DeleteShareRequest(name=share.name, force=True)
+            )
+        )
+    usage = (await get_quota(admin, "sigma")).usage
+    assert (usage.shares, usage.snapshots) == (0, 0)
