@@ -18,9 +18,8 @@ import grpc
 import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
-from . import metrics, telemetry, tls
+from . import metrics, reflection, telemetry, tls
 from .config import split_host_port
 from .errors import (
     FailedPrecondition,
@@ -204,13 +203,8 @@ class GrpcServer:
             binding.add(binding.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         names = [b.name for b in self._bindings]
-        reflection.enable_server_reflection(
-            [
-                *names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            self._server,
+        reflection.enable(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], self._server
         )
         if self._credentials is not None:
             self.port = self._server.add_secure_port(self._listen, self._credentials)
