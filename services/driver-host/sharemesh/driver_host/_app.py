@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 
 from sharemesh import network
 from sharemesh.driver.v1 import driver_service_pb2, driver_service_pb2_grpc
-from sharemesh.runtime import controllers, ledger, metrics, names, operations, retry
+from sharemesh.runtime import controllers, ledger, metrics, migrations, names, operations, retry
 from sharemesh.runtime.config import BackendConfig, MeshConfig
 from sharemesh.runtime.coordination import Versioned, _client, keys
 from sharemesh.runtime.peers import Peers
@@ -263,6 +263,9 @@ class DriverHostApp:
         # process must start over.
         interval = self._context.config.reconcile_interval_seconds
         async with asyncio.TaskGroup() as group:
+            # A mesh being upgraded: its shares are found through index keys the
+            # migration may still be writing.
+            await migrations.wait_for(self._store, migrations.SCHEMA)
             # Rules are known by their share: the shares' cache is filled first.
             group.create_task(self._shares.run())
             await self._shares.synced.wait()

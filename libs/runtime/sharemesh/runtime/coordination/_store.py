@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -27,6 +28,7 @@ from . import _client, _keys
 from ._client import Compacted, Compare, FutureRevision
 
 M = TypeVar("M", bound=Message)
+log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "/sharemesh/"
 _CHILDREN = 1000  # records under one parent read in one go by `get_with`
@@ -434,8 +436,16 @@ class Store:
                 kv = event.kv
                 kind = str(event.kind)
                 value: object = None
-                if kind == "PUT":
-                    value = kv.value if msg_type is None else decode(kv.key, kv.value, msg_type)
+                if kind == "PUT" and msg_type is not None:
+                    try:
+                        value = decode(kv.key, kv.value, msg_type)
+                    except FailedPrecondition as newer:
+                        # Written by a newer sharemesh (a rolling upgrade): invisible to
+                        # this process, rather than stopping its whole watch.
+                        log.warning("skipping %s: %s", kv.key.decode(), newer.message)
+                        continue
+                elif kind == "PUT":
+                    value = kv.value
                 yield WatchEvent(kind, kv.key.decode(), value, kv.mod_revision, kv.create_revision)
         except Exception as error:
             mapped = _client.map_rpc_error(error)
