@@ -56,3 +56,32 @@ async def test_writes_applied_while_its_revision_is_read_do_not_make_it_list_aga
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
+
+
+async def test_a_reader_waiting_for_one_key_wakes_for_that_key_alone(  # type: ignore[no-untyped-def]
+    etcd_client, etcd_root
+):
+    store = Store(etcd_client, etcd_root)
+    watched, other = store.key_of("projects/p/shares/watched"), store.key_of("projects/p/shares/o")
+    revision = await store.create(watched, R(project="p"))
+    cache = WatchCache(store)
+    runner = asyncio.create_task(cache.run())
+    try:
+        for _ in range(500):
+            if cache.ready:
+                break
+            await asyncio.sleep(0.01)
+        waiting = asyncio.create_task(cache.changed(watched))
+        await store.create(other, R(project="p"))
+        for _ in range(20):  # other keys change: it keeps waiting
+            await store.put(other, R(project="q"))
+        assert await cache.consistent()
+        assert not waiting.done()
+        written = await store.update(watched, R(project="p", allocated_gib=1), revision)
+        await asyncio.wait_for(waiting, 5)
+        entry = cache.snapshot.get(watched)
+        assert entry is not None and entry.mod_revision == written
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner

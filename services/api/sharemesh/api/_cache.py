@@ -272,6 +272,9 @@ class WatchCache:
         self._catch_up = catch_up_seconds
         self._applied = asyncio.Event()
         self._watch_stream: Any = None
+        # Readers waiting for a change of one key (WaitOperation), woken by that key
+        # alone rather than by every revision.
+        self._key_waiters: dict[str, set[asyncio.Future[None]]] = {}
         metrics.observe_records(self)
 
     def record_states(self) -> Mapping[str, Mapping[str, int]]:
@@ -368,6 +371,25 @@ class WatchCache:
         )
         return sum(ShareFacts.of(f.value).unplaced_gib for f in found)
 
+    async def changed(self, key: str) -> None:
+        """Returns once the cache has applied a change of `key`, or lists again (then
+        `ready` is False until it has listed: read etcd meanwhile)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._key_waiters.setdefault(key, set())
+        waiters.add(waiter)
+        try:
+            await waiter
+        finally:
+            waiters.discard(waiter)
+            if not waiters and self._key_waiters.get(key) is waiters:
+                del self._key_waiters[key]
+
+    def _wake(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            for waiter in self._key_waiters.pop(key, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+
     def _signal(self) -> None:
         # Wake every reader waiting for a revision; they re-check and wait again.
         self._applied.set()
@@ -375,6 +397,7 @@ class WatchCache:
 
     async def _list(self) -> None:
         """Every cached collection at one revision."""
+        self._wake(list(self._key_waiters))  # they read etcd while this lists
         client = self.store.client
         revision = 0
         items: list[tuple[str, Entry]] = []
@@ -418,6 +441,7 @@ class WatchCache:
                         self.snapshot.put(key, Entry(kv.value, kv.mod_revision, kv.create_revision))
                     else:
                         self.snapshot.delete(key)
+                    self._wake((key,))
                 self.snapshot.advance(kv.mod_revision)
                 self._signal()
         except Exception as error:

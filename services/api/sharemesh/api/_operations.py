@@ -133,10 +133,9 @@ class Operations(operations_pb2_grpc.OperationsServicer):
                 last, found = entry, decode(key, entry, records_pb2.OperationRecord)
             if found.value.operation.done or loop.time() >= deadline:
                 return found
-            # Each revision the cache applies wakes this; a change of the key shows then.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(deadline):
-                    await cache.caught_up(cache.revision + 1)
+                    await cache.changed(key)
         return None
 
     async def DeleteOperation(  # noqa: N802
