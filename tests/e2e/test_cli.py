@@ -105,6 +105,8 @@ async def test_the_tenant_journey_in_a_terminal(terminal: Terminal, tmp_path: Pa
     # A reader that stops early ends the CLI quietly.
     code, out = await terminal.run("sharemesh share list | head -1")
     assert code == 0 and out.split() == ["NAME", "SIZE_GIB", "STATE", "POOL"], out
+    code, out = await terminal.run("sharemesh share list | true")  # closed before it writes
+    assert code == 0 and out.strip() == "", out
 
     code, out = await terminal.run("sharemesh share delete web")
     assert code == 1 and "FAILED_PRECONDITION" in out and "force" in out, out

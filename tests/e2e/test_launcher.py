@@ -89,7 +89,9 @@ async def _cli_round_trip(api: str, token: str) -> None:
     code, out = await _cli(env, "share", "show", "projects/demo/shares/cli-demo")
     assert code == 0 and "export_locations" in out and "127.0.0.1:/" in out, out
     code, out = await _cli(env, "share", "create", "Bad_Id", "--size", "0", "--project", "demo")
-    assert code == 1 and "INVALID_ARGUMENT" in out, out
+    assert code == 2 and "at least 1 GiB" in out, out  # refused before any call
+    code, out = await _cli(env, "share", "create", "Bad_Id", "--size", "1", "--project", "demo")
+    assert code == 1 and out.count("INVALID_ARGUMENT") == 1 and "share_id" in out, out
     code, out = await _cli(
         {**env, "SHAREMESH_TOKEN": "wrong"}, "share", "list", "--project", "demo"
     )
@@ -135,7 +137,9 @@ async def _cli_round_trip(api: str, token: str) -> None:
     assert json.loads(out) == []
 
 
-async def _sharemesh_up(state: Path) -> asyncio.subprocess.Process:
+async def _sharemesh_up(
+    state: Path, stderr: int = asyncio.subprocess.DEVNULL
+) -> asyncio.subprocess.Process:
     """`sharemesh up` as people run it, on a free API port and a short lease."""
     return await asyncio.create_subprocess_exec(
         str(VENV_BIN / "sharemesh"),
@@ -147,7 +151,7 @@ async def _sharemesh_up(state: Path) -> asyncio.subprocess.Process:
         "--lease-ttl",
         "3",
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=stderr,
     )
 
 
@@ -179,6 +183,13 @@ async def test_up_serves_health_reflection_and_stops_clean(tmp_path: Path) -> No
             assert service in listing.split()
 
         await _cli_round_trip(api, (state / "admin.token").read_text().strip())
+
+        # A second `sharemesh up` on the same state dir: one plain line, no traceback.
+        second = await _sharemesh_up(state, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(second.communicate(), 30)
+        assert second.returncode == 1 and not out, out
+        (said,) = err.decode().splitlines()
+        assert "already in use by another `sharemesh up`" in said, said
 
         pids = _descendants(process.pid)
         ganesha_pid = int((state / "pools/local/ganesha/ganesha/ganesha.pid").read_text())

@@ -132,9 +132,9 @@ def _dump(data: Any, fmt: str) -> None:
     if fmt == "json":
         print(json.dumps(data, indent=2))
     else:
-        import yaml
+        import yaml  # type: ignore[import-untyped]
 
-        print(yaml.safe_dump(data, sort_keys=False).rstrip())
+        print(yaml.safe_dump(data, sort_keys=False, width=10_000).rstrip())
 
 
 def show(args: argparse.Namespace, item: message.Message, columns: list[str]) -> None:
