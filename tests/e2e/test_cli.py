@@ -5,6 +5,7 @@ completion of a subcommand."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -133,3 +134,33 @@ async def test_completion_completes_a_subcommand(terminal: Terminal) -> None:
     terminal.type("\x15")
     code, out = await terminal.run("sharemesh --version")
     assert code == 0 and out.strip().startswith("sharemesh "), out
+
+
+async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        str(VENV_BIN / "sharemesh"),
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_a_tenant_key_implies_its_project(mesh: LocalMesh, tmp_path: Path) -> None:
+    """No --project, no SHAREMESH_PROJECT, none in a config file: the key's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHAREMESH_")}
+    env |= {
+        "SHAREMESH_ENDPOINT": mesh.api_address,
+        "SHAREMESH_TOKEN": "beta-key",
+        "SHAREMESH_CONFIG": str(tmp_path / "absent.toml"),
+    }
+    code, out, err = await _cli(env, "share", "create", "implied", "--size", "1", "-f", "json")
+    assert code == 0, err
+    assert json.loads(out)["name"] == "projects/beta/shares/implied"
+    code, out, err = await _cli(env, "share", "delete", "implied")
+    assert code == 0 and "deleted projects/beta/shares/implied" in out, err
+    # An admin key has no project of its own: the CLI asks for one, and changes nothing.
+    code, out, err = await _cli({**env, "SHAREMESH_TOKEN": mesh.admin_token}, "share", "list")
+    assert code == 2 and "name a project with --project" in err, err
