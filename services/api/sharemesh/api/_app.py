@@ -88,7 +88,7 @@ class ApiApp:
                 share_network_service_pb2,
                 "ShareNetworkService",
                 share_network_service_pb2_grpc.add_ShareNetworkServiceServicer_to_server,
-                ShareNetworks(store, self.peers, auth, cache),
+                ShareNetworks(store, self.peers, auth, cache, self.limits.quotas),
             ),
             (
                 pool_service_pb2,

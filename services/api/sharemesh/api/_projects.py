@@ -146,7 +146,10 @@ class Projects(grpc_pb.ProjectServiceServicer):
         )
         for collection, what, record_type in held:
             if await self._holds(request.name, collection, record_type):
-                raise FailedPrecondition(f"{request.name} still holds {what}; delete them first")
+                raise FailedPrecondition(
+                    f"{request.name} still holds {what}; delete them first",
+                    reason="PROJECT_NOT_EMPTY",
+                )
         # The project, its keys (revoked with it) and its limits go in one transaction.
         txn = self._store.txn().delete(found.key, found.mod_revision)
         for key in self._keys_of(project):

@@ -13,7 +13,8 @@ import grpc
 from google.longrunning import operations_pb2
 
 from sharemesh import network
-from sharemesh.runtime import names, operations, validation
+from sharemesh.runtime import names, operations, quota, validation
+from sharemesh.runtime.config import QuotaConfig
 from sharemesh.runtime.coordination import Store, Txn, Versioned, keys
 from sharemesh.runtime.errors import (
     AlreadyExists,
@@ -47,8 +48,15 @@ def network_of(name: str) -> str:
 
 
 class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
-    def __init__(self, store: Store, peers: Peers, auth: Authenticator, cache: WatchCache) -> None:
-        super().__init__(store, peers, auth, cache)
+    def __init__(
+        self,
+        store: Store,
+        peers: Peers,
+        auth: Authenticator,
+        cache: WatchCache,
+        quotas: QuotaConfig | None = None,
+    ) -> None:
+        super().__init__(store, peers, auth, cache, quotas)
 
     async def network(self, name: str, field: str) -> Versioned[records_pb2.ShareNetworkRecord]:
         return await self.record(names.SHARE_NETWORK, name, field, records_pb2.ShareNetworkRecord)
@@ -111,6 +119,7 @@ class ShareNetworks(Base, grpc_pb.ShareNetworkServiceServicer):
         name = f"{request.parent}/shareNetworks/{request.share_network_id}"
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
+            await quota.reserve_share_network(self.store, txn, self.quotas, project)
             record = records_pb2.ShareNetworkRecord(project=project)
             record.share_network.CopyFrom(request.share_network)
             record.share_network.name = name
