@@ -23,11 +23,13 @@ from sharemesh.v1 import (
     project_pb2,
     project_service_pb2,
     project_service_pb2_grpc,
+    share_network_pb2,
     share_network_service_pb2,
     share_service_pb2,
     share_type_service_pb2,
     snapshot_pb2,
 )
+from sharemesh.v1 import share_network_service_pb2 as sns
 from sharemesh.v1 import share_service_pb2 as ss
 
 from mesh_ops import TENANT_KEYS, Share, create_network, create_share, delete_share, running_mesh
@@ -499,3 +501,48 @@ async def test_snapshot_limit_set_through_the_api_holds_under_racing_snapshots(
         )
     usage = (await get_quota(admin, "sigma")).usage
     assert (usage.shares, usage.snapshots) == (0, 0)
+
+
+async def test_share_network_limit_set_through_the_api_holds_under_racing_creates(
+    mesh: LocalMesh, admin: Client
+) -> None:
+    key = await make_key(admin, "tau", ApiKey.MEMBER)
+    await admin.call(
+        projects(admin).UpdateQuota,
+        project_service_pb2.UpdateQuotaRequest(
+            quota=project_pb2.Quota(
+                name="projects/tau/quota", limits=project_pb2.QuotaAmounts(share_networks=2)
+            ),
+            update_mask={"paths": ["limits.share_networks"]},
+        ),
+    )
+    async with Client(mesh.api_address, key.secret) as tau:
+
+        async def create(i: int) -> object:
+            try:
+                op = await tau.call(
+                    tau.networks.CreateShareNetwork,
+                    sns.CreateShareNetworkRequest(
+                        parent="projects/tau",
+                        share_network_id=f"net{i}",
+                        share_network=share_network_pb2.ShareNetwork(cidr=f"10.40.{i}.0/24"),
+                    ),
+                )
+                return await tau.wait(op, share_network_pb2.ShareNetwork)
+            except (OperationFailed, grpc.aio.AioRpcError) as refused:
+                return refused
+
+        results = await asyncio.gather(*(create(i) for i in range(5)))
+        made = [r for r in results if isinstance(r, share_network_pb2.ShareNetwork)]
+        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(made) == 2 and len(refused) == 3, results
+        assert all(r.code() == Code.RESOURCE_EXHAUSTED for r in refused)
+        assert (await get_quota(tau, "tau")).usage.share_networks == 2
+        for network in made:
+            await tau.wait(
+                await tau.call(
+                    tau.networks.DeleteShareNetwork,
+                    sns.DeleteShareNetworkRequest(name=network.name),
+                )
+            )
+    assert (await get_quota(admin, "tau")).usage.share_networks == 0
