@@ -78,6 +78,9 @@ class EtcdServer:
         self.data_dir = Path(data_dir)
         self.tls = tls
         self._scheme = "https" if tls else "http"
+        # TLS clients must present a certificate; metrics (and /health) stay plaintext
+        # on a loopback port of their own, for scrapers that have none.
+        self.metrics_port: int | None = None
         self.name = name
         self.binary = binary or shutil.which("etcd") or "/usr/bin/etcd"
         self._fixed_ports = client_port is not None or peer_port is not None
@@ -93,6 +96,13 @@ class EtcdServer:
         if self.client_port is None:
             raise RuntimeError("etcd not started")
         return f"{self._scheme}://127.0.0.1:{self.client_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Base URL of etcd's `/metrics` and `/health`, plaintext even with TLS."""
+        if self.metrics_port is None:
+            return self.endpoint
+        return f"http://127.0.0.1:{self.metrics_port}"
 
     @property
     def pid(self) -> int | None:
@@ -126,6 +136,7 @@ class EtcdServer:
             "--logger=zap",
             "--log-outputs=stderr",
             *(self.tls.flags() if self.tls else []),
+            *([f"--listen-metrics-urls={self.metrics_url}"] if self.metrics_port else []),
             *self.extra_args,
         ]
 
@@ -146,6 +157,8 @@ class EtcdServer:
                     self.peer_port = free_port()
             if self.tls:
                 tls.register_etcd_client(self.endpoint, self.tls.client)
+                if self.metrics_port is None or not self._fixed_ports:
+                    self.metrics_port = free_port()
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "ab") as log:

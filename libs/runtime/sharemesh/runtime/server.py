@@ -214,8 +214,12 @@ class GrpcServer:
             raise OSError(f"cannot listen on {self._listen}")
         await self._server.start()
         if self._probe_listen:
-            # A server of its own, so that nothing but health is ever plaintext.
-            self._probe = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            # A server of its own, so that nothing but health is ever plaintext; its
+            # calls are counted like any other.
+            self._probe = grpc.aio.server(
+                interceptors=[*telemetry.server_interceptors(), *metrics.server_interceptors()],
+                options=[("grpc.so_reuseport", 0)],
+            )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._probe)
             self.probe_port = self._probe.add_insecure_port(self._probe_listen)
             if not self.probe_port:
