@@ -6,8 +6,10 @@ rotated under a running mesh without restarting it."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -180,6 +182,18 @@ def _served_certificate(address: str, identity: tls.Identity) -> x509.Certificat
     return x509.load_der_x509_certificate(der)
 
 
+def _placements_served(mesh: LocalMesh) -> float:
+    """PlaceShare calls the scheduler answered OK, from its metrics: the api's nudges."""
+    with urllib.request.urlopen(mesh.metrics["scheduler"], timeout=10) as answer:  # noqa: S310
+        text = answer.read().decode()
+    pattern = re.compile(
+        r'^sharemesh_rpc_server_requests_total\{(?=[^}]*code="OK")'
+        r'(?=[^}]*method="sharemesh\.scheduler\.v1\.SchedulerService/PlaceShare")[^}]*\} (\S+)$',
+        re.M,
+    )
+    return sum(float(value) for value in pattern.findall(text))
+
+
 async def test_certificates_rotate_without_restarts(mesh: LocalMesh) -> None:
     assert mesh.config is not None
     pids = {name: child.pid for name, child in mesh.children.items()}
@@ -204,8 +218,11 @@ async def test_certificates_rotate_without_restarts(mesh: LocalMesh) -> None:
 
         # And calls keep working: a create goes through every hop (the api's nudge to
         # the scheduler, the scheduler's to the driver-host) on the new certificates.
+        placed = await asyncio.to_thread(_placements_served, mesh)
         second = await create_share(alpha, "alpha", "after-rotation")
         assert second.export_locations
+        # The api's nudge reached the scheduler, over a channel with its new certificate.
+        assert await asyncio.to_thread(_placements_served, mesh) == placed + 1
         await delete_share(alpha, first.name)
         await delete_share(alpha, second.name)
 
