@@ -159,13 +159,13 @@ class LocalMesh:
 
     def identity(self, name: str) -> tls.Identity:
         """The TLS files of a child (or `operator`, the launcher's own), issued if new."""
-        cert_file, key_file = self.ca.ensure(certs.Leaf(name, _role(name)))
+        cert_file, key_file = self.ca.ensure(certs.Leaf(name, certs.role_of(name)))
         return tls.Identity(str(self.ca.cert_file), str(cert_file), str(key_file))
 
     def rotate_certificate(self, name: str) -> tls.Identity:
         """A new key and certificate for `name` from the same CA: servers take it at
         their next handshake, clients when they next connect; nothing restarts."""
-        self.ca.issue(certs.Leaf(name, _role(name)))
+        self.ca.issue(certs.Leaf(name, certs.role_of(name)))
         return self.identity(name)
 
     def _etcd_tls(self) -> EtcdTls:
@@ -275,11 +275,3 @@ class LocalMesh:
         self._metrics_listen = {name: f"127.0.0.1:{port(f'metrics_{name}')}" for name in services}
         ports_file.write_text(json.dumps(kept, indent=2))
         return raw
-
-
-def _role(name: str) -> str:
-    """The role in a certificate's identity, from the name of what holds it."""
-    for role in ("scheduler", "driver-host", "etcd"):
-        if name.startswith(role):
-            return role
-    return name  # api, gateway, operator

@@ -4,10 +4,15 @@ and addresses it listens on as DNS and IP SANs.
 
 Files are PEM: `{name}.crt` and `{name}.key` beside `ca.crt` and `ca.key`, keys 0600.
 An existing certificate is kept while it is signed by the CA, names what it must, and
-has time left; otherwise it is issued again (a rotation is that, on purpose)."""
+has time left; otherwise it is issued again (a rotation is that, on purpose).
+
+    python -m sharemesh.runtime.certs DIR NAME [--role ROLE] [--host H ...]
+
+issues (or rotates) `DIR/NAME.crt` and `.key` from the CA in DIR, creating it if new."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import ipaddress
 import os
@@ -29,6 +34,15 @@ RENEW_BEFORE = datetime.timedelta(days=30)
 
 def spiffe_id(role: str) -> str:
     return f"spiffe://{TRUST_DOMAIN}/service/{role}"
+
+
+def role_of(name: str) -> str:
+    """The role of a certificate named for what holds it: `scheduler-2` is a scheduler,
+    `driver-host-local` a driver-host, `etcd-peer` etcd; api, gateway, operator as is."""
+    for role in ("scheduler", "driver-host", "etcd"):
+        if name.startswith(role):
+            return role
+    return name
 
 
 @dataclass(frozen=True)
@@ -185,3 +199,26 @@ def _sans(leaf: Leaf) -> list[x509.GeneralName]:
 
 def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m sharemesh.runtime.certs",
+        description="Issue, or rotate, a mesh certificate from the CA in DIR.",
+    )
+    parser.add_argument("dir", type=Path, help="the CA's directory (`sharemesh up`: DIR/tls)")
+    parser.add_argument("name", help="file name: scheduler, driver-host-local, etcd-server, …")
+    parser.add_argument("--role", help="the identity's role (default: from the name)")
+    parser.add_argument(
+        "--host", action="append", default=[], help="a DNS name or IP address it is reached at"
+    )
+    args = parser.parse_args(argv)
+    hosts = tuple(args.host) or Leaf("", "").hosts
+    cert_file, key_file = MeshCA(args.dir).issue(
+        Leaf(args.name, args.role or role_of(args.name), hosts)
+    )
+    print(f"{cert_file}\n{key_file}")
+
+
+if __name__ == "__main__":
+    main()
