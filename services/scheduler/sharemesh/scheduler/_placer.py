@@ -113,22 +113,19 @@ class Placer:
             return None
         size = record.share.size_gib
         txn = self._store.txn().fence(self._leadership)
-        # The quota is reserved here, where placements are one at a time, and checked
-        # against the usage this txn compares, so racing creates and resizes cannot
-        # together overshoot it (the api's check is only a first look).
-        try:
-            await quota.reserve_share(self._store, txn, self._quotas, record.project, name, size)
-        except ResourceExhausted as over:
+        # Placements are one at a time: what they read, they read at once.
+        over, (registered, allocations), request = await asyncio.gather(
+            self._reserve(txn, record, size), self._candidates(), self._request(record)
+        )
+        if over is not None:
             await self._fail(found, over)
             return None
-        registered, allocations = await self._candidates()
         candidates = registered
         if record.share.source_snapshot:
             # A share made from a snapshot is a copy the source's backend makes in place:
             # only the source share's pool can hold it.
             source = await self._source_pool(record.share.source_snapshot)
             candidates = [c for c in registered if c.pool == source]
-        request = await self._request(record)
         try:
             chosen = self._placement.choose(candidates, request)
         except NoValidPool as reason:
@@ -157,6 +154,21 @@ class Placer:
         log.info("placed %s on %s", name, chosen.pool)
         return chosen.backend
 
+    async def _reserve(
+        self, txn: Txn, record: records_pb2.ShareRecord, size: int
+    ) -> ResourceExhausted | None:
+        """Adds the share's quota reservation to `txn`; why not, if the quota is full.
+        It is reserved here, where placements are one at a time, and checked against the
+        usage this txn compares, so racing creates and resizes cannot together overshoot
+        it (the api's check is only a first look)."""
+        try:
+            await quota.reserve_share(
+                self._store, txn, self._quotas, record.project, record.share.name, size
+            )
+        except ResourceExhausted as over:
+            return over
+        return None
+
     async def _source_pool(self, snapshot: str) -> str:
         share = snapshot.rsplit("/snapshots/", 1)[0]
         found = await self._store.get(self._store.key_of(share), records_pb2.ShareRecord)
@@ -169,8 +181,9 @@ class Placer:
     async def _candidates(
         self,
     ) -> tuple[list[Candidate], dict[str, Versioned[records_pb2.PoolAllocation]]]:
-        backends = await self._peers.backends()
-        allocations = await capacity.pool_allocations(self._store)
+        backends, allocations = await asyncio.gather(
+            self._peers.backends(), capacity.pool_allocations(self._store)
+        )
         candidates = [
             Candidate(
                 pool.name,
