@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-TRUST_DOMAIN = "sharemesh"
+from .tls import TRUST_DOMAIN
+
 CA_DAYS = 3650
 LEAF_DAYS = 365
 # A certificate with less than this left is issued again on the next start.

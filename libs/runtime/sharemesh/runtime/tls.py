@@ -14,12 +14,14 @@ from pathlib import Path
 
 import grpc
 
-from .certs import TRUST_DOMAIN
 from .config import EtcdConfig, TlsConfig
 from .errors import InvalidArgument, PermissionDenied
 
 log = logging.getLogger(__name__)
 
+# Not imported from `certs`: services never load `cryptography` (~9 MB each), only what
+# issues certificates does.
+TRUST_DOMAIN = "sharemesh"
 _SPIFFE_PREFIX = f"spiffe://{TRUST_DOMAIN}/service/"
 
 # Who may call each internal method, by role (the `{role}` of the caller's SPIFFE ID).
