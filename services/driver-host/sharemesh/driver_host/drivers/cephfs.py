@@ -132,7 +132,14 @@ class CephFsDriver:
     async def start(self) -> None:
         self._stopping.clear()
         group = self.config.subvolume_group
-        await self._mgr("fs subvolumegroup create", group_name=group)  # a repeat is a no-op
+        try:
+            await self._mgr("fs subvolumegroup getpath", group_name=group)
+        except CephError as error:
+            if error.code != errno.ENOENT:
+                raise _internal(error) from None
+            # Only when missing: `create` sets the group's attributes, which waits out the
+            # caps a killed Ganesha still holds there (~90 s), where a lookup does not.
+            await self._mgr("fs subvolumegroup create", group_name=group)
         # The group's directory and nothing else; `fs authorize` returns the same key
         # to a repeat with the same caps.
         (user,) = await self.cluster.mon(
