@@ -214,13 +214,17 @@ class ShareSync:
             share_pb2.ExportLocation(path=e.path, nfs_port=e.nfs_port, mount_port=e.mount_port)
             for e in locations
         ]
+        snapshots_to_sync = not settled(snapshots) or rules_changed  # else nothing to write
         if not _settled(record, rules) or served not in ([], list(record.share.export_locations)):
             txn = self._store.txn().fence(lock)
             lifecycle.share.realized(record, served)
             await self._settle_rules(txn, rules)
             await _records.finish(self._store, txn, found, response=record.share)
-            await txn.commit()
-        if not settled(snapshots) or rules_changed:  # else already true: nothing is written
+            if snapshots_to_sync:
+                await txn.commit()
+            else:  # the last write of this sync: the lock goes with it
+                await lock.commit_releasing(txn)
+        if snapshots_to_sync:
             await self._snapshots.sync(
                 found, spec, snapshots, rules, lock, failure_of, rules_changed=rules_changed
             )

@@ -12,6 +12,7 @@ from . import _client
 from ._client import Fence
 from ._election import _dequeue, _enqueue, _queue_prefix, _wait_predecessors
 from ._session import Session
+from ._store import Txn
 
 
 class _LocalSlots:
@@ -134,6 +135,16 @@ class Mutex:
             self._drop_local()
             raise
         self._rev = rev
+
+    async def commit_releasing(self, txn: Txn) -> int:
+        """Commits `txn`, the last write made under the lock, with the lock's release in
+        it: one etcd write where a commit and a release took two. If the commit fails,
+        the lock is still held. After it, `fence()` refuses: nothing more is written
+        under this hold; `release()` (or the `lock()` block's end) lets go in-process."""
+        txn.fence(self.fence()).delete(self.key)
+        revision = await txn.commit()
+        self._rev = 0  # its key went with the commit
+        return revision
 
     async def release(self) -> None:
         """Release the lock (idempotent; a lost lease already released it)."""

@@ -98,7 +98,8 @@ class Deletion:
             try:
                 async with self._counters:
                     await _records.release(store, txn, record)
-                    await txn.commit()
+                    # The share's last write: the lock goes with it.
+                    await lock.commit_releasing(txn)
                 return
             except FencedOut:
                 raise  # the lock is lost: whoever holds it now finishes
