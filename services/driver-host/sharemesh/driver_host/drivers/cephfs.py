@@ -245,7 +245,9 @@ class CephFsDriver:
         pool = PoolStats(
             name=self.config.pool_name,
             total_gib=total / GIB,
-            free_gib=free / GIB,
+            # In eighths of a GiB: the OSD's own metadata moves the exact figure by
+            # kilobytes every few seconds, which says nothing about room for shares.
+            free_gib=(free * 8 // GIB) / 8,
             provisioned_gib=await self._provisioned_bytes() / GIB,
             offers=self.capabilities(),
         )
