@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ipaddress
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -119,15 +120,48 @@ def client_blocks(rules: Sequence[AccessRuleSpec]) -> tuple[ClientRule, ...]:
 @dataclass(frozen=True)
 class GatewayAccess:
     """How a gateway on the backend's host reaches a share: a native FSAL on a path the
-    host has mounted (`VFS`), or the backend's NFS export (`PROXY_V4`)."""
+    host has mounted (`VFS`) or straight to the backend's cluster (`GLUSTER` through
+    libgfapi, `CEPH` through libcephfs), or the backend's NFS export (`PROXY_V4`)."""
 
-    fsal: Literal["VFS", "PROXY_V4"]
+    fsal: Literal["VFS", "PROXY_V4", "GLUSTER", "CEPH"]
     path: str
-    """VFS: the share's directory on the host; PROXY_V4: its path on the server."""
+    """VFS: the share's directory on the host; PROXY_V4: its path on the server; GLUSTER:
+    the export's name in Ganesha; CEPH: the share's directory in the file system."""
     server: str = ""
+    """GLUSTER: the volfile server's address."""
     nfs_port: int = 0
     server_generation: str = ""
     """PROXY_V4: the serving NFS server's incarnation; it changes when the server restarts."""
+    volume: str = ""
+    volpath: str = ""
+    """GLUSTER: the volume, and the share's directory in it."""
+    filesystem: str = ""
+    user_id: str = ""
+    secret_access_key: str = field(default="", repr=False)
+    """CEPH: the file system, and the cephx user (limited to the backend's subvolume
+    group, never the admin) with its key."""
+    ceph_conf: str = ""
+    """CEPH: the cluster's ceph.conf on the gateway's host."""
+    routes: tuple[str, ...] = ()
+    """GLUSTER, CEPH: the cluster's addresses (or CIDRs) a gateway routes to through its
+    storage leg."""
+
+
+def check_gateway_fsal(option: str) -> None:
+    """A cluster backend's `gateway_fsal` option: `NATIVE` (gateways reach the cluster
+    with the backend's own FSAL) or `PROXY_V4` (they proxy the backend's NFS export)."""
+    if option not in ("NATIVE", "PROXY_V4"):
+        raise InvalidArgument("options.gateway_fsal", 'must be "NATIVE" or "PROXY_V4"')
+
+
+def gateways_reach(routes: Sequence[str]) -> bool:
+    """Whether gateways can reach a cluster at these addresses natively: each runs in a
+    network namespace with a loopback of its own, so never one on the host's loopback."""
+    try:
+        networks = [ipaddress.ip_network(r, strict=False) for r in routes]
+    except ValueError:
+        return False
+    return bool(networks) and not any(n.is_loopback for n in networks)
 
 
 @dataclass(frozen=True)

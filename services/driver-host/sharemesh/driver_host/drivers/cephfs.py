@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sharemesh import network
 from sharemesh.ganesha import (
     CephFsal,
     ClientRule,
@@ -50,8 +51,10 @@ from .base import (
     PoolStats,
     ShareSpec,
     SnapshotSpec,
+    check_gateway_fsal,
     check_share,
     client_blocks,
+    gateways_reach,
     report_progress,
     unsupported,
 )
@@ -93,6 +96,10 @@ class CephFsDriverConfig:
     timeout_seconds: float = 30.0
     """How long one command to the cluster may take."""
     capabilities: Mapping[str, str] = field(default_factory=dict)
+    gateway_fsal: str = "NATIVE"
+    """How gateways reach shares on share networks: `NATIVE` (FSAL_CEPH to the cluster,
+    as Ganesha's restricted user, when the mons are off the loopback, which their
+    namespaces can reach) or `PROXY_V4` (this backend's NFS export)."""
 
 
 class CephFsDriver:
@@ -109,6 +116,7 @@ class CephFsDriver:
             )
         if not 0 <= config.reserved_percentage < 100:
             raise InvalidArgument("options.reserved_percentage", "must be from 0 to under 100")
+        check_gateway_fsal(config.gateway_fsal)
         self.config = config
         self.ganesha_client = config.ganesha_client or f"sharemesh-{config.subvolume_group}"
         self.cluster = CephCluster(
@@ -122,6 +130,10 @@ class CephFsDriver:
             bind_address=config.bind_address,
         )
         self._fsal: CephFsal | None = None
+        self._gateway_routes: tuple[str, ...] = ()
+        """The cluster's addresses for native gateways; none: they proxy."""
+        self._paths: dict[str, str] = {}
+        """Subvolume paths by share id, as Ceph last told them."""
         self._locks: dict[str, asyncio.Lock] = {}
         self._capacity = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -152,6 +164,12 @@ class CephFsDriver:
         # libcephfs in Ganesha finds the cluster through CEPH_CONF (FSAL_CEPH has no
         # per-export config file); Ganesha inherits this process's environment.
         os.environ["CEPH_CONF"] = str(Path(self.config.conf).absolute())
+        if self.config.gateway_fsal == "NATIVE":
+            routes = network.read_ceph_conf(self.config.conf).routes()
+            if gateways_reach(routes):
+                self._gateway_routes = routes
+            else:
+                log.warning("gateways proxy this backend: its mons are on the loopback")
         self._refused_at_start = await self.ganesha.start()  # adopts a running one
 
     async def stop(self, stop_servers: bool) -> None:
@@ -196,6 +214,7 @@ class CephFsDriver:
     async def _path(self, share: ShareSpec) -> str:
         try:
             path: str = await self._subvolume("fs subvolume getpath", share.share_id)
+            self._paths[share.share_id] = path
             return path
         except CephError as error:
             if error.code == errno.ENOENT:
@@ -282,7 +301,19 @@ class CephFsDriver:
         ]
 
     def gateway_access(self, share: ShareSpec) -> GatewayAccess:
-        # FSAL_CEPH for gateways is not built yet: they proxy this backend's export.
+        if self._gateway_routes:
+            if self._fsal is None:
+                raise Unavailable("the CephFS backend is starting")
+            # The subvolume's path is known once the share was created or exported.
+            return GatewayAccess(
+                fsal="CEPH",
+                path=self._paths.get(share.share_id, ""),
+                filesystem=self._fsal.filesystem,
+                user_id=self._fsal.user_id,
+                secret_access_key=self._fsal.secret_access_key,
+                ceph_conf=str(Path(self.config.conf).absolute()),
+                routes=self._gateway_routes,
+            )
         return GatewayAccess(
             fsal="PROXY_V4",
             path=share_pseudo(share.share_id),
@@ -331,6 +362,7 @@ class CephFsDriver:
             await self.ganesha.remove(share.export_id)
             await self._remove_subvolume(share)
         self._locks.pop(share.share_id, None)
+        self._paths.pop(share.share_id, None)
         log.info("deleted share %s", share.name)
 
     async def _remove_subvolume(self, share: ShareSpec) -> None:

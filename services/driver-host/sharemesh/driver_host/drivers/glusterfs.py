@@ -49,8 +49,10 @@ from .base import (
     PoolStats,
     ShareSpec,
     SnapshotSpec,
+    check_gateway_fsal,
     check_share,
     client_blocks,
+    gateways_reach,
     unsupported,
 )
 
@@ -85,6 +87,10 @@ class GlusterDriverConfig:
     availability_zone: str = ""
     capabilities: Mapping[str, str] = field(default_factory=dict)
     """Custom capabilities of the pool (e.g. `tier = "gold"`)."""
+    gateway_fsal: str = "NATIVE"
+    """How gateways reach shares on share networks: `NATIVE` (FSAL_GLUSTER to the volume,
+    when `server` is an address off the loopback, which their namespaces can reach) or
+    `PROXY_V4` (this backend's NFS export)."""
 
 
 # One libgfapi client per volume and process: a restarted driver takes it over, since
@@ -114,6 +120,15 @@ class GlusterDriver:
             raise InvalidArgument("options.reserved_percentage", "must be from 0 to under 100")
         # Checked now, so a bad name fails the config, not the first export.
         self._fsal("/").render()
+        check_gateway_fsal(config.gateway_fsal)
+        self._native_gateways = config.gateway_fsal == "NATIVE" and gateways_reach((config.server,))
+        if config.gateway_fsal == "NATIVE" and not self._native_gateways:
+            log.warning(
+                "gateways proxy volume %s: its server %s is no address off the loopback "
+                "that their namespaces can reach",
+                config.volume,
+                config.server,
+            )
         self.cli = GlusterCli(config.volume)
         self.ganesha = GaneshaInstance(
             Path(config.state_dir) / "ganesha",
@@ -273,7 +288,17 @@ class GlusterDriver:
         ]
 
     def gateway_access(self, share: ShareSpec) -> GatewayAccess:
-        # A gateway proxies this backend's export until gateways speak FSAL_GLUSTER.
+        if self._native_gateways:
+            # The bricks must be at `server` too: clients connect to the hosts that the
+            # volume info names, and a gateway routes only to this one.
+            return GatewayAccess(
+                fsal="GLUSTER",
+                path=f"/{self.config.volume}{self._dir(share)}",
+                server=self.config.server,
+                volume=self.config.volume,
+                volpath=self._dir(share),
+                routes=(self.config.server,),
+            )
         return GatewayAccess(
             fsal="PROXY_V4",
             path=share_pseudo(share.share_id),

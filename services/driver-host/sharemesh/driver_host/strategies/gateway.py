@@ -4,6 +4,7 @@ it into the tenant network with the tenant's rules."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from google.protobuf import empty_pb2
@@ -37,17 +38,17 @@ class BehindGateway:
         store, driver, record = self._backend.store, self._backend.driver, found.value
         created = record.realized_size_gib == 0
         await create_or_resize(driver, record, spec, source)
-        access = driver.gateway_access(spec)
         # A proxying gateway reads the backend's own export: grant the gateways' links.
-        proxies = access.fsal == "PROXY_V4"
+        proxies = driver.gateway_access(spec).fsal == "PROXY_V4"
         storage = [AccessRuleSpec(str(network.STORAGE_RANGE), "READ_WRITE")] if proxies else []
         await export_on_backend(driver, spec, created, storage)
+        # Asked again now that the backend has the share: where a native FSAL finds it
+        # may only be known then (a CephFS subvolume's path).
+        access = driver.gateway_access(spec)
+        if not access.path:
+            raise Unavailable(f"the backend does not know where share {spec.name} is yet")
         wanted = records_pb2.GatewayAccess(
-            fsal=access.fsal,
-            path=access.path,
-            server=access.server,
-            nfs_port=access.nfs_port,
-            server_generation=access.server_generation,
+            **{f.name: getattr(access, f.name) for f in dataclasses.fields(access)}
         )
         host = self._backend.host
         if record.gateway_access != wanted or record.host != host:
