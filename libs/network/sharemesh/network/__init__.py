@@ -9,6 +9,7 @@ from ._netns import (
     ensure_bridge,
     ensure_namespace,
     ensure_storage_leg,
+    ensure_storage_routes,
     exec_in,
     host_ifname,
     join,
@@ -22,11 +23,15 @@ from ._netns import (
     storage_addresses,
 )
 from ._servers import NetworkServers, Served, location, release_servers, tenant_rules
+from ._storage import CephConf, read_ceph_conf
 
 __all__ = [
     "MESH_NETNS_PREFIX",
     "STORAGE_RANGE",
     "ensure_storage_leg",
+    "ensure_storage_routes",
+    "CephConf",
+    "read_ceph_conf",
     "storage_addresses",
     "NetworkServers",
     "Served",

@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -411,3 +411,28 @@ async def ensure_storage_leg(netns: str, index: int, ifname: str = "storage0") -
     await _ip("addr", "replace", ns_address, "dev", ifname, netns=netns)
     await _ip("link", "set", "dev", ifname, "up", netns=netns)
     log.info("storage leg %s <-> %s:%s (%s)", host, netns, ifname, ns_address)
+
+
+async def ensure_storage_routes(
+    netns: str, index: int, destinations: Iterable[str], ifname: str = "storage0"
+) -> None:
+    """Routes exactly `destinations` (addresses or CIDRs of backends' clusters) through
+    storage leg `index` of `netns`, so its native FSALs reach them; others go."""
+    _check_netns(netns)
+    via = storage_addresses(index)[0].split("/")[0]
+    wanted: set[str] = set()
+    for destination in destinations:
+        try:
+            wanted.add(str(ipaddress.ip_network(destination, strict=False)))
+        except ValueError as error:
+            raise InvalidArgument("routes", str(error)) from None
+    present = {
+        str(ipaddress.ip_network(route["dst"]))
+        for route in await _ip_json("route", "show", "dev", ifname, "via", via, netns=netns)
+        if route.get("dst") not in (None, "default")
+    }
+    for destination in sorted(present - wanted):
+        await _ip("route", "del", destination, "via", via, "dev", ifname, netns=netns)
+    for destination in sorted(wanted - present):
+        await _ip("route", "replace", destination, "via", via, "dev", ifname, netns=netns)
+        log.info("%s routes %s through its storage leg", netns, destination)

@@ -20,6 +20,7 @@ from pathlib import Path
 from sharemesh.ganesha import (
     Access,
     Export,
+    Fsal,
     GaneshaInstance,
     ProxyV4Fsal,
     VfsFsal,
@@ -34,6 +35,7 @@ from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import access_rule_pb2
 
 from . import _netns as netns_plugin
+from . import _storage
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +48,20 @@ class Served:
 
     uid: str
     path: str
-    """VFS: the share's directory on this host; proxied: its path on the backend."""
+    """VFS: the share's directory on this host; proxied: its path on the backend; a
+    native FSAL: the export's path as that FSAL means it."""
     rules: tuple[tuple[str, Access], ...]
     proxy_port: int = 0
     """Non-zero: proxy (PROXY_V4) the NFS server on this host's port, through the
     server's storage leg, instead of reading the directory (VFS)."""
     proxy_generation: str = ""
     """The proxied server's incarnation: when it changes, the proxy must be rebuilt."""
+    fsal: Fsal | None = None
+    """A native FSAL straight to the backend's cluster (GLUSTER, CEPH), instead of VFS."""
+    routes: tuple[str, ...] = ()
+    """The cluster's addresses, routed through the server's storage leg."""
+    ceph_conf: str = ""
+    """CEPH: the cluster's ceph.conf on this host."""
 
 
 def tenant_rules(rules: Iterable[records_pb2.AccessRuleRecord]) -> tuple[tuple[str, Access], ...]:
@@ -85,6 +94,7 @@ async def release_servers(kind: str, state_dir: Path) -> None:
         await GaneshaInstance(directory, 0, 0, netns=netns).stop()
         bridges = await netns_plugin.bridges_of(netns)
         await netns_plugin.remove_namespace(netns)
+        await asyncio.to_thread(_storage.remove_etc, netns)
         for bridge in bridges:
             await netns_plugin.remove_bridge(bridge)
         log.info("released the %s server in %s", kind, netns)
@@ -123,6 +133,7 @@ class NetworkServers:
         Shares that are not exported now but may come back (a delete that may yet be
         refused) are `retained` by uid: they keep their export ids, so clients' file
         handles stay good if they return."""
+        shares, retained = _one_ceph_cluster(share_network, shares, retained)
         found = await self._store.get(self.key(share_network), records_pb2.NetworkServerRecord)
         if not shares:
             if found is not None:
@@ -136,7 +147,7 @@ class NetworkServers:
                 found,
                 [s.uid for s in shares],
                 retained,
-                proxies=any(s.proxy_port for s in shares),
+                legged=any(s.proxy_port or s.routes for s in shares),
             )
         server = found.value
         await netns_plugin.ensure_bridge(server.bridge)
@@ -144,8 +155,23 @@ class NetworkServers:
         await netns_plugin.join(server.bridge, server.netns, server.address)
         if server.storage_leg:
             await netns_plugin.ensure_storage_leg(server.netns, server.storage_leg - 1)
+            await netns_plugin.ensure_storage_routes(
+                server.netns, server.storage_leg - 1, {r for s in shares for r in s.routes}
+            )
         backend = netns_plugin.storage_addresses(max(server.storage_leg - 1, 0))[0]
         ganesha = self._instance(share_network, server)
+        ceph_conf = next((s.ceph_conf for s in shares if s.ceph_conf), "")
+        if ceph_conf:
+            text = await asyncio.to_thread(
+                _storage.write_ceph_conf, server.netns, ceph_conf, ganesha.state_dir
+            )
+            if not _storage.sees_ceph_conf(_pid(ganesha), text):
+                # Started before the conf was there (or with another): it reads the
+                # conf only at its start, through the mount namespace it got then.
+                log.info(
+                    "restarting the %s server of %s for its ceph.conf", self.kind, share_network
+                )
+                await ganesha.stop()
         proxied = {s.uid: s.proxy_generation for s in shares if s.proxy_port}
         made = self._proxied.get(share_network)
         stale = (
@@ -169,9 +195,12 @@ class NetworkServers:
                     export_id=server.export_ids[s.uid],
                     path=s.path,
                     pseudo=share_pseudo(s.uid),
-                    fsal=ProxyV4Fsal(backend.split("/")[0], s.proxy_port)
-                    if s.proxy_port
-                    else VfsFsal(),
+                    fsal=s.fsal
+                    or (
+                        ProxyV4Fsal(backend.split("/")[0], s.proxy_port)
+                        if s.proxy_port
+                        else VfsFsal()
+                    ),
                     clients=client_rules(s.rules),
                 )
                 for s in shares
@@ -198,6 +227,7 @@ class NetworkServers:
             self._instance(server.share_network, server)
             await self._stop_instance(server.share_network)
             await netns_plugin.remove_namespace(server.netns)
+            await asyncio.to_thread(_storage.remove_etc, server.netns)
             await netns_plugin.remove_bridge(server.bridge)
 
     async def _record(
@@ -206,11 +236,12 @@ class NetworkServers:
         found: Versioned[records_pb2.NetworkServerRecord] | None,
         uids: list[str],
         retained: Collection[str],
-        proxies: bool,
+        legged: bool,
     ) -> Versioned[records_pb2.NetworkServerRecord]:
         """The server's record, made once: namespace, an address from the network's range,
-        stable ports; and an export id for every share it serves, while the ids of shares
-        that left go into quarantine."""
+        stable ports, a storage leg once a share needs one (proxied, or on a cluster); and
+        an export id for every share it serves, while the ids of shares that left go into
+        quarantine."""
         key = self.key(share_network)
         txn = self._store.txn()
         if found is None:
@@ -233,7 +264,7 @@ class NetworkServers:
             server = found.value
         missing = [uid for uid in uids if uid not in server.export_ids]
         gone = [uid for uid in server.export_ids if uid not in uids and uid not in retained]
-        leg_missing = proxies and not server.storage_leg
+        leg_missing = legged and not server.storage_leg
         if found is not None and not missing and not gone and not leg_missing:
             return found
         if leg_missing:
@@ -326,9 +357,35 @@ class NetworkServers:
         await self._stop_instance(share_network)
         await netns_plugin.leave(server.bridge, server.netns)
         await netns_plugin.remove_namespace(server.netns)
+        await asyncio.to_thread(_storage.remove_etc, server.netns)
         # A later server of this network starts afresh, not from these export files.
         await asyncio.to_thread(shutil.rmtree, self._state_dir / server.netns, True)
         txn = self._store.txn().delete(found.key, found.mod_revision)
         txn.delete(keys.address_key(self._store.root, share_network, server.address))
         await txn.commit()
         log.info("removed the %s server of %s on %s", self.kind, share_network, self.owner)
+
+
+def _pid(ganesha: GaneshaInstance) -> int | None:
+    """The running Ganesha's pid, from its incarnation (`pid:start`)."""
+    pid = ganesha.generation().partition(":")[0]
+    return int(pid) if pid else None
+
+
+def _one_ceph_cluster(
+    share_network: str, shares: Sequence[Served], retained: Collection[str]
+) -> tuple[list[Served], list[str]]:
+    """Shares of a Ceph cluster other than the first one's wait (retained, keeping their
+    export ids): a Ganesha's libcephfs reads one ceph.conf."""
+    confs = sorted({s.ceph_conf for s in shares if s.ceph_conf})
+    kept = [s for s in shares if s.ceph_conf in ("", *confs[:1])]
+    waiting = [s.uid for s in shares if s not in kept]
+    if waiting:
+        log.error(
+            "%s: shares %s are on another Ceph cluster than %s; one server serves one "
+            "cluster, so they are not served here",
+            share_network,
+            ", ".join(waiting),
+            confs[0],
+        )
+    return kept, [*retained, *waiting]

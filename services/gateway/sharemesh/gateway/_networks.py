@@ -15,6 +15,7 @@ from pathlib import Path
 from google.protobuf import empty_pb2
 
 from sharemesh import network
+from sharemesh.ganesha import CephFsal, Fsal, GlusterFsal
 from sharemesh.runtime import controllers, operations
 from sharemesh.runtime.coordination import Store, Versioned, keys
 from sharemesh.runtime.errors import Aborted, ShareMeshError
@@ -26,6 +27,16 @@ log = logging.getLogger(__name__)
 Attachment = share_network_pb2.Attachment
 Share = share_pb2.Share
 _ATTEMPTS = 8
+
+
+def _native_fsal(access: records_pb2.GatewayAccess) -> Fsal | None:
+    """FSAL_GLUSTER or FSAL_CEPH straight to the backend's cluster; None for VFS and
+    PROXY_V4, which the server makes itself."""
+    if access.fsal == "GLUSTER":
+        return GlusterFsal(access.server, access.volume, access.volpath)
+    if access.fsal == "CEPH":
+        return CephFsal(access.filesystem, access.user_id, access.secret_access_key)
+    return None
 
 
 class Networks:
@@ -150,6 +161,9 @@ class Networks:
                     network.tenant_rules(r.value for r in rules),
                     proxy_port=access.nfs_port if access.fsal == "PROXY_V4" else 0,
                     proxy_generation=access.server_generation,
+                    fsal=_native_fsal(access),
+                    routes=tuple(access.routes),
+                    ceph_conf=access.ceph_conf if access.fsal == "CEPH" else "",
                 )
             )
         return served, retained
