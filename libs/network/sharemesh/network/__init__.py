@@ -20,6 +20,7 @@ from ._netns import (
     netns_name,
     remove_bridge,
     remove_namespace,
+    share_host_mounts,
     storage_addresses,
 )
 from ._servers import NetworkServers, Served, location, release_servers, tenant_rules
@@ -52,4 +53,5 @@ __all__ = [
     "netns_name",
     "remove_bridge",
     "remove_namespace",
+    "share_host_mounts",
 ]

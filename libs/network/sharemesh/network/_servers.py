@@ -187,6 +187,7 @@ class NetworkServers:
                 "restarting the %s server of %s: its backends restarted", self.kind, share_network
             )
             await ganesha.stop()
+        await netns_plugin.share_host_mounts()
         await ganesha.start()
         self._proxied[share_network] = proxied
         await ganesha.sync(
