@@ -21,7 +21,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,8 +109,10 @@ def _read_pid(path: Path) -> int | None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Written whole or not at all, readable by root alone (an export may hold a
+    backend's key, e.g. FSAL_CEPH's cephx secret)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
@@ -146,8 +148,11 @@ class GaneshaInstance:
         bind_address: str | None = None,
         stop_timeout: float = 10.0,
         start_timeout: float = 30.0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """`env`: more of Ganesha's environment (e.g. `CEPH_CONF` for FSAL_CEPH)."""
         self.state_dir = Path(state_dir).absolute()
+        self._env = dict(env or {})
         _check_text("state_dir", str(self.state_dir))
         if grace_seconds < 0:
             raise InvalidArgument("grace_seconds", "must be >= 0")
@@ -261,7 +266,12 @@ class GaneshaInstance:
         # BLKID_FILE: no libblkid cache. Ganesha tells filesystems apart by the UUID it
         # reads; a cached entry (trusted for ~2 s) could name a reused loop device's
         # previous filesystem.
-        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus_address, BLKID_FILE="/dev/null")
+        env = dict(
+            os.environ,
+            **self._env,
+            DBUS_SYSTEM_BUS_ADDRESS=self.bus_address,
+            BLKID_FILE="/dev/null",
+        )
         argv = [
             _GANESHA,
             "-F",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -128,6 +127,9 @@ class CephFsDriver:
             config.mount_port,
             grace_seconds=config.grace_seconds,
             bind_address=config.bind_address,
+            # libcephfs in Ganesha finds the cluster through CEPH_CONF (FSAL_CEPH has no
+            # per-export config file).
+            env={"CEPH_CONF": str(Path(config.conf).absolute())},
         )
         self._fsal: CephFsal | None = None
         self._gateway_routes: tuple[str, ...] = ()
@@ -161,9 +163,6 @@ class CephFsDriver:
             caps=[f"/volumes/{group}", "rw"],
         )
         self._fsal = CephFsal(self.config.fs_name, self.ganesha_client, user["key"])
-        # libcephfs in Ganesha finds the cluster through CEPH_CONF (FSAL_CEPH has no
-        # per-export config file); Ganesha inherits this process's environment.
-        os.environ["CEPH_CONF"] = str(Path(self.config.conf).absolute())
         if self.config.gateway_fsal == "NATIVE":
             routes = network.read_ceph_conf(self.config.conf).routes()
             if gateways_reach(routes):
