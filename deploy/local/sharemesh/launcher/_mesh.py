@@ -20,6 +20,7 @@ import os
 import secrets
 import sys
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,9 +158,11 @@ class LocalMesh:
         """The mesh CA in `DIR/tls/`, created on first use."""
         return certs.MeshCA(self.state_dir / "tls")
 
-    def identity(self, name: str) -> tls.Identity:
-        """The TLS files of a child (or `operator`, the launcher's own), issued if new."""
-        cert_file, key_file = self.ca.ensure(certs.Leaf(name, certs.role_of(name)))
+    def identity(self, name: str, hosts: Sequence[str] = ()) -> tls.Identity:
+        """The TLS files of a child (or `operator`, the launcher's own), issued if new or
+        if they do not name `hosts` (addresses beyond loopback it listens on)."""
+        leaf = certs.Leaf(name, certs.role_of(name), (*certs.LOOPBACK, *hosts))
+        cert_file, key_file = self.ca.ensure(leaf)
         return tls.Identity(str(self.ca.cert_file), str(cert_file), str(key_file))
 
     def rotate_certificate(self, name: str) -> tls.Identity:

@@ -29,6 +29,7 @@ from .tls import TRUST_DOMAIN
 
 CA_DAYS = 3650
 LEAF_DAYS = 365
+LOOPBACK = ("localhost", "127.0.0.1")
 # A certificate with less than this left is issued again on the next start.
 RENEW_BEFORE = datetime.timedelta(days=30)
 
@@ -52,7 +53,7 @@ class Leaf:
 
     name: str
     role: str
-    hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
+    hosts: tuple[str, ...] = LOOPBACK
 
 
 def _now() -> datetime.datetime:
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         "--host", action="append", default=[], help="a DNS name or IP address it is reached at"
     )
     args = parser.parse_args(argv)
-    hosts = tuple(args.host) or Leaf("", "").hosts
+    hosts = tuple(args.host) or LOOPBACK
     cert_file, key_file = MeshCA(args.dir).issue(
         Leaf(args.name, args.role or role_of(args.name), hosts)
     )
