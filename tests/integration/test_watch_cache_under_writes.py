@@ -6,12 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import urllib.request
 
 from sharemesh.api._cache import WatchCache
 from sharemesh.runtime.coordination import Store
 from sharemesh.state.v1 import records_pb2
 
 R = records_pb2.ShareRecord
+_RANGES = re.compile(r'^grpc_server_handled_total\{[^}]*grpc_method="Range"[^}]*\} (\d+)', re.M)
+
+
+def ranges_answered(etcd_server) -> int:  # type: ignore[no-untyped-def]
+    """etcd's own count of the ranges it has answered."""
+    # Served in plaintext beside a TLS client port, where the launcher has `metrics_url`.
+    base = getattr(etcd_server, "metrics_url", etcd_server.endpoint)
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        return sum(int(n) for n in _RANGES.findall(response.read().decode()))
 
 
 async def test_writes_applied_while_its_revision_is_read_do_not_make_it_list_again(  # type: ignore[no-untyped-def]
@@ -81,6 +92,34 @@ async def test_a_reader_waiting_for_one_key_wakes_for_that_key_alone(  # type: i
         await asyncio.wait_for(waiting, 5)
         entry = cache.snapshot.get(watched)
         assert entry is not None and entry.mod_revision == written
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+
+async def test_readers_at_once_share_their_reads_of_etcds_revision(  # type: ignore[no-untyped-def]
+    etcd_server, etcd_client, etcd_root
+):
+    store = Store(etcd_client, etcd_root)
+    cache = WatchCache(store)
+    runner = asyncio.create_task(cache.run())
+    try:
+        for _ in range(500):
+            if cache.ready:
+                break
+            await asyncio.sleep(0.01)
+        spent = 0
+        for burst in range(5):
+            key = store.key_of(f"projects/p/shares/b{burst}")
+            revision = await store.create(key, R(project="p"))
+            before = ranges_answered(etcd_server)
+            # 32 requests at once, each after the write: each sees it.
+            assert all(await asyncio.gather(*(cache.consistent() for _ in range(32))))
+            spent += ranges_answered(etcd_server) - before
+            entry = cache.snapshot.get(key)
+            assert entry is not None and entry.mod_revision == revision
+        assert spent <= 2 * 5, f"{spent} reads of etcd's revision for 5 bursts of 32"
     finally:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -275,6 +275,10 @@ class WatchCache:
         # Readers waiting for a change of one key (WaitOperation), woken by that key
         # alone rather than by every revision.
         self._key_waiters: dict[str, set[asyncio.Future[None]]] = {}
+        # The read of etcd's revision that callers arriving now will share, and the
+        # task that sends such reads one after another.
+        self._next_read: asyncio.Future[int] | None = None
+        self._reader: asyncio.Task[None] | None = None
         metrics.observe_records(self)
 
     def record_states(self) -> Mapping[str, Mapping[str, int]]:
@@ -308,9 +312,30 @@ class WatchCache:
         return self.snapshot.revision
 
     async def current_revision(self) -> int:
-        """etcd's revision now: the header of a range of one key (O(1) in etcd)."""
-        response = await range_(self.store.client, range_request(self.store.root))
-        return int(response.header.revision)
+        """etcd's revision now, at least that of every write acknowledged before this
+        call: the header of a range of one key (O(1) in etcd). Callers at once share
+        one read: one arriving while a read is in flight (it may have been served
+        before their writes) waits for the next, sent after it arrived."""
+        if self._next_read is None:
+            self._next_read = asyncio.get_running_loop().create_future()
+            # Never retrieved when every caller was cancelled: no warning for that.
+            self._next_read.add_done_callback(lambda read: read.cancelled() or read.exception())
+            if self._reader is None or self._reader.done():
+                self._reader = asyncio.create_task(self._read_revisions())
+        return await asyncio.shield(self._next_read)
+
+    async def _read_revisions(self) -> None:
+        while (read := self._next_read) is not None:
+            self._next_read = None  # later callers wait for the next read
+            try:
+                response = await range_(self.store.client, range_request(self.store.root))
+            except asyncio.CancelledError:
+                read.cancel()
+                raise
+            except Exception as error:  # noqa: BLE001 - each caller gets it
+                read.set_exception(error)
+            else:
+                read.set_result(int(response.header.revision))
 
     async def consistent(self) -> bool:
         """Whether the cache has applied every write etcd acknowledged before this call;
