@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
@@ -170,8 +171,17 @@ async def test_up_serves_health_reflection_and_stops_clean(tmp_path: Path) -> No
             **{b["name"]: b["listen"] for b in mesh["backends"]},
         }
         assert services["api"] == api
-        for name, address in services.items():
+        assert await check(api) == health_pb2.HealthCheckResponse.SERVING
+        # Inside, mutual TLS: a plaintext health check is refused, and each service
+        # answers it on its probe port instead.
+        probes = json.loads((state / "probes.json").read_text())
+        assert set(probes) == {"api", "scheduler", "gateway", "driver-host-local"}
+        for name, address in probes.items():
             assert await check(address) == health_pb2.HealthCheckResponse.SERVING, name
+        for name in ("scheduler", "gateway", "local"):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await check(services[name])
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, name
 
         code, listing = await run(str(VENV_BIN / "grpcurl"), "-plaintext", api, "list")
         assert code == 0, listing
