@@ -1,6 +1,7 @@
 """A tenant's journey on a GlusterFS backend through a whole mesh, over real NFS (Ganesha
 with FSAL_GLUSTER on a real volume): create, grant, write, read, read-only, the size
-limit to the MiB, grow, delete leaving no directory, quota or export;
+limit to the MiB, grow, a shrink that fits done and one below the data refused, delete
+leaving no directory, quota or export;
 a kill -9 of the driver-host and of its Ganesha; the time of a delete and of a stop."""
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
-from sharemesh.client import Client
+from sharemesh.client import Client, OperationFailed
 from sharemesh.driver_host.drivers._gluster_cli import GlusterCli
 from sharemesh.driver_host.drivers.glusterfs import ANCHOR_EXPORT_ID, _client
 from sharemesh.launcher import LocalMesh
@@ -126,6 +128,14 @@ async def test_the_journey_on_gluster(
     assert (await read(share, back, "one.bin"))[0] == 0
     await set_level(alpha, rule.name, RW)
 
+    # A grow, then a shrink that fits what is stored (1 MiB), are done.
+    assert (await resize(alpha, share, 2)).size_gib == 2
+    assert (await cli.limit(quota)).hard_bytes == 2 << 30  # type: ignore[union-attr]
+    shrunk = await resize(alpha, share, 1)
+    assert shrunk.size_gib == 1 and shrunk.state == Share.ACTIVE
+    assert (await cli.limit(quota)).hard_bytes == 1 << 30  # type: ignore[union-attr]
+    assert await allocated_gib(mesh, "gluster") == 1
+
     # The limit, to the MiB: 1023 MiB stored, then 2 MiB more do not fit.
     code, out = await write(share, zeros(tmp_path / "most.bin", 1022 * MIB), "most.bin")
     assert code == 0, out
@@ -141,6 +151,18 @@ async def test_the_journey_on_gluster(
     code, out = await write(share, zeros(tmp_path / "more.bin", 64 * MIB), "more.bin")
     assert code == 0, out
     assert (await read(share, back, "one.bin"))[0] == 0
+
+    # ~1.06 GiB stored: a shrink to 1 GiB is refused and changes nothing.
+    with pytest.raises(OperationFailed) as refused:
+        await resize(alpha, share, 1)
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.error.reason == "SHRINK_WOULD_LOSE_DATA"
+    kept = await alpha.call(alpha.shares.GetShare, ss.GetShareRequest(name=share.name))
+    assert kept.size_gib == 2 and kept.state == Share.ACTIVE
+    assert (await cli.limit(quota)).hard_bytes == 2 << 30  # type: ignore[union-attr]
+    assert await allocated_gib(mesh, "gluster") == 2
+    code, out = await write(share, mib, "after-refusal.bin")
+    assert code == 0, out
 
     started = time.monotonic()
     await delete_share(alpha, share.name)
