@@ -89,7 +89,7 @@ async def _kill_leader_mid_migration(mesh: LocalMesh, state: Path) -> dict[str, 
     """Waits for the migration to have committed a page, freezes both schedulers, and
     kills -9 the one leading while the migration is still half-way."""
     endpoint = _etcd_endpoint(state)
-    async with connect(endpoint) as client:
+    async with connect(endpoint, identity=mesh.identity("operator")) as client:
         while True:
             try:
                 schema = await _schema(client)
@@ -118,7 +118,7 @@ async def _kill_leader_mid_migration(mesh: LocalMesh, state: Path) -> dict[str, 
 
 def _etcd_endpoint(state: Path) -> str:
     ports = json.loads((state / "ports.json").read_text())
-    return f"http://127.0.0.1:{ports['etcd_client']}"
+    return f"https://127.0.0.1:{ports['etcd_client']}"  # mutual TLS, as the launcher runs it
 
 
 @pytest.fixture(scope="module")
