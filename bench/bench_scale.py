@@ -188,12 +188,12 @@ async def measure(n: int, args: argparse.Namespace, tmp: Path) -> Result:
         await asyncio.sleep(args.settle)
         running = pids(mesh)
         before = {name: cpu_seconds(pid) for name, pid in running.items()}
-        requests = etcd_requests(mesh.etcd.endpoint)
+        requests = etcd_requests(mesh.etcd.metrics_url)
         started = time.perf_counter()
         await asyncio.sleep(args.idle)
         result.idle = time.perf_counter() - started
         result.cpu = {name: cpu_seconds(pid) - before[name] for name, pid in running.items()}
-        requests = etcd_requests(mesh.etcd.endpoint) - requests
+        requests = etcd_requests(mesh.etcd.metrics_url) - requests
         result.idle_requests = {m: n * 60 / result.idle for m, n in sorted(requests.items())}
         result.rss = {name: rss_mb(pid) for name, pid in running.items()}
     return result

@@ -205,12 +205,12 @@ async def main(args: argparse.Namespace) -> None:
                 for concurrency in args.concurrency:
                     count = max(args.per_level, concurrency * 4)
                     before = cpu_by_service(mesh)
-                    requests = etcd_requests(mesh.etcd.endpoint)
+                    requests = etcd_requests(mesh.etcd.metrics_url)
                     creates, deletes, create_rate, delete_rate = await create_and_delete(
                         client, f"c{concurrency}", count, concurrency
                     )
                     after = cpu_by_service(mesh)
-                    requests = etcd_requests(mesh.etcd.endpoint) - requests
+                    requests = etcd_requests(mesh.etcd.metrics_url) - requests
                     per_share = "  ".join(
                         f"{name} {(after[name] - before[name]) / count * 1000:.0f}"
                         for name in after
