@@ -10,6 +10,7 @@ from . import (
     _admin,
     _base,
     _catalog,
+    _certs,
     _completion,
     _errors,
     _networks,
@@ -47,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
     _catalog.add_parsers(commands, common)
     _operations.add_parsers(commands, common)
     _admin.add_parsers(commands, common)
+    _certs.add_parsers(commands)
     _completion.add_parser(commands, top)
     return top
 
