@@ -20,7 +20,6 @@ from ._netns import (
     netns_name,
     remove_bridge,
     remove_namespace,
-    share_host_mounts,
     storage_addresses,
 )
 from ._servers import NetworkServers, Served, location, release_servers, tenant_rules
@@ -53,5 +52,4 @@ __all__ = [
     "netns_name",
     "remove_bridge",
     "remove_namespace",
-    "share_host_mounts",
 ]

@@ -294,21 +294,6 @@ async def _ip_netns_del(netns: str) -> None:
             raise
 
 
-async def share_host_mounts() -> None:
-    """Makes the host's mounts reach the processes the mesh starts in namespaces.
-
-    `ip netns exec` gives each such process (a gateway's or share server's Ganesha) a
-    mount namespace that is a slave of the host's `/`. A slave of a private `/` (as in a
-    container) receives nothing: the process keeps a copy of every mount the host had
-    when it started, and a share unmounted on the host (a revert, a delete) lives on
-    there. With `/` shared, as systemd makes it at boot, the host's unmounts reach it
-    too (and fail as busy while it still holds files open, as in the host). Idempotent."""
-    propagation = (await run("findmnt", "-no", "PROPAGATION", "/", timeout=_IP_TIMEOUT)).stdout
-    if propagation.strip() != "shared":
-        await run("mount", "--make-rshared", "/", timeout=_IP_TIMEOUT)
-        log.info("made the host's mounts shared, so namespaces' processes see unmounts")
-
-
 async def exec_in(
     netns: str,
     *argv: str,

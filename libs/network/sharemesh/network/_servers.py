@@ -94,7 +94,6 @@ async def release_servers(kind: str, state_dir: Path) -> None:
         await GaneshaInstance(directory, 0, 0, netns=netns).stop()
         bridges = await netns_plugin.bridges_of(netns)
         await netns_plugin.remove_namespace(netns)
-        await asyncio.to_thread(_storage.remove_etc, netns)
         for bridge in bridges:
             await netns_plugin.remove_bridge(bridge)
         log.info("released the %s server in %s", kind, netns)
@@ -161,17 +160,10 @@ class NetworkServers:
         backend = netns_plugin.storage_addresses(max(server.storage_leg - 1, 0))[0]
         ganesha = self._instance(share_network, server)
         ceph_conf = next((s.ceph_conf for s in shares if s.ceph_conf), "")
-        if ceph_conf:
-            text = await asyncio.to_thread(
-                _storage.write_ceph_conf, server.netns, ceph_conf, ganesha.state_dir
+        if ceph_conf:  # read by libcephfs as each CEPH export is made
+            await asyncio.to_thread(
+                _storage.write_ceph_conf, ceph_conf, _ceph_conf(ganesha.state_dir)
             )
-            if not _storage.sees_ceph_conf(_pid(ganesha), text):
-                # Started before the conf was there (or with another): it reads the
-                # conf only at its start, through the mount namespace it got then.
-                log.info(
-                    "restarting the %s server of %s for its ceph.conf", self.kind, share_network
-                )
-                await ganesha.stop()
         proxied = {s.uid: s.proxy_generation for s in shares if s.proxy_port}
         made = self._proxied.get(share_network)
         stale = (
@@ -187,7 +179,6 @@ class NetworkServers:
                 "restarting the %s server of %s: its backends restarted", self.kind, share_network
             )
             await ganesha.stop()
-        await netns_plugin.share_host_mounts()
         await ganesha.start()
         self._proxied[share_network] = proxied
         await ganesha.sync(
@@ -228,7 +219,6 @@ class NetworkServers:
             self._instance(server.share_network, server)
             await self._stop_instance(server.share_network)
             await netns_plugin.remove_namespace(server.netns)
-            await asyncio.to_thread(_storage.remove_etc, server.netns)
             await netns_plugin.remove_bridge(server.bridge)
 
     async def _record(
@@ -333,6 +323,7 @@ class NetworkServers:
                 # An orderly exit ends each Gluster volume's client first (~10 s); nothing
                 # is lost by a kill: the exports come back from etcd, and it is graceless.
                 stop_timeout=1.0,
+                env={"CEPH_CONF": str(_ceph_conf(self._state_dir / server.netns))},
             )
         return self._ganeshas[share_network]
 
@@ -361,7 +352,6 @@ class NetworkServers:
         await self._stop_instance(share_network)
         await netns_plugin.leave(server.bridge, server.netns)
         await netns_plugin.remove_namespace(server.netns)
-        await asyncio.to_thread(_storage.remove_etc, server.netns)
         # A later server of this network starts afresh, not from these export files.
         await asyncio.to_thread(shutil.rmtree, self._state_dir / server.netns, True)
         txn = self._store.txn().delete(found.key, found.mod_revision)
@@ -370,10 +360,9 @@ class NetworkServers:
         log.info("removed the %s server of %s on %s", self.kind, share_network, self.owner)
 
 
-def _pid(ganesha: GaneshaInstance) -> int | None:
-    """The running Ganesha's pid, from its incarnation (`pid:start`)."""
-    pid = ganesha.generation().partition(":")[0]
-    return int(pid) if pid else None
+def _ceph_conf(state_dir: Path) -> Path:
+    """The ceph.conf a server's Ganesha reads (`CEPH_CONF`), in its state directory."""
+    return state_dir.absolute() / "ceph.conf"
 
 
 def _one_ceph_cluster(

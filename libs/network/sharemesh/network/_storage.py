@@ -8,27 +8,20 @@ routes to (the development clusters bind a link-local address of their own,
 a leg; reaching another host would need forwarding there, which the mesh never enables.
 
 FSAL_CEPH reads no per-export config file: libcephfs in Ganesha finds the cluster
-through `/etc/ceph/ceph.conf`. `ip netns exec`, which starts Ganesha in its namespace,
-bind-mounts `/etc/netns/NETNS/*` over `/etc/*` in the process's mount namespace, so each
-server gets its own `/etc/ceph` with a conf rendered for it. One cluster per server:
-Ganesha has one conf per process."""
+through `CEPH_CONF`, set per server to a conf rendered for it in its state directory.
+One cluster per server: Ganesha has one conf per process."""
 
 from __future__ import annotations
 
 import configparser
 import ipaddress
-import logging
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from sharemesh.runtime.errors import FailedPrecondition
 
-log = logging.getLogger("sharemesh.network")
-
-ETC_NETNS = Path("/etc/netns")
 _IPV4 = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3})(?![\d.])")
 
 
@@ -90,37 +83,12 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def ceph_conf_dir(netns: str) -> Path:
-    return ETC_NETNS / netns / "ceph"
-
-
-def write_ceph_conf(netns: str, cluster_conf: str, state_dir: Path) -> str:
-    """Renders the server's /etc/ceph/ceph.conf from the cluster's; returns its text."""
-    text = read_ceph_conf(cluster_conf).render(state_dir)
-    # `ip netns exec` binds over /etc/ceph only where the host has it.
-    Path("/etc/ceph").mkdir(exist_ok=True)
-    directory = ceph_conf_dir(netns)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / "ceph.conf"
-    if not target.exists() or target.read_text() != text:
-        staged = directory / "ceph.conf.tmp"
-        staged.write_text(text)
-        os.replace(staged, target)  # the directory is bound, so a rename shows through
-    return text
-
-
-def sees_ceph_conf(pid: int | None, text: str) -> bool:
-    """Whether the running Ganesha `pid` reads `text` as its /etc/ceph/ceph.conf (one
-    started before the conf was written sees the host's /etc/ceph). No Ganesha: yes."""
-    if pid is None:
-        return True
-    try:
-        return Path(f"/proc/{pid}/root/etc/ceph/ceph.conf").read_text() == text
-    except OSError:
-        return False
-
-
-def remove_etc(netns: str) -> None:
-    """The namespace's /etc files (absent: success)."""
-    shutil.rmtree(ETC_NETNS / netns, ignore_errors=True)
-    log.debug("removed %s", ETC_NETNS / netns)
+def write_ceph_conf(cluster_conf: str, path: Path) -> None:
+    """Renders a server's ceph.conf at `path` from the cluster's (its client log beside)."""
+    text = read_ceph_conf(cluster_conf).render(path.parent)
+    if path.exists() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.tmp")
+    staged.write_text(text)
+    os.replace(staged, path)
