@@ -23,6 +23,7 @@ import yaml
 
 from sharemesh.driver_host.drivers.local import LocalDriverConfig
 from sharemesh.runtime import config as mesh_config
+from sharemesh.runtime import tls
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "deploy" / "systemd"
@@ -196,6 +197,47 @@ def test_a_restart_keeps_ganesha_and_a_mesh_stop_releases_it(
     assert held["PartOf"] == ["sharemesh.target"] and held["RemainAfterExit"] == ["yes"]
 
 
+SERVICES = {
+    "sharemesh-api.service": "api",
+    "sharemesh-scheduler.service": "scheduler",
+    "sharemesh-driver-host@.service": "driver-host-%i",
+    "sharemesh-gateway.service": "gateway",
+}
+CREDENTIALS_DIR = "/run/credentials/x"
+
+
+@pytest.mark.parametrize(("name", "certificate"), SERVICES.items())
+def test_every_service_unit_presents_its_own_mesh_certificate(name: str, certificate: str) -> None:
+    unit = _unit(name)
+    # systemd copies the files in: the unit's user needs no access to /etc/sharemesh/tls.
+    loaded = dict(line.split(":", 1) for line in unit["LoadCredential"])
+    assert loaded["ca.crt"] == "/etc/sharemesh/tls/ca.crt", name
+    assert loaded["tls.crt"] == f"/etc/sharemesh/tls/{certificate}.crt", name
+    assert loaded["tls.key"] == f"/etc/sharemesh/tls/{certificate}.key", name
+    env = dict(line.split("=", 1) for line in unit.get("Environment", []))
+    given = {k: v.replace("%d", CREDENTIALS_DIR) for k, v in env.items()}
+    config = mesh_config.load(None, env=given)
+    files = {f"{CREDENTIALS_DIR}/{f}" for f in ("ca.crt", "tls.crt", "tls.key")}
+    mesh = tls.identity(config.tls)
+    assert mesh is not None and {mesh.ca_file, mesh.cert_file, mesh.key_file} == files, name
+    # etcd wants a client certificate too: the same one, unless [etcd] names others.
+    etcd = tls.etcd_identity(config.etcd, config.tls)
+    assert etcd is not None and {etcd.ca_file, etcd.cert_file, etcd.key_file} == files, name
+
+
+def test_every_unit_running_a_service_is_checked_for_its_certificate() -> None:
+    for unit in UNITS:
+        runs = " ".join(_unit(unit.name).get("ExecStart", []))
+        if "/opt/sharemesh/bin/sharemesh-" in runs:
+            assert unit.name in SERVICES, f"{unit.name}: add it to SERVICES"
+
+
+def test_etcd_unit_serves_health_and_metrics_in_plaintext_on_loopback_only() -> None:
+    env = dict(line.split("=", 1) for line in _unit("sharemesh-etcd.service")["Environment"])
+    assert env["ETCD_CLIENT_CERT_AUTH"] == "true"
+    assert env["ETCD_LISTEN_METRICS_URLS"].startswith("http://127.0.0.1:")
+
+
 # ---- Kubernetes -------------------------------------------------------------------------
 
 
@@ -253,6 +295,65 @@ def test_every_kubernetes_container_has_probes_and_resources() -> None:
             assert resources.get("requests") and resources.get("limits", {}).get("memory"), where
 
 
+def _port(container: dict[str, Any], port: int | str) -> int:
+    """A probe's port as a number (it may name one of the container's ports)."""
+    if isinstance(port, int):
+        return port
+    (number,) = [p["containerPort"] for p in container["ports"] if p.get("name") == port]
+    return int(number)
+
+
+def _plaintext_ports(container: dict[str, Any]) -> set[int]:
+    """Ports the container serves without TLS: its sharemesh service's probe port, and
+    etcd's metrics URLs (/health, /metrics)."""
+    env = {var["name"]: var.get("value", "") for var in container.get("env", [])}
+    ports = set()
+    probe = env.get(f"{mesh_config.ENV_PREFIX}TLS__PROBE_LISTEN")
+    if probe:
+        ports.add(mesh_config.split_host_port(probe)[1])
+    for url in env.get("ETCD_LISTEN_METRICS_URLS", "").split(","):
+        if url.startswith("http://"):
+            ports.add(int(url.rsplit(":", 1)[1]))
+    return ports
+
+
+def test_kubelet_probes_target_only_plaintext_ports() -> None:
+    # The kubelet presents no client certificate: a grpc or httpGet probe of a mutual
+    # TLS port fails its handshake and the pod never becomes ready.
+    probed = 0
+    for where, pod in _pod_specs():
+        for container in pod["containers"]:
+            plaintext = _plaintext_ports(container)
+            for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+                probe = container.get(kind, {})
+                for handler in ("grpc", "httpGet"):
+                    if handler in probe:
+                        port = _port(container, probe[handler]["port"])
+                        assert port in plaintext, f"{where}: {kind} probes TLS port {port}"
+                        probed += 1
+    assert probed >= 12
+
+
+def test_every_sharemesh_container_mounts_the_tls_files_of_the_config(tmp_path: Path) -> None:
+    config = tmp_path / "sharemesh.toml"
+    config.write_text(_config_map_toml())
+    mesh = tls.identity(mesh_config.load(config).tls)
+    assert mesh is not None
+    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+    secrets = {s["name"]: s["files"] for s in kustomization["secretGenerator"]}
+    for where, pod in _pod_specs():
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for container in pod["containers"] + pod.get("initContainers", []):
+            if not container["image"].startswith("sharemesh"):
+                continue
+            for path in (mesh.ca_file, mesh.cert_file, mesh.key_file):
+                directory, _, file = path.rpartition("/")
+                (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == directory]
+                secret = volumes[mount["name"]]["secret"]["secretName"]
+                keys = {entry.split("=", 1)[0] for entry in secrets[secret]}
+                assert file in keys, f"{where}: {secret} has no {file}"
+
+
 # ---- the settings they give -------------------------------------------------------------
 
 
@@ -294,7 +395,7 @@ def test_deploy_files_give_only_settings_that_exist(tmp_path: Path) -> None:
         assert backend.driver == "local"
         mesh_config.from_mapping(LocalDriverConfig, backend.options, "options.")
     example = ROOT / "deploy" / "sharemesh.example.toml"
-    assert mesh_config.load(example, env=_unit_overrides()).api.tls_key_file.endswith("api.key")
+    assert mesh_config.load(example, env=_unit_overrides()).api.tls_key_file.endswith("tls.key")
     # Every backend's driver-host in Kubernetes names a backend of the config.
     backends = {b["name"] for b in tomllib.loads(_config_map_toml())["backends"]}
     for where, pod in _pod_specs():
