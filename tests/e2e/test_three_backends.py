@@ -6,7 +6,9 @@ NFS, and a clone of a CephFS snapshot lands on the CephFS pool."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,8 +17,14 @@ import pytest
 
 from sharemesh.client import Client, OperationFailed
 from sharemesh.launcher import LocalMesh
+from sharemesh.v1 import (
+    pool_service_pb2,
+    pool_service_pb2_grpc,
+    share_type_pb2,
+    share_type_service_pb2_grpc,
+    snapshot_pb2,
+)
 from sharemesh.v1 import share_service_pb2 as ss
-from sharemesh.v1 import share_type_pb2, share_type_service_pb2_grpc, snapshot_pb2
 from sharemesh.v1 import share_type_service_pb2 as sts
 
 from mesh_ops import (
@@ -116,7 +124,24 @@ async def mesh(
                     ),
                     metadata=admin.metadata,
                 )
+            await all_pools_registered(admin)
         yield running
+
+
+async def all_pools_registered(admin: Client, timeout: float = 60) -> None:
+    """The mesh answers once each driver-host serves, but a driver-host registers its pool
+    only after its first report of the backend (a Ceph cluster's can take seconds); until
+    then the scheduler refuses a share only that backend could hold."""
+    pools = pool_service_pb2_grpc.PoolServiceStub(admin._channel)
+    deadline = time.monotonic() + timeout
+    while True:
+        view = await pools.ListPools(
+            pool_service_pb2.ListPoolsRequest(parent="backends/-"), metadata=admin.metadata
+        )
+        if {p.name for p in view.pools} >= set(POOLS.values()):
+            return
+        assert time.monotonic() < deadline, f"pools registered: {[p.name for p in view.pools]}"
+        await asyncio.sleep(0.2)
 
 
 async def create(client: Client, share_id: str, share_type: str = "", source: str = "") -> Share:
