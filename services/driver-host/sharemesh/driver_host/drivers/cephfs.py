@@ -16,135 +16,93 @@ import errno
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sharemesh import network
-from sharemesh.ganesha import (
-    CephFsal,
-    ClientRule,
-    Export,
-    GaneshaInstance,
-    RefusedExport,
-    share_of_pseudo,
-    share_pseudo,
-)
+from sharemesh.ganesha import CephFsal, ClientRule, Export
 from sharemesh.runtime.errors import (
     FailedPrecondition,
     Internal,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
     Unavailable,
 )
 
 from ._ceph import CephCluster, CephError
+from ._served import GIB, ServedDriver, ServedOptions
 from .base import (
-    AccessRuleSpec,
     BackendStats,
     Capabilities,
     ExportLocation,
     GatewayAccess,
-    PoolStats,
     ShareSpec,
     SnapshotSpec,
     check_gateway_fsal,
-    check_share,
-    client_blocks,
     gateways_reach,
     report_progress,
-    unsupported,
 )
 
 log = logging.getLogger("sharemesh.driver_host.cephfs")
 
-GIB = 1 << 30
 _CEPH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _SNAPSHOT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _CLONE_POLL = 0.5
 
 
 @dataclass(frozen=True, kw_only=True)
-class CephFsDriverConfig:
+class CephFsDriverConfig(ServedOptions):
     conf: Path
     """The cluster's ceph.conf."""
     keyring: Path
     """The keyring of `client`, which manages subvolumes and cephx users."""
     client: str = "admin"
+    """The cephx user the driver acts as (`client.<client>`), whose key is in `keyring`."""
     fs_name: str = "cephfs"
+    """The CephFS file system the shares are in."""
     subvolume_group: str = "sharemesh"
     """Every share of this backend is a subvolume in this group (made at start)."""
     ganesha_client: str = ""
     """The cephx user Ganesha acts as, its caps limited to the group; default
     `sharemesh-<subvolume_group>`."""
     pool_name: str = "cephfs"
-    max_over_subscription_ratio: float = 1.0
-    """Quotas are thin: shares' sizes may add up to this many times the cluster's size."""
-    reserved_percentage: float = 0.0
-    host: str = "127.0.0.1"
-    """The address clients use, in export locations."""
-    nfs_port: int
-    mount_port: int
-    state_dir: Path
-    """The Ganesha instance's state: config, export files, pidfiles, log, bus."""
-    grace_seconds: int = 0
-    bind_address: str | None = None
-    availability_zone: str = ""
     timeout_seconds: float = 30.0
     """How long one command to the cluster may take."""
-    capabilities: Mapping[str, str] = field(default_factory=dict)
     gateway_fsal: str = "NATIVE"
     """How gateways reach shares on share networks: `NATIVE` (FSAL_CEPH to the cluster,
     as Ganesha's restricted user, when the mons are off the loopback, which their
     namespaces can reach) or `PROXY_V4` (this backend's NFS export)."""
 
 
-class CephFsDriver:
+class CephFsDriver(ServedDriver):
     """Implements `Driver` on CephFS subvolumes."""
+
+    kind = "cephfs"
+    config: CephFsDriverConfig
 
     def __init__(self, config: CephFsDriverConfig) -> None:
         for name in ("client", "fs_name", "subvolume_group", "ganesha_client"):
             value = getattr(config, name)
             if (value or name != "ganesha_client") and not _CEPH_NAME.match(value):
                 raise InvalidArgument(f"options.{name}", "letters, digits, '.', '-' and '_'")
-        if config.max_over_subscription_ratio < 1:
-            raise InvalidArgument(
-                "options.max_over_subscription_ratio", "must be at least 1 (1 means thick)"
-            )
-        if not 0 <= config.reserved_percentage < 100:
-            raise InvalidArgument("options.reserved_percentage", "must be from 0 to under 100")
+        # libcephfs in Ganesha finds the cluster through CEPH_CONF (FSAL_CEPH has no
+        # per-export config file).
+        super().__init__(config, env={"CEPH_CONF": str(Path(config.conf).absolute())})
         check_gateway_fsal(config.gateway_fsal)
-        self.config = config
         self.ganesha_client = config.ganesha_client or f"sharemesh-{config.subvolume_group}"
         self.cluster = CephCluster(
             Path(config.conf), Path(config.keyring), config.client, config.timeout_seconds
-        )
-        self.ganesha = GaneshaInstance(
-            Path(config.state_dir) / "ganesha",
-            config.nfs_port,
-            config.mount_port,
-            grace_seconds=config.grace_seconds,
-            bind_address=config.bind_address,
-            # libcephfs in Ganesha finds the cluster through CEPH_CONF (FSAL_CEPH has no
-            # per-export config file).
-            env={"CEPH_CONF": str(Path(config.conf).absolute())},
         )
         self._fsal: CephFsal | None = None
         self._gateway_routes: tuple[str, ...] = ()
         """The cluster's addresses for native gateways; none: they proxy."""
         self._paths: dict[str, str] = {}
         """Subvolume paths by share id, as Ceph last told them."""
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._capacity = asyncio.Lock()
-        self._stopping = asyncio.Event()
-        self._refused_at_start: list[RefusedExport] = []
 
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._stopping.clear()
         group = self.config.subvolume_group
         try:
             await self._mgr("fs subvolumegroup getpath", group_name=group)
@@ -169,25 +127,11 @@ class CephFsDriver:
                 self._gateway_routes = routes
             else:
                 log.warning("gateways proxy this backend: its mons are on the loopback")
-        self._refused_at_start = await self.ganesha.start()  # adopts a running one
+        await self._start_serving()
 
     async def stop(self, stop_servers: bool) -> None:
-        self._stopping.set()
-        if stop_servers:
-            await self.ganesha.stop()
+        await super().stop(stop_servers)
         self.cluster.close()
-
-    async def supervise(
-        self, on_restart: Callable[[Sequence[str]], Awaitable[None]] | None = None
-    ) -> None:
-        async def restarted(refused: Sequence[RefusedExport]) -> None:
-            if on_restart is not None:
-                await on_restart([u for r in refused if (u := share_of_pseudo(r.pseudo))])
-
-        if self._refused_at_start:
-            refused, self._refused_at_start = self._refused_at_start, []
-            await restarted(refused)
-        await self.ganesha.supervise(restarted, until=self._stopping)
 
     # ---- commands --------------------------------------------------------------------
 
@@ -225,15 +169,10 @@ class CephFsDriver:
     def capabilities(self) -> Capabilities:
         # Quotas are thin and shrink; clones are Ceph's. A revert or a mountable
         # snapshot is not built (Ceph has no subvolume rollback).
-        return Capabilities(
-            snapshot_support=True,
-            create_share_from_snapshot_support=True,
-            shrink_support=True,
-            thin_provisioning=True,
-            max_over_subscription_ratio=self.config.max_over_subscription_ratio,
-            reserved_percentage=self.config.reserved_percentage,
-            availability_zone=self.config.availability_zone,
-            custom=self.config.capabilities,
+        return self._offers(
+            Capabilities(
+                snapshot_support=True, create_share_from_snapshot_support=True, shrink_support=True
+            )
         )
 
     async def _provisioned_bytes(self) -> int:
@@ -260,111 +199,63 @@ class CephFsDriver:
 
     async def stats(self) -> BackendStats:
         total, free = await self._cluster_bytes()
-        pool = PoolStats(
-            name=self.config.pool_name,
+        return self._pool_stats(
             total_gib=total / GIB,
             # In eighths of a GiB: the OSD's own metadata moves the exact figure by
             # kilobytes every few seconds, which says nothing about room for shares.
             free_gib=(free * 8 // GIB) / 8,
             provisioned_gib=await self._provisioned_bytes() / GIB,
-            offers=self.capabilities(),
         )
-        return BackendStats(pools=(pool,))
 
-    async def _admit(self, more_bytes: int, what: str) -> None:
+    async def _admit(self, more_bytes: int) -> None:
         """Refuses `more_bytes` of quota the pool may not promise (under `_capacity`)."""
         total, _ = await self._cluster_bytes()
         limit = int(total * self.config.max_over_subscription_ratio)
         provisioned = await self._provisioned_bytes()
-        if provisioned + more_bytes > limit:
-            raise ResourceExhausted(
-                f"pool {self.config.pool_name} may provision {limit / GIB:.0f} GiB, "
-                f"{provisioned / GIB:.0f} GiB provisioned; {what} does not fit"
-            )
+        self._check_room(limit, provisioned, more_bytes, f"{more_bytes / GIB:.0f} GiB more")
 
     # ---- shares ----------------------------------------------------------------------
 
-    def _lock(self, share_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(share_id, asyncio.Lock())
-
-    def _check(self, share: ShareSpec) -> None:
-        check_share(share, self.config.pool_name)
-
-    def _locations(self, share: ShareSpec) -> list[ExportLocation]:
-        return [
-            ExportLocation(
-                path=f"{self.config.host}:{share_pseudo(share.share_id)}",
-                nfs_port=self.config.nfs_port,
-                mount_port=self.config.mount_port,
-            )
-        ]
-
-    def gateway_access(self, share: ShareSpec) -> GatewayAccess:
-        if self._gateway_routes:
-            if self._fsal is None:
-                raise Unavailable("the CephFS backend is starting")
-            # The subvolume's path is known once the share was created or exported.
-            return GatewayAccess(
-                fsal="CEPH",
-                path=self._paths.get(share.share_id, ""),
-                filesystem=self._fsal.filesystem,
-                user_id=self._fsal.user_id,
-                secret_access_key=self._fsal.secret_access_key,
-                ceph_conf=str(Path(self.config.conf).absolute()),
-                routes=self._gateway_routes,
-            )
+    def _native_access(self, share: ShareSpec) -> GatewayAccess | None:
+        if not self._gateway_routes:
+            return None
+        if self._fsal is None:
+            raise Unavailable("the CephFS backend is starting")
+        # The subvolume's path is known once the share was created or exported.
         return GatewayAccess(
-            fsal="PROXY_V4",
-            path=share_pseudo(share.share_id),
-            nfs_port=self.config.nfs_port,
-            server_generation=self.ganesha.generation(),
+            fsal="CEPH",
+            path=self._paths.get(share.share_id, ""),
+            filesystem=self._fsal.filesystem,
+            user_id=self._fsal.user_id,
+            secret_access_key=self._fsal.secret_access_key,
+            ceph_conf=str(Path(self.config.conf).absolute()),
+            routes=self._gateway_routes,
         )
 
-    def _export(self, share: ShareSpec, path: str, clients: tuple[ClientRule, ...]) -> Export:
+    async def _export(self, share: ShareSpec, clients: tuple[ClientRule, ...]) -> Export:
         if self._fsal is None:
             raise Unavailable("the CephFS backend is starting")
         return Export(
             export_id=share.export_id,
-            path=path,
-            pseudo=share_pseudo(share.share_id),
+            path=await self._path(share),
+            pseudo=self._pseudo(share),
             fsal=self._fsal,
             clients=clients,
         )
 
-    async def _serve_to_nobody(self, share: ShareSpec) -> None:
-        """A new share's export; a repeat keeps the clients `update_access` set since."""
-        export = self._export(share, await self._path(share), ())
-        if not await self.ganesha.serves(export):
-            await self.ganesha.apply(export)
+    async def _make(self, share: ShareSpec) -> None:
+        if await self._info(share.share_id) is None:
+            async with self._capacity:
+                await self._admit(share.size_gib * GIB)
+                await self._subvolume(
+                    "fs subvolume create", share.share_id, size=share.size_gib * GIB
+                )
 
-    async def create_share(self, share: ShareSpec) -> list[ExportLocation]:
-        self._check(share)
-        started = time.monotonic()
-        async with self._lock(share.share_id):
-            if await self._info(share.share_id) is None:
-                async with self._capacity:
-                    await self._admit(share.size_gib * GIB, f"share {share.name}")
-                    await self._subvolume(
-                        "fs subvolume create", share.share_id, size=share.size_gib * GIB
-                    )
-            await self._serve_to_nobody(share)
-        log.info(
-            "created share %s (%s GiB) in %.2fs",
-            share.name,
-            share.size_gib,
-            time.monotonic() - started,
-        )
-        return self._locations(share)
+    def _forget(self, share_id: str) -> None:
+        super()._forget(share_id)
+        self._paths.pop(share_id, None)
 
-    async def delete_share(self, share: ShareSpec) -> None:
-        async with self._lock(share.share_id):
-            await self.ganesha.remove(share.export_id)
-            await self._remove_subvolume(share)
-        self._locks.pop(share.share_id, None)
-        self._paths.pop(share.share_id, None)
-        log.info("deleted share %s", share.name)
-
-    async def _remove_subvolume(self, share: ShareSpec) -> None:
+    async def _remove(self, share: ShareSpec) -> None:
         """Removes the subvolume; a missing one is success, as is a failed clone."""
         try:
             await self._subvolume("fs subvolume rm", share.share_id, force=True)
@@ -397,7 +288,7 @@ class CephFsDriver:
                 raise _would_lose_data(share, new_size_gib, used)
             async with self._capacity:
                 if isinstance(current, int) and new > current:
-                    await self._admit(new - current, f"growing {share.name}")
+                    await self._admit(new - current)
                 try:
                     await self._subvolume(
                         "fs subvolume resize", share.share_id, new_size=str(new), no_shrink=False
@@ -408,18 +299,6 @@ class CephFsDriver:
                         raise _would_lose_data(share, new_size_gib, used) from None
                     raise _internal(error) from None
         log.info("resized share %s to %s GiB", share.name, new_size_gib)
-
-    async def update_access(self, share: ShareSpec, rules: Sequence[AccessRuleSpec]) -> None:
-        await self.ensure_share(share, rules)
-
-    async def ensure_share(
-        self, share: ShareSpec, rules: Sequence[AccessRuleSpec]
-    ) -> list[ExportLocation]:
-        self._check(share)
-        clients = client_blocks(rules)  # validates the rules before touching anything
-        async with self._lock(share.share_id):
-            await self.ganesha.apply(self._export(share, await self._path(share), clients))
-        return self._locations(share)
 
     # ---- snapshots: Ceph's subvolume snapshots and clones ------------------------------
 
@@ -455,14 +334,6 @@ class CephFsDriver:
                 raise _internal(error) from None
         log.info("deleted snapshot %s", snapshot.name)
 
-    async def export_snapshot(
-        self, share: ShareSpec, snapshot: SnapshotSpec, rules: Sequence[AccessRuleSpec]
-    ) -> list[ExportLocation]:
-        raise unsupported("mount_snapshot_support", f"cannot export snapshot {snapshot.name}")
-
-    async def revert_to_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
-        raise unsupported("revert_to_snapshot_support", f"cannot revert share {share.name}")
-
     async def create_share_from_snapshot(
         self, share: ShareSpec, snapshot: SnapshotSpec
     ) -> list[ExportLocation]:
@@ -477,11 +348,11 @@ class CephFsDriver:
             # A repeat finds the clone made, copying (it waits again) or failed (made anew).
             state = await self._clone_state(share)
             if state in ("failed", "canceled"):
-                await self._remove_subvolume(share)
+                await self._remove(share)
                 state = None
             if state is None and await self._info(share.share_id) is None:
                 async with self._capacity:
-                    await self._admit(share.size_gib * GIB, f"share {share.name}")
+                    await self._admit(share.size_gib * GIB)
                     await self._clone(share, snapshot)
             await self._wait_for_clone(share, snapshot)
             # A clone has its source's quota: the share's own size now.
@@ -547,7 +418,7 @@ class CephFsDriver:
                 return
             if state in ("failed", "canceled"):
                 log.error("clone %s of %s: %s", share.share_id, snapshot.name, status)
-                await self._remove_subvolume(share)
+                await self._remove(share)
                 raise Internal(f"copying snapshot {snapshot.name} into share {share.name} failed")
             # Ceph from Quincy on says how much it copied; Pacific only the state.
             report = (status or {}).get("progress_report", {})

@@ -16,49 +16,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from sharemesh.ganesha import (
-    ClientRule,
-    Export,
-    GaneshaInstance,
-    GlusterFsal,
-    RefusedExport,
-    share_of_pseudo,
-    share_pseudo,
-)
+from sharemesh.ganesha import ClientRule, Export, GlusterFsal
 from sharemesh.runtime import export_ids
-from sharemesh.runtime.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-)
+from sharemesh.runtime.errors import FailedPrecondition, NotFound
 
 from ._gfapi import Volume
 from ._gluster_cli import GlusterCli
+from ._served import GIB, ServedDriver, ServedOptions
 from .base import (
-    AccessRuleSpec,
     BackendStats,
     Capabilities,
-    ExportLocation,
     GatewayAccess,
-    PoolStats,
     ShareSpec,
-    SnapshotSpec,
     check_gateway_fsal,
-    check_share,
-    client_blocks,
     gateways_reach,
-    unsupported,
 )
 
 log = logging.getLogger("sharemesh.driver_host.glusterfs")
 
-GIB = 1 << 30
 SHARES_DIR = "/shares"
 """Where the shares' directories live in the volume; quotas elsewhere are not ours."""
 _FREE_STEP = 64 << 20
@@ -67,26 +46,11 @@ ANCHOR_EXPORT_ID = export_ids.RESERVED_EXPORT_ID
 
 
 @dataclass(frozen=True, kw_only=True)
-class GlusterDriverConfig:
+class GlusterDriverConfig(ServedOptions):
     server: str = "127.0.0.1"
     """glusterd's address (the volfile server)."""
     volume: str
     """A started volume with quota enabled (`scripts/dev-gluster up DIR` makes one)."""
-    pool_name: str = "default"
-    max_over_subscription_ratio: float = 1.0
-    """Quotas are thin: the volume may promise up to this many times its size."""
-    reserved_percentage: float = 0.0
-    host: str = "127.0.0.1"
-    """The address clients use, in export locations."""
-    nfs_port: int
-    mount_port: int
-    state_dir: Path
-    """The Ganesha instance's state, and the libgfapi client's log."""
-    grace_seconds: int = 0
-    bind_address: str | None = None
-    availability_zone: str = ""
-    capabilities: Mapping[str, str] = field(default_factory=dict)
-    """Custom capabilities of the pool (e.g. `tier = "gold"`)."""
     gateway_fsal: str = "NATIVE"
     """How gateways reach shares on share networks: `NATIVE` (FSAL_GLUSTER to the volume,
     when `server` is an address off the loopback, which their namespaces can reach) or
@@ -107,17 +71,15 @@ def _client(server: str, volume: str, log_file: Path) -> Volume:
         return _clients[key]
 
 
-class GlusterDriver:
+class GlusterDriver(ServedDriver):
     """Implements `Driver` on directories of one Gluster volume."""
 
+    kind = "glusterfs"
+    config: GlusterDriverConfig
+
     def __init__(self, config: GlusterDriverConfig) -> None:
-        self.config = config
-        if config.max_over_subscription_ratio < 1:
-            raise InvalidArgument(
-                "options.max_over_subscription_ratio", "must be at least 1 (1 means thick)"
-            )
-        if not 0 <= config.reserved_percentage < 100:
-            raise InvalidArgument("options.reserved_percentage", "must be from 0 to under 100")
+        # Its Ganesha's orderly exit ends its volume client (~10 s) and only then exits.
+        super().__init__(config, stop_timeout=1.0)
         # Checked now, so a bad name fails the config, not the first export.
         self._fsal("/").render()
         check_gateway_fsal(config.gateway_fsal)
@@ -130,25 +92,11 @@ class GlusterDriver:
                 config.server,
             )
         self.cli = GlusterCli(config.volume)
-        self.ganesha = GaneshaInstance(
-            Path(config.state_dir) / "ganesha",
-            config.nfs_port,
-            config.mount_port,
-            grace_seconds=config.grace_seconds,
-            bind_address=config.bind_address,
-            # Its orderly exit ends its volume client (~10 s) and only then exits.
-            stop_timeout=1.0,
-        )
         self._volume: Volume | None = None
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._capacity = asyncio.Lock()
-        self._stopping = asyncio.Event()
-        self._refused_at_start: list[RefusedExport] = []
 
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._stopping.clear()
         info = await self.cli.info()
         if not info.started:
             raise FailedPrecondition(f"Gluster volume {self.config.volume} is not started")
@@ -177,7 +125,7 @@ class GlusterDriver:
             _client, self.config.server, self.config.volume, log_file
         )
         await self._run(self.volume.mkdir, SHARES_DIR)
-        self._refused_at_start = await self.ganesha.start()  # adopts a running one
+        await self._start_serving()
         await self.ganesha.apply(
             Export(
                 ANCHOR_EXPORT_ID,
@@ -186,29 +134,6 @@ class GlusterDriver:
                 fsal=self._fsal("/"),
             )
         )
-
-    async def stop(self, stop_servers: bool) -> None:
-        self._stopping.set()
-        if stop_servers:
-            started = time.monotonic()
-            await self.ganesha.stop()
-            log.info(
-                "ganesha of volume %s stopped in %.2fs",
-                self.config.volume,
-                time.monotonic() - started,
-            )
-
-    async def supervise(
-        self, on_restart: Callable[[Sequence[str]], Awaitable[None]] | None = None
-    ) -> None:
-        async def restarted(refused: Sequence[RefusedExport]) -> None:
-            if on_restart is not None:
-                await on_restart(_share_ids(refused))
-
-        if self._refused_at_start:
-            refused, self._refused_at_start = self._refused_at_start, []
-            await restarted(refused)
-        await self.ganesha.supervise(restarted, until=self._stopping)
 
     @property
     def volume(self) -> Volume:
@@ -225,14 +150,7 @@ class GlusterDriver:
 
     def capabilities(self) -> Capabilities:
         # Quotas are thin and shrink; Gluster snapshots need thin-LVM bricks.
-        return Capabilities(
-            shrink_support=True,
-            thin_provisioning=True,
-            max_over_subscription_ratio=self.config.max_over_subscription_ratio,
-            reserved_percentage=self.config.reserved_percentage,
-            availability_zone=self.config.availability_zone,
-            custom=self.config.capabilities,
-        )
+        return self._offers(Capabilities(shrink_support=True))
 
     async def _provisioned_bytes(self) -> int:
         limits = await self.cli.limits()
@@ -243,24 +161,15 @@ class GlusterDriver:
 
     async def stats(self) -> BackendStats:
         space = await asyncio.to_thread(self.volume.space, "/")
-        pool = PoolStats(
-            name=self.config.pool_name,
+        return self._pool_stats(
             total_gib=space.total_bytes / GIB,
             # In steps of 64 MiB: the volume's own metadata (gfid links) moves by a few
             # KiB with each create, and the scheduler needs no finer a figure.
             free_gib=space.free_bytes // _FREE_STEP * _FREE_STEP / GIB,
             provisioned_gib=await self._provisioned_bytes() / GIB,
-            offers=self.capabilities(),
         )
-        return BackendStats(pools=(pool,))
 
     # ---- shares ----------------------------------------------------------------------
-
-    def _lock(self, share: ShareSpec) -> asyncio.Lock:
-        return self._locks.setdefault(share.share_id, asyncio.Lock())
-
-    def _check(self, share: ShareSpec) -> None:
-        check_share(share, self.config.pool_name)
 
     @staticmethod
     def _dir(share: ShareSpec) -> str:
@@ -269,41 +178,27 @@ class GlusterDriver:
     def _fsal(self, volpath: str) -> GlusterFsal:
         return GlusterFsal(self.config.server, self.config.volume, volpath)
 
-    def _export(self, share: ShareSpec, clients: tuple[ClientRule, ...] = ()) -> Export:
+    async def _export(self, share: ShareSpec, clients: tuple[ClientRule, ...]) -> Export:
         return Export(
             export_id=share.export_id,
             path=f"/{self.config.volume}{self._dir(share)}",
-            pseudo=share_pseudo(share.share_id),
+            pseudo=self._pseudo(share),
             fsal=self._fsal(self._dir(share)),
             clients=clients,
         )
 
-    def _locations(self, share: ShareSpec) -> list[ExportLocation]:
-        return [
-            ExportLocation(
-                path=f"{self.config.host}:{share_pseudo(share.share_id)}",
-                nfs_port=self.config.nfs_port,
-                mount_port=self.config.mount_port,
-            )
-        ]
-
-    def gateway_access(self, share: ShareSpec) -> GatewayAccess:
-        if self._native_gateways:
-            # The bricks must be at `server` too: clients connect to the hosts that the
-            # volume info names, and a gateway routes only to this one.
-            return GatewayAccess(
-                fsal="GLUSTER",
-                path=f"/{self.config.volume}{self._dir(share)}",
-                server=self.config.server,
-                volume=self.config.volume,
-                volpath=self._dir(share),
-                routes=(self.config.server,),
-            )
+    def _native_access(self, share: ShareSpec) -> GatewayAccess | None:
+        if not self._native_gateways:
+            return None
+        # The bricks must be at `server` too: clients connect to the hosts that the
+        # volume info names, and a gateway routes only to this one.
         return GatewayAccess(
-            fsal="PROXY_V4",
-            path=share_pseudo(share.share_id),
-            nfs_port=self.config.nfs_port,
-            server_generation=self.ganesha.generation(),
+            fsal="GLUSTER",
+            path=f"/{self.config.volume}{self._dir(share)}",
+            server=self.config.server,
+            volume=self.config.volume,
+            volpath=self._dir(share),
+            routes=(self.config.server,),
         )
 
     async def _exists(self, share: ShareSpec) -> bool:
@@ -314,50 +209,26 @@ class GlusterDriver:
         if await self.cli.limit(self._dir(share)) is None:
             await self.cli.set_limit(self._dir(share), share.size_gib * GIB)
 
-    async def create_share(self, share: ShareSpec) -> list[ExportLocation]:
-        self._check(share)
-        started = time.monotonic()
-        async with self._lock(share):
-            if not await self._exists(share):
-                async with self._capacity:
-                    await self._admit(share.size_gib * GIB, 0, f"{share.size_gib} GiB more")
-                    await self._run(self.volume.mkdir, self._dir(share))
-                    await self._limit_size(share)
-            else:
-                await self._limit_size(share)
-            if not await self.ganesha.serves(self._export(share)):
-                await self.ganesha.apply(self._export(share))
-        log.info(
-            "created share %s (%s GiB) in %.2fs",
-            share.name,
-            share.size_gib,
-            time.monotonic() - started,
-        )
-        return self._locations(share)
+    async def _make(self, share: ShareSpec) -> None:
+        if not await self._exists(share):
+            async with self._capacity:
+                await self._admit(share.size_gib * GIB, 0, f"{share.size_gib} GiB more")
+                await self._run(self.volume.mkdir, self._dir(share))
+        await self._limit_size(share)
 
     async def _admit(self, more: int, less: int, what: str) -> None:
         """Refuses what the volume may not provision (under `self._capacity`)."""
         limit = int(await self._total_bytes() * self.config.max_over_subscription_ratio)
-        provisioned = await self._provisioned_bytes()
-        if provisioned - less + more > limit:
-            raise ResourceExhausted(
-                f"pool {self.config.pool_name} may provision {limit / GIB:.0f} GiB, "
-                f"{provisioned / GIB:.0f} GiB provisioned; {what} do not fit"
-            )
+        self._check_room(limit, await self._provisioned_bytes() - less, more, what)
 
-    async def delete_share(self, share: ShareSpec) -> None:
-        started = time.monotonic()
-        async with self._lock(share):
-            await self.ganesha.remove(share.export_id)
-            # The quota first: gluster removes a limit only by its directory's path.
-            await self.cli.remove_limit(self._dir(share))
-            await self._run(self.volume.remove_tree, self._dir(share))
-        self._locks.pop(share.share_id, None)
-        log.info("deleted share %s in %.2fs", share.name, time.monotonic() - started)
+    async def _remove(self, share: ShareSpec) -> None:
+        # The quota first: gluster removes a limit only by its directory's path.
+        await self.cli.remove_limit(self._dir(share))
+        await self._run(self.volume.remove_tree, self._dir(share))
 
     async def resize_share(self, share: ShareSpec, new_size_gib: int) -> None:
         self._check(share)
-        async with self._lock(share):
+        async with self._lock(share.share_id):
             if not await self._exists(share):
                 raise NotFound(f"share {share.name} has no directory on this backend")
             current = await self.cli.limit(self._dir(share))
@@ -378,49 +249,11 @@ class GlusterDriver:
                 await self.cli.set_limit(self._dir(share), new)
         log.info("resized share %s to %s GiB", share.name, new_size_gib)
 
-    async def update_access(self, share: ShareSpec, rules: Sequence[AccessRuleSpec]) -> None:
-        await self.ensure_share(share, rules)
-
-    async def ensure_share(
-        self, share: ShareSpec, rules: Sequence[AccessRuleSpec]
-    ) -> list[ExportLocation]:
-        self._check(share)
-        clients = client_blocks(rules)  # validates the rules before touching anything
-        async with self._lock(share):
-            if not await self._exists(share):
-                raise NotFound(f"share {share.name} has no directory on this backend")
-            await self.ganesha.apply(self._export(share, clients))
-        return self._locations(share)
-
-    # ---- snapshots: not offered (Gluster's need thin-LVM bricks) -----------------------
-
-    async def create_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
-        raise unsupported("snapshot_support", f"cannot snapshot share {share.name}")
-
-    async def delete_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
-        raise unsupported("snapshot_support", f"cannot delete snapshot {snapshot.name}")
-
-    async def create_share_from_snapshot(
-        self, share: ShareSpec, snapshot: SnapshotSpec
-    ) -> list[ExportLocation]:
-        raise unsupported(
-            "create_share_from_snapshot_support",
-            f"cannot create share {share.name} from a snapshot",
-        )
-
-    async def revert_to_snapshot(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
-        raise unsupported("revert_to_snapshot_support", f"cannot revert share {share.name}")
-
-    async def export_snapshot(
-        self, share: ShareSpec, snapshot: SnapshotSpec, rules: Sequence[AccessRuleSpec]
-    ) -> list[ExportLocation]:
-        raise unsupported("mount_snapshot_support", f"cannot export snapshot {snapshot.name}")
+    async def _ready(self, share: ShareSpec) -> None:
+        if not await self._exists(share):
+            raise NotFound(f"share {share.name} has no directory on this backend")
 
 
 def _in_shares_dir(path: str) -> bool:
     name = path.removeprefix(f"{SHARES_DIR}/")
     return name != path and bool(name) and "/" not in name
-
-
-def _share_ids(refused: Sequence[RefusedExport]) -> list[str]:
-    return [uid for r in refused if (uid := share_of_pseudo(r.pseudo)) is not None]

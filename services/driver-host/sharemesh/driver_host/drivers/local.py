@@ -13,35 +13,26 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from sharemesh.ganesha import (
-    ClientRule,
-    Export,
-    GaneshaInstance,
-    RefusedExport,
-    share_of_pseudo,
-    share_pseudo,
-    snapshot_pseudo,
-)
+from sharemesh.ganesha import ClientRule, Export, snapshot_pseudo
 from sharemesh.ganesha._export import parse_clients
-from sharemesh.runtime.errors import InvalidArgument, NotFound, ResourceExhausted
+from sharemesh.runtime.errors import InvalidArgument, NotFound
 
 from . import _loopfs, _reflink, _revert
 from ._loopfs import GIB, READ_ONLY
 from ._pool import Pool
+from ._served import ServedDriver, ServedOptions
 from .base import (
     AccessRuleSpec,
     BackendStats,
     Capabilities,
     ExportLocation,
     GatewayAccess,
-    PoolStats,
     ShareSpec,
     SnapshotSpec,
-    check_share,
     check_snapshot,
     client_blocks,
     unsupported,
@@ -51,84 +42,42 @@ log = logging.getLogger("sharemesh.driver_host.local")
 
 
 @dataclass(frozen=True, kw_only=True)
-class LocalDriverConfig:
+class LocalDriverConfig(ServedOptions):
     pool_dir: Path
     """Holds `pool.img` (the pool's XFS, unless `pool_dir` is on a reflink filesystem
     already), `images/` (one sparse image per share, and `snapshots/`), `mnt/` (the
     shares' mountpoints) and `snapmnt/` (those of exported snapshots)."""
-    pool_name: str = "default"
     capacity_gib: int
-    """What the pool offers; shares' sizes add up to at most this times the ratio."""
-    max_over_subscription_ratio: float = 1.0
-    """Images are sparse, so the pool may promise more than it has: up to this many
-    times `capacity_gib` in all (Manila's thin provisioning). 1.0 promises no more."""
-    reserved_percentage: float = 0.0
-    """Capacity the scheduler keeps free, in percent, e.g. for growth of what is written."""
-    host: str = "127.0.0.1"
-    """The address clients use, in export locations."""
-    nfs_port: int
-    mount_port: int
-    state_dir: Path
-    """The Ganesha instance's state: config, export files, pidfiles, log, bus."""
-    grace_seconds: int = 0
-    bind_address: str | None = None
-    availability_zone: str = ""
-    """The zone the pool is in, for the scheduler's availability-zone filter."""
+    """What the pool offers (its images are sparse); shares' sizes add up to at most
+    this times `max_over_subscription_ratio`."""
     gateway_fsal: str = "VFS"
     """How a gateway on this host reaches the shares: `VFS` reads the mounted filesystem;
     `PROXY_V4` proxies this backend's NFS export (slower; for tests and remote hosts)."""
     driver_handles_share_servers: bool = False
     """Serve shares on share networks from a share server of this backend on each
     network (mode 1), instead of through the host's gateway (mode 2)."""
-    capabilities: Mapping[str, str] = field(default_factory=dict)
-    """Custom capabilities the operator gives the pool (e.g. `tier = "gold"`), matched
-    against share types' extra specs; they cannot override what the driver reports."""
 
 
-@dataclass
-class _Locks:
-    by_share: dict[str, asyncio.Lock] = field(default_factory=dict)
-
-    def of(self, share_id: str) -> asyncio.Lock:
-        return self.by_share.setdefault(share_id, asyncio.Lock())
-
-
-class LocalDriver:
+class LocalDriver(ServedDriver):
     """Implements `Driver` on loop-mounted XFS images in `config.pool_dir`."""
 
+    kind = "local"
+    config: LocalDriverConfig
+
     def __init__(self, config: LocalDriverConfig) -> None:
-        self.config = config
+        super().__init__(config)
         self.pool = Pool(Path(config.pool_dir), config.capacity_gib)
         self.images = self.pool.images
         self.mounts = Path(config.pool_dir) / "mnt"
         self.snapshot_mounts = Path(config.pool_dir) / "snapmnt"
         self.work = Path(config.pool_dir) / "work"
         """Scratch mountpoints of copies being made."""
-        self.ganesha = GaneshaInstance(
-            Path(config.state_dir) / "ganesha",
-            config.nfs_port,
-            config.mount_port,
-            grace_seconds=config.grace_seconds,
-            bind_address=config.bind_address,
-        )
-        if config.max_over_subscription_ratio < 1:
-            raise InvalidArgument(
-                "options.max_over_subscription_ratio", "must be at least 1 (1 means thick)"
-            )
-        if not 0 <= config.reserved_percentage < 100:
-            raise InvalidArgument("options.reserved_percentage", "must be from 0 to under 100")
-        self._locks = _Locks()
-        self._capacity = asyncio.Lock()
-        self._stopping = asyncio.Event()
-        # Exports Ganesha refused at `start`, told to the first `supervise` callback.
-        self._refused_at_start: list[RefusedExport] = []
         # Each share's clients as last applied: a revert exports it again with them.
         self._clients: dict[str, tuple[ClientRule, ...]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._stopping.clear()
         await self.pool.open()  # the shares' images are on it
         self.mounts.mkdir(parents=True, exist_ok=True)
         # Mount every share, and every exported snapshot, before a fresh Ganesha reads
@@ -147,14 +96,13 @@ class LocalDriver:
                 await _loopfs.mount(image, mountpoint, options=READ_ONLY)
             else:
                 _loopfs.remove_mountpoint(mountpoint)  # a delete that crashed
-        self._refused_at_start = await self.ganesha.start()  # adopts a running one
+        await self._start_serving()
 
     async def stop(self, stop_servers: bool) -> None:
-        self._stopping.set()
+        await super().stop(stop_servers)
         if stop_servers:
             # The whole mesh is going down: release the host too. Images stay in the
             # pool, and the next start mounts them again.
-            await self.ganesha.stop()
             for image in sorted(self.images.glob("*.img")):
                 await _loopfs.release(self._mountpoint(image.stem), image)
             for mountpoint in self._exported_snapshots():
@@ -165,19 +113,6 @@ class LocalDriver:
         """Mountpoints of the snapshots `export_snapshot` serves (made by it, removed
         by `delete_snapshot`)."""
         return sorted(self.snapshot_mounts.iterdir()) if self.snapshot_mounts.is_dir() else []
-
-    async def supervise(
-        self, on_restart: Callable[[Sequence[str]], Awaitable[None]] | None = None
-    ) -> None:
-        # The instance re-applies every export itself, in order with rule changes.
-        async def restarted(refused: Sequence[RefusedExport]) -> None:
-            if on_restart is not None:
-                await on_restart(_share_ids(refused))
-
-        if self._refused_at_start:
-            refused, self._refused_at_start = self._refused_at_start, []
-            await restarted(refused)
-        await self.ganesha.supervise(restarted, until=self._stopping)
 
     # ---- stats -----------------------------------------------------------------------
 
@@ -196,30 +131,23 @@ class LocalDriver:
     def capabilities(self) -> Capabilities:
         # Sparse images are thin; XFS cannot shrink; snapshots need a reflink pool.
         reflink = self.pool.reflink
-        return Capabilities(
-            snapshot_support=reflink,
-            create_share_from_snapshot_support=reflink,
-            revert_to_snapshot_support=reflink,
-            mount_snapshot_support=reflink,
-            thin_provisioning=True,
-            driver_handles_share_servers=self.config.driver_handles_share_servers,
-            max_over_subscription_ratio=self.config.max_over_subscription_ratio,
-            reserved_percentage=self.config.reserved_percentage,
-            availability_zone=self.config.availability_zone,
-            custom=self.config.capabilities,
+        return self._offers(
+            Capabilities(
+                snapshot_support=reflink,
+                create_share_from_snapshot_support=reflink,
+                revert_to_snapshot_support=reflink,
+                mount_snapshot_support=reflink,
+                driver_handles_share_servers=self.config.driver_handles_share_servers,
+            )
         )
 
     async def stats(self) -> BackendStats:
         total = float(self.config.capacity_gib)
-        provisioned = self._provisioned_bytes() / GIB
-        pool = PoolStats(
-            name=self.config.pool_name,
+        return self._pool_stats(
             total_gib=total,
             free_gib=max(0.0, total - self.pool.used_bytes() / GIB),
-            provisioned_gib=provisioned,
-            offers=self.capabilities(),
+            provisioned_gib=self._provisioned_bytes() / GIB,
         )
-        return BackendStats(pools=(pool,))
 
     # ---- shares ----------------------------------------------------------------------
 
@@ -231,37 +159,13 @@ class LocalDriver:
         share_id = share if isinstance(share, str) else share.share_id
         return self.mounts / share_id
 
-    def _check(self, share: ShareSpec) -> None:
-        check_share(share, self.config.pool_name)
-
-    def gateway_access(self, share: ShareSpec) -> GatewayAccess:
+    def _native_access(self, share: ShareSpec) -> GatewayAccess | None:
         if self.config.gateway_fsal == "PROXY_V4":
-            return GatewayAccess(
-                fsal="PROXY_V4",
-                path=self._pseudo(share),
-                nfs_port=self.config.nfs_port,
-                server_generation=self.ganesha.generation(),
-            )
+            return None
         # The gateway runs on this host, so it can read the mounted filesystem directly.
         return GatewayAccess(fsal="VFS", path=str(self._mountpoint(share)))
 
-    def _locations(self, share: ShareSpec) -> list[ExportLocation]:
-        return self._served_at(self._pseudo(share))
-
-    def _served_at(self, pseudo: str) -> list[ExportLocation]:
-        return [
-            ExportLocation(
-                path=f"{self.config.host}:{pseudo}",
-                nfs_port=self.config.nfs_port,
-                mount_port=self.config.mount_port,
-            )
-        ]
-
-    @staticmethod
-    def _pseudo(share: ShareSpec) -> str:
-        return share_pseudo(share.share_id)
-
-    def _export(self, share: ShareSpec, clients: tuple[ClientRule, ...] = ()) -> Export:
+    async def _export(self, share: ShareSpec, clients: tuple[ClientRule, ...]) -> Export:
         return Export(
             export_id=share.export_id,
             path=str(self._mountpoint(share)),
@@ -269,14 +173,9 @@ class LocalDriver:
             clients=clients,
         )
 
-    async def _serve(self, share: ShareSpec, clients: tuple[ClientRule, ...]) -> None:
-        await self.ganesha.apply(self._export(share, clients))
-        self._clients[share.share_id] = clients
-
-    async def _serve_to_nobody(self, share: ShareSpec) -> None:
-        """A new share's export; a repeat keeps the clients `update_access` set since."""
-        if not await self.ganesha.serves(self._export(share)):
-            await self._serve(share, ())
+    async def _apply(self, share: ShareSpec, export: Export) -> None:
+        await super()._apply(share, export)
+        self._clients[share.share_id] = export.clients
 
     async def _mount(self, share_id: str, fresh: bool = False) -> str:
         """Mounts the share's image (through its loop device); returns the device."""
@@ -284,51 +183,36 @@ class LocalDriver:
 
     def _admit(self, share: ShareSpec) -> None:
         """Refuses a new share the pool may not provision (under `self._capacity`)."""
-        if self._provisioned_bytes() + share.size_gib * GIB > self._limit_bytes():
-            raise ResourceExhausted(
-                f"pool {self.config.pool_name} may provision "
-                f"{self._limit_bytes() / GIB:.0f} GiB, "
-                f"{self._provisioned_bytes() / GIB:.0f} GiB provisioned; "
-                f"{share.size_gib} GiB more do not fit"
-            )
-
-    async def create_share(self, share: ShareSpec) -> list[ExportLocation]:
-        self._check(share)
-        started = time.monotonic()
-        async with self._locks.of(share.share_id):
-            image = self._image(share)
-            fresh = False
-            if not image.exists():
-                async with self._capacity:
-                    self._admit(share)
-                    fresh = await _loopfs.create_image(
-                        image, share.size_gib * GIB, reserve=share.thick
-                    )
-            await self._mount(share.share_id, fresh)
-            await self._serve_to_nobody(share)
-        log.info(
-            "created share %s (%s GiB) in %.2fs",
-            share.name,
-            share.size_gib,
-            time.monotonic() - started,
+        self._check_room(
+            self._limit_bytes(),
+            self._provisioned_bytes(),
+            share.size_gib * GIB,
+            f"{share.size_gib} GiB more",
         )
-        return self._locations(share)
 
-    async def delete_share(self, share: ShareSpec) -> None:
-        async with self._locks.of(share.share_id):
-            await self.ganesha.remove(share.export_id)
-            await _loopfs.release(self._mountpoint(share), self._image(share))
-            await _loopfs.delete_image(self._image(share))
-            self._revert_intent(share).unlink(missing_ok=True)
-            _loopfs.remove_mountpoint(self._mountpoint(share))
-            self.pool.settle()
-        self._locks.by_share.pop(share.share_id, None)
-        self._clients.pop(share.share_id, None)
-        log.info("deleted share %s", share.name)
+    async def _make(self, share: ShareSpec) -> None:
+        image = self._image(share)
+        fresh = False
+        if not image.exists():
+            async with self._capacity:
+                self._admit(share)
+                fresh = await _loopfs.create_image(image, share.size_gib * GIB, reserve=share.thick)
+        await self._mount(share.share_id, fresh)
+
+    async def _remove(self, share: ShareSpec) -> None:
+        await _loopfs.release(self._mountpoint(share), self._image(share))
+        await _loopfs.delete_image(self._image(share))
+        self._revert_intent(share).unlink(missing_ok=True)
+        _loopfs.remove_mountpoint(self._mountpoint(share))
+        self.pool.settle()
+
+    def _forget(self, share_id: str) -> None:
+        super()._forget(share_id)
+        self._clients.pop(share_id, None)
 
     async def resize_share(self, share: ShareSpec, new_size_gib: int) -> None:
         self._check(share)
-        async with self._locks.of(share.share_id):
+        async with self._lock(share.share_id):
             image = self._image(share)
             if not image.exists():
                 raise NotFound(f"share {share.name} has no image on this backend")
@@ -340,13 +224,12 @@ class LocalDriver:
                     f"cannot shrink share {share.name} from {current // GIB} to {new_size_gib} GiB",
                 )
             async with self._capacity:
-                if new > current and self._provisioned_bytes() - current + new > (
-                    self._limit_bytes()
-                ):
-                    raise ResourceExhausted(
-                        f"pool {self.config.pool_name} cannot grow {share.name} to "
-                        f"{new_size_gib} GiB: it may provision "
-                        f"{self._limit_bytes() / GIB:.0f} GiB"
+                if new > current:
+                    self._check_room(
+                        self._limit_bytes(),
+                        self._provisioned_bytes() - current,
+                        new,
+                        f"{share.name} at {new_size_gib} GiB",
                     )
                 await _loopfs.grow_image(image, new, reserve=share.thick)
             # Every step always, so a repeat after a crash between them completes the grow.
@@ -354,20 +237,10 @@ class LocalDriver:
             await _loopfs.grow_filesystem(self._mountpoint(share))
         log.info("resized share %s to %s GiB", share.name, new_size_gib)
 
-    async def update_access(self, share: ShareSpec, rules: Sequence[AccessRuleSpec]) -> None:
-        await self.ensure_share(share, rules)
-
-    async def ensure_share(
-        self, share: ShareSpec, rules: Sequence[AccessRuleSpec]
-    ) -> list[ExportLocation]:
-        self._check(share)
-        clients = client_blocks(rules)  # validates the rules before touching anything
-        async with self._locks.of(share.share_id):
-            if not self._image(share).exists():
-                raise NotFound(f"share {share.name} has no image on this backend")
-            await self._mount(share.share_id)
-            await self._serve(share, clients)
-        return self._locations(share)
+    async def _ready(self, share: ShareSpec) -> None:
+        if not self._image(share).exists():
+            raise NotFound(f"share {share.name} has no image on this backend")
+        await self._mount(share.share_id)
 
     # ---- snapshots: reflink copies in the pool (DESIGN §7) -----------------------------
 
@@ -396,7 +269,7 @@ class LocalDriver:
         self._check(share)
         check_snapshot(snapshot)
         target = self._snapshot_image(snapshot.snapshot_id)
-        async with self._locks.of(share.share_id):
+        async with self._lock(share.share_id):
             if target.exists():
                 return  # a repeat
             image, mountpoint = self._image(share), self._mountpoint(share)
@@ -414,7 +287,7 @@ class LocalDriver:
         check_snapshot(snapshot)
         image = self._snapshot_image(snapshot.snapshot_id)
         mountpoint = self.snapshot_mounts / snapshot.snapshot_id
-        async with self._locks.of(snapshot.share_id):
+        async with self._lock(snapshot.share_id):
             if snapshot.export_id:
                 await self.ganesha.remove(snapshot.export_id)
             await _loopfs.release(mountpoint, self._exported_image(snapshot.snapshot_id))
@@ -434,7 +307,7 @@ class LocalDriver:
         # Every client of the share's rules, read-only whatever its level there.
         readers = [AccessRuleSpec(rule.access_to, "READ_ONLY") for rule in rules]
         export = Export(snapshot.export_id, str(mountpoint), pseudo, clients=client_blocks(readers))
-        async with self._locks.of(snapshot.share_id):
+        async with self._lock(snapshot.share_id):
             source = self._snapshot_source(snapshot)
             copy = self._read_only_copy(snapshot.snapshot_id)
             if _loopfs.mounted_device(mountpoint) is None and not copy.exists():
@@ -464,7 +337,7 @@ class LocalDriver:
         self._check(share)
         check_snapshot(snapshot)
         started = time.monotonic()
-        async with self._locks.of(share.share_id):
+        async with self._lock(share.share_id):
             image = self._image(share)
             fresh = not image.exists()
             if fresh:
@@ -504,7 +377,7 @@ class LocalDriver:
         if snapshot.share_id != share.share_id:
             raise InvalidArgument("snapshot", f"is not a snapshot of share {share.name}")
         started = time.monotonic()
-        async with self._locks.of(share.share_id):
+        async with self._lock(share.share_id):
             image, mountpoint = self._image(share), self._mountpoint(share)
             if not image.exists():
                 raise NotFound(f"share {share.name} has no image on this backend")
@@ -549,9 +422,3 @@ class LocalDriver:
             return parse_clients(await asyncio.to_thread(file.read_text))
         except FileNotFoundError:
             return ()
-
-
-def _share_ids(refused: Sequence[RefusedExport]) -> list[str]:
-    """The shares behind refused exports (an export of no share's pseudo path is only
-    logged, by the instance)."""
-    return [uid for r in refused if (uid := share_of_pseudo(r.pseudo)) is not None]
