@@ -165,7 +165,14 @@ async def test_share_types_place_shares_on_the_backend_that_offers_what_they_ask
 ) -> None:
     placed = {}
     for type_id in TYPES:
-        share = await create(alpha, type_id, type_id)
+        try:
+            share = await create(alpha, type_id, type_id)
+        except OperationFailed as failed:  # say which pools the scheduler had then
+            pools = pool_service_pb2_grpc.PoolServiceStub(admin._channel)
+            view = await pools.ListPools(
+                pool_service_pb2.ListPoolsRequest(parent="backends/-"), metadata=admin.metadata
+            )
+            raise AssertionError(f"{type_id}: {failed}; pools now: {list(view.pools)}") from failed
         assert share.state == Share.ACTIVE
         placed[type_id] = await pool_of(admin, share)
     assert placed == {type_id: POOLS[backend] for type_id, (_, backend) in TYPES.items()}
