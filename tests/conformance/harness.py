@@ -1,8 +1,10 @@
 """What the conformance tests need from a driver under test beyond the contract: a way to
 restart it and a client that tries the shares as a tenant would.
 
-`local` answers through a real NFS client (libnfs `nfs-cp`/`nfs-ls` on 127.0.0.1);
-`fake` through its in-memory model. The tests never look at which one they have.
+The drivers served by a Ganesha of their own (`local`, `cephfs`, `glusterfs`) answer
+through a real NFS client (libnfs `nfs-cp`/`nfs-ls` on 127.0.0.1), `NfsSubject`, each
+saying only how its server tells a full share; `fake` answers through its in-memory
+model. The tests never look at which one they have.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import itertools
 import os
 import subprocess
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from sharemesh.driver_host.drivers import (
     AccessLevel,
@@ -25,9 +28,10 @@ from sharemesh.driver_host.drivers import (
     LocalDriverConfig,
     ShareSpec,
 )
+from sharemesh.driver_host.drivers._served import ServedDriver, ServedOptions
 from sharemesh.ganesha import share_pseudo
 
-from support import nfs_read, nfs_url, nfs_write, run
+from support import nfs_read, nfs_url, nfs_write, processes_mentioning, run
 
 Outcome = Literal["OK", "NOSPC", "ROFS", "ACCES"]
 """What a client's write got: written, the share is full, read-only, or not allowed."""
@@ -100,17 +104,28 @@ async def reach(subject: Subject, share: ShareSpec) -> AccessLevel | None:
     return "READ_ONLY"
 
 
+Options = TypeVar("Options", bound=ServedOptions)
+Served = TypeVar("Served", bound=ServedDriver)
+
+
 @dataclass
-class LocalSubject:
-    config: LocalDriverConfig
-    driver: LocalDriver
+class NfsSubject(Generic[Options, Served]):
+    """A driver served by a Ganesha of its own, tried with libnfs as a tenant would."""
+
+    config: Options
+    """The driver's config: a restart starts a new driver from it."""
+    driver: Served
     scratch: Path
     pool: str = "default"
 
     async def restart(self) -> None:
         await self.driver.stop(stop_servers=False)
-        self.driver = LocalDriver(self.config)
+        self.driver = type(self.driver)(self.config)
         await self.driver.start()
+
+    async def room(self, share: ShareSpec) -> int:
+        """The bytes the share can still take, as its server counts them."""
+        raise NotImplementedError
 
     async def mounts(self, share: ShareSpec) -> bool:
         return await self._lists(share_pseudo(share.share_id))
@@ -119,10 +134,11 @@ class LocalSubject:
         outcome, out = await self._write(share_pseudo(share.share_id), name, size_bytes)
         if outcome is not None:
             return outcome
-        # nfs-cp names no status for a failed WRITE: the server answered NOSPC exactly
-        # when the share's filesystem cannot take the file.
-        st = os.statvfs(self.mountpoint(share))
-        assert "Failed to write" in out and st.f_bavail * st.f_frsize < size_bytes, out
+        # nfs-cp names no status for a failed WRITE: the server answered NOSPC (or
+        # DQUOT) exactly when the share cannot take the file.
+        assert "Failed to write" in out, out
+        room = await self.room(share)
+        assert room < size_bytes, (room, out)
         return "NOSPC"
 
     async def read(self, share: ShareSpec, name: str) -> int | None:
@@ -169,11 +185,31 @@ class LocalSubject:
             rc, _ = await nfs_read(dst, CLIENT, pseudo, name, self.config.nfs_port)
             return dst.stat().st_size if rc == 0 else None
 
-    async def fill(self, share: ShareSpec, leave_bytes: int) -> None:
+
+Tried = TypeVar("Tried", bound=NfsSubject[Any, Any])
+
+
+async def serving(subject: Tried, root: Path) -> AsyncIterator[Tried]:
+    """The subject's driver started, then stopped with its servers; no process of the
+    test's (under `root`) may outlive it."""
+    subject.scratch.mkdir(exist_ok=True)
+    try:
+        await subject.driver.start()
+        yield subject
+    finally:
+        await subject.driver.stop(stop_servers=True)
+        assert not processes_mentioning(str(root)), "a test process survived"
+
+
+class LocalSubject(NfsSubject[LocalDriverConfig, LocalDriver]):
+    async def room(self, share: ShareSpec) -> int:
         st = os.statvfs(self.mountpoint(share))
-        free = st.f_bavail * st.f_frsize
+        return st.f_bavail * st.f_frsize
+
+    async def fill(self, share: ShareSpec, leave_bytes: int) -> None:
         filler = self.mountpoint(share) / "filler"
-        subprocess.run(["fallocate", "-l", str(free - leave_bytes), str(filler)], check=True)
+        size = await self.room(share) - leave_bytes
+        subprocess.run(["fallocate", "-l", str(size), str(filler)], check=True)
 
     def mountpoint(self, share: ShareSpec) -> Path:
         return Path(self.config.pool_dir) / "mnt" / share.share_id

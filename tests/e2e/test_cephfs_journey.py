@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
+from backend_journey import killed_driver_host_and_ganesha_serve_again, resize
 from conformance.harness_cephfs import admin_fill
 
 from sharemesh.client import Client, OperationFailed
@@ -38,7 +38,6 @@ from mesh_ops import (
     set_level,
     write,
 )
-from support import pid_alive
 
 pytestmark = pytest.mark.e2e
 CLIENT = "127.0.0.1"
@@ -107,13 +106,6 @@ async def subvolume(ceph: CephCluster, share: Share) -> dict[str, object] | None
         "fs subvolume info", vol_name="cephfs", group_name=GROUP, sub_name=share.uid
     )
     return info
-
-
-async def resize(client: Client, share: Share, size_gib: int) -> Share:
-    op = await client.call(
-        client.shares.ResizeShare, ss.ResizeShareRequest(name=share.name, size_gib=size_gib)
-    )
-    return await client.wait(op, Share)
 
 
 async def get(client: Client, share: Share) -> Share:
@@ -239,31 +231,4 @@ async def test_a_clone_has_the_data_as_of_its_snapshot(
 async def test_a_killed_driver_host_and_ganesha_serve_again(
     mesh: LocalMesh, alpha: Client, home: Path, tmp_path: Path
 ) -> None:
-    mib = tmp_path / "one.bin"
-    mib.write_bytes(os.urandom(MIB))
-    writable = await create_share(alpha, "alpha", "crash")
-    readonly = await create_share(alpha, "alpha", "crash-ro")
-    await grant(alpha, writable.name, CLIENT, RW)
-    rule = await grant(alpha, readonly.name, CLIENT, RW)
-    for share in (writable, readonly):
-        assert (await write(share, mib, "one.bin"))[0] == 0
-    await set_level(alpha, rule.name, RO)
-
-    host = mesh.children["driver-host-ceph"]
-    assert host.pid is not None
-    ganesha = int((home / "ganesha/ganesha/ganesha.pid").read_text())
-    for pid in (host.pid, ganesha):
-        os.kill(pid, signal.SIGKILL)
-    started = time.monotonic()
-    back = tmp_path / "back.bin"
-    while (await read(writable, back, "one.bin"))[0] != 0 or pid_alive(ganesha):
-        assert time.monotonic() - started < 60, "the share did not serve again"
-        await asyncio.sleep(0.2)
-    print(f"\ncephfs shares served again {time.monotonic() - started:.2f}s after kill -9")
-    for share in (writable, readonly):
-        assert (await read(share, back, "one.bin"))[0] == 0
-        assert back.read_bytes() == mib.read_bytes()
-    assert (await write(writable, mib, "two.bin"))[0] == 0, "the RW rule was lost"
-    assert (await write(readonly, mib, "two.bin"))[0] != 0, "the RO rule was lost"
-    for share in (writable, readonly):
-        await delete_share(alpha, share.name)
+    await killed_driver_host_and_ganesha_serve_again(mesh, alpha, "ceph", home, tmp_path, within=60)

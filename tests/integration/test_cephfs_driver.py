@@ -7,7 +7,6 @@ and Ganesha never holds the admin's key."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import signal
 import time
@@ -15,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conformance.harness import CLIENT, reach
+from conformance.harness import CLIENT, new_share, reach
 from conformance.harness_cephfs import CephSubject, admin_fill, ceph_subject
 
 from sharemesh.driver_host.drivers import (
@@ -34,7 +33,6 @@ pytestmark = pytest.mark.integration
 GIB = 1 << 30
 MIB = 1 << 20
 RW = [AccessRuleSpec(CLIENT, "READ_WRITE")]
-_ids = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +40,7 @@ async def subject(
     tmp_path_factory: pytest.TempPathFactory, ceph_cluster: tuple[Path, Path]
 ) -> AsyncIterator[CephSubject]:
     async for made in ceph_subject(tmp_path_factory, ceph_cluster):
-        assert isinstance(made, CephSubject)
         yield made
-
-
-def new_share(size_gib: int = 1) -> ShareSpec:
-    n = next(_ids)
-    return ShareSpec(
-        share_id=f"cf-{n}-{os.getpid()}",
-        name=f"projects/p/locations/l/shares/cf-{n}",
-        size_gib=size_gib,
-        pool="cephfs",
-        export_id=600 + n,
-    )
 
 
 async def quota_of(subject: CephSubject, share: ShareSpec) -> int | None:
@@ -63,7 +49,7 @@ async def quota_of(subject: CephSubject, share: ShareSpec) -> int | None:
 
 
 async def test_a_share_is_a_subvolume_with_its_size_as_quota(subject: CephSubject) -> None:
-    share = new_share(2)
+    share = new_share(subject, 2)
     await subject.driver.create_share(share)
     try:
         assert await quota_of(subject, share) == 2 * GIB
@@ -75,7 +61,7 @@ async def test_a_share_is_a_subvolume_with_its_size_as_quota(subject: CephSubjec
 async def test_a_shrink_below_the_data_is_refused_and_changes_nothing(
     subject: CephSubject,
 ) -> None:
-    share = new_share(3)
+    share = new_share(subject, 3)
     await subject.driver.create_share(share)
     try:
         await subject.driver.update_access(share, RW)
@@ -101,7 +87,7 @@ async def test_a_shrink_below_the_data_is_refused_and_changes_nothing(
 async def test_a_clone_reports_its_progress_and_holds_the_snapshot(
     subject: CephSubject,
 ) -> None:
-    share, clone = new_share(1), new_share(2)
+    share, clone = new_share(subject, 1), new_share(subject, 2)
     snapshot = SnapshotSpec(f"{share.share_id}-s", f"{share.name}/snapshots/s", share.share_id, 1)
     await subject.driver.create_share(share)
     try:
@@ -137,7 +123,7 @@ async def test_a_clone_reports_its_progress_and_holds_the_snapshot(
 
 
 async def test_a_clone_of_a_missing_snapshot_is_not_found(subject: CephSubject) -> None:
-    share, clone = new_share(), new_share()
+    share, clone = new_share(subject), new_share(subject)
     await subject.driver.create_share(share)
     try:
         missing = SnapshotSpec("nothing-here", "projects/p/shares/x/snapshots/n", share.share_id)
@@ -151,7 +137,7 @@ async def test_a_clone_of_a_missing_snapshot_is_not_found(subject: CephSubject) 
 async def test_ganesha_acts_as_a_user_limited_to_the_group_never_the_admin(
     subject: CephSubject,
 ) -> None:
-    share = new_share()
+    share = new_share(subject)
     await subject.driver.create_share(share)
     try:
         await subject.driver.update_access(share, RW)
@@ -171,7 +157,7 @@ async def test_ganesha_acts_as_a_user_limited_to_the_group_never_the_admin(
 
 
 async def test_a_killed_ganesha_serves_again_with_its_rules(subject: CephSubject) -> None:
-    share, other = new_share(), new_share()
+    share, other = new_share(subject), new_share(subject)
     for s in (share, other):
         await subject.driver.create_share(s)
     supervisor = asyncio.create_task(subject.driver.supervise())

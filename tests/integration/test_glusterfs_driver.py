@@ -6,7 +6,6 @@ quick (Ganesha's volume client is not ended by it), a killed Ganesha serves agai
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import signal
 import time
@@ -14,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
-from conformance.harness import CLIENT, reach
+from conformance.harness import CLIENT, new_share, reach
 from conformance.harness_glusterfs import GlusterSubject, gluster_subject
 
 from sharemesh.driver_host.drivers import (
@@ -34,7 +33,6 @@ pytestmark = pytest.mark.integration
 GIB = 1 << 30
 MIB = 1 << 20
 RW = [AccessRuleSpec(CLIENT, "READ_WRITE")]
-_ids = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +40,7 @@ async def subject(
     tmp_path_factory: pytest.TempPathFactory, gluster_volume: str
 ) -> AsyncIterator[GlusterSubject]:
     async for made in gluster_subject(tmp_path_factory, gluster_volume):
-        assert isinstance(made, GlusterSubject)
         yield made
-
-
-def new_share(size_gib: int = 1) -> ShareSpec:
-    n = next(_ids)
-    return ShareSpec(
-        share_id=f"gl-{n}-{os.getpid()}",
-        name=f"projects/p/locations/l/shares/gl-{n}",
-        size_gib=size_gib,
-        pool="default",
-        export_id=500 + n,
-    )
 
 
 def directory(share: ShareSpec) -> str:
@@ -62,7 +48,7 @@ def directory(share: ShareSpec) -> str:
 
 
 async def test_a_share_is_a_directory_with_its_size_as_quota(subject: GlusterSubject) -> None:
-    share = new_share(2)
+    share = new_share(subject, 2)
     await subject.driver.create_share(share)
     try:
         assert subject.driver.volume.is_dir(directory(share))
@@ -75,7 +61,7 @@ async def test_a_share_is_a_directory_with_its_size_as_quota(subject: GlusterSub
 async def test_a_shrink_that_fits_is_done_one_that_does_not_changes_nothing(
     subject: GlusterSubject,
 ) -> None:
-    share = new_share(3)
+    share = new_share(subject, 3)
     await subject.driver.create_share(share)
     try:
         await subject.driver.update_access(share, RW)
@@ -103,7 +89,7 @@ async def test_a_delete_leaves_no_directory_quota_or_export_and_is_quick(
     # Ganesha's client of the volume (glfs_fini, ~10 s).
     live = await subject.driver.ganesha.live_export_ids()
     assert live <= {65535}, f"another test left exports: {live}"
-    share = new_share()
+    share = new_share(subject)
     await subject.driver.create_share(share)
     await subject.driver.update_access(share, RW)
     assert await subject.write(share, "data", MIB) == "OK"
@@ -123,7 +109,7 @@ async def test_a_delete_leaves_no_directory_quota_or_export_and_is_quick(
 async def test_a_killed_ganesha_serves_every_share_again_with_its_rules(
     subject: GlusterSubject,
 ) -> None:
-    shares = [new_share(), new_share()]
+    shares = [new_share(subject), new_share(subject)]
     supervisor = asyncio.create_task(subject.driver.supervise())
     try:
         for share, rules in zip(shares, (RW, [AccessRuleSpec(CLIENT, "READ_ONLY")])):
@@ -152,7 +138,7 @@ async def test_a_killed_ganesha_serves_every_share_again_with_its_rules(
 async def test_snapshots_are_refused_naming_the_capability(subject: GlusterSubject) -> None:
     pool = (await subject.driver.stats()).pools[0]
     assert not pool.offers.snapshot_support and pool.offers.shrink_support
-    share = new_share()
+    share = new_share(subject)
     with pytest.raises(FailedPrecondition, match="snapshot_support"):
         await subject.driver.create_snapshot(
             share, SnapshotSpec("s1", f"{share.name}/snapshots/s1", share.share_id)

@@ -140,6 +140,10 @@ class ServedDriver:
 
     # ---- lifecycle -------------------------------------------------------------------
 
+    async def start(self) -> None:
+        """Readies the driver's storage, then `_start_serving`."""
+        raise NotImplementedError
+
     async def _start_serving(self) -> None:
         """Starts Ganesha, or adopts a running one: last in `start`, once the storage
         its export files name is there."""
