@@ -262,11 +262,16 @@ class ServedDriver:
         async with self._lock(share.share_id):
             await self._make(share)
             await self._serve_to_nobody(share)
+        return self._created(share, started)
+
+    def _created(
+        self, share: ShareSpec, started: float, snapshot: SnapshotSpec | None = None
+    ) -> list[ExportLocation]:
+        """Logs a share made (from `snapshot`), since `started`; its locations."""
+        source = f" from snapshot {snapshot.name}" if snapshot is not None else ""
+        took = time.monotonic() - started
         self.log.info(
-            "created share %s (%s GiB) in %.2fs",
-            share.name,
-            share.size_gib,
-            time.monotonic() - started,
+            "created share %s (%s GiB)%s in %.2fs", share.name, share.size_gib, source, took
         )
         return self._locations(share)
 

@@ -363,13 +363,7 @@ class CephFsDriver(ServedDriver):
                 no_shrink=False,
             )
             await self._serve_to_nobody(share)
-        log.info(
-            "created share %s from snapshot %s in %.2fs",
-            share.name,
-            snapshot.name,
-            time.monotonic() - started,
-        )
-        return self._locations(share)
+        return self._created(share, started, snapshot)
 
     async def _clone(self, share: ShareSpec, snapshot: SnapshotSpec) -> None:
         group = self.config.subvolume_group

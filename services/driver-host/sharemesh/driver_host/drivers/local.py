@@ -357,13 +357,7 @@ class LocalDriver(ServedDriver):
             # Always: a repeat after a crash before it still grows the filesystem.
             await _loopfs.grow_filesystem(self._mountpoint(share))
             await self._serve_to_nobody(share)
-        log.info(
-            "created share %s from snapshot %s in %.3fs",
-            share.name,
-            snapshot.name,
-            time.monotonic() - started,
-        )
-        return self._locations(share)
+        return self._created(share, started, snapshot)
 
     def _revert_intent(self, share: ShareSpec) -> Path:
         """Written once the reverted image is ready, removed once it serves: the
