@@ -874,7 +874,9 @@ def _resource_names(response: message.Message) -> list[str]:
 
 
 def _foreign(name: str, caller: str) -> bool:
-    return name.startswith("projects/") and not name.startswith(f"projects/{caller}/")
+    """A resource of another project (the caller's own project, by name, is not)."""
+    own = f"projects/{caller}"
+    return name.startswith("projects/") and name != own and not name.startswith(own + "/")
 
 
 def _admin_fields_set(response: message.Message) -> list[str]:

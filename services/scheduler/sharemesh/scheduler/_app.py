@@ -93,6 +93,7 @@ class SchedulerApp:
             self._context.config.quotas,
             self._context.config.export_id_quarantine_seconds,
             self._context.config.retry_deadline_seconds,
+            expected_backends=[f"backends/{b.name}" for b in self._context.config.backends],
         )
         controller = controllers.Controller("placement", self._place, _WORKERS, self.queue)
         shares = controllers.Informer(

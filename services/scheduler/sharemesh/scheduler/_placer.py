@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Iterable
 
 from google.protobuf import empty_pb2
 
@@ -50,8 +51,12 @@ class Placer:
         quotas: QuotaConfig,
         export_id_quarantine_seconds: float,
         retry_deadline_seconds: float = 600.0,
+        expected_backends: Iterable[str] = (),
     ) -> None:
         self._store = store
+        # Backends the config names: one that is not registered (starting, or its lease
+        # lapsed for a moment) may come back, so a share waits for it rather than fail.
+        self._expected_backends = frozenset(expected_backends)
         self._retry_deadline = retry_deadline_seconds
         self._waiting: set[str] = set()  # shares whose placement waits to retry
         self._export_id_quarantine = export_id_quarantine_seconds
@@ -223,12 +228,13 @@ class Placer:
         reason: str,
     ) -> None:
         """No registered pool takes the share. If a backend is missing (none registered,
-        or one whose pools hold allocations is not), it may take it once it is back: the
+        or one the config names or whose pools hold allocations is not), it may take it
+        once it is back: the
         create waits until its deadline, then fails UNAVAILABLE. Otherwise the pools
         that are there refused it for a reason of their own, and it fails now."""
         record = found.value
         registered = {candidate.backend for candidate in candidates}
-        known = {pool.rsplit("/pools/", 1)[0] for pool in allocations}
+        known = {pool.rsplit("/pools/", 1)[0] for pool in allocations} | self._expected_backends
         if candidates and known <= registered:
             size = record.share.size_gib
             await self._fail(
