@@ -14,7 +14,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from backend_journey import killed_driver_host_and_ganesha_serve_again, resize
 
 from sharemesh.client import Client, OperationFailed
 from sharemesh.driver_host.drivers._gluster_cli import GlusterCli
@@ -23,6 +22,7 @@ from sharemesh.launcher import LocalMesh
 from sharemesh.runtime.ports import free_port
 from sharemesh.v1 import share_service_pb2 as ss
 
+from backend_journey import killed_driver_host_and_ganesha_serve_again, resize
 from mesh_ops import (
     RO,
     RW,

@@ -126,9 +126,7 @@ def _api_log_errors(mesh: LocalMesh) -> list[dict[str, str]]:
     return [e for e in entries if e.get("level") in ("ERROR", "CRITICAL") or "exc" in e]
 
 
-async def test_every_call_authenticates_first(
-    mesh: LocalMesh, alpha: Client
-) -> None:
+async def test_every_call_authenticates_first(mesh: LocalMesh, alpha: Client) -> None:
     async with (
         Client(mesh.api_address, "") as anonymous,
         Client(mesh.api_address, "wrong-key") as wrong,
