@@ -41,7 +41,7 @@ from mesh_ops import (
     running_mesh,
     write,
 )
-from support import assert_host_clean, ensure_rpcbind, mounts_under, pid_alive
+from support import assert_host_clean, ensure_rpcbind, mounts_under, pid_alive, processes_mentioning
 
 pytestmark = pytest.mark.e2e
 
@@ -311,14 +311,19 @@ async def hasty(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Local
 
 
 async def _keep_killing_ganesha(mesh: LocalMesh, seconds: float) -> int:
-    """Kills every Ganesha the driver-host starts, for `seconds`; how many it killed."""
+    """Kills every Ganesha the driver-host starts, for `seconds`, as soon as it runs (found
+    by its command line, before it writes a pidfile: a restarted Ganesha is ready, and
+    takes an export, within tens of milliseconds); how many it killed."""
+    config = str(mesh.state_dir / "pools/local/ganesha/ganesha/ganesha.conf")
     kills, until = 0, time.monotonic() + seconds
     while time.monotonic() < until:
-        pid = _ganesha_pid(mesh)
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-            kills += 1
-        await asyncio.sleep(0.05)
+        for line in processes_mentioning(config):
+            pid = int(line.split()[0])
+            if "ganesha.nfsd" in line:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    kills += 1
+        await asyncio.sleep(0.01)
     return kills
 
 
