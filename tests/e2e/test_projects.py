@@ -6,8 +6,9 @@ shown and enforced, racing creates included."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -34,6 +35,7 @@ from sharemesh.v1 import share_service_pb2 as ss
 
 from mesh_ops import TENANT_KEYS, Share, create_network, create_share, delete_share, running_mesh
 
+M = TypeVar("M")
 pytestmark = pytest.mark.e2e
 CONFIG = (
     """
@@ -460,39 +462,58 @@ async def test_quota_limits_set_shown_and_enforced_under_racing_creates(
     assert (await get_quota(admin, "gamma")).usage == project_pb2.QuotaAmounts()
 
 
-async def test_snapshot_limit_set_through_the_api_holds_under_racing_snapshots(
-    mesh: LocalMesh, admin: Client
-) -> None:
-    key = await make_key(admin, "sigma", ApiKey.MEMBER)
+async def set_limit(admin: Client, project: str, **limit: int) -> None:
+    """Sets one quota limit of `project` through the API."""
+    (field,) = limit
     await admin.call(
         projects(admin).UpdateQuota,
         project_service_pb2.UpdateQuotaRequest(
             quota=project_pb2.Quota(
-                name="projects/sigma/quota", limits=project_pb2.QuotaAmounts(snapshots=1)
+                name=f"projects/{project}/quota", limits=project_pb2.QuotaAmounts(**limit)
             ),
-            update_mask={"paths": ["limits.snapshots"]},
+            update_mask={"paths": [f"limits.{field}"]},
         ),
     )
+
+
+async def race(
+    client: Client, n: int, start: Callable[[int], Awaitable[Any]], kind: type[M]
+) -> tuple[list[M], list[grpc.aio.AioRpcError]]:
+    """`n` mutations at once, each waited for: (what was made, what was refused)."""
+
+    async def one(i: int) -> object:
+        try:
+            return await client.wait(await start(i), kind)
+        except (OperationFailed, grpc.aio.AioRpcError) as refused:
+            return refused
+
+    results = await asyncio.gather(*(one(i) for i in range(n)))
+    made = [r for r in results if isinstance(r, kind)]
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(made) + len(refused) == n, results
+    assert all(r.code() == Code.RESOURCE_EXHAUSTED for r in refused), refused
+    return made, refused
+
+
+async def test_snapshot_limit_set_through_the_api_holds_under_racing_snapshots(
+    mesh: LocalMesh, admin: Client
+) -> None:
+    key = await make_key(admin, "sigma", ApiKey.MEMBER)
+    await set_limit(admin, "sigma", snapshots=1)
     async with Client(mesh.api_address, key.secret) as sigma:
         share = await create_share(sigma, "sigma", "snapped")
-
-        async def snapshot(i: int) -> object:
-            try:
-                op = await sigma.call(
-                    sigma.shares.CreateSnapshot,
-                    ss.CreateSnapshotRequest(
-                        parent=share.name, snapshot_id=f"s{i}", snapshot=snapshot_pb2.Snapshot()
-                    ),
-                )
-                return await sigma.wait(op, snapshot_pb2.Snapshot)
-            except (OperationFailed, grpc.aio.AioRpcError) as refused:
-                return refused
-
-        results = await asyncio.gather(*(snapshot(i) for i in range(3)))
-        taken = [r for r in results if isinstance(r, snapshot_pb2.Snapshot)]
-        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
-        assert len(taken) == 1 and len(refused) == 2, results
-        assert all(r.code() == Code.RESOURCE_EXHAUSTED for r in refused)
+        taken, refused = await race(
+            sigma,
+            3,
+            lambda i: sigma.call(
+                sigma.shares.CreateSnapshot,
+                ss.CreateSnapshotRequest(
+                    parent=share.name, snapshot_id=f"s{i}", snapshot=snapshot_pb2.Snapshot()
+                ),
+            ),
+            snapshot_pb2.Snapshot,
+        )
+        assert (len(taken), len(refused)) == (1, 2)
         assert (await get_quota(sigma, "sigma")).usage.snapshots == 1
         await sigma.wait(
             await sigma.call(
@@ -507,36 +528,22 @@ async def test_share_network_limit_set_through_the_api_holds_under_racing_create
     mesh: LocalMesh, admin: Client
 ) -> None:
     key = await make_key(admin, "tau", ApiKey.MEMBER)
-    await admin.call(
-        projects(admin).UpdateQuota,
-        project_service_pb2.UpdateQuotaRequest(
-            quota=project_pb2.Quota(
-                name="projects/tau/quota", limits=project_pb2.QuotaAmounts(share_networks=2)
-            ),
-            update_mask={"paths": ["limits.share_networks"]},
-        ),
-    )
+    await set_limit(admin, "tau", share_networks=2)
     async with Client(mesh.api_address, key.secret) as tau:
-
-        async def create(i: int) -> object:
-            try:
-                op = await tau.call(
-                    tau.networks.CreateShareNetwork,
-                    sns.CreateShareNetworkRequest(
-                        parent="projects/tau",
-                        share_network_id=f"net{i}",
-                        share_network=share_network_pb2.ShareNetwork(cidr=f"10.40.{i}.0/24"),
-                    ),
-                )
-                return await tau.wait(op, share_network_pb2.ShareNetwork)
-            except (OperationFailed, grpc.aio.AioRpcError) as refused:
-                return refused
-
-        results = await asyncio.gather(*(create(i) for i in range(5)))
-        made = [r for r in results if isinstance(r, share_network_pb2.ShareNetwork)]
-        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
-        assert len(made) == 2 and len(refused) == 3, results
-        assert all(r.code() == Code.RESOURCE_EXHAUSTED for r in refused)
+        made, refused = await race(
+            tau,
+            5,
+            lambda i: tau.call(
+                tau.networks.CreateShareNetwork,
+                sns.CreateShareNetworkRequest(
+                    parent="projects/tau",
+                    share_network_id=f"net{i}",
+                    share_network=share_network_pb2.ShareNetwork(cidr=f"10.40.{i}.0/24"),
+                ),
+            ),
+            share_network_pb2.ShareNetwork,
+        )
+        assert (len(made), len(refused)) == (2, 3)
         assert (await get_quota(tau, "tau")).usage.share_networks == 2
         for network in made:
             await tau.wait(
