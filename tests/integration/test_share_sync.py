@@ -1015,3 +1015,58 @@ async def test_a_shrink_that_would_lose_data_leaves_the_share_as_it_was(mesh: Me
     assert record.realized_size_gib == record.allocated_gib == 3
     assert (await mesh.allocated("a"), await mesh.used()) == (3, 3), "taken again"
     assert mesh.drivers["a"].backend.shares["uids1"].size_bytes == 3 << 30
+
+
+async def test_a_revoked_client_loses_the_snapshots_before_the_revocation_is_done(
+    mesh: Mesh,
+) -> None:
+    name = await mesh.active("s1", 2)
+    await mesh.add_rule(name, "r1", "10.0.0.0/24", AccessRule.READ_WRITE)
+    await mesh.syncs["a"].sync(name)
+    await mesh.take_snapshot(name, "x")
+    await mesh.syncs["a"].sync(name)
+    driver = mesh.drivers["a"]
+    assert driver.backend.snapshot_access("snapx", CLIENT) == "READ_ONLY"
+
+    # The snapshot's export fails once for a moment: the revocation waits for it.
+    driver.fail_next("export_snapshot", Unavailable("the NFS server is restarting"))
+    revoke = await mesh.delete_rule(f"{name}/accessRules/r1")
+    await mesh.syncs["a"].sync(name)
+    await mesh.done(revoke)
+    assert driver.backend.snapshot_access("snapx", CLIENT) is None
+    assert driver.count("export_snapshot") >= 3  # taken, failed, then applied
+
+
+async def test_a_revert_is_recorded_once_done_and_never_repeated(mesh: Mesh) -> None:
+    name = await mesh.active("s1", 2)
+    await mesh.add_rule(name, "r1", "10.0.0.0/24", AccessRule.READ_WRITE)
+    await mesh.syncs["a"].sync(name)
+    snapshot, _ = await mesh.take_snapshot(name, "x")
+    await mesh.syncs["a"].sync(name)
+    driver = mesh.drivers["a"]
+    # The export after the revert fails for a moment: the sync retries, and the data
+    # written in between stays (a second revert would wipe it).
+    driver.fail_next("update_access", Unavailable("the NFS server is restarting"))
+    revert = await mesh.revert(name, snapshot)
+    await mesh.syncs["a"].sync(name)
+    await mesh.done(revert)
+    assert driver.count("revert_to_snapshot") == 1
+
+
+async def test_snapshots_of_a_share_in_error_still_go_and_none_is_taken(mesh: Mesh) -> None:
+    name = await mesh.active("s1", 2)
+    kept, _ = await mesh.take_snapshot(name, "kept")
+    await mesh.syncs["a"].sync(name)
+    waiting, take = await mesh.take_snapshot(name, "late")
+    found = await mesh.share(name)
+    lifecycle.share.failed(found.value, "the backend lost it")
+    await mesh.store.txn().put(found.key, found.value, found.mod_revision).commit()
+    delete = await mesh.delete_snapshot(kept)
+    await mesh.syncs["a"].sync(name)
+
+    await mesh.done(delete)
+    assert await mesh.snapshot(kept) is None
+    assert (await mesh.failed(take)).reason == "SHARE_NOT_USABLE"
+    late = (await mesh.snapshot(waiting)).value  # type: ignore[union-attr]
+    assert late.snapshot.state == snapshot_pb2.Snapshot.ERROR
+    assert await mesh.snapshot_usage() == (1, 2), "the failed one holds its quota"

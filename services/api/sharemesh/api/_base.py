@@ -150,7 +150,8 @@ class Base:
         for pool in backend.pools if backend else ():
             if pool.name == record.pool:
                 return pool
-        raise BackendUnavailable(f"the backend of {record.pool} is not reachable now; retry later")
+        # Which pool it is is for admins (Share.pool is theirs): the message names none.
+        raise BackendUnavailable("the share's backend is not reachable now; retry later")
 
     async def require_capability(
         self, record: records_pb2.ShareRecord, capability: str, action: str

@@ -309,6 +309,17 @@ class Shares(Base):
                     "share can be resized"
                 )
             delta = request.size_gib - record.share.size_gib
+            taking = [
+                s.value.snapshot.name
+                for s in await self.snapshot_records(request.name)
+                if s.value.snapshot.state == snapshot_pb2.Snapshot.CREATING
+            ]
+            if delta and taking:
+                # The snapshot is counted at the size the share had when it was asked.
+                raise FailedPrecondition(
+                    f"a snapshot of the share is being taken ({taking[0]}); resize it after",
+                    reason="SNAPSHOT_IN_USE",
+                )
             if delta == 0:
                 # The share is not written, so the operation's revision is not its etag.
                 record.share.etag = str(found.mod_revision)

@@ -48,14 +48,12 @@ def newer_than(
     snapshot: Versioned[SnapshotRecord], siblings: list[Versioned[SnapshotRecord]]
 ) -> list[str]:
     """The snapshots of the same share taken after `snapshot` (those being deleted do
-    not count): a revert to it would lose them."""
-    mine = snapshot.value.snapshot
-    taken = (mine.create_time.ToNanoseconds(), mine.name)
+    not count): a revert to it would lose them. Ordered by etcd's creation revision, not
+    by the api processes' clocks, which may disagree."""
     return sorted(
         other.value.snapshot.name
         for other in siblings
-        if not other.value.delete_requested
-        and (other.value.snapshot.create_time.ToNanoseconds(), other.value.snapshot.name) > taken
+        if not other.value.delete_requested and other.create_revision > snapshot.create_revision
     )
 
 

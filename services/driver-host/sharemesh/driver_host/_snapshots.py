@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from sharemesh.runtime import errors, ledger, lifecycle, operations, quota
 from sharemesh.runtime.coordination import Mutex, Versioned
-from sharemesh.runtime.errors import NotFound, ShareMeshError
+from sharemesh.runtime.errors import FailedPrecondition, NotFound, ShareMeshError, Unavailable
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_pb2, snapshot_pb2
 
@@ -82,16 +82,22 @@ class SnapshotSync:
 
     # ---- revert ----------------------------------------------------------------------
 
-    async def revert(self, found: Versioned[records_pb2.ShareRecord], spec: ShareSpec) -> None:
-        """Puts the snapshot's data back into the share; the caller then realizes the
-        share (its rules, its record ACTIVE)."""
+    async def revert(
+        self, found: Versioned[records_pb2.ShareRecord], spec: ShareSpec, lock: Mutex
+    ) -> Versioned[records_pb2.ShareRecord]:
+        """Puts the snapshot's data back into the share, and records that at once (a
+        repeat would wipe what clients wrote since); the caller then realizes the share
+        (its rules, its record ACTIVE). Returns the record as written."""
         record = found.value
         snapshot = await self._store.get(self._store.key_of(record.revert_to), SnapshotRecord)
         if snapshot is None:
             raise NotFound(f"{record.revert_to} is gone; the share keeps its data")
         await self._driver.revert_to_snapshot(spec, snapshot_spec(record, snapshot.value))
         lifecycle.share.reverted(record)
+        txn = self._store.txn().fence(lock).put(found.key, record, found.mod_revision)
+        revision = await txn.commit()
         log.info("reverted %s to %s", record.share.name, snapshot.value.snapshot.name)
+        return Versioned(record, revision, found.create_revision, found.key)
 
     # ---- take, export, delete ----------------------------------------------------------
 
@@ -103,11 +109,8 @@ class SnapshotSync:
         rules: Rules,
         lock: Mutex,
         failure_of: FailureOf,
-        *,
-        rules_changed: bool,
     ) -> None:
-        """Every snapshot of the share made true: deleted, taken, or (when the share's
-        rules changed) exported to its new clients."""
+        """Every snapshot of the share made true: deleted or taken."""
         mountable = await self.mountable(share.value, spec)
         for found in snapshots:
             record = found.value
@@ -115,14 +118,44 @@ class SnapshotSync:
                 await self.delete(share.value, spec, found, lock, failure_of, forced=False)
             elif record.snapshot.state == Snapshot.CREATING:
                 await self._take(share.value, spec, found, rules, lock, mountable, failure_of)
-            elif record.snapshot.state == Snapshot.READY and mountable and rules_changed:
-                try:
-                    await self._driver.export_snapshot(
-                        spec, snapshot_spec(share.value, record), rules_of(rules)
-                    )
-                except ShareMeshError as error:  # the share's own rules are in force
-                    failure_of(error)  # a transient fault is retried
-                    log.warning("%s keeps its old clients: %s", record.snapshot.name, error)
+
+    async def export_all(
+        self,
+        share: records_pb2.ShareRecord,
+        spec: ShareSpec,
+        snapshots: Snapshots,
+        rules: Rules,
+    ) -> None:
+        """The share's rules changed: each READY snapshot's export gets its new clients
+        (a failure is the rule change's, raised)."""
+        if not snapshots or not await self.mountable(share, spec):
+            return
+        for found in snapshots:
+            record = found.value
+            if record.snapshot.state == Snapshot.READY and record.export_id:
+                await self._driver.export_snapshot(
+                    spec, snapshot_spec(share, record), rules_of(rules)
+                )
+
+    async def settle_on_error(
+        self,
+        share: records_pb2.ShareRecord,
+        spec: ShareSpec,
+        snapshots: Snapshots,
+        lock: Mutex,
+        failure_of: FailureOf,
+    ) -> None:
+        """A share in ERROR: snapshots asked to go are deleted, and none waiting to be
+        taken is taken from it; each of those fails, saying why."""
+        in_error = FailedPrecondition(
+            f"{share.share.name} is in ERROR: no snapshot is taken of it",
+            reason="SHARE_NOT_USABLE",
+        )
+        for found in snapshots:
+            if found.value.delete_requested:
+                await self.delete(share, spec, found, lock, failure_of, forced=False)
+            elif found.value.snapshot.state == Snapshot.CREATING:
+                await self._failed(share, spec, found, in_error, lock)
 
     async def ensure(
         self,
@@ -136,9 +169,14 @@ class SnapshotSync:
             return
         for found in snapshots:
             if found.value.snapshot.state == Snapshot.READY and found.value.export_id:
-                await self._driver.export_snapshot(
-                    spec, snapshot_spec(share, found.value), rules_of(rules)
-                )
+                try:
+                    await self._driver.export_snapshot(
+                        spec, snapshot_spec(share, found.value), rules_of(rules)
+                    )
+                except ShareMeshError as error:  # one refused export never stops the rest
+                    if isinstance(error, Unavailable):
+                        raise
+                    log.warning("%s not exported again: %s", found.value.snapshot.name, error)
 
     async def _take(
         self,

@@ -186,11 +186,14 @@ class ShareSync:
         lock: Mutex,
         final: bool,
     ) -> None:
-        if found.value.share.state == Share.ERROR and not found.value.delete_requested:
-            return  # only a delete (or an admin's reset) moves a share out of ERROR
         spec = spec_of(found.value)
-        strategy = self._strategy_of(found.value)
         failure_of = lambda e: self._unless_final(e, final)  # noqa: E731
+        if found.value.share.state == Share.ERROR and not found.value.delete_requested:
+            # Only a delete (or an admin's reset) moves a share out of ERROR; its
+            # snapshots still go when asked, and none is taken from it.
+            await self._snapshots.settle_on_error(found.value, spec, snapshots, lock, failure_of)
+            return
+        strategy = self._strategy_of(found.value)
         if found.value.delete_requested:
             try:
                 await self._snapshots.delete_all(found, snapshots, spec, lock, failure_of)
@@ -203,9 +206,13 @@ class ShareSync:
         try:
             source = await self._source_of(found.value)
             if found.value.revert_to:
-                await self._snapshots.revert(found, spec)
+                found = await self._snapshots.revert(found, spec, lock)
             with progress_to(self._progress_of(found.value)):
                 found, locations = await strategy.realize(found, spec, rules, lock, source)
+            if rules_changed:
+                # Before the rule changes are recorded as done: a revoked client must
+                # lose its snapshots too, and a failure here leaves the changes waiting.
+                await self._snapshots.export_all(found.value, spec, snapshots, rules)
         except ShareMeshError as error:
             await self._fail(found, rules, spec, self._unless_final(error, final), lock)
             return
@@ -225,9 +232,7 @@ class ShareSync:
             else:  # the last write of this sync: the lock goes with it
                 await lock.commit_releasing(txn)
         if snapshots_to_sync:
-            await self._snapshots.sync(
-                found, spec, snapshots, rules, lock, failure_of, rules_changed=rules_changed
-            )
+            await self._snapshots.sync(found, spec, snapshots, rules, lock, failure_of)
 
     def _progress_of(self, record: records_pb2.ShareRecord) -> Progress:
         """What the driver reports of a long call (a clone) goes into the metadata of the
