@@ -952,7 +952,11 @@ async def test_a_share_is_made_from_a_snapshot(mesh: Mesh) -> None:
     name, create = await mesh.create_share("s2", 3)
     found = await mesh.share(name)
     found.value.share.source_snapshot = snapshot
-    await mesh.store.txn().put(found.key, found.value, found.mod_revision).commit()
+    source = await mesh.snapshot(snapshot)
+    assert source is not None
+    source.value.clones.append(name)  # as the api's CreateShare holds the snapshot
+    txn = mesh.store.txn().put(found.key, found.value, found.mod_revision)
+    await txn.put(source.key, source.value, source.mod_revision).commit()
     await mesh.place(name, "a")
     await mesh.syncs["a"].sync(name)
 
@@ -960,6 +964,8 @@ async def test_a_share_is_made_from_a_snapshot(mesh: Mesh) -> None:
     assert made.state == Share.ACTIVE and made.size_gib == 3
     assert driver.backend.shares["uids2"].files == {"a.txt": 10}
     assert driver.count("create_share") == 1, "only the source was made blank"
+    held = (await mesh.snapshot(snapshot)).value  # type: ignore[union-attr]
+    assert list(held.clones) == [], "a share made no longer holds its snapshot"
 
 
 async def test_a_forced_delete_takes_the_snapshots_with_the_share(mesh: Mesh) -> None:

@@ -224,6 +224,8 @@ class ShareSync:
         snapshots_to_sync = not settled(snapshots) or rules_changed  # else nothing to write
         if not _settled(record, rules) or served not in ([], list(record.share.export_locations)):
             txn = self._store.txn().fence(lock)
+            if source is not None:
+                await self._release_source(txn, record)
             lifecycle.share.realized(record, served)
             await self._settle_rules(txn, rules)
             await _records.finish(self._store, txn, found, response=record.share)
@@ -251,6 +253,16 @@ class ShareSync:
                     pass  # finished meanwhile; the next report tries again
 
         return tell
+
+    async def _release_source(self, txn: Txn, record: records_pb2.ShareRecord) -> None:
+        """A share made from a snapshot no longer holds it (the api refuses the
+        snapshot's delete while a share is being made from it)."""
+        found = await self._store.get(
+            self._store.key_of(record.share.source_snapshot), records_pb2.SnapshotRecord
+        )
+        if found is not None and record.share.name in found.value.clones:
+            found.value.clones.remove(record.share.name)
+            txn.put(found.key, found.value, found.mod_revision)
 
     async def _source_of(self, record: records_pb2.ShareRecord) -> SnapshotSpec | None:
         """The snapshot a share not made yet is to be made from, if any."""
