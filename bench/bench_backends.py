@@ -50,47 +50,13 @@ from sharemesh.v1 import share_service_pb2 as ss  # noqa: E402
 from sharemesh.v1 import share_type_pb2, share_type_service_pb2_grpc, snapshot_pb2  # noqa: E402
 from sharemesh.v1 import share_type_service_pb2 as sts  # noqa: E402
 
-from mesh_ops import RW, TENANT_KEYS, Share, delete_share, grant, read, write  # noqa: E402
+from mesh_ops import RW, Share, delete_share, grant, read, three_backends, write  # noqa: E402
 from support import ensure_rpcbind, loops_under, mounts_under, processes_mentioning  # noqa: E402
 
 BACKENDS = ("local", "ceph", "gluster")
 SNAPSHOTS = ("local", "ceph")  # the backends that offer snapshots and clones
 MIB = 1 << 20
 T = TypeVar("T")
-
-CONFIG = (
-    """
-reconcile_interval_seconds = 2
-
-[[backends]]
-name = "local"
-driver = "local"
-[backends.options]
-capacity_gib = {local_gib}
-capabilities = {{ backend_kind = "local" }}
-
-[[backends]]
-name = "ceph"
-driver = "cephfs"
-[backends.options]
-conf = "{conf}"
-keyring = "{keyring}"
-client = "admin"
-fs_name = "cephfs"
-subvolume_group = "bench"
-max_over_subscription_ratio = 4.0   # quotas are thin; the dev OSD has 5 GiB
-capabilities = {{ backend_kind = "ceph" }}
-
-[[backends]]
-name = "gluster"
-driver = "glusterfs"
-[backends.options]
-server = "127.0.0.1"
-volume = "{volume}"
-capabilities = {{ backend_kind = "gluster" }}
-"""
-    + TENANT_KEYS
-)
 
 
 def dev(script: str, verb: str, home: Path) -> str:
@@ -260,8 +226,13 @@ async def main(args: argparse.Namespace) -> None:
         print(f"dev cluster and volume up in {time.monotonic() - started:.1f}s")
         state.mkdir()
         (state / "mesh.toml").write_text(
-            CONFIG.format(
-                local_gib=args.creates + args.rounds + 2, conf=conf, keyring=keyring, volume=volume
+            three_backends(
+                conf,
+                keyring,
+                volume,
+                local_gib=args.creates + args.rounds + 2,
+                group="bench",
+                ceph_ratio=4.0,  # quotas are thin; the dev OSD has 5 GiB
             )
         )
         mesh = LocalMesh(state, state / "mesh.toml", api_port=0, lease_ttl_seconds=3)

@@ -55,6 +55,63 @@ driver_handles_share_servers = true
 """
 NETWORK_TYPES = {"via-gateway": "<is> False", "via-server": "<is> True"}
 
+# One mesh with the three real backends, each tagged with a custom capability
+# (`backend_kind`) that share types can pick it by.
+THREE_BACKENDS = (
+    """
+reconcile_interval_seconds = 2
+
+[[backends]]
+name = "local"
+driver = "local"
+[backends.options]
+capacity_gib = {local_gib}
+capabilities = {{ backend_kind = "local" }}
+
+[[backends]]
+name = "ceph"
+driver = "cephfs"
+[backends.options]
+conf = "{conf}"
+keyring = "{keyring}"
+client = "admin"
+fs_name = "cephfs"
+subvolume_group = "{group}"
+max_over_subscription_ratio = {ceph_ratio}
+capabilities = {{ backend_kind = "ceph" }}
+
+[[backends]]
+name = "gluster"
+driver = "glusterfs"
+[backends.options]
+server = "127.0.0.1"
+volume = "{volume}"
+capabilities = {{ backend_kind = "gluster" }}
+"""
+    + TENANT_KEYS
+)
+
+
+def three_backends(
+    conf: str,
+    keyring: str,
+    volume: str,
+    *,
+    local_gib: int,
+    group: str,
+    ceph_ratio: float = 1.0,
+) -> str:
+    """The TOML of a mesh with `local`, `cephfs` and `glusterfs` backends."""
+    return THREE_BACKENDS.format(
+        conf=conf,
+        keyring=keyring,
+        volume=volume,
+        local_gib=local_gib,
+        group=group,
+        ceph_ratio=ceph_ratio,
+    )
+
+
 # The mesh of most e2e modules: one local backend, and keys for two projects.
 MESH_CONFIG = (
     """

@@ -29,53 +29,18 @@ from sharemesh.v1 import share_type_service_pb2 as sts
 
 from mesh_ops import (
     RW,
-    TENANT_KEYS,
     Share,
     delete_share,
     grant,
     pool_of,
     read,
     running_mesh,
+    three_backends,
     write,
 )
 
 pytestmark = pytest.mark.e2e
 CLIENT = "127.0.0.1"
-
-# Each backend's state (its Ganesha's, on ports of its own) the launcher puts under the
-# mesh's state directory.
-CONFIG = (
-    """
-reconcile_interval_seconds = 2
-
-[[backends]]
-name = "local"
-driver = "local"
-[backends.options]
-capacity_gib = 8
-capabilities = {{ backend_kind = "local" }}
-
-[[backends]]
-name = "ceph"
-driver = "cephfs"
-[backends.options]
-conf = "{conf}"
-keyring = "{keyring}"
-client = "admin"
-fs_name = "cephfs"
-subvolume_group = "mixed"
-capabilities = {{ backend_kind = "ceph" }}
-
-[[backends]]
-name = "gluster"
-driver = "glusterfs"
-[backends.options]
-server = "127.0.0.1"
-volume = "{volume}"
-capabilities = {{ backend_kind = "gluster" }}
-"""
-    + TENANT_KEYS
-)
 
 POOLS = {
     "local": "backends/local/pools/default",
@@ -111,7 +76,7 @@ async def mesh(
     gluster_volume: str,
 ) -> AsyncIterator[LocalMesh]:
     conf, keyring = ceph_cluster
-    config = CONFIG.format(conf=conf, keyring=keyring, volume=gluster_volume)
+    config = three_backends(conf, keyring, gluster_volume, local_gib=8, group="mixed")
     async with running_mesh(tmp_path_factory, config) as running:
         async with Client(running.api_address, running.admin_token) as admin:
             types = share_type_service_pb2_grpc.ShareTypeServiceStub(admin._channel)
