@@ -227,6 +227,12 @@ def network_server_key(root: str, kind: str, owner: str, share_network: str) -> 
     )
 
 
+def gateway_endpoint_key(root: str, share_network: str) -> str:
+    """The address and ports every host's gateway on a share network serves on (each
+    host's bridge is its own, so one endpoint serves the network's tenants on all)."""
+    return f"{_check_root(root)}gatewayEndpoints/{check_name(share_network, 'share_network')}"
+
+
 def network_servers_prefix(root: str, kind: str, owner: str) -> str:
     """Every network server of one owner (scan it: the keys below are nested names)."""
     if kind not in ("gateways", "shareServers"):
