@@ -3,7 +3,8 @@ per-backend index (tests/fixtures/upgrade-v1.json, made by scripts/gen-upgrade-f
 plus 2,000 synthetic shares of that age on a backend that has left.
 
 The scheduler's leader migrates them to schema 2 and is killed -9 half-way; the other
-scheduler finishes, each record written exactly once. The old shares are then served:
+scheduler finishes, each record written exactly once, and goes on to schema 3 (each
+project's usage record counts its shares). The old shares are then served:
 the api lists and gets them, their driver-host finds them through the index and tries
 to export them again (their images are not on this host: it reports that and changes
 nothing), one is deleted through the api. A new share beside them carries NFS I/O. A
@@ -174,12 +175,17 @@ async def test_the_migration_survives_its_leader_and_runs_exactly_once(
     assert halfway.version < 2 and 0 < halfway.migrated < SYNTHETIC + 3
 
     async def done() -> bool:
-        return await migrations.mesh_version(store) == 2
+        return await migrations.mesh_version(store) == migrations.SCHEMA == 3
 
     await _until(done)
     schema = await _schema(store.client)
-    # Every share of the old mesh, once: the count is kept in the pages' transactions.
-    assert (schema.migrated, schema.resume_after) == (SYNTHETIC + 3, "")
+    # Every share of the old mesh, once, then its two usage records: the count is kept
+    # in the pages' transactions.
+    assert (schema.migrated, schema.resume_after) == (SYNTHETIC + 3 + 2, "")
+    for project, shares in (("alpha", 2), ("beta", 1)):
+        usage = await store.get(keys.usage_key(ROOT, project), records_pb2.ProjectUsage)
+        assert usage is not None
+        assert (usage.value.shares, usage.value.schema_version) == (shares, 3)
     shares = await store.scan(f"{ROOT}shares/", records_pb2.ShareRecord)
     assert len(shares) == SYNTHETIC + 3
     assert {s.value.schema_version for s in shares} == {2}

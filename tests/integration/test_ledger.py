@@ -1,14 +1,16 @@
 """The ledger's counters against a real etcd: each change is counted from the value
 its transaction compares, so racing writers never both count from one value, and an
-absent counter is created once."""
+absent counter is created once; a project's share count holds its limit under racing
+placements."""
 
 from __future__ import annotations
 
 import asyncio
 
 from sharemesh.runtime import ledger, quota
+from sharemesh.runtime.config import QuotaConfig
 from sharemesh.runtime.coordination import Store, keys
-from sharemesh.runtime.errors import Aborted
+from sharemesh.runtime.errors import Aborted, ResourceExhausted
 from sharemesh.state.v1 import records_pb2
 
 POOL = "backends/b/pools/p"
@@ -70,3 +72,34 @@ async def test_a_counter_never_goes_below_zero_and_can_be_set(etcd_client, etcd_
     assert ids.set(txn, 41) == 41
     await txn.commit()
     assert (await ledger.read_export_ids(store, "b")).value == 41
+
+
+async def test_racing_placements_never_overshoot_the_share_count(etcd_client, etcd_root) -> None:  # type: ignore[no-untyped-def]
+    # Placements as two schedulers would make them (a handover: no lock between them),
+    # each share written placed in the txn that reserves it; the limit is 3 shares.
+    store = Store(etcd_client, etcd_root)
+    quotas = QuotaConfig(project_shares={"p": 3})
+
+    async def place(i: int) -> tuple[bool, int]:
+        """Retries on a lost race; (placed or refused, races lost)."""
+        record = records_pb2.ShareRecord(project="p", backend="backends/b", pool=POOL)
+        record.share.name = f"projects/p/shares/s{i}"
+        record.allocated_gib = 1
+        lost = 0
+        while True:
+            txn = store.txn().create(store.key_of(record.share.name), record)
+            try:
+                await quota.reserve_share(store, txn, quotas, "p", 1)
+                await txn.commit()
+                return True, lost
+            except ResourceExhausted:
+                return False, lost
+            except Aborted:
+                lost += 1
+
+    results = await asyncio.gather(*(place(i) for i in range(10)))
+    assert sum(placed for placed, _ in results) == 3
+    assert sum(lost for _, lost in results) > 0, "the placements never raced"
+    usage = await quota.usage(store, "p")
+    assert (usage.shares, usage.share_gib) == (3, 3)
+    assert await quota.count_shares(store, "p") == 3  # the record counts what is there

@@ -1,13 +1,20 @@
 """Schema versions and migrations against a real etcd: the Store stamps and checks the
 version of every record; the first migration (v1 -> v2) writes the index keys of the
-shares placed before the per-backend index, fenced by the leader, once, and in pages."""
+shares placed before the per-backend index, fenced by the leader, once, and in pages;
+the second (-> v3) has each project's usage record count its shares, from an old
+mesh's etcd (tests/fixtures/upgrade-v1.json)."""
 
 from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
 
 import pytest
 from google.protobuf import empty_pb2
 
-from sharemesh.runtime import migrations
+from sharemesh.runtime import migrations, quota
+from sharemesh.runtime.config import QuotaConfig
 from sharemesh.runtime.coordination import Election, Session, Store, keys
 from sharemesh.runtime.coordination import _client as etcd
 from sharemesh.runtime.coordination._store import schema_version
@@ -18,6 +25,7 @@ from sharemesh.v1 import share_pb2
 
 TTL = 2
 ShareRecord = records_pb2.ShareRecord
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "upgrade-v1.json"
 
 
 def v1_share(name: str, backend: str = "", network: str = "", host: str = "") -> ShareRecord:
@@ -102,7 +110,7 @@ async def test_v1_shares_get_their_index_keys_once_fenced_and_in_pages(etcd_clie
         leader = await Election(session, keys.election_prefix(etcd_root, "scheduler")).campaign(
             b"me"
         )
-        assert await migrations.run(store, leader) == migrations.SCHEMA == 2
+        assert await migrations.run(store, leader) == migrations.SCHEMA == 3
 
         for name in [*flat, indexed]:
             assert await raw(store, keys.backend_index_key(etcd_root, "local", name))
@@ -117,14 +125,73 @@ async def test_v1_shares_get_their_index_keys_once_fenced_and_in_pages(etcd_clie
         schema = await store.get(migrations.schema_key(store), records_pb2.SchemaRecord)
         assert schema is not None
         assert (schema.value.version, schema.value.resume_after, schema.value.migrated) == (
-            2,
+            3,
             "",
-            98,
+            98,  # and no usage record to count
         )
 
         # Again (a new leader, a restart): nothing left to do, nothing written.
         revision = (await etcd.get_kv(etcd_client, etcd_root))[1]
-        assert await migrations.run(store, leader) == 2
+        assert await migrations.run(store, leader) == 3
+        assert (await etcd.get_kv(etcd_client, etcd_root))[1] == revision
+
+
+async def test_usage_records_count_their_shares_once(etcd_client, etcd_root):  # type: ignore[no-untyped-def]
+    store = Store(etcd_client, etcd_root)
+    # The old mesh's etcd: alpha has two shares placed (3 GiB), beta one; none counted.
+    old_mesh = json.loads(FIXTURE.read_text())["keys"]
+    ops = [
+        etcd.op_put(etcd_root + key.removeprefix("/sharemesh/"), base64.b64decode(value))
+        for key, value in old_mesh.items()
+    ]
+    await etcd.txn(etcd_client, [], ops)
+    # Beside them, alpha's shares that hold no place: one waiting to be placed, one whose
+    # create was undone on its pool (its GiB given back); they are not counted.
+    await put_raw(
+        store,
+        store.key_of("projects/alpha/shares/waiting"),
+        v1_share("projects/alpha/shares/waiting"),
+    )
+    undone = v1_share("projects/alpha/shares/undone", "local")  # allocated_gib 0
+    await put_raw(store, store.key_of(undone.share.name), undone)
+    usage_keys = [keys.usage_key(etcd_root, p) for p in ("alpha", "beta")]
+    for key in usage_keys:
+        found = await store.get(key, records_pb2.ProjectUsage)
+        assert found is not None and found.value.schema_version == 1
+    # Before the migration, the quota counts them from the shares (the fallback).
+    assert [(await quota.usage(store, p)).shares for p in ("alpha", "beta")] == [2, 1]
+
+    async with Session(etcd_client, TTL) as session:
+        leader = await Election(session, keys.election_prefix(etcd_root, "scheduler")).campaign(
+            b"me"
+        )
+        assert await migrations.run(store, leader) == 3
+
+        for key, (shares, gib) in zip(usage_keys, [(2, 3), (1, 1)]):
+            found = await store.get(key, records_pb2.ProjectUsage)
+            assert found is not None
+            assert (found.value.shares, found.value.share_gib) == (shares, gib)
+            assert found.value.schema_version == 3
+            assert (await stored(store, key))[2] == 2  # the old mesh's write, then this one
+        schema = await store.get(migrations.schema_key(store), records_pb2.SchemaRecord)
+        assert schema is not None and schema.value.migrated == 5 + 2  # shares, then usage
+
+        # From now on the record is the count: a share placed and one given back move
+        # it in the transactions that move the GiB, and the shares are not read.
+        txn = store.txn()
+        await quota.reserve_share(store, txn, QuotaConfig(project_shares={"alpha": 3}), "alpha", 1)
+        await txn.commit()
+        txn = store.txn()
+        await quota.adjust(store, txn, "beta", -1, shares=-1)
+        await txn.commit()
+        shares = store.prefix_of("projects/alpha", "shares")
+        await etcd.txn(etcd_client, [], [etcd.op_delete(shares, etcd.prefix_end(shares))])
+        alpha, beta = [await quota.usage(store, p) for p in ("alpha", "beta")]
+        assert (alpha.shares, alpha.share_gib, beta.shares, beta.share_gib) == (3, 4, 0, 0)
+
+        # Again: nothing left to do, nothing written.
+        revision = (await etcd.get_kv(etcd_client, etcd_root))[1]
+        assert await migrations.run(store, leader) == 3
         assert (await etcd.get_kv(etcd_client, etcd_root))[1] == revision
 
 

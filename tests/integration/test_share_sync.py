@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import pytest
 import pytest_asyncio
 from google.longrunning import operations_pb2
 from google.protobuf import empty_pb2
@@ -139,7 +141,7 @@ class Mesh:
         size = record.share.size_gib
         pool = f"backends/{backend}/pools/default"
         txn = self.store.txn()
-        await quota.adjust(self.store, txn, PROJECT, size)
+        await quota.adjust(self.store, txn, PROJECT, size, shares=1)
         (await ledger.read_pool(self.store, pool)).add(txn, size)
         ids = await ledger.read_export_ids(self.store, backend)
         export_id = ids.set(txn, ids.value + 1)
@@ -319,6 +321,10 @@ class Mesh:
     async def used(self) -> int:
         return await quota.used_gib(self.store, PROJECT)
 
+    async def shares(self) -> int:
+        """The project's shares that hold a place, as GetQuota shows them."""
+        return (await quota.usage(self.store, PROJECT)).shares
+
     async def released_ids(self, backend: str) -> list[int]:
         found, _ = await self.store.list_all(
             keys.released_export_ids_prefix(self.store.root, backend), records_pb2.ReleasedExportId
@@ -441,7 +447,7 @@ async def test_a_create_the_backend_refuses_is_placed_elsewhere_then_fails(mesh:
     assert (record.backend, record.pool, record.share.pool, record.export_id) == ("", "", "", 0)
     assert list(record.tried_pools) == ["backends/a/pools/default"]
     assert record.allocated_gib == 0
-    assert (await mesh.allocated("a"), await mesh.used()) == (0, 0)
+    assert (await mesh.allocated("a"), await mesh.used(), await mesh.shares()) == (0, 0, 0)
     assert await mesh.released_ids("a") == [1]
     assert await mesh.indexed("a") == []
     assert "uids1" not in mesh.drivers["a"].backend.shares
@@ -461,7 +467,8 @@ async def test_a_create_the_backend_refuses_is_placed_elsewhere_then_fails(mesh:
     assert error.message == record.share.state_message
     assert isinstance(error, Internal)
     assert not record.pending_operations
-    assert (await mesh.allocated("b"), await mesh.used()) == (0, 0)
+    # Its create undone, it holds no place either: its project's count gave it back.
+    assert (await mesh.allocated("b"), await mesh.used(), await mesh.shares()) == (0, 0, 0)
     assert "uids1" not in mesh.drivers["b"].backend.shares
 
     # A share in ERROR is left alone until it is deleted.
@@ -618,6 +625,7 @@ async def test_a_delete_releases_everything_the_share_held(mesh: Mesh) -> None:
     name = await mesh.active("s1", 3)
     await mesh.add_rule(name, "r1", "10.0.0.0/24", AccessRule.READ_WRITE)
     await mesh.syncs["a"].sync(name)
+    assert await mesh.shares() == 1
     waiting = await mesh.add_rule(name, "r2", "10.0.1.0/24", AccessRule.READ_ONLY)
     op = await mesh.delete(name)
     assert (await mesh.share(name)).value.share.state == Share.DELETING
@@ -630,7 +638,7 @@ async def test_a_delete_releases_everything_the_share_held(mesh: Mesh) -> None:
     await mesh.done(op)
     # A rule change that waited on the share fails: the share went first.
     assert (await mesh.failed(waiting)).reason == "RESOURCE_DELETED"
-    assert (await mesh.allocated("a"), await mesh.used()) == (0, 0)
+    assert (await mesh.allocated("a"), await mesh.used(), await mesh.shares()) == (0, 0, 0)
     assert await mesh.released_ids("a") == [1]
     assert await mesh.indexed("a") == []
     assert mesh.drivers["a"].backend.shares == {}
@@ -894,6 +902,60 @@ async def test_a_snapshot_the_backend_refuses_is_error_and_keeps_its_quota(mesh:
     await mesh.delete_snapshot(snapshot)
     await mesh.syncs["a"].sync(name)
     assert await mesh.snapshot(snapshot) is None and await mesh.snapshot_usage() == (0, 0)
+
+
+async def test_racing_snapshot_deletes_each_delete_once_and_give_all_back(
+    mesh: Mesh, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One snapshot on each of N shares of the project, each share synced by its own
+    # driver-host process (its own Store: no turns shared), all giving back to the one
+    # usage record at once, so their counter writes race.
+    n = 8
+    driver = mesh.drivers["a"]
+    snapshots, deletes = [], []
+    for i in range(n):
+        name = await mesh.active(f"s{i}", 1)
+        snapshot, _ = await mesh.take_snapshot(name, f"x{i}")
+        await mesh.syncs["a"].sync(name)
+        snapshots.append(snapshot)
+        deletes.append(await mesh.delete_snapshot(snapshot))
+    assert await mesh.snapshot_usage() == (n, n)
+    syncs = [
+        ShareSync(
+            Store(mesh.store.client, mesh.store.root),
+            mesh.session,
+            driver,
+            "backends/a",
+            mesh.peers,
+            MAX_ATTEMPTS,
+            "host-1",
+            DEADLINE,
+        )
+        for _ in range(n)
+    ]
+    gate = driver.block("delete_snapshot")  # all at the backend before any counts
+    caplog.set_level(logging.DEBUG, logger=ledger.__name__)
+    try:
+        running = [
+            asyncio.ensure_future(sync.sync(snapshot.split("/snapshots/")[0]))
+            for sync, snapshot in zip(syncs, snapshots)
+        ]
+        await _until(lambda: driver.count("delete_snapshot") == n)
+        gate.set()
+        await asyncio.gather(*running)
+    finally:
+        for sync in syncs:
+            sync.stop()
+
+    for snapshot, delete in zip(snapshots, deletes):
+        await mesh.done(delete)
+        assert await mesh.snapshot(snapshot) is None
+    assert await mesh.snapshot_usage() == (0, 0)
+    assert driver.backend.snapshots == {}
+    # A lost race counted again; the backend's delete never ran again.
+    raced = [r for r in caplog.records if "counting again" in r.getMessage()]
+    assert raced, "the deletes never raced: the test proves nothing"
+    assert driver.count("delete_snapshot") == n
 
 
 async def test_transient_snapshot_faults_are_retried(mesh: Mesh) -> None:

@@ -1,14 +1,23 @@
 """The mesh's counters, kept in etcd beside what they count: the GiB a pool has
-allocated, the GiB of a project's shares and the count and GiB of its snapshots, the
-last export id of a backend's Ganesha.
+allocated, the count and GiB of a project's shares and of its snapshots, the last
+export id of a backend's Ganesha.
 
 One counter change is one upsert, added to the caller's transaction with the change it
 counts: written at the revision read, or created only if still absent. A concurrent
 change of the counter therefore fails the whole transaction (ABORTED), to be retried
-on a fresh read; two writers can never both count from the same value."""
+on a fresh read; two writers can never both count from the same value.
+
+`commit_counted` is that retry for a change made once elsewhere (a backend's delete):
+the writes of one process take turns on the counters, and a race with another process
+counts again without doing the change again."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
+import weakref
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -18,8 +27,15 @@ from sharemesh.state.v1 import records_pb2
 
 from . import export_ids
 from .coordination import Store, Txn, Versioned, keys
+from .errors import Aborted, FencedOut
+
+log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+
+_COUNTED_ATTEMPTS = 20
+# Per store (one per process, as a rule): the writes that take turns on the counters.
+_turns: weakref.WeakKeyDictionary[Store, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -71,6 +87,38 @@ async def adjust(
     return (await read(store, key, record_type, field)).add(txn, delta)
 
 
+async def commit_counted(
+    store: Store,
+    counters: Collection[str],
+    build: Callable[[], Awaitable[Txn]],
+    count: Callable[[Txn], Awaitable[object]],
+    commit: Callable[[Txn], Awaitable[object]] | None = None,
+) -> None:
+    """Commits the transaction `build` makes, with the changes of `counters` (their keys)
+    that `count` adds to it last, through `commit` (default: `txn.commit()`).
+
+    What came before (say, the backend's delete of what the txn removes) is never done
+    again here: the writes of this process take turns (count, commit), so they never race
+    each other, and a race with another process on one of `counters` builds and counts
+    again. Any other failure is raised: the failed compare is named, and the counters'
+    compares come last, so a race is theirs only when nothing else changed."""
+    for attempt in range(_COUNTED_ATTEMPTS):
+        txn = await build()
+        try:
+            async with _turns.setdefault(store, asyncio.Lock()):
+                await count(txn)
+                await (commit(txn) if commit is not None else txn.commit())
+            return
+        except FencedOut:
+            raise  # the lock or leadership is lost: whoever holds it now finishes
+        except Aborted as race:
+            raced = race.metadata.get("key")
+            if raced not in counters or attempt == _COUNTED_ATTEMPTS - 1:
+                raise
+            log.debug("counter %s changed meanwhile; counting again", raced)
+            await asyncio.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
+
+
 # The mesh's counters, by what they count.
 
 
@@ -90,8 +138,9 @@ async def read_pool(store: Store, pool_name: str) -> Counter[records_pb2.PoolAll
 async def read_usage(
     store: Store, project: str, field: str = "share_gib"
 ) -> Counter[records_pb2.ProjectUsage]:
-    """A project's usage: the GiB of its shares (`share_gib`), or the count (`snapshots`)
-    or GiB (`snapshot_gib`) of its snapshots; one record holds all three."""
+    """A project's usage: the GiB of its shares (`share_gib`) and how many hold a place
+    (`shares`, see quota.shares_held), or the count (`snapshots`) or GiB (`snapshot_gib`)
+    of its snapshots; one record holds them all."""
     key = keys.usage_key(store.root, project)
     return await read(store, key, records_pb2.ProjectUsage, field)
 

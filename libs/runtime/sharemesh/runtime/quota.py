@@ -1,5 +1,6 @@
-"""Project quotas: what a project's shares hold is kept beside them in etcd, changed in
-the same transaction as the shares' own `allocated_gib`, and checked against its limit.
+"""Project quotas: what a project's shares hold (their GiB, and how many hold a place) is
+kept beside them in etcd, changed in the same transaction as the shares' own
+`allocated_gib`, and checked against its limit.
 Snapshots count the same way: their number and their GiB, reserved in the transaction
 that records the snapshot and given back in the one that removes it.
 
@@ -21,6 +22,9 @@ from .controllers import Informer
 from .coordination import Store, Txn, Versioned, keys
 from .errors import ResourceExhausted
 
+# The schema version of `ProjectUsage` from which it counts the project's shares (the
+# migration to it counts those of older records, see `migrations`).
+SHARES_COUNTED = 3
 # The quota's amounts, as named in `QuotaAmounts` and `QuotaLimitsRecord`.
 AMOUNTS = ("shares", "share_gib", "snapshots", "snapshot_gib", "share_networks")
 # A guard key that every share network create of a project writes, so that racing
@@ -171,18 +175,40 @@ def check(quotas: QuotaConfig, project: str, used: int, more_gib: int) -> None:
     check_amount(project, "share_gib", used, more_gib, quotas.limit_gib(project))
 
 
-async def adjust(store: Store, txn: Txn, project: str, delta_gib: int) -> int:
-    """Adds to `txn` the change of the project's usage by `delta_gib`, compared with the
-    value read, so a concurrent change makes the txn fail (retry). Returns the new usage."""
-    return (await ledger.read_usage(store, project)).add(txn, delta_gib)
+async def adjust(store: Store, txn: Txn, project: str, delta_gib: int, shares: int = 0) -> int:
+    """Adds to `txn` the change of the project's usage by `delta_gib` (and of its count
+    of shares that hold a place by `shares`), compared with the value read, so a
+    concurrent change makes the txn fail (retry). Returns the new usage in GiB."""
+    return (await ledger.read_usage(store, project)).add(txn, delta_gib, shares=shares)
 
 
-async def _placed_shares(store: Store, project: str, other_than: str = "") -> int:
-    """The project's shares that hold a placement (and so their quota)."""
+def holds_place(record: records_pb2.ShareRecord) -> bool:
+    """Whether the share counts against its project's share limit: it is placed and
+    holds its GiB. A create undone on its pool gave its GiB, and so its place, back;
+    each change of this is written with the GiB's, so the usage record counts it."""
+    return bool(record.backend) and record.allocated_gib > 0
+
+
+async def count_shares(store: Store, project: str) -> int:
+    """The project's shares that hold a place, counted from their records: O(project),
+    for a usage record older than its count only (see `shares_held`)."""
     found, _ = await store.list_all(
         store.prefix_of(names.PROJECT.format(project=project), "shares"), records_pb2.ShareRecord
     )
-    return sum(1 for f in found if f.value.backend and f.value.share.name != other_than)
+    return sum(1 for f in found if holds_place(f.value))
+
+
+async def shares_held(
+    store: Store, project: str, usage: Versioned[records_pb2.ProjectUsage] | None
+) -> int:
+    """The project's shares that hold a place, as its usage record (read) counts them.
+    A record from before the count (its schema older than SHARES_COUNTED, until the
+    scheduler's migration counts it) has them counted from the shares instead."""
+    if usage is None:
+        return 0  # no share ever held GiB
+    if usage.value.schema_version >= SHARES_COUNTED:
+        return int(usage.value.shares)
+    return await count_shares(store, project)
 
 
 async def _share_networks(store: Store, project: str) -> int:
@@ -194,19 +220,19 @@ async def _share_networks(store: Store, project: str) -> int:
 
 
 async def reserve_share(
-    store: Store, txn: Txn, quotas: QuotaConfig, project: str, share: str, size_gib: int
+    store: Store, txn: Txn, quotas: QuotaConfig, project: str, size_gib: int
 ) -> None:
-    """Adds to `txn` the reservation of one more share (`share`, being placed) of
-    `size_gib`, or raises RESOURCE_EXHAUSTED naming the quota it would exceed. The GiB
-    are compared with the usage read; the count of shares relies on placements being
-    made one at a time (the scheduler's), each seeing the ones before it."""
+    """Adds to `txn` the reservation of one more share of `size_gib` (being placed), or
+    raises RESOURCE_EXHAUSTED naming the quota it would exceed. Its GiB and the count of
+    shares are both compared with the usage record as read, so racing placements cannot
+    together overshoot either."""
     limit = await limits(store, quotas, project)
-    used = await adjust(store, txn, project, size_gib) - size_gib
-    check_amount(project, "share_gib", used, size_gib, limit.share_gib)
+    usage = await ledger.read_usage(store, project)
+    check_amount(project, "share_gib", usage.value, size_gib, limit.share_gib)
     if limit.shares:
-        check_amount(
-            project, "shares", await _placed_shares(store, project, share), 1, limit.shares
-        )
+        held = await shares_held(store, project, usage.found)
+        check_amount(project, "shares", held, 1, limit.shares)
+    usage.add(txn, size_gib, shares=1)
 
 
 async def reserve_share_network(store: Store, txn: Txn, quotas: QuotaConfig, project: str) -> None:
@@ -257,7 +283,7 @@ async def usage(store: Store, project: str) -> project_pb2.QuotaAmounts:
     held = (await ledger.read_usage(store, project)).found
     record = held.value if held else records_pb2.ProjectUsage()
     return project_pb2.QuotaAmounts(
-        shares=await _placed_shares(store, project),
+        shares=await shares_held(store, project, held),
         share_gib=record.share_gib,
         snapshots=record.snapshots,
         snapshot_gib=record.snapshot_gib,

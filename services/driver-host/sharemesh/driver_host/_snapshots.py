@@ -2,7 +2,8 @@
 it): taken, and exported read-only where the backend offers it; exported to the new
 client list when the share's rules change; deleted; and the share reverted to one. Each
 outcome is recorded with the operations that waited for it, fenced by the lock, in the
-same transaction as the quota and export id it gives back."""
+same transaction as the quota and export id it gives back (a delete that races another
+process for the project's usage counts again, as a share's delete does)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from sharemesh.runtime import errors, ledger, lifecycle, operations, quota
-from sharemesh.runtime.coordination import Mutex, Versioned
+from sharemesh.runtime.coordination import Mutex, Txn, Versioned, keys
 from sharemesh.runtime.errors import FailedPrecondition, NotFound, ShareMeshError, Unavailable
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_pb2, snapshot_pb2
@@ -288,14 +289,24 @@ class SnapshotSync:
         if not record.delete_requested:
             lifecycle.snapshot.delete_requested(record)
         lifecycle.snapshot.released(record)
-        txn = self._store.txn().fence(lock).delete(found.key, found.mod_revision)
-        await quota.release_snapshot(
-            self._store, txn, record.project, int(record.snapshot.size_gib)
-        )
-        if export_gone:
-            ledger.release_export_id(self._store, txn, self._backend.short_name, record.export_id)
-        await operations.finish_for_deleted(self._store, txn, record.pending_operations)
-        await txn.commit()
+
+        async def build() -> Txn:
+            txn = self._store.txn().fence(lock).delete(found.key, found.mod_revision)
+            if export_gone:
+                ledger.release_export_id(
+                    self._store, txn, self._backend.short_name, record.export_id
+                )
+            await operations.finish_for_deleted(self._store, txn, record.pending_operations)
+            return txn
+
+        async def count(txn: Txn) -> None:
+            await quota.release_snapshot(
+                self._store, txn, record.project, int(record.snapshot.size_gib)
+            )
+
+        # A race for the project's usage counts again; the backend's delete is done.
+        usage = [keys.usage_key(self._store.root, record.project)]
+        await ledger.commit_counted(self._store, usage, build, count)
         log.info("deleted %s", record.snapshot.name)
         return None
 

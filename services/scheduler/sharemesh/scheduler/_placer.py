@@ -167,9 +167,7 @@ class Placer:
         usage this txn compares, so racing creates and resizes cannot together overshoot
         it (the api's check is only a first look)."""
         try:
-            await quota.reserve_share(
-                self._store, txn, self._quotas, record.project, record.share.name, size
-            )
+            await quota.reserve_share(self._store, txn, self._quotas, record.project, size)
         except ResourceExhausted as over:
             return over
         return None

@@ -72,7 +72,10 @@ def _as_fence(fence: object) -> Compare:
 # Schema versions (records.proto): the version of each record type this code writes,
 # by full proto name; a versioned type not named here is at 1. A type goes up only
 # with the migration that brings its older records to it (sharemesh.runtime.migrations).
-SCHEMA_VERSIONS: dict[str, int] = {"sharemesh.state.v1.ShareRecord": 2}
+SCHEMA_VERSIONS: dict[str, int] = {
+    "sharemesh.state.v1.ShareRecord": 2,
+    "sharemesh.state.v1.ProjectUsage": 3,
+}
 SCHEMA_FIELD = "schema_version"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from sharemesh.runtime.coordination import Store
 from sharemesh.state.v1 import records_pb2
 
-from . import _v2_index
+from . import _v2_index, _v3_share_counts
 from ._runner import Step, mesh_version, schema_key, wait_for
 from ._runner import run as _run
 
@@ -21,6 +21,13 @@ STEPS: tuple[Step, ...] = (
         "shares/",
         records_pb2.ShareRecord,
         _v2_index.index_placed_shares,  # type: ignore[arg-type]
+    ),
+    Step(
+        _v3_share_counts.VERSION,
+        "each project's usage counts its shares (GetQuota and the share limit read it)",
+        _v3_share_counts.PREFIX,
+        records_pb2.ProjectUsage,
+        _v3_share_counts.count_shares,
     ),
 )
 # The schema this code writes and needs.

@@ -33,11 +33,12 @@ async def release(
     store: Store, txn: Txn, record: records_pb2.ShareRecord, gib: int | None = None
 ) -> None:
     """Gives the share's reservation (or `gib` of it) back to its pool and project; a
-    negative `gib` takes that much again (a shrink that failed)."""
+    negative `gib` takes that much again (a shrink that failed). All of it given back,
+    the share no longer holds a place in its project's count (quota.holds_place)."""
     gib = record.allocated_gib if gib is None else gib
     if not gib:
         return
-    await quota.adjust(store, txn, record.project, -gib)
+    await quota.adjust(store, txn, record.project, -gib, -1 if gib == record.allocated_gib else 0)
     allocation = await ledger.read_pool(store, record.pool)
     if allocation.found is not None:
         allocation.add(txn, -gib)

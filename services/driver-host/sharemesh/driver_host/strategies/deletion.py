@@ -5,14 +5,12 @@ share in ERROR with the reason, unless it is forced."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from collections.abc import Callable
 
-from sharemesh.runtime import errors, lifecycle, operations
-from sharemesh.runtime.coordination import Mutex, Versioned, keys
-from sharemesh.runtime.errors import Aborted, FencedOut, ShareMeshError
+from sharemesh.runtime import errors, ledger, lifecycle, operations
+from sharemesh.runtime.coordination import Mutex, Txn, Versioned, keys
+from sharemesh.runtime.errors import ShareMeshError
 from sharemesh.state.v1 import records_pb2
 
 from ..drivers import ShareSpec
@@ -21,13 +19,10 @@ from ._common import Backend, Rules, Strategy
 
 log = logging.getLogger(__name__)
 
-_COUNTER_ATTEMPTS = 20
-
 
 class Deletion:
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
-        self._counters = asyncio.Lock()  # deletes give back to the counters one at a time
 
     async def delete(
         self,
@@ -77,15 +72,14 @@ class Deletion:
         its capacity, quota and export id; the id only if its export is gone (a forced
         delete may leave it live, and no other share may get its id then).
 
-        Concurrent deletes race only for the pool's and project's counters. In this
-        process they take turns (read the counters, commit), so they never race each
-        other; a race with another process (a placement) is counted again here, rather
-        than redoing the backend's work, which a retry of the whole sync would."""
+        Concurrent deletes race only for the pool's and project's counters: the ledger
+        counts them again on a race, rather than redoing the backend's work, which a
+        retry of the whole sync would."""
         store = self._backend.store
-        lifecycle.share.released(found.value)
-        for attempt in range(_COUNTER_ATTEMPTS):
-            record = records_pb2.ShareRecord()  # `release` counts down its copy
-            record.CopyFrom(found.value)
+        record = found.value
+        lifecycle.share.released(record)
+
+        async def build() -> Txn:
             txn = store.txn().fence(lock)
             for rule in rules:
                 txn.delete(rule.key, rule.mod_revision)
@@ -95,24 +89,19 @@ class Deletion:
             _records.unindex(self._backend, txn, record)
             txn.delete(found.key, found.mod_revision)
             await operations.finish_for_deleted(store, txn, record.pending_operations)
-            try:
-                async with self._counters:
-                    await _records.release(store, txn, record)
-                    # The share's last write: the lock goes with it.
-                    await lock.commit_releasing(txn)
-                return
-            except FencedOut:
-                raise  # the lock is lost: whoever holds it now finishes
-            except Aborted as race:
-                # The failed compare is named; the counters are compared last, so only
-                # when nothing else changed is it theirs (else the sync decides again).
-                counters = (
-                    keys.usage_key(store.root, record.project),
-                    keys.pool_allocation_key(store.root, record.pool),
-                )
-                if race.metadata.get("key") not in counters or attempt == _COUNTER_ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
+            return txn
+
+        async def count(txn: Txn) -> None:
+            held = records_pb2.ShareRecord()  # `release` counts down its copy
+            held.CopyFrom(record)
+            await _records.release(store, txn, held)
+
+        counters = (
+            keys.usage_key(store.root, record.project),
+            keys.pool_allocation_key(store.root, record.pool),
+        )
+        # The share's last write: the lock goes with it.
+        await ledger.commit_counted(store, counters, build, count, lock.commit_releasing)
 
     async def refuse(
         self, found: Versioned[records_pb2.ShareRecord], error: ShareMeshError, lock: Mutex
