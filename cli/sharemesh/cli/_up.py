@@ -1,4 +1,5 @@
-"""`sharemesh up`: run the local mesh in the foreground until SIGINT or SIGTERM.
+"""`sharemesh up`: run the local mesh in the foreground until SIGINT or SIGTERM; with
+`--hosts N`, as N hosts, each a network namespace with an etcd member of its own.
 
 People read plain lines on the terminal; the launcher's JSON log goes to
 `DIR/logs/launcher.log`, beside each service's own log. One `sharemesh up` owns a
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from sharemesh.launcher import DEFAULT_API_PORT, LocalMesh
+from sharemesh.launcher import DEFAULT_API_PORT, HostsMesh, LocalMesh
 from sharemesh.runtime import logs, server
 
 log = logging.getLogger("sharemesh.up")
@@ -45,6 +46,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         type=int,
         default=1,
         help="scheduler processes (one leads, the others stand by)",
+    )
+    up.add_argument(
+        "--hosts",
+        type=int,
+        default=0,
+        help="run the mesh as N hosts on this machine, each a network namespace with its "
+        "own address, etcd member and gateway (the api and schedulers on the first two)",
     )
     up.set_defaults(run=run)
 
@@ -90,6 +98,12 @@ def _lock(state_dir: Path) -> IO[str] | None:
     return handle
 
 
+def _mesh(state_dir: Path, args: argparse.Namespace) -> LocalMesh | HostsMesh:
+    if args.hosts:
+        return HostsMesh(state_dir, args.hosts, args.config, args.api_port, args.lease_ttl)
+    return LocalMesh(state_dir, args.config, args.api_port, args.lease_ttl, args.schedulers)
+
+
 def run(args: argparse.Namespace) -> int:
     state_dir: Path = args.state_dir.resolve()
     (state_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -102,10 +116,15 @@ def run(args: argparse.Namespace) -> int:
 
     async def main(stop: asyncio.Event) -> None:
         try:
-            async with LocalMesh(
-                state_dir, args.config, args.api_port, args.lease_ttl, args.schedulers
-            ) as mesh:
-                print(f"sharemesh api listening on {mesh.api_address}", flush=True)
+            async with _mesh(state_dir, args) as mesh:
+                if isinstance(mesh, HostsMesh):
+                    for host in mesh.hosts:
+                        print(f"{host.name} at {host.address}", flush=True)
+                    addresses = ", ".join(mesh.api_addresses)
+                    print(f"sharemesh api listening on {addresses} (TLS)", flush=True)
+                    print(f"the api's CA in {mesh.ca_file}", flush=True)
+                else:
+                    print(f"sharemesh api listening on {mesh.api_address}", flush=True)
                 print(f"admin key in {state_dir / 'admin.token'}", flush=True)
                 print(f"logs in {state_dir / 'logs'}; Ctrl-C stops everything", flush=True)
                 await stop.wait()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -17,9 +18,24 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+_CLONE_NEWNET = 0x40000000
 
 
-def _prepare_child() -> None:
+def enter_netns(netns: str | None) -> None:
+    """Moves the calling process into the named network namespace (between fork and
+    exec): a simulated host's processes share the machine's files, not its network."""
+    if not netns:
+        return
+    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if ctypes.CDLL(None, use_errno=True).setns(fd, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {netns}")
+    finally:
+        os.close(fd)
+
+
+def _prepare_child(netns: str | None = None) -> None:
+    enter_netns(netns)
     # A launcher killed with SIGKILL cannot stop its children; the kernel does it for us.
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     # A stop that comes while the child is still starting must not kill it before it
@@ -62,8 +78,11 @@ class Child:
         log_path: Path,
         env: dict[str, str] | None = None,
         release_argv: Sequence[str] | None = None,
+        netns: str | None = None,
     ) -> None:
         self.name = name
+        self.netns = netns
+        """The network namespace it runs in (a simulated host's), or the launcher's."""
         # It holds host resources that outlive it (Ganesha, mounts) and lets go of them
         # when stopped in order; if it was down, or did not stop in order, this command
         # releases them instead. It needs no etcd, which may be dead by then.
@@ -101,7 +120,7 @@ class Child:
                 stderr=subprocess.STDOUT,
                 env=self._env,
                 start_new_session=True,
-                preexec_fn=_prepare_child,
+                preexec_fn=functools.partial(_prepare_child, self.netns),
             )
 
     async def _watch(self) -> None:
@@ -128,6 +147,18 @@ class Child:
             backoff = min(backoff * 2, 10.0)
             await self._spawn()
 
+    async def kill(self) -> None:
+        """SIGKILL, not restarted, nothing released: a host that dies (tests)."""
+        self._stopping = True
+        if self._watcher:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            await exited(process)
+
     async def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM, then SIGKILL if it does not finish in time; idempotent."""
         self._stopping = True
@@ -147,12 +178,16 @@ class Child:
                 process.kill()
                 await exited(process)
         if process.returncode != 0 and self._release_argv:
-            await self._release(timeout)
+            log.info("%s did not stop in order; releasing what it held", self.name)
+            await self.release(timeout)
 
-    async def _release(self, timeout: float) -> None:
-        """Lets go of what a child that did not stop in order left behind."""
-        log.info("%s did not stop in order; releasing what it held", self.name)
-        process = self._popen(self._release_argv or ())
+    async def release(self, timeout: float = 15.0) -> None:
+        """Lets go of what the child holds beyond its life (Ganesha servers, mounts),
+        from the host alone; idempotent. For one that did not stop in order, or whose
+        servers outlive its orderly stops."""
+        if not self._release_argv:
+            return
+        process = self._popen(self._release_argv)
         try:
             code = await asyncio.wait_for(exited(process), timeout)
         except asyncio.TimeoutError:

@@ -38,6 +38,15 @@ DEFAULT_API_PORT = 8470
 DEFAULT_CAPACITY_GIB = 50
 
 
+def ensure_admin_token(state_dir: Path) -> None:
+    """`DIR/admin.token`, made once (mode 0600): the admin's bearer key."""
+    token = state_dir / "admin.token"
+    if not token.exists():
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+
+
 class LocalMesh:
     """`async with LocalMesh(...) as mesh:` runs the whole mesh until the block ends."""
 
@@ -91,7 +100,7 @@ class LocalMesh:
     async def start(self) -> None:
         for sub in ("etcd", "logs", "pools"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
-        self._ensure_admin_token()
+        ensure_admin_token(self.state_dir)
         raw = self._resolve()
         raw.setdefault("tls", {})["ca_file"] = str(self.ca.cert_file)
         self.etcd = EtcdServer(
@@ -217,13 +226,6 @@ class LocalMesh:
         children["gateway"] = child("gateway", [*gateway, "--own-servers"], [*gateway, "--release"])
         children["api"] = child("api", [py, "-m", "sharemesh.api", *cfg])
         return children
-
-    def _ensure_admin_token(self) -> None:
-        token = self.state_dir / "admin.token"
-        if not token.exists():
-            fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(32) + "\n")
 
     def _resolve(self) -> dict[str, Any]:
         """The user's config with every port and path filled in; ports kept from the last run."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import shutil
@@ -18,14 +19,15 @@ from sharemesh.runtime import tls
 from sharemesh.runtime.errors import Unavailable
 from sharemesh.runtime.ports import free_port
 
-from ._children import exited
+from ._children import enter_netns, exited
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _prepare(netns: str | None) -> None:  # runs in the child between fork and exec
+    enter_netns(netns)
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -55,8 +57,24 @@ class EtcdTls:
         ]
 
 
+@dataclass(frozen=True)
+class Membership:
+    """A member of a cluster of several: where it runs, and who its peers are."""
+
+    address: str
+    """The address it listens on and advertises (its host's)."""
+    netns: str
+    """The network namespace of its host."""
+    initial_cluster: str
+    """`name=https://address:port,…` of every member."""
+    token: str
+    """The cluster's token, unique per mesh, so members of two meshes never join."""
+
+
 class EtcdServer:
-    """One single-member etcd on 127.0.0.1; with `tls`, over TLS with client certificates.
+    """One etcd member: a single-member cluster on 127.0.0.1, or with `member` one of a
+    cluster, on its host's address and in its namespace; with `tls`, over TLS with
+    client certificates (and peers').
 
     `async with EtcdServer(data_dir) as etcd:` starts it (free ports unless given),
     waits until a real KV read succeeds, and stops it on exit. The log goes to
@@ -74,8 +92,11 @@ class EtcdServer:
         compaction_retention: str = "1h",
         extra_args: tuple[str, ...] = (),
         tls: EtcdTls | None = None,
+        member: Membership | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.member = member
+        self.address = member.address if member else "127.0.0.1"
         self.tls = tls
         self._scheme = "https" if tls else "http"
         # TLS clients must present a certificate; metrics (and /health) stay plaintext
@@ -95,14 +116,14 @@ class EtcdServer:
     def endpoint(self) -> str:
         if self.client_port is None:
             raise RuntimeError("etcd not started")
-        return f"{self._scheme}://127.0.0.1:{self.client_port}"
+        return f"{self._scheme}://{self.address}:{self.client_port}"
 
     @property
     def metrics_url(self) -> str:
         """Base URL of etcd's `/metrics` and `/health`, plaintext even with TLS."""
         if self.metrics_port is None:
             return self.endpoint
-        return f"http://127.0.0.1:{self.metrics_port}"
+        return f"http://{self.address}:{self.metrics_port}"
 
     @property
     def pid(self) -> int | None:
@@ -113,8 +134,9 @@ class EtcdServer:
         return self._process is not None and self._process.poll() is None
 
     def _command(self) -> list[str]:
-        client = f"{self._scheme}://127.0.0.1:{self.client_port}"
-        peer = f"{self._scheme}://127.0.0.1:{self.peer_port}"
+        client = f"{self._scheme}://{self.address}:{self.client_port}"
+        peer = f"{self._scheme}://{self.address}:{self.peer_port}"
+        cluster = self.member.initial_cluster if self.member else f"{self.name}={peer}"
         return [
             self.binary,
             "--name",
@@ -130,7 +152,8 @@ class EtcdServer:
             "--initial-advertise-peer-urls",
             peer,
             "--initial-cluster",
-            f"{self.name}={peer}",
+            cluster,
+            *(["--initial-cluster-token", self.member.token] if self.member else []),
             "--auto-compaction-mode=periodic",
             f"--auto-compaction-retention={self.compaction_retention}",
             "--logger=zap",
@@ -145,8 +168,10 @@ class EtcdServer:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
 
-    async def start(self, timeout: float = 30.0) -> EtcdServer:
-        """Start etcd and wait until healthy; retries on fresh ports if a port was taken."""
+    async def start(self, timeout: float = 30.0, *, wait: bool = True) -> EtcdServer:
+        """Start etcd and wait until healthy; retries on fresh ports if a port was taken.
+        A member of a cluster answers only once a quorum has started: start every
+        member with `wait=False`, then `await wait_healthy()` on each."""
         if self.running:
             return self
         attempts = 1 if self._fixed_ports else 3
@@ -167,9 +192,13 @@ class EtcdServer:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=functools.partial(
+                        _prepare, self.member.netns if self.member else None
+                    ),
                     close_fds=True,
                 )
+            if not wait:
+                return self
             try:
                 await self._wait_healthy(timeout)
                 return self
@@ -185,6 +214,14 @@ class EtcdServer:
                 await self.kill()
                 raise
         raise AssertionError("unreachable")
+
+    async def wait_healthy(self, timeout: float = 60.0) -> None:
+        try:
+            await self._wait_healthy(timeout)
+        except _Exited:
+            raise Unavailable(
+                f"etcd exited during start; log {self.log_path}:\n{self._log_tail()}"
+            ) from None
 
     async def _wait_healthy(self, timeout: float) -> None:
         from sharemesh.runtime.coordination import connect  # the one etcd client stack

@@ -21,6 +21,7 @@ from ._netns import (
     remove_bridge,
     remove_namespace,
     storage_addresses,
+    storage_range,
 )
 from ._servers import NetworkServers, Served, location, release_servers, tenant_rules
 from ._storage import CephConf, read_ceph_conf
@@ -33,6 +34,7 @@ __all__ = [
     "CephConf",
     "read_ceph_conf",
     "storage_addresses",
+    "storage_range",
     "NetworkServers",
     "Served",
     "release_servers",

@@ -384,23 +384,41 @@ async def leave(bridge: str, netns: str) -> None:
 # Storage legs: point-to-point links from the host to its gateways' namespaces, so a
 # gateway can proxy a backend's NFS export. Link-local, so no tenant range overlaps it
 # inside the gateway's namespace; backends grant this range, which only gateways have.
-STORAGE_RANGE = ipaddress.ip_network("169.254.64.0/18")
+# On a mesh of several hosts each host takes a block of it (`[gateway] storage_range`),
+# routed to that host, so a backend on one host answers a gateway on another.
+STORAGE_RANGE = ipaddress.IPv4Network("169.254.64.0/18")
 
 
-def storage_addresses(index: int) -> tuple[str, str]:
-    """(host end, namespace end) of storage leg `index`, each a /30 address."""
-    base = int(STORAGE_RANGE.network_address) + 4 * index
-    if base + 4 > int(STORAGE_RANGE.broadcast_address) + 1:
+def storage_range(cidr: str) -> ipaddress.IPv4Network:
+    """`cidr` as a block of STORAGE_RANGE legs are cut from (a /30 each)."""
+    try:
+        block = ipaddress.ip_network(cidr)
+    except ValueError as error:
+        raise InvalidArgument("gateway.storage_range", str(error)) from None
+    if not isinstance(block, ipaddress.IPv4Network) or not block.subnet_of(STORAGE_RANGE):
+        raise InvalidArgument("gateway.storage_range", f"must be a block of {STORAGE_RANGE}")
+    return block
+
+
+def storage_addresses(index: int, block: ipaddress.IPv4Network = STORAGE_RANGE) -> tuple[str, str]:
+    """(host end, namespace end) of storage leg `index` of `block`, each a /30 address."""
+    base = int(block.network_address) + 4 * index
+    if base + 4 > int(block.broadcast_address) + 1:
         raise FailedPrecondition("no storage leg left on this host")
     host = ipaddress.ip_address(base + 1)
     return f"{host}/30", f"{host + 1}/30"
 
 
-async def ensure_storage_leg(netns: str, index: int, ifname: str = "storage0") -> None:
-    """A veth from the host into `netns`, addressed as storage leg `index`."""
+async def ensure_storage_leg(
+    netns: str,
+    index: int,
+    ifname: str = "storage0",
+    block: ipaddress.IPv4Network = STORAGE_RANGE,
+) -> None:
+    """A veth from the host into `netns`, addressed as storage leg `index` of `block`."""
     _check_netns(netns)
     host = "sms" + _digest(netns)[:12]
-    host_address, ns_address = storage_addresses(index)
+    host_address, ns_address = storage_addresses(index, block)
     if not await _pair_intact(host, netns, ifname):
         await _delete_link(host)
         await _ip("link", "add", "name", host, "type", "veth", "peer", "name", ifname,
@@ -414,12 +432,16 @@ async def ensure_storage_leg(netns: str, index: int, ifname: str = "storage0") -
 
 
 async def ensure_storage_routes(
-    netns: str, index: int, destinations: Iterable[str], ifname: str = "storage0"
+    netns: str,
+    index: int,
+    destinations: Iterable[str],
+    ifname: str = "storage0",
+    block: ipaddress.IPv4Network = STORAGE_RANGE,
 ) -> None:
     """Routes exactly `destinations` (addresses or CIDRs of backends' clusters) through
     storage leg `index` of `netns`, so its native FSALs reach them; others go."""
     _check_netns(netns)
-    via = storage_addresses(index)[0].split("/")[0]
+    via = storage_addresses(index, block)[0].split("/")[0]
     wanted: set[str] = set()
     for destination in destinations:
         try:

@@ -56,6 +56,9 @@ class Served:
     server's storage leg, instead of reading the directory (VFS)."""
     proxy_generation: str = ""
     """The proxied server's incarnation: when it changes, the proxy must be rebuilt."""
+    proxy_server: str = ""
+    """The proxied server's address (on another host, routed through the storage leg);
+    empty: this host, at the host end of the storage leg."""
     fsal: Fsal | None = None
     """A native FSAL straight to the backend's cluster (GLUSTER, CEPH), instead of VFS."""
     routes: tuple[str, ...] = ()
@@ -107,8 +110,10 @@ class NetworkServers:
         owner: str,
         state_dir: Path,
         export_id_quarantine_seconds: float,
+        storage_range: str = str(netns_plugin.STORAGE_RANGE),
     ) -> None:
         self._store = store
+        self._legs = netns_plugin.storage_range(storage_range)
         self._export_id_quarantine = export_id_quarantine_seconds
         self._records = asyncio.Lock()
         self.kind = kind  # "gateways" or "shareServers"
@@ -118,6 +123,8 @@ class NetworkServers:
         self._supervisors: dict[str, asyncio.Task[None]] = {}
         # Per network, the incarnations of the servers its proxies were made against.
         self._proxied: dict[str, dict[str, str]] = {}
+        self._endpoints: set[str] = set()
+        """Networks whose shared gateway endpoint is known to exist."""
 
     def key(self, share_network: str) -> str:
         return keys.network_server_key(self._store.root, self.kind, self.owner, share_network)
@@ -153,11 +160,12 @@ class NetworkServers:
         await netns_plugin.ensure_namespace(server.netns)
         await netns_plugin.join(server.bridge, server.netns, server.address)
         if server.storage_leg:
-            await netns_plugin.ensure_storage_leg(server.netns, server.storage_leg - 1)
+            leg = server.storage_leg - 1
+            await netns_plugin.ensure_storage_leg(server.netns, leg, block=self._legs)
             await netns_plugin.ensure_storage_routes(
-                server.netns, server.storage_leg - 1, {r for s in shares for r in s.routes}
+                server.netns, leg, {r for s in shares for r in s.routes}, block=self._legs
             )
-        backend = netns_plugin.storage_addresses(max(server.storage_leg - 1, 0))[0]
+        backend = netns_plugin.storage_addresses(max(server.storage_leg - 1, 0), self._legs)[0]
         ganesha = self._instance(share_network, server)
         ceph_conf = next((s.ceph_conf for s in shares if s.ceph_conf), "")
         if ceph_conf:  # read by libcephfs as each CEPH export is made
@@ -189,7 +197,7 @@ class NetworkServers:
                     pseudo=share_pseudo(s.uid),
                     fsal=s.fsal
                     or (
-                        ProxyV4Fsal(backend.split("/")[0], s.proxy_port)
+                        ProxyV4Fsal(s.proxy_server or backend.split("/")[0], s.proxy_port)
                         if s.proxy_port
                         else VfsFsal()
                     ),
@@ -247,16 +255,29 @@ class NetworkServers:
                 owner=self.owner,
                 bridge=netns_plugin.bridge_name(uid),
                 netns=netns_plugin.netns_name(_NETNS_KIND[self.kind], f"{self.owner}/{uid}"),
-                nfs_port=free_port(),
-                mount_port=free_port(),
             )
-            server.address = await self._reserve_address(txn, network.value, server.netns)
+            if self.kind == "gateways":
+                endpoint = await self._shared_endpoint(txn, network.value, None)
+            else:
+                endpoint = records_pb2.NetworkServerRecord(
+                    address=await self._reserve_address(txn, network.value, server.netns),
+                    nfs_port=free_port(),
+                    mount_port=free_port(),
+                )
+            server.address = endpoint.address
+            server.nfs_port, server.mount_port = endpoint.nfs_port, endpoint.mount_port
         else:
             server = found.value
+            if self.kind == "gateways" and share_network not in self._endpoints:
+                # A server made before endpoints were shared lends the network its own.
+                await self._shared_endpoint(txn, None, server)
         missing = [uid for uid in uids if uid not in server.export_ids]
         gone = [uid for uid in server.export_ids if uid not in uids and uid not in retained]
         leg_missing = legged and not server.storage_leg
         if found is not None and not missing and not gone and not leg_missing:
+            if self.kind == "gateways" and share_network not in self._endpoints:
+                await self._commit(txn)  # the endpoint lent above
+                self._endpoints.add(share_network)
             return found
         if leg_missing:
             used = {s.storage_leg for s in await self.owned()}
@@ -281,12 +302,53 @@ class NetworkServers:
             txn.create(key, server)
         else:
             txn.put(key, server, found.mod_revision)
+        revision = await self._commit(txn)
+        if self.kind == "gateways":
+            self._endpoints.add(share_network)
+        return Versioned(server, revision, found.create_revision if found else revision, key)
+
+    async def _commit(self, txn: Txn) -> int:
         try:
-            revision = await txn.commit()
+            return await txn.commit()
         except AlreadyExists as race:
             # Another server (or attachment) took the address or made the record first.
             raise Aborted(str(race)) from None
-        return Versioned(server, revision, found.create_revision if found else revision, key)
+
+    async def _shared_endpoint(
+        self,
+        txn: Txn,
+        network: records_pb2.ShareNetworkRecord | None,
+        existing: records_pb2.NetworkServerRecord | None,
+    ) -> records_pb2.NetworkServerRecord:
+        """The address and ports of every host's gateway on a network: one endpoint, so a
+        share has one location wherever its tenants run (each host's bridge is its own,
+        as a distributed router's gateway address is). Made by the first gateway (with
+        `txn`), from `existing`'s when a server was made before endpoints were shared;
+        it goes with the network."""
+        source = network.share_network.name if network else None
+        share_network = source or (existing.share_network if existing else "")
+        key = keys.gateway_endpoint_key(self._store.root, share_network)
+        found = await self._store.get(key, records_pb2.NetworkServerRecord)
+        if found is not None:
+            self._endpoints.add(share_network)
+            return found.value
+        if existing is not None:
+            endpoint = records_pb2.NetworkServerRecord(
+                share_network=share_network,
+                address=existing.address,
+                nfs_port=existing.nfs_port,
+                mount_port=existing.mount_port,
+            )
+        else:
+            assert network is not None
+            endpoint = records_pb2.NetworkServerRecord(
+                share_network=share_network,
+                address=await self._reserve_address(txn, network, "gateways"),
+                nfs_port=free_port(),
+                mount_port=free_port(),
+            )
+        txn.create(key, endpoint)
+        return endpoint
 
     async def _reserve_address(
         self, txn: Txn, network: records_pb2.ShareNetworkRecord, netns: str
@@ -355,7 +417,8 @@ class NetworkServers:
         # A later server of this network starts afresh, not from these export files.
         await asyncio.to_thread(shutil.rmtree, self._state_dir / server.netns, True)
         txn = self._store.txn().delete(found.key, found.mod_revision)
-        txn.delete(keys.address_key(self._store.root, share_network, server.address))
+        if self.kind != "gateways":  # a gateway's address is the network's, shared
+            txn.delete(keys.address_key(self._store.root, share_network, server.address))
         await txn.commit()
         log.info("removed the %s server of %s on %s", self.kind, share_network, self.owner)
 

@@ -40,7 +40,9 @@ def spiffe_id(role: str) -> str:
 
 def role_of(name: str) -> str:
     """The role of a certificate named for what holds it: `scheduler-2` is a scheduler,
-    `driver-host-local` a driver-host, `etcd-peer` etcd; api, gateway, operator as is."""
+    `driver-host-local` a driver-host, `etcd-peer` etcd; api, gateway, operator as is;
+    `gateway@host-2` is the gateway of host-2."""
+    name = name.split("@", 1)[0]
     for role in ("scheduler", "driver-host", "etcd"):
         if name.startswith(role):
             return role

@@ -91,6 +91,9 @@ class BackendConfig:
     """Driver-specific settings, checked by the driver's own config type."""
     state_dir: str = ""
     """Where the driver-host keeps its share servers (default: under /var/lib/sharemesh)."""
+    host: str = ""
+    """The host whose driver-host serves this backend (`sharemesh up --hosts N` starts it
+    there; its hosts are `host-1` … `host-N`); empty: the first host."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,10 @@ class GatewayConfig:
     """Address of the gateway's internal service."""
     state_dir: str = "/var/lib/sharemesh/gateway"
     """Where the gateway keeps its Ganesha instances' configs, pidfiles and logs."""
+    storage_range: str = "169.254.64.0/18"
+    """The link-local block this host cuts its gateways' storage legs from (a /30 each).
+    On several hosts each takes its own block of 169.254.64.0/18, routed to it, so that
+    a backend on another host can answer a gateway's proxy here."""
 
 
 @dataclass(frozen=True)

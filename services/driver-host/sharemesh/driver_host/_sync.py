@@ -290,11 +290,17 @@ class ShareSync:
     ) -> None:
         """After a restart: mount and export an ACTIVE share again, with `rules` (its
         rules, as the caller's watch holds them), and its READY snapshots' exports."""
-        # A share behind a gateway is exported to nobody here: its rules apply there.
+        # A share on a network is exported here to nobody (or a proxying gateway's
+        # links): its tenants' rules apply at its gateway or share server.
         record = found.value
-        behind_gateway = bool(record.share.share_network)
         spec = spec_of(record)
-        await self._driver.ensure_share(spec, [] if behind_gateway else rules_of(rules))
+        if not record.share.share_network:
+            backend_rules = rules_of(rules)
+        elif record.HasField("gateway_access"):
+            backend_rules = self._behind_gateway.backend_rules(spec)
+        else:
+            backend_rules = []
+        await self._driver.ensure_share(spec, backend_rules)
         await self._snapshots.ensure(record, spec, list(snapshots), rules)
 
     async def tell_gateways(self, shares: list[Versioned[records_pb2.ShareRecord]]) -> None:

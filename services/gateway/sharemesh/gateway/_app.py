@@ -57,6 +57,8 @@ class GatewayApp:
             config.host,
             Path(config.state_dir),
             context.config.export_id_quarantine_seconds,
+            tuple(backend.name for backend in context.config.backends),
+            config.storage_range,
         )
         self.bindings = [
             Binding(

@@ -1,6 +1,10 @@
 """Making this host's part of a share network true to etcd: the network's bridge, the
 namespaces attached to it, and the gateway (mode 2): a network server that re-exports
-the network's shares from flat backends on this host, with their tenants' rules.
+the network's shares from flat backends, with their tenants' rules. It serves the
+shares of this host's backends however they are reached, and those of other hosts'
+backends that offer themselves across the network (their NFS export, PROXY_V4), so a
+tenant on any host mounts through its own host's gateway, on the network's one
+gateway endpoint.
 
 Everything here is idempotent: a nudge, the periodic reconcile and a restart after a
 crash all run `sync`, which rebuilds what is missing from etcd and removes the rest."""
@@ -41,12 +45,19 @@ def _native_fsal(access: records_pb2.GatewayAccess) -> Fsal | None:
 
 class Networks:
     def __init__(
-        self, store: Store, host: str, state_dir: Path, export_id_quarantine_seconds: float
+        self,
+        store: Store,
+        host: str,
+        state_dir: Path,
+        export_id_quarantine_seconds: float,
+        backends: tuple[str, ...] = (),
+        storage_range: str = str(network.STORAGE_RANGE),
     ) -> None:
         self._store = store
         self.host = host
+        self._backends = backends
         self.gateways = network.NetworkServers(
-            store, "gateways", host, state_dir, export_id_quarantine_seconds
+            store, "gateways", host, state_dir, export_id_quarantine_seconds, storage_range
         )
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -63,7 +74,9 @@ class Networks:
         found = await self._store.get(self._store.key_of(name), records_pb2.ShareNetworkRecord)
         going = found is None or found.value.delete_requested
         if found is None:
-            return  # gone: nothing of it is left to find by name
+            # Gone while this host was away: what it still runs of it goes too.
+            await self.gateways.serve(name, [], [])
+            return
         bridge = network.bridge_name(found.value.share_network.uid)
         attachments, _ = await self._store.list_all(
             self._store.prefix_of(name, "attachments"), records_pb2.AttachmentRecord
@@ -127,21 +140,19 @@ class Networks:
         await txn.commit()
 
     async def _served(self, name: str) -> tuple[list[network.Served], list[str]]:
-        """The network's shares this host's gateway serves: on a flat backend of this
-        host, handed over by their driver-host (`gateway_access`), mounted, not failed and
-        not being deleted; and the uids of the others, which keep their export ids until
-        their records are gone."""
+        """The network's shares this host's gateway serves: handed over by their
+        driver-host (`gateway_access`), reachable from here (on this host, or offered
+        across the network), mounted, not failed and not being deleted; and the uids of
+        the others, which keep their export ids until their records are gone."""
         served: list[network.Served] = []
         retained: list[str] = []
-        for found in await self._shares_here(name):
+        for found in await self._shares_of(name):
             share = found.value
-            if (
-                share.share.share_network != name
-                or share.host != self.host
-                or not share.HasField("gateway_access")
-            ):
+            if share.share.share_network != name or not share.HasField("gateway_access"):
                 continue
             access = share.gateway_access
+            if share.host != self.host and not (access.fsal == "PROXY_V4" and access.server):
+                continue  # on another host, which alone can reach it
             if (
                 share.delete_requested
                 or (share.share.state == Share.ERROR and not share.realized_size_gib)
@@ -161,12 +172,32 @@ class Networks:
                     network.tenant_rules(r.value for r in rules),
                     proxy_port=access.nfs_port if access.fsal == "PROXY_V4" else 0,
                     proxy_generation=access.server_generation,
+                    proxy_server=access.server if access.fsal == "PROXY_V4" else "",
                     fsal=_native_fsal(access),
                     routes=tuple(access.routes),
                     ceph_conf=access.ceph_conf if access.fsal == "CEPH" else "",
                 )
             )
         return served, retained
+
+    async def _shares_of(self, share_network: str) -> list[Versioned[records_pb2.ShareRecord]]:
+        """Every share of a network, on this host's backends or others': the backends'
+        indexes (one range per backend) and this host's, for a backend it does not know."""
+        prefixes = [keys.host_index_prefix(self._store.root, self.host, share_network)]
+        prefixes += [
+            keys.backend_index_prefix(self._store.root, backend, share_network)
+            for backend in self._backends
+        ]
+        names: dict[str, None] = {}
+        for prefix in prefixes:
+            indexed, _ = await controllers.list_prefix(self._store, prefix, empty_pb2.Empty)
+            names.update((keys.share_of_index_key(index.key), None) for index in indexed)
+        shares = []
+        for share in names:
+            found = await self._store.get(self._store.key_of(share), records_pb2.ShareRecord)
+            if found is not None:
+                shares.append(found)
+        return shares
 
     async def _shares_here(
         self, share_network: str | None = None
@@ -185,7 +216,8 @@ class Networks:
 
     async def _finish_delete(self, found: Versioned[records_pb2.ShareNetworkRecord]) -> None:
         """The network goes once nothing of it is left anywhere: no attachment, and no
-        reserved address (every gateway and share server has gone)."""
+        reserved address but its gateway endpoint's (every share server has gone; each
+        host's gateway removes its own as it syncs). The endpoint goes with it."""
         name = found.value.share_network.name
         left, _ = await self._store.list_all(
             self._store.prefix_of(name, "attachments"), records_pb2.AttachmentRecord
@@ -193,9 +225,15 @@ class Networks:
         addresses, _ = await self._store.list_all(
             keys.addresses_prefix(self._store.root, name), records_pb2.AttachmentRecord
         )
-        if left or addresses:
+        endpoint_key = keys.gateway_endpoint_key(self._store.root, name)
+        endpoint = await self._store.get(endpoint_key, records_pb2.NetworkServerRecord)
+        shared = endpoint.value.address if endpoint else None
+        if left or any(a.value.address != shared for a in addresses):
             return
         txn = self._store.txn().delete(found.key, found.mod_revision)
+        if endpoint is not None:
+            txn.delete(endpoint_key, endpoint.mod_revision)
+            txn.delete(keys.address_key(self._store.root, name, endpoint.value.address))
         await operations.finish_pending(self._store, txn, found.value.pending_operations)
         await txn.commit()
         log.info("deleted %s", name)

@@ -8,6 +8,7 @@ errors (UNAVAILABLE/DEADLINE_EXCEEDED -> `Unavailable`).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -22,30 +23,64 @@ from sharemesh.runtime.errors import Internal, InvalidArgument, Unavailable
 DEFAULT_TIMEOUT = 10.0
 
 
-def _endpoint(endpoint: str) -> tuple[str, str, int]:
-    text = endpoint if "://" in endpoint else f"http://{endpoint}"
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidArgument("etcd.endpoint", f"{endpoint!r} is not http(s)://HOST:PORT")
-    return parts.scheme, parts.hostname, parts.port or 2379
+@dataclass(frozen=True)
+class _Target:
+    scheme: str
+    target: str
+    """gRPC's: `HOST:PORT`, or `ipv4:A:P,B:P,…` for the members of a cluster."""
+    authority: str
+    """The first member's host: what every member's certificate must name."""
 
 
-class _TlsClient(aetcd.Client):
-    """aetcd's client over TLS with a client certificate (aetcd 1.0 knows plaintext
-    only); the files are read when it connects, so a new client presents a rotated
-    certificate."""
+def _target(endpoint: str) -> _Target:
+    """`http(s)://HOST:PORT`, or several (the members of one cluster) separated by
+    commas: the first is tried first, the others when it cannot be reached."""
+    members = []
+    for one in endpoint.split(","):
+        text = one.strip() if "://" in one else f"http://{one.strip()}"
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidArgument("etcd.endpoint", f"{one!r} is not http(s)://HOST:PORT")
+        members.append((parts.scheme, parts.hostname, parts.port or 2379))
+    schemes = {scheme for scheme, _, _ in members}
+    if len(schemes) != 1:
+        raise InvalidArgument("etcd.endpoint", "members must all be http:// or all https://")
+    (scheme,), (_, first, port) = schemes, members[0]
+    if len(members) == 1:
+        return _Target(scheme, f"{first}:{port}", first)
+    try:
+        hosts = [ipaddress.IPv4Address(host) for _, host, _ in members]
+    except ValueError:
+        raise InvalidArgument(
+            "etcd.endpoint", "several members must be named by IPv4 addresses"
+        ) from None
+    target = "ipv4:" + ",".join(f"{h}:{p}" for h, (_, _, p) in zip(hosts, members, strict=True))
+    return _Target(scheme, target, first)
 
-    def __init__(self, host: str, port: int, timeout: float | None, identity: tls.Identity) -> None:
-        super().__init__(host=host, port=port, timeout=timeout)  # type: ignore[arg-type]
-        self._credentials = tls.ChannelCredentials(identity)
+
+class _Client(aetcd.Client):
+    """aetcd's client on one member or several (pick-first: the channel moves to the
+    next when one is lost), over TLS with a client certificate (aetcd 1.0 knows
+    plaintext only); the files are read when it connects, so a new client presents a
+    rotated certificate."""
+
+    def __init__(
+        self, target: _Target, timeout: float | None, identity: tls.Identity | None
+    ) -> None:
+        options = {"grpc.ssl_target_name_override": target.authority} if identity else {}
+        super().__init__(timeout=timeout, options=options)  # type: ignore[arg-type]
+        self._target = target.target
+        self._credentials = tls.ChannelCredentials(identity) if identity else None
 
     async def connect(self) -> None:
         if self._connected.is_set():
             return
-        self.channel = rpc.secure_channel(
-            f"{self._host}:{self._port}",
-            self._credentials.current()[1],
-            options=self._options.items(),
+        self.channel = (
+            rpc.secure_channel(
+                self._target, self._credentials.current()[1], options=self._options.items()
+            )
+            if self._credentials
+            else rpc.insecure_channel(self._target, options=self._options.items())
         )
         self.kvstub = rpc.KVStub(self.channel)
         self.clusterstub = rpc.ClusterStub(self.channel)
@@ -64,22 +99,20 @@ async def connect(
     timeout: float | None = DEFAULT_TIMEOUT,
     identity: tls.Identity | None = None,
 ) -> AsyncIterator[aetcd.Client]:
-    """A connected `aetcd.Client` for `http(s)://HOST:PORT` (or `HOST:PORT`), closed on
-    exit. `https://` presents `identity`'s certificate, by default the one registered
-    for that endpoint (`tls.register_etcd_client`) or this process's own.
+    """A connected `aetcd.Client` for `http(s)://HOST:PORT` (or `HOST:PORT`, or several
+    members separated by commas), closed on exit. `https://` presents `identity`'s
+    certificate, by default the one registered for that endpoint
+    (`tls.register_etcd_client`) or this process's own.
 
     `timeout` bounds every unary call (seconds)."""
-    scheme, host, port = _endpoint(endpoint)
-    client: aetcd.Client
-    if scheme == "https":
+    target = _target(endpoint)
+    if target.scheme == "https":
         identity = identity or tls.etcd_client_for(endpoint)
         if identity is None:
             raise InvalidArgument(
                 "etcd.cert_file", f"etcd at {endpoint} needs a client certificate"
             )
-        client = _TlsClient(host, port, timeout, identity)
-    else:
-        client = aetcd.Client(host=host, port=port, timeout=timeout)  # type: ignore[arg-type]
+    client = _Client(target, timeout, identity if target.scheme == "https" else None)
     try:
         await client.connect()  # opens the channel; the first call reaches the server
     except Exception as error:

@@ -18,6 +18,7 @@ storage), and `_native_access` (how a gateway reaches the storage without NFS).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -82,6 +83,14 @@ class ServedOptions:
     capabilities: Mapping[str, str] = field(default_factory=dict)
     """Custom capabilities the operator gives the pool (e.g. `tier = "gold"`), matched
     against share types' extra specs; they cannot override what the driver reports."""
+
+
+def _routable(host: str) -> bool:
+    """An address gateways on other hosts can be routed to (not loopback, not a name)."""
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ServedDriver:
@@ -237,11 +246,16 @@ class ServedDriver:
         ]
 
     def gateway_access(self, share: ShareSpec) -> GatewayAccess:
+        # Served beyond loopback, the export is reachable from gateways on other hosts,
+        # routed through their storage legs; on loopback only from this host's.
+        across = _routable(self.config.host)
         return self._native_access(share) or GatewayAccess(
             fsal="PROXY_V4",
             path=self._pseudo(share),
+            server=self.config.host if across else "",
             nfs_port=self.config.nfs_port,
             server_generation=self.ganesha.generation(),
+            routes=(f"{self.config.host}/32",) if across else (),
         )
 
     async def _apply(self, share: ShareSpec, export: Export) -> None:

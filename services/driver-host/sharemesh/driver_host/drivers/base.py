@@ -128,7 +128,8 @@ class GatewayAccess:
     """VFS: the share's directory on the host; PROXY_V4: its path on the server; GLUSTER:
     the export's name in Ganesha; CEPH: the share's directory in the file system."""
     server: str = ""
-    """GLUSTER: the volfile server's address."""
+    """GLUSTER: the volfile server's address; PROXY_V4: the NFS server's, when gateways
+    on other hosts may reach it (empty: only this host's, through its storage leg)."""
     nfs_port: int = 0
     server_generation: str = ""
     """PROXY_V4: the serving NFS server's incarnation; it changes when the server restarts."""

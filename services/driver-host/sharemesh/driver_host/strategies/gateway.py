@@ -4,6 +4,7 @@ it into the tenant network with the tenant's rules."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 
@@ -38,10 +39,7 @@ class BehindGateway:
         store, driver, record = self._backend.store, self._backend.driver, found.value
         created = record.realized_size_gib == 0
         await create_or_resize(driver, record, spec, source)
-        # A proxying gateway reads the backend's own export: grant the gateways' links.
-        proxies = driver.gateway_access(spec).fsal == "PROXY_V4"
-        storage = [AccessRuleSpec(str(network.STORAGE_RANGE), "READ_WRITE")] if proxies else []
-        await export_on_backend(driver, spec, created, storage)
+        await export_on_backend(driver, spec, created, self.backend_rules(spec))
         # Asked again now that the backend has the share: where a native FSAL finds it
         # may only be known then (a CephFS subvolume's path).
         access = driver.gateway_access(spec)
@@ -71,6 +69,14 @@ class BehindGateway:
             raise Unavailable(f"the gateway of {record.share.share_network} is not up")
         return found, [ExportLocation(*network.location(gateway.value, record.share.uid))]
 
+    def backend_rules(self, spec: ShareSpec) -> list[AccessRuleSpec]:
+        """Who the backend itself exports the share to: the gateways' storage links when
+        they proxy its export (on any host: each host's links are a block of the range),
+        else nobody; the tenants' rules apply at the gateways."""
+        if self._backend.driver.gateway_access(spec).fsal != "PROXY_V4":
+            return []
+        return [AccessRuleSpec(str(network.STORAGE_RANGE), "READ_WRITE")]
+
     async def serve_network(self, record: records_pb2.ShareRecord, *, gone: bool = False) -> None:
         if record.HasField("gateway_access"):  # else no gateway was ever told of it
             await self._sync_gateway(record)
@@ -91,4 +97,22 @@ class BehindGateway:
                 log.info("gateway of %s not told: %s", record.share.share_network, error.message)
 
     async def _sync_gateway(self, record: records_pb2.ShareRecord) -> None:
-        await self._backend.peers.sync_share_network(record.host, record.share.share_network)
+        """The gateway of the share's host, then those of the other hosts the network
+        has guests on, which serve it too when it is offered across the network. A host
+        whose gateway is down is passed over: it rebuilds from etcd before it registers."""
+        store, share_network = self._backend.store, record.share.share_network
+        await self._backend.peers.sync_share_network(record.host, share_network)
+        if not record.gateway_access.server:
+            return  # reachable from its own host only
+        attachments, _ = await store.list_all(
+            store.prefix_of(share_network, "attachments"), records_pb2.AttachmentRecord
+        )
+        others = {a.value.host for a in attachments} - {record.host}
+        await asyncio.gather(*(self._sync_if_up(host, share_network) for host in sorted(others)))
+
+    async def _sync_if_up(self, host: str, share_network: str) -> None:
+        store = self._backend.store
+        if await store.get(keys.host_key(store.root, host), records_pb2.HostRecord) is None:
+            log.info("gateway of %s down; it catches up on %s when back", host, share_network)
+            return
+        await self._backend.peers.sync_share_network(host, share_network)
