@@ -236,3 +236,39 @@ async def test_a_stop_during_a_service_restart_leaves_nothing(tmp_path: Path) ->
     while processes_mentioning(str(state)) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     assert not processes_mentioning(str(state)), "a process outlived the launcher"
+
+
+async def test_up_with_hosts_runs_each_host_in_a_namespace_of_its_own(tmp_path: Path) -> None:
+    """`sharemesh up --hosts 2`: each host's processes in its own network namespace, on
+    its own address; the api answers over TLS from the mesh CA; SIGTERM leaves nothing."""
+    state = tmp_path / "state"
+    process = await asyncio.create_subprocess_exec(
+        str(VENV_BIN / "sharemesh"), "up", "--state-dir", str(state), "--hosts", "2",
+        "--lease-ttl", "3", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    fabric: dict[str, str] = {}
+    try:
+        line = await _wait_for_line(process, "sharemesh api listening on ", 120)
+        apis = line.removeprefix("sharemesh api listening on ").removesuffix(" (TLS)")
+        fabric = json.loads((state / "fabric.json").read_text())
+        root = (state / "tls" / "ca.crt").read_bytes()
+        for api in apis.split(", "):
+            assert (
+                await check(api, root_certificates=root) == health_pb2.HealthCheckResponse.SERVING
+            )
+        for k in (1, 2):
+            netns = f"sm-host-{fabric['tag']}-{k}"
+            code, pids = await run("ip", "netns", "pids", netns)
+            assert code == 0 and len(pids.split()) >= 3, (netns, pids)  # etcd, gateway, api…
+            mesh = json.loads((state / "hosts" / f"host-{k}" / "mesh.json").read_text())
+            assert mesh["gateway"]["host"] == f"host-{k}"
+            assert mesh["etcd"]["endpoint"].count("https://") == 2
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 90)
+    assert code == 0
+    assert fabric, "the mesh did not come up"
+    code, left = await run("ip", "netns", "list")
+    assert f"sm-host-{fabric['tag']}" not in left
+    assert not processes_mentioning(str(state))
+    assert not mounts_under(state) and not loops_under(state)

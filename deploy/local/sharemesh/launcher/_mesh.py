@@ -132,11 +132,14 @@ class LocalMesh:
         )
 
     async def stop(self) -> None:
-        """Stops the api first (no new work), then the services, then etcd. A service
-        that is down (etcd may be dead too) has what it held released without etcd."""
-        for name in ["api", *[n for n in self.children if n != "api"]]:
-            if name in self.children:
-                await self.children[name].stop()
+        """Stops the api first (no new work), then the schedulers, the gateway (its
+        Ganesha servers read the driver-hosts' mounts), the driver-hosts, then etcd. A
+        service that is down (etcd may be dead too) has what it held released without
+        etcd."""
+        for kind in ("api", "scheduler", "gateway", "driver-host"):
+            for name, child in self.children.items():
+                if name.startswith(kind):
+                    await child.stop()
         if self._etcd_watch:
             self._etcd_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
