@@ -1,6 +1,7 @@
-"""Watches do the work: with the reconcile interval at 300 s, a create and a rule change
-whose nudges are lost (the nudges point at an address where nothing listens) are
-still placed and realized within a few seconds, through the services' watches."""
+"""Watches do the work: with the reconcile interval at 300 s, a create, a rule change,
+an attachment and a network's delete whose nudges are lost (the nudges point at an
+address where nothing listens) are still done within a few seconds, through the
+services' watches."""
 
 from __future__ import annotations
 
@@ -14,11 +15,22 @@ import pytest
 from sharemesh.client import Client
 from sharemesh.launcher import LocalMesh
 from sharemesh.runtime.coordination import _client, connect, keys
-from sharemesh.runtime.coordination._store import DEFAULT_ROOT
+from sharemesh.runtime.coordination._store import DEFAULT_ROOT, encode
+from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import access_rule_pb2, share_pb2
+from sharemesh.v1 import share_network_service_pb2 as sns
 
-from mesh_ops import MESH_CONFIG, create_share, delete_share, grant, read, write
-from support import assert_host_clean, ensure_rpcbind
+from mesh_ops import (
+    MESH_CONFIG,
+    attach,
+    create_network,
+    create_share,
+    delete_share,
+    grant,
+    read,
+    write,
+)
+from support import assert_host_clean, ensure_rpcbind, guest_namespaces, run
 
 Share = share_pb2.Share
 AccessRule = access_rule_pb2.AccessRule
@@ -39,7 +51,9 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalM
 
 
 @contextlib.asynccontextmanager
-async def _nudges_lost(mesh: LocalMesh, *targets: str) -> AsyncIterator[None]:
+async def _nudges_lost(
+    mesh: LocalMesh, *targets: str, nowhere: bytes = NOWHERE
+) -> AsyncIterator[None]:
     """Points the endpoints that nudges look up (the scheduler leader's election value,
     the backend's registration) at NOWHERE, keeping their keys, revisions and leases:
     the services keep running, leading and registered, but no nudge reaches them."""
@@ -52,7 +66,7 @@ async def _nudges_lost(mesh: LocalMesh, *targets: str) -> AsyncIterator[None]:
             assert kvs, f"nothing registered under {prefix}"
             saved.append(kvs[0])
         for kv in saved:
-            await _client.txn(client, [], [_client.op_put(kv.key, NOWHERE, kv.lease)])
+            await _client.txn(client, [], [_client.op_put(kv.key, nowhere, kv.lease)])
         try:
             yield
         finally:
@@ -112,3 +126,38 @@ async def test_a_rule_whose_nudge_is_lost_is_applied_by_the_watch(
         with _within(5):
             async with _nudges_lost(mesh, _backend()):
                 await delete_share(alpha, share.name)
+
+
+def _gateway(root: str = DEFAULT_ROOT) -> str:
+    return keys.host_key(root, "localhost")
+
+
+async def test_an_attachment_and_a_network_delete_whose_nudges_are_lost_are_done_by_the_watch(
+    mesh: LocalMesh,
+) -> None:
+    async with (
+        Client(mesh.api_address, "alpha-key") as alpha,
+        Client(mesh.api_address, mesh.admin_token) as admin,
+    ):
+        network = await create_network(alpha, "watched-net")
+        with guest_namespaces("watched") as guests:
+            # A gateway's registration is a record: its endpoint points nowhere.
+            nowhere = encode(records_pb2.HostRecord(name="localhost", endpoint=NOWHERE.decode()))
+            async with _nudges_lost(mesh, _gateway(), nowhere=nowhere):
+                with _within(5):
+                    await attach(admin, network, guests["watched"], "10.31.0.40")
+                code, links = await run("ip", "-n", guests["watched"], "-br", "addr")
+                assert "10.31.0.40/24" in links, links  # plugged in for real
+                with _within(5):
+                    op = await admin.call(
+                        admin.networks.DeleteAttachment,
+                        sns.DeleteAttachmentRequest(
+                            name=f"{network}/attachments/{guests['watched']}"
+                        ),
+                    )
+                    await admin.wait(op)
+                    op = await alpha.call(
+                        alpha.networks.DeleteShareNetwork,
+                        sns.DeleteShareNetworkRequest(name=network),
+                    )
+                    await alpha.wait(op)

@@ -13,9 +13,9 @@ import grpc
 
 from sharemesh import network
 from sharemesh.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
-from sharemesh.runtime import names, retry
+from sharemesh.runtime import controllers, names, retry
 from sharemesh.runtime.config import MeshConfig
-from sharemesh.runtime.coordination import keys
+from sharemesh.runtime.coordination import Versioned, keys
 from sharemesh.runtime.process import Context
 from sharemesh.runtime.server import Binding
 from sharemesh.state.v1 import records_pb2
@@ -71,21 +71,49 @@ class GatewayApp:
     async def run(self, endpoint: str) -> None:
         host = self._context.config.gateway.host
         store = self._context.store
-        # Rebuild (or adopt) this host's networks before saying we are here; while etcd
-        # is away, wait for it (what serves now goes on serving meanwhile).
-        await retry.persist("rebuilding this host's networks", self.reconcile)
-        await retry.persist(
-            "registering",
-            lambda: store.put(
-                keys.host_key(store.root, host),
-                records_pb2.HostRecord(name=host, endpoint=endpoint),
-                lease=self._context.session.lease_id,
-            ),
-        )
-        log.info("registered host %s at %s", host, endpoint)
-        await retry.every(
-            self._context.config.reconcile_interval_seconds, "reconcile", self.reconcile
-        )
+        networks = self.networks
+        # A watched attachment of this host, or a network being deleted, syncs its network.
+        controller = controllers.Controller(f"networks on {host}", networks.sync)
+
+        def attachment_changed(
+            old: Versioned[records_pb2.AttachmentRecord] | None,
+            new: Versioned[records_pb2.AttachmentRecord] | None,
+        ) -> None:
+            if found := new or old:
+                controller.queue.add(found.value.share_network)
+
+        def deletion_asked(
+            old: Versioned[records_pb2.ShareNetworkRecord] | None,
+            new: Versioned[records_pb2.ShareNetworkRecord] | None,
+        ) -> None:
+            if found := new or old:
+                controller.queue.add(found.value.share_network.name)
+
+        networks.attachments.add_handler(attachment_changed)
+        networks.going.add_handler(deletion_asked)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(networks.attachments.run())
+            group.create_task(networks.going.run())
+            await networks.attachments.synced.wait()
+            await networks.going.synced.wait()
+            # Rebuild (or adopt) this host's networks before saying we are here; while
+            # etcd is away, wait for it (what serves now goes on serving meanwhile).
+            await retry.persist("rebuilding this host's networks", self.reconcile)
+            await retry.persist(
+                "registering",
+                lambda: store.put(
+                    keys.host_key(store.root, host),
+                    records_pb2.HostRecord(name=host, endpoint=endpoint),
+                    lease=self._context.session.lease_id,
+                ),
+            )
+            log.info("registered host %s at %s", host, endpoint)
+            group.create_task(controller.run())
+            group.create_task(
+                retry.every(
+                    self._context.config.reconcile_interval_seconds, "reconcile", self.reconcile
+                )
+            )
 
     async def reconcile(self) -> None:
         for name in sorted(await self.networks.networks_here()):

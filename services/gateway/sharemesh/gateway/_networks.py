@@ -6,8 +6,10 @@ backends that offer themselves across the network (their NFS export, PROXY_V4), 
 tenant on any host mounts through its own host's gateway, on the network's one
 gateway endpoint.
 
-Everything here is idempotent: a nudge, the periodic reconcile and a restart after a
-crash all run `sync`, which rebuilds what is missing from etcd and removes the rest."""
+Everything here is idempotent: a nudge, a watched change, the periodic reconcile and a
+restart after a crash all run `sync`, which rebuilds what is missing from etcd and
+removes the rest. What this host has of which network comes from watches (its
+attachments, networks being deleted) and its own keys, never a range over the mesh."""
 
 from __future__ import annotations
 
@@ -60,6 +62,20 @@ class Networks:
             store, "gateways", host, state_dir, export_id_quarantine_seconds, storage_range
         )
         self._locks: dict[str, asyncio.Lock] = {}
+        self.attachments = controllers.Informer(
+            store,
+            store.root + "attachments/",
+            records_pb2.AttachmentRecord,
+            keep=lambda record: record.host == host,
+            name=f"attachments on {host}",
+        )
+        self.going = controllers.Informer(
+            store,
+            store.root + "shareNetworks/",
+            records_pb2.ShareNetworkRecord,
+            keep=lambda record: record.delete_requested,
+            name="share networks being deleted",
+        )
 
     async def sync(self, name: str) -> None:
         async with self._locks.setdefault(name, asyncio.Lock()):
@@ -199,21 +215,6 @@ class Networks:
                 shares.append(found)
         return shares
 
-    async def _shares_here(
-        self, share_network: str | None = None
-    ) -> list[Versioned[records_pb2.ShareRecord]]:
-        """The shares driver-hosts handed to this host's gateway (on one network), found
-        through the index they write with the hand-over: never a range over the mesh."""
-        prefix = keys.host_index_prefix(self._store.root, self.host, share_network)
-        indexed, _ = await controllers.list_prefix(self._store, prefix, empty_pb2.Empty)
-        shares = []
-        for index in indexed:
-            key = self._store.key_of(keys.share_of_index_key(index.key))
-            found = await self._store.get(key, records_pb2.ShareRecord)
-            if found is not None:
-                shares.append(found)
-        return shares
-
     async def _finish_delete(self, found: Versioned[records_pb2.ShareNetworkRecord]) -> None:
         """The network goes once nothing of it is left anywhere: no attachment, and no
         reserved address but its gateway endpoint's (every share server has gone; each
@@ -239,21 +240,17 @@ class Networks:
         log.info("deleted %s", name)
 
     async def networks_here(self) -> set[str]:
-        """Networks this host has something of, or that wait to be deleted."""
+        """Networks this host has something of, or that wait to be deleted: its own
+        servers and index keys, and what the watches hold."""
         wanted = {g.share_network for g in await self.gateways.owned()}
-        for attachment in await self._store.scan(
-            self._store.root + "attachments/", records_pb2.AttachmentRecord
-        ):
-            if attachment.value.host == self.host:
-                wanted.add(attachment.value.share_network)
-        for share in await self._shares_here():
-            if share.value.host == self.host and share.value.share.share_network:
-                wanted.add(share.value.share.share_network)
-        for net in await self._store.scan(
-            self._store.root + "shareNetworks/", records_pb2.ShareNetworkRecord
-        ):
-            if net.value.delete_requested:
-                wanted.add(net.value.share_network.name)
+        wanted.update(a.value.share_network for a in self.attachments.items())
+        prefix = keys.host_index_prefix(self._store.root, self.host)
+        indexed, _ = await controllers.list_prefix(self._store, prefix, empty_pb2.Empty)
+        for index in indexed:  # {prefix}{share network}/{share}: the network, no read
+            network_and_share = index.key.removeprefix(prefix).split("/")
+            if len(network_and_share) > 4:
+                wanted.add("/".join(network_and_share[:-4]))
+        wanted.update(n.value.share_network.name for n in self.going.items())
         return wanted
 
     async def stop(self, stop_servers: bool) -> None:
