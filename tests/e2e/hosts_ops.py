@@ -92,7 +92,7 @@ async def shared_share(
         ),
     )
     share = await alpha.wait(op, Share)
-    assert share.state == Share.ACTIVE, share.state_message
+    assert share is not None and share.state == Share.ACTIVE, share
     for _, address in guests.values():
         await grant(alpha, share.name, address, RW)
     return share

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
+import mtls_ops
 import pytest
 from google.longrunning import operations_pb2
 from hosts_ops import (
@@ -26,6 +27,7 @@ from hosts_ops import (
 
 from sharemesh.client import Client
 from sharemesh.launcher import HostsMesh
+from sharemesh.launcher import _hosts as hosts
 from sharemesh.v1 import share_service_pb2 as ss
 
 from mesh_ops import Share, nfs_in, nfs_location
@@ -91,6 +93,35 @@ async def test_guests_on_two_hosts_mount_one_share_through_their_own_gateways(
     # One location for every guest: the network's gateway endpoint, on each host's bridge.
     (location,) = share.export_locations
     assert location.path.startswith("10.31.0."), location.path
+
+
+async def test_outsiders_are_refused_by_every_hosts_servers(
+    mesh: HostsMesh, tmp_path: Path
+) -> None:
+    """Beyond loopback, on each host's own address: the scheduler, the driver-host, the
+    gateway and every etcd member refuse a plaintext client, another CA's certificate
+    and a tenant's key, and answer the mesh's own."""
+    h1, h2, h3 = mesh.hosts
+    targets = {
+        "scheduler of host-2": (f"{h2.address}:{hosts.SCHEDULER_PORT}", mtls_ops.place),
+        "driver-host of host-1": (
+            f"{h1.address}:{hosts.FIRST_DRIVER_HOST_PORT}",
+            mtls_ops.sync_share,
+        ),
+        "gateway of host-3": (f"{h3.address}:{hosts.GATEWAY_PORT}", mtls_ops.sync_network),
+        **{
+            f"etcd of {h.name}": (f"{h.address}:{hosts.ETCD_CLIENT_PORT}", mtls_ops.etcd_range)
+            for h in mesh.hosts
+        },
+    }
+    outsiders = mtls_ops.outsiders(tmp_path, Path(mesh.ca_file))
+    for target, (address, call) in targets.items():
+        own = mesh.operator() if target.startswith("etcd") else mesh.identity("api", "host-1")
+        answered = await mtls_ops.answer(address, call, mtls_ops.credentials(own))
+        assert answered == grpc.StatusCode.OK, target
+        for who, (credentials, metadata) in outsiders.items():
+            code = await mtls_ops.answer(address, call, credentials, metadata)
+            assert code == grpc.StatusCode.UNAVAILABLE, (target, who, code)
 
 
 async def _create(alpha: Client, share_id: str) -> Share:

@@ -10,70 +10,23 @@ import re
 import socket
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import mtls_ops
 import pytest
-from aetcd import rpc as etcd_rpc
 from cryptography import x509
 
 from sharemesh.client import Client
-from sharemesh.driver.v1 import driver_service_pb2, driver_service_pb2_grpc
-from sharemesh.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from sharemesh.launcher import LocalMesh
-from sharemesh.runtime import certs, tls
+from sharemesh.runtime import tls
 from sharemesh.runtime.coordination import Store, connect, keys
-from sharemesh.scheduler.v1 import scheduler_service_pb2, scheduler_service_pb2_grpc
 from sharemesh.state.v1 import records_pb2
 
 from mesh_ops import MESH_CONFIG, create_share, delete_share, running_mesh
 
 pytestmark = pytest.mark.e2e
-
-SHARE = "projects/alpha/shares/not-there"
-NETWORK = "projects/alpha/shareNetworks/not-there"
-
-# One call per target: what a caller would do there. Each answers OK to a caller whose
-# role may make it.
-Call = Callable[[grpc.aio.Channel, tuple[tuple[str, str], ...]], Awaitable[object]]
-
-
-def _place(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> Awaitable[object]:
-    stub = scheduler_service_pb2_grpc.SchedulerServiceStub(channel)
-    return stub.PlaceShare(
-        scheduler_service_pb2.PlaceShareRequest(name=SHARE), metadata=metadata, timeout=5
-    )
-
-
-def _sync_share(
-    channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]
-) -> Awaitable[object]:
-    stub = driver_service_pb2_grpc.DriverServiceStub(channel)
-    return stub.SyncShare(
-        driver_service_pb2.SyncShareRequest(name=SHARE), metadata=metadata, timeout=5
-    )
-
-
-def _sync_network(
-    channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]
-) -> Awaitable[object]:
-    stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
-    return stub.SyncShareNetwork(
-        gateway_service_pb2.SyncShareNetworkRequest(share_network=NETWORK),
-        metadata=metadata,
-        timeout=5,
-    )
-
-
-def _etcd_range(
-    channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]
-) -> Awaitable[object]:
-    return etcd_rpc.KVStub(channel).Range(
-        etcd_rpc.RangeRequest(key=b"/sharemesh/", range_end=b"/sharemesh0", limit=1),
-        metadata=metadata,
-        timeout=5,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -82,62 +35,29 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalM
         yield mesh
 
 
-def _targets(mesh: LocalMesh) -> dict[str, tuple[str, Call]]:
+def _targets(mesh: LocalMesh) -> dict[str, tuple[str, mtls_ops.Call]]:
     assert mesh.config is not None and mesh.etcd is not None
     return {
-        "scheduler": (mesh.config.scheduler.listen, _place),
-        "driver-host": (mesh.config.backends[0].listen, _sync_share),
-        "gateway": (mesh.config.gateway.listen, _sync_network),
-        "etcd": (mesh.etcd.endpoint.split("://", 1)[1], _etcd_range),
+        "scheduler": (mesh.config.scheduler.listen, mtls_ops.place),
+        "driver-host": (mesh.config.backends[0].listen, mtls_ops.sync_share),
+        "gateway": (mesh.config.gateway.listen, mtls_ops.sync_network),
+        "etcd": (mesh.etcd.endpoint.split("://", 1)[1], mtls_ops.etcd_range),
     }
-
-
-def _credentials(identity: tls.Identity) -> grpc.ChannelCredentials:
-    ca, cert, key = identity.read()
-    return grpc.ssl_channel_credentials(ca, key, cert)
-
-
-async def _answer(
-    address: str,
-    call: Call,
-    credentials: grpc.ChannelCredentials | None,
-    metadata: tuple[tuple[str, str], ...] = (),
-) -> grpc.StatusCode:
-    channel = (
-        grpc.aio.secure_channel(address, credentials)
-        if credentials
-        else grpc.aio.insecure_channel(address)
-    )
-    async with channel:
-        try:
-            await call(channel, metadata)
-        except grpc.aio.AioRpcError as error:
-            return error.code()
-    return grpc.StatusCode.OK
 
 
 async def test_outsiders_are_refused_by_every_internal_server(
     mesh: LocalMesh, tmp_path: Path
 ) -> None:
-    # Same names and roles, another CA: what someone who copied the layout would make.
-    stranger = certs.MeshCA(tmp_path / "stranger")
-    cert, key = stranger.ensure(certs.Leaf("api", "api"))
-    forged = tls.Identity(str(stranger.cert_file), str(cert), str(key))
-    trusts_mesh = grpc.ssl_channel_credentials(Path(mesh.ca.cert_file).read_bytes())
-    tenant = (("authorization", "Bearer alpha-key"),)
-    outsiders = {
-        "plaintext": (None, ()),
-        "another CA": (_credentials(forged), ()),
-        "a tenant's API key in plaintext": (None, tenant),
-        "a tenant's API key over TLS": (trusts_mesh, tenant),
-    }
+    outsiders = mtls_ops.outsiders(tmp_path, Path(mesh.ca.cert_file))
     for target, (address, call) in _targets(mesh).items():
         # The server is up and answers the mesh's own callers...
         own = mesh.identity("api" if target != "etcd" else "operator")
-        assert await _answer(address, call, _credentials(own)) == grpc.StatusCode.OK, target
+        assert (
+            await mtls_ops.answer(address, call, mtls_ops.credentials(own)) == grpc.StatusCode.OK
+        ), target
         # ...and nobody else: the handshake fails before any method is reached.
         for who, (credentials, metadata) in outsiders.items():
-            code = await _answer(address, call, credentials, metadata)
+            code = await mtls_ops.answer(address, call, credentials, metadata)
             assert code == grpc.StatusCode.UNAVAILABLE, (target, who, code)
 
     # The tenant's key still works where it belongs: the public API.
@@ -165,7 +85,7 @@ async def test_each_role_calls_only_what_it_may(
     mesh: LocalMesh, caller: str, target: str, allowed: bool
 ) -> None:
     address, call = _targets(mesh)[target]
-    code = await _answer(address, call, _credentials(mesh.identity(caller)))
+    code = await mtls_ops.answer(address, call, mtls_ops.credentials(mesh.identity(caller)))
     assert code == (grpc.StatusCode.OK if allowed else grpc.StatusCode.PERMISSION_DENIED)
 
 
@@ -228,7 +148,10 @@ async def test_certificates_rotate_without_restarts(mesh: LocalMesh) -> None:
 
     # The old certificate is refused no more than before, the new one is accepted.
     address, call = _targets(mesh)["scheduler"]
-    assert await _answer(address, call, _credentials(mesh.identity("api"))) == grpc.StatusCode.OK
+    assert (
+        await mtls_ops.answer(address, call, mtls_ops.credentials(mesh.identity("api")))
+        == grpc.StatusCode.OK
+    )
     # Nothing was restarted for it.
     assert {name: child.pid for name, child in mesh.children.items()} == pids
     assert {name: list(child.exits) for name, child in mesh.children.items()} == exits

@@ -103,6 +103,10 @@ class HostsMesh:
         """The launcher's own identity, for reads of etcd and calls to services."""
         return self._identity("operator", None)
 
+    def identity(self, service: str, host: str) -> tls.Identity:
+        """The TLS files of `service` on `host` (`api`, `gateway`, … on `host-2`)."""
+        return self._identity(service, self.fabric.host(host))
+
     def etcd_endpoints(self) -> list[str]:
         return [e.endpoint for e in self.etcd.values()]
 
