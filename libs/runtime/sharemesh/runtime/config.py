@@ -26,7 +26,8 @@ ENV_PREFIX = "SHAREMESH__"
 @dataclass(frozen=True)
 class EtcdConfig:
     endpoint: str = "http://127.0.0.1:2379"
-    """Client URL of the etcd cluster that holds all state."""
+    """Client URL of the etcd cluster that holds all state; or the URLs of its members
+    (IPv4 addresses), separated by commas, tried in order: this host's member first."""
     prefix: str = "/sharemesh/"
     """Root of every key the mesh writes, so meshes can share one etcd."""
     lease_ttl_seconds: int = 10
