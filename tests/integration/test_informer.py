@@ -84,6 +84,23 @@ async def test_keep_caches_only_what_is_ours_and_leaving_it_is_a_delete(
         assert [found.key for found in informer.items()] == [other]
 
 
+async def test_index_groups_records_and_follows_moves_and_deletes(etcd_client, etcd_root) -> None:  # type: ignore[no-untyped-def]
+    store = Store(etcd_client, etcd_root)
+    a, b = store.key_of("projects/p/shares/a"), store.key_of("projects/p/shares/b")
+    await store.create(a, S(value="x:a"))
+    informer = Informer(store, etcd_root + "shares/", S, index=lambda v: v.value.split(":")[0])
+    async with _running(informer) as changes:
+        assert [f.key for f in informer.indexed("x")] == [a]
+        await store.create(b, S(value="x:b"))
+        await store.put(a, S(value="y:a"))  # moves to another group
+        await _eventually(lambda: len(changes) == 3, "the add and the move")
+        assert [f.key for f in informer.indexed("x")] == [b]
+        assert [f.value.value for f in informer.indexed("y")] == ["y:a"]
+        await store.delete(b)
+        await _eventually(lambda: len(changes) == 4, "the delete")
+        assert informer.indexed("x") == []
+
+
 async def test_lists_again_after_its_revision_was_compacted(etcd_client, etcd_root) -> None:  # type: ignore[no-untyped-def]
     store = Store(etcd_client, etcd_root)
     a, b, c = (store.key_of(f"projects/p/shares/{n}") for n in "abc")

@@ -37,6 +37,17 @@ async def test_a_key_added_while_processed_comes_back_once_after_done() -> None:
     assert len(queue) == 0
 
 
+async def test_holds_a_key_while_queued_or_processed() -> None:
+    queue = WorkQueue()
+    assert not queue.holds("a")
+    queue.add("a")
+    assert queue.holds("a")
+    key = await queue.get()
+    assert queue.holds("a")
+    queue.done(key or "")
+    assert not queue.holds("a")
+
+
 async def test_get_waits_for_an_add() -> None:
     queue = WorkQueue()
     waiting = asyncio.create_task(queue.get())

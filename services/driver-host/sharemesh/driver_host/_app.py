@@ -1,7 +1,11 @@
 """The driver-host process: one backend's driver, registered under this process's
 lease, kept true to etcd by watches: informers over this backend's shares and their
 rules feed a work queue whose workers sync one share at a time (`SyncShare` nudges
-only enqueue). A slow resync of what is cached catches what a handler missed."""
+only enqueue). A slow resync of what is cached catches what a handler missed.
+
+One sync per change: a change comes both as a nudge and as a watch event, and the
+second one, queued while the first sync ran, is dropped when the caches show nothing
+that sync did not handle (it cost a lock, a read and an export call per change)."""
 
 from __future__ import annotations
 
@@ -56,7 +60,7 @@ class DriverService(driver_service_pb2_grpc.DriverServiceServicer):
     ) -> driver_service_pb2.SyncShareResponse:
         names.SHARE.parse("name", request.name)
         # A nudge: the work queue syncs the share soon; the watch would find it anyway.
-        self._app.sync(request.name)
+        self._app.nudged(request.name)
         return driver_service_pb2.SyncShareResponse()
 
     async def GetBackend(  # noqa: N802
@@ -86,8 +90,12 @@ class DriverHostApp:
             context.config.export_id_quarantine_seconds,
         )
         self._controller = controllers.Controller(
-            f"sync of {self.backend}", self._sync.sync, workers=_WORKERS
+            f"sync of {self.backend}", self._reconcile, workers=_WORKERS
         )
+        # Per share, the newest revision its last finished sync handled; and the shares
+        # queued to sync whatever the caches say (not a watched change: see `sync`).
+        self._handled: dict[str, int] = {}
+        self._forced: set[str] = set()
         self._shares = controllers.Informer(
             self._store,
             self._store.root + "shares/",
@@ -104,6 +112,7 @@ class DriverHostApp:
             keep=self._rule_is_mine,
             lister=self._list_own_rules,
             name=f"access rules of {self.backend}",
+            index=lambda rule: _share_of(rule.rule.name, "accessRules"),
         )
         self._rules.add_handler(self._rule_changed)
         self._snapshots = controllers.Informer(
@@ -113,6 +122,7 @@ class DriverHostApp:
             keep=self._snapshot_is_mine,
             lister=self._list_own_snapshots,
             name=f"snapshots of {self.backend}",
+            index=lambda snapshot: _share_of(snapshot.snapshot.name, "snapshots"),
         )
         self._snapshots.add_handler(self._snapshot_changed)
         self.share_servers: network.NetworkServers | None = None
@@ -145,9 +155,56 @@ class DriverHostApp:
             self._sync.use_share_servers(self.share_servers)
 
     def sync(self, name: str) -> None:
-        """Queues a sync of the share: one at a time per share, a nudge during one runs
-        it once more after, a failed one again with backoff."""
+        """Queues a sync of the share that runs whatever the caches say: one at a time
+        per share, one asked for during a sync runs once more after, a failed one again
+        with backoff."""
+        self._forced.add(name)
         self._controller.queue.add(name)
+
+    def nudged(self, name: str) -> None:
+        """A nudge (api, scheduler, operator). With no sync of the share queued or
+        running it syncs at once: the fast path, should the watch be behind. Otherwise
+        the watch brings the change as well, and the sync runs again only for what the
+        caches show that the last one did not handle."""
+        if self._controller.queue.holds(name):
+            self._controller.queue.add(name)
+        else:
+            self.sync(name)
+
+    def _changed(self, name: str, resync: bool) -> None:
+        if resync:  # the safety net: whatever the last sync handled
+            self.sync(name)
+        else:
+            self._controller.queue.add(name)
+
+    async def _reconcile(self, name: str) -> None:
+        forced = name in self._forced
+        self._forced.discard(name)
+        if not forced and self._handled_already(name):
+            return
+        self._handled.pop(name, None)  # a sync that fails handled nothing for sure
+        handled = await self._sync.sync(name)
+        if handled is not None:
+            self._handled[name] = handled
+
+    def _handled_already(self, name: str) -> bool:
+        """Whether the share's last sync finished at or after every change the caches
+        hold that waits for one (its own writes wait for nothing)."""
+        handled = self._handled.get(name)
+        if handled is None:
+            return False
+        share = self._shares.get(self._store.key_of(name))
+        return (
+            (share is None or not _share_waits(share.value) or share.mod_revision <= handled)
+            and all(
+                not _rule_waits(rule.value) or rule.mod_revision <= handled
+                for rule in self._rules.indexed(name)
+            )
+            and all(
+                not _snapshot_waits(snapshot.value) or snapshot.mod_revision <= handled
+                for snapshot in self._snapshots.indexed(name)
+            )
+        )
 
     # The informers: only this backend's shares, found through the index placement
     # writes, and only their rules.
@@ -166,10 +223,10 @@ class DriverHostApp:
         return [f for f in found if f is not None and f.value.backend == self.backend], revision
 
     def _rule_is_mine(self, rule: RuleRecord) -> bool:
-        return self._is_mine(rule.rule.name.rsplit("/accessRules/", 1)[0])
+        return self._is_mine(_share_of(rule.rule.name, "accessRules"))
 
     def _snapshot_is_mine(self, snapshot: SnapshotRecord) -> bool:
-        return self._is_mine(snapshot.snapshot.name.rsplit("/snapshots/", 1)[0])
+        return self._is_mine(_share_of(snapshot.snapshot.name, "snapshots"))
 
     def _is_mine(self, share: str) -> bool:
         return self._shares.get(self._store.key_of(share)) is not None
@@ -198,28 +255,20 @@ class DriverHostApp:
     def _share_changed(
         self, old: Versioned[ShareRecord] | None, new: Versioned[ShareRecord] | None
     ) -> None:
-        if new is not None and (new.value.share.state in _WAITING or new.value.delete_requested):
-            self.sync(new.value.share.name)
+        if new is not None and _share_waits(new.value):
+            self._changed(new.value.share.name, resync=old is new)
 
     def _rule_changed(
         self, old: Versioned[RuleRecord] | None, new: Versioned[RuleRecord] | None
     ) -> None:
-        if new is None:
-            return
-        rule = new.value
-        waiting = rule.rule.state not in (AccessRule.ACTIVE, AccessRule.ERROR)
-        if rule.delete_requested or rule.pending_operations or waiting:
-            self.sync(rule.rule.name.rsplit("/accessRules/", 1)[0])
+        if new is not None and _rule_waits(new.value):
+            self._changed(_share_of(new.value.rule.name, "accessRules"), resync=old is new)
 
     def _snapshot_changed(
         self, old: Versioned[SnapshotRecord] | None, new: Versioned[SnapshotRecord] | None
     ) -> None:
-        if new is None:
-            return
-        snapshot = new.value
-        waiting = snapshot.snapshot.state in (Snapshot.CREATING, Snapshot.DELETING)
-        if snapshot.delete_requested or snapshot.pending_operations or waiting:
-            self.sync(snapshot.snapshot.name.rsplit("/snapshots/", 1)[0])
+        if new is not None and _snapshot_waits(new.value):
+            self._changed(_share_of(new.value.snapshot.name, "snapshots"), resync=old is new)
 
     async def registration(self) -> records_pb2.BackendRecord:
         stats = await self.driver.stats()
@@ -304,20 +353,13 @@ class DriverHostApp:
         """After a restart, every ACTIVE share of this backend serves again, with its rules,
         and so do the gateways and share servers that serve its shares on networks."""
         mine = self._shares.items()
-        rules_of: dict[str, list[Versioned[RuleRecord]]] = {}
-        for rule in self._rules.items():  # from the watches: no read per share
-            share = rule.value.rule.name.rsplit("/accessRules/", 1)[0]
-            rules_of.setdefault(share, []).append(rule)
-        snapshots_of: dict[str, list[Versioned[SnapshotRecord]]] = {}
-        for snapshot in self._snapshots.items():
-            share = snapshot.value.snapshot.name.rsplit("/snapshots/", 1)[0]
-            snapshots_of.setdefault(share, []).append(snapshot)
         for found in mine:
             if found.value.share.state == Share.ACTIVE:
                 name = found.value.share.name
                 try:
+                    # Rules and snapshots from the watches: no read per share.
                     await self._sync.ensure(
-                        found, rules_of.get(name, []), snapshots_of.get(name, [])
+                        found, self._rules.indexed(name), self._snapshots.indexed(name)
                     )
                 except Exception as error:
                     if retry.transient(error):
@@ -347,6 +389,8 @@ class DriverHostApp:
         self._shares.resync()
         self._rules.resync()
         self._snapshots.resync()
+        for name in [n for n in self._handled if self._shares.get(self._store.key_of(n)) is None]:
+            del self._handled[name]  # gone from this backend
         await self._sync.serve_networks(self._shares.items())
 
     async def close(self) -> None:
@@ -359,6 +403,25 @@ class DriverHostApp:
             await self.share_servers.stop(stop_servers=release)
         await self.driver.stop(stop_servers=release)
         await self._peers.close()
+
+
+def _share_of(name: str, collection: str) -> str:
+    """The share a rule or a snapshot belongs to."""
+    return name.rsplit(f"/{collection}/", 1)[0]
+
+
+def _share_waits(record: ShareRecord) -> bool:
+    return record.share.state in _WAITING or record.delete_requested
+
+
+def _rule_waits(record: RuleRecord) -> bool:
+    in_force = record.rule.state in (AccessRule.ACTIVE, AccessRule.ERROR)
+    return record.delete_requested or bool(record.pending_operations) or not in_force
+
+
+def _snapshot_waits(record: SnapshotRecord) -> bool:
+    waiting = record.snapshot.state in (Snapshot.CREATING, Snapshot.DELETING)
+    return record.delete_requested or bool(record.pending_operations) or waiting
 
 
 def _without_time(record: records_pb2.BackendRecord) -> bytes:

@@ -98,19 +98,21 @@ class ShareSync:
         """Syncs waiting to retry give up (the process is stopping)."""
         self._stopping.set()
 
-    async def sync(self, name: str) -> None:
+    async def sync(self, name: str) -> int | None:
         """Makes the share true to its record. A transient fault (a Ganesha that is
         restarting, a peer or etcd down for now) is retried with backoff; once the oldest
         operation waiting on the share has waited the retry deadline, one last try fails
         the waiting operations with UNAVAILABLE instead. With nothing waiting, the sync
-        gives up at the deadline and leaves the share to the reconciler."""
+        gives up at the deadline and leaves the share to the reconciler.
+
+        Returns the newest revision among the share, rules and snapshots it acted on
+        (every change up to it was handled), or None if it left work to the reconciler."""
         backoff = retry.Backoff()
         started = time.time()
         final = False
         while True:
             try:
-                await self._sync_locked(name, final)
-                return
+                return await self._sync_locked(name, final)
             except Unavailable as error:
                 retry.unless_cancelled(error)
                 if self._stopping.is_set():
@@ -151,19 +153,19 @@ class ShareSync:
             reason="RETRY_DEADLINE_EXCEEDED",
         )
 
-    async def _sync_locked(self, name: str, final: bool) -> None:
+    async def _sync_locked(self, name: str, final: bool) -> int | None:
         async with Mutex(self._session, keys.lock_prefix(self._store.root, name)).lock() as lock:
             for _ in range(_ATTEMPTS):
                 try:
-                    await self._sync_once(name, lock, final)
-                    return
+                    return await self._sync_once(name, lock, final)
                 except FencedOut:
                     raise  # the lock is lost (so is the lease): the next holder finishes
                 except Aborted as race:  # a rule or the share changed meanwhile: again
                     log.debug("sync of %s raced (%s); again", name, race)
             log.warning("sync of %s kept racing; the reconciler will finish it", name)
+            return None
 
-    async def _sync_once(self, name: str, lock: Mutex, final: bool) -> None:
+    async def _sync_once(self, name: str, lock: Mutex, final: bool) -> int:
         # The share, its rules and its snapshots at one revision, in one round trip.
         found, (rules, snapshots) = await self._store.get_with(
             self._store.key_of(name),
@@ -174,9 +176,10 @@ class ShareSync:
             ],
         )
         if found is None or found.value.backend != self.backend:
-            return
+            return 0
         with telemetry.continued(found.value.trace_parent, "sync share"):
             await self._sync_found(found, rules, snapshots, lock, final)
+        return max(item.mod_revision for item in (found, *rules, *snapshots))
 
     async def _sync_found(
         self,

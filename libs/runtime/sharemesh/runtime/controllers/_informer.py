@@ -63,7 +63,10 @@ class Informer(Generic[M]):
 
     `lister` replaces the default full read of the prefix: say, the records an index
     names, so a process reads only its own. It must return records at or after the
-    revision it returns (an event older than a cached record is then ignored)."""
+    revision it returns (an event older than a cached record is then ignored).
+
+    `index` names a group for each record (say, its share): `indexed(group)` is then
+    that group's records without a scan of the cache."""
 
     def __init__(
         self,
@@ -74,6 +77,7 @@ class Informer(Generic[M]):
         keep: Callable[[M], bool] | None = None,
         lister: Lister[M] | None = None,
         name: str = "",
+        index: Callable[[M], str] | None = None,
     ) -> None:
         self._store = store
         self._prefix = prefix
@@ -82,6 +86,8 @@ class Informer(Generic[M]):
         self._lister = lister or (lambda: list_prefix(store, prefix, msg_type, self._keep))
         self.name = name or prefix
         self._cache: dict[str, Versioned[M]] = {}
+        self._index = index
+        self._groups: dict[str, dict[str, Versioned[M]]] = {}
         self._handlers: list[Handler[M]] = []
         self.synced = asyncio.Event()  # set once the first list is in the cache
         self.revision = 0  # the last revision seen (listed or watched)
@@ -95,6 +101,26 @@ class Informer(Generic[M]):
 
     def items(self) -> list[Versioned[M]]:
         return list(self._cache.values())
+
+    def indexed(self, group: str) -> list[Versioned[M]]:
+        """The cached records that `index` puts in `group`."""
+        return list(self._groups.get(group, {}).values())
+
+    def _put(self, found: Versioned[M]) -> None:
+        self._pop(found.key)
+        self._cache[found.key] = found
+        if self._index is not None:
+            self._groups.setdefault(self._index(found.value), {})[found.key] = found
+
+    def _pop(self, key: str) -> Versioned[M] | None:
+        old = self._cache.pop(key, None)
+        if old is not None and self._index is not None:
+            group = self._index(old.value)
+            members = self._groups.get(group, {})
+            members.pop(key, None)
+            if not members:
+                self._groups.pop(group, None)
+        return old
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -137,12 +163,12 @@ class Informer(Generic[M]):
         if self.synced.is_set():
             self.relists += 1
         for key in [k for k in self._cache if k not in fresh]:
-            self._tell(self._cache.pop(key), None)
+            self._tell(self._pop(key), None)
         for key, found in fresh.items():
             old = self._cache.get(key)
             if old is not None and old.mod_revision >= found.mod_revision:
                 continue
-            self._cache[key] = found
+            self._put(found)
             self._tell(old, found)
         self.revision = max(self.revision, revision)
         self.synced.set()
@@ -155,7 +181,7 @@ class Informer(Generic[M]):
             old = self._cache.get(event.key)
             if event.kind == "DELETE":
                 if old is not None:
-                    del self._cache[event.key]
+                    self._pop(event.key)
                     self._tell(old, None)
                 continue
             if old is not None and old.mod_revision >= event.mod_revision:
@@ -164,11 +190,11 @@ class Informer(Generic[M]):
             assert isinstance(value, self._msg_type)
             if not self._keep(value):
                 if old is not None:  # no longer ours: gone, as far as we are concerned
-                    del self._cache[event.key]
+                    self._pop(event.key)
                     self._tell(old, None)
                 continue
             new = Versioned(value, event.mod_revision, event.create_revision, event.key)
-            self._cache[event.key] = new
+            self._put(new)
             self._tell(old, new)
 
     def _tell(self, old: Versioned[M] | None, new: Versioned[M] | None) -> None:

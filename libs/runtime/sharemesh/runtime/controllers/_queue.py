@@ -43,6 +43,10 @@ class WorkQueue:
     def shutting_down(self) -> bool:
         return self._shutting_down
 
+    def holds(self, key: str) -> bool:
+        """Whether `key` is queued or being worked on."""
+        return key in self._dirty or key in self._processing
+
     def add(self, key: str) -> None:
         if self._shutting_down or key in self._dirty:
             return
