@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -23,12 +24,17 @@ from sharemesh.scheduler.v1 import scheduler_service_pb2, scheduler_service_pb2_
 from sharemesh.state.v1 import records_pb2
 
 from . import retry, telemetry, tls
+from .controllers import Informer
 from .coordination import Store, keys, leader
 from .errors import ShareMeshError, Unavailable, from_rpc_error
 
 log = logging.getLogger(__name__)
 
 NUDGE_TIMEOUT = 30.0
+# How long an endpoint looked up for a call is used again without reading etcd: a read
+# per nudge was a third of the api's etcd reads per share. One that fails is looked up
+# again at once, so a peer that moved is found on the first failed call.
+ENDPOINT_TTL = 10.0
 
 
 @contextlib.asynccontextmanager
@@ -51,6 +57,8 @@ class Peers:
         self._channels: dict[str, tuple[object, grpc.aio.Channel]] = {}
         self._retired: list[grpc.aio.Channel] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._endpoints: dict[str, tuple[str, float]] = {}  # peer -> (endpoint, when read)
+        self._registrations: Informer[records_pb2.BackendRecord] | None = None
 
     def channel(self, endpoint: str) -> grpc.aio.Channel:
         """The channel to `endpoint`; a new one once the certificate files changed, so
@@ -76,14 +84,37 @@ class Peers:
         )
         return value.decode() if value else None
 
+    async def watch_backends(self) -> None:
+        """Until cancelled, keeps the backends' registrations in memory from a watch, so
+        that `backend` and `backends` read no etcd (a placement read them all)."""
+        informer = Informer(
+            self._store,
+            keys.backends_prefix(self._store.root),
+            records_pb2.BackendRecord,
+            name="backend registrations",
+        )
+        self._registrations = informer
+        try:
+            await informer.run()
+        finally:
+            self._registrations = None
+
+    def _watched(self) -> Informer[records_pb2.BackendRecord] | None:
+        informer = self._registrations
+        return informer if informer is not None and informer.synced.is_set() else None
+
     async def backend(self, backend: str) -> records_pb2.BackendRecord | None:
         """The live registration of `backends/{name}` (None when its driver-host is down)."""
-        found = await self._store.get(
-            keys.backend_key(self._store.root, backend.split("/")[-1]), records_pb2.BackendRecord
-        )
+        key = keys.backend_key(self._store.root, backend.split("/")[-1])
+        if (watched := self._watched()) is not None:
+            kept = watched.get(key)
+            return kept.value if kept else None
+        found = await self._store.get(key, records_pb2.BackendRecord)
         return found.value if found else None
 
     async def backends(self) -> list[records_pb2.BackendRecord]:
+        if (watched := self._watched()) is not None:
+            return [item.value for item in sorted(watched.items(), key=lambda i: i.key)]
         found, _ = await self._store.list_all(
             keys.backends_prefix(self._store.root), records_pb2.BackendRecord
         )
@@ -96,37 +127,76 @@ class Peers:
         )
         return [item.value.name for item in found]
 
+    async def _host_endpoint(self, host: str) -> str | None:
+        found = await self._store.get(keys.host_key(self._store.root, host), records_pb2.HostRecord)
+        return found.value.endpoint if found else None
+
+    async def _backend_endpoint(self, backend: str) -> str | None:
+        record = await self.backend(backend)
+        return record.endpoint if record else None
+
+    async def _call(
+        self,
+        peer: str,
+        look_up: Callable[[], Awaitable[str | None]],
+        call: Callable[[grpc.aio.Channel], Awaitable[object]],
+        missing: str,
+    ) -> None:
+        """`call` on the channel to `peer`, at the endpoint read within ENDPOINT_TTL,
+        or else at the one `look_up` reads now (none: UNAVAILABLE `missing`). A call to
+        a remembered endpoint that is UNAVAILABLE is made again if the peer moved."""
+        kept = self._endpoints.get(peer)
+        failed: Unavailable | None = None
+        if kept is not None and time.monotonic() - kept[1] < ENDPOINT_TTL:
+            try:
+                async with _translated():
+                    await call(self.channel(kept[0]))
+                return
+            except Unavailable as error:
+                failed = error
+        endpoint = await look_up()
+        if not endpoint:
+            self._endpoints.pop(peer, None)
+            raise Unavailable(missing)
+        self._endpoints[peer] = (endpoint, time.monotonic())
+        if failed is not None and kept is not None and endpoint == kept[0]:
+            raise failed  # still there, and not answering
+        async with _translated():
+            await call(self.channel(endpoint))
+
     async def sync_share_network(self, host: str, share_network: str) -> None:
         """Asks `host`'s gateway to make its part of the network match etcd, and waits."""
-        found = await self._store.get(keys.host_key(self._store.root, host), records_pb2.HostRecord)
-        if found is None:
-            raise Unavailable(f"no gateway service runs on host {host}")
-        stub = gateway_service_pb2_grpc.GatewayServiceStub(self.channel(found.value.endpoint))
-        async with _translated():
-            await stub.SyncShareNetwork(
-                gateway_service_pb2.SyncShareNetworkRequest(share_network=share_network),
-                timeout=NUDGE_TIMEOUT,
-            )
+        request = gateway_service_pb2.SyncShareNetworkRequest(share_network=share_network)
+        await self._call(
+            f"gateway of {host}",
+            lambda: self._host_endpoint(host),
+            lambda channel: gateway_service_pb2_grpc.GatewayServiceStub(channel).SyncShareNetwork(
+                request, timeout=NUDGE_TIMEOUT
+            ),
+            f"no gateway service runs on host {host}",
+        )
 
     async def place_share(self, name: str) -> None:
-        endpoint = await self.scheduler_endpoint()
-        if not endpoint:
-            raise Unavailable("no scheduler leads")
-        stub = scheduler_service_pb2_grpc.SchedulerServiceStub(self.channel(endpoint))
-        async with _translated():
-            await stub.PlaceShare(
-                scheduler_service_pb2.PlaceShareRequest(name=name), timeout=NUDGE_TIMEOUT
-            )
+        request = scheduler_service_pb2.PlaceShareRequest(name=name)
+        await self._call(
+            "the scheduler",
+            self.scheduler_endpoint,
+            lambda channel: scheduler_service_pb2_grpc.SchedulerServiceStub(channel).PlaceShare(
+                request, timeout=NUDGE_TIMEOUT
+            ),
+            "no scheduler leads",
+        )
 
     async def sync_share(self, backend: str, name: str) -> None:
-        record = await self.backend(backend)
-        if record is None:
-            raise Unavailable(f"{backend} is not registered")
-        stub = driver_service_pb2_grpc.DriverServiceStub(self.channel(record.endpoint))
-        async with _translated():
-            await stub.SyncShare(
-                driver_service_pb2.SyncShareRequest(name=name), timeout=NUDGE_TIMEOUT
-            )
+        request = driver_service_pb2.SyncShareRequest(name=name)
+        await self._call(
+            backend,
+            lambda: self._backend_endpoint(backend),
+            lambda channel: driver_service_pb2_grpc.DriverServiceStub(channel).SyncShare(
+                request, timeout=NUDGE_TIMEOUT
+            ),
+            f"{backend} is not registered",
+        )
 
     def nudge(self, what: str, call: Callable[[], Awaitable[None]]) -> None:
         """Runs `call` in the background; a failure waits for the reconciler."""

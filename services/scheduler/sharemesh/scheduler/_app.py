@@ -118,6 +118,7 @@ class SchedulerApp:
             async with asyncio.TaskGroup() as group:
                 group.create_task(shares.run())
                 group.create_task(finished.run())
+                group.create_task(self._peers.watch_backends())  # what placements read
                 group.create_task(controller.run())
                 group.create_task(retry.every(interval, "resync", _async(shares.resync)))
                 group.create_task(
