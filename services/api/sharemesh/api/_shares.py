@@ -250,11 +250,17 @@ class Shares(Base):
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
             nonlocal unplaced
-            found = await self.share_record(request.name, "name")
+            # The share and its snapshots in one round trip.
+            found, (snapshots,) = await self.store.get_with(
+                self.store.key_of(request.name),
+                records_pb2.ShareRecord,
+                [(self.store.prefix_of(request.name, "snapshots"), records_pb2.SnapshotRecord)],
+            )
+            if found is None:
+                raise NotFound(f"{request.name} not found")
             check_etag(request.etag, found, "etag")
             record = found.value
             unplaced = not record.backend
-            snapshots = await self.snapshot_records(request.name)
             if snapshots and not request.force:
                 shown = [s.value.snapshot.name for s in snapshots]
                 raise FailedPrecondition(
