@@ -435,6 +435,29 @@ async def test_mutex_lock_context_and_fifo(etcd_client, etcd_root):  # type: ign
             await other_task
 
 
+async def test_mutex_reads_come_with_a_free_lock_only(etcd_client, etcd_root):  # type: ignore[no-untyped-def]
+    store = Store(etcd_client, etcd_root)
+    share, prefix = store.key_of("projects/p/shares/s"), keys.lock_prefix(etcd_root, "s")
+    children = [(store.prefix_of("projects/p/shares/s", "accessRules"), S)]
+    await store.create(share, S(value="v1"))
+    await store.create(store.key_of("projects/p/shares/s/accessRules/r"), S(value="r1"))
+    reads = store.ranges_with(share, children)
+    async with Session(etcd_client, TTL) as s1, Session(etcd_client, TTL) as s2:
+        async with Mutex(s1, prefix).lock(reads) as held:
+            assert held.reads is not None  # read as the lock was taken: no round trip more
+            found, (rules,) = await store.decode_with(held.reads, S, children)
+            assert found is not None and found.value.value == "v1"
+            assert [r.value.value for r in rules] == ["r1"]
+            other = Mutex(s2, prefix)
+            waiter = asyncio.ensure_future(other.acquire(reads))
+            await _wait_for(lambda: _queue_len_is(etcd_client, prefix, 2), what="queued")
+            await store.put(share, S(value="v2"))  # changed while the other waits
+        await asyncio.wait_for(waiter, 5)
+        # Taken after a wait: what was read while queueing may be stale, so none is given.
+        assert other.reads is None
+        await other.release()
+
+
 # 5. paging
 
 

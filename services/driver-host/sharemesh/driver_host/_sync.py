@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from sharemesh import network
 from sharemesh.runtime import errors, lifecycle, operations, retry, telemetry
@@ -154,10 +155,26 @@ class ShareSync:
         )
 
     async def _sync_locked(self, name: str, final: bool) -> int | None:
-        async with Mutex(self._session, keys.lock_prefix(self._store.root, name)).lock() as lock:
+        key = self._store.key_of(name)
+        children = [
+            (self._store.prefix_of(name, "accessRules"), records_pb2.AccessRuleRecord),
+            (self._store.prefix_of(name, "snapshots"), records_pb2.SnapshotRecord),
+        ]
+        mutex = Mutex(self._session, keys.lock_prefix(self._store.root, name))
+        # The share, its rules and its snapshots at one revision: read in the transaction
+        # that takes the lock when it is free, else in one of their own.
+        async with mutex.lock(self._store.ranges_with(key, children)) as lock:
+            reads = lock.reads
             for _ in range(_ATTEMPTS):
                 try:
-                    return await self._sync_once(name, lock, final)
+                    if reads is not None:
+                        read = await self._store.decode_with(
+                            reads, records_pb2.ShareRecord, children
+                        )
+                    else:
+                        read = await self._store.get_with(key, records_pb2.ShareRecord, children)
+                    reads = None  # a race reads afresh
+                    return await self._sync_once(read, lock, final)
                 except FencedOut:
                     raise  # the lock is lost (so is the lease): the next holder finishes
                 except Aborted as race:  # a rule or the share changed meanwhile: again
@@ -165,16 +182,16 @@ class ShareSync:
             log.warning("sync of %s kept racing; the reconciler will finish it", name)
             return None
 
-    async def _sync_once(self, name: str, lock: Mutex, final: bool) -> int:
-        # The share, its rules and its snapshots at one revision, in one round trip.
-        found, (rules, snapshots) = await self._store.get_with(
-            self._store.key_of(name),
-            records_pb2.ShareRecord,
-            [
-                (self._store.prefix_of(name, "accessRules"), records_pb2.AccessRuleRecord),
-                (self._store.prefix_of(name, "snapshots"), records_pb2.SnapshotRecord),
-            ],
-        )
+    async def _sync_once(
+        self,
+        read: tuple[
+            Versioned[records_pb2.ShareRecord] | None,
+            list[list[Versioned[Any]]],
+        ],
+        lock: Mutex,
+        final: bool,
+    ) -> int:
+        found, (rules, snapshots) = read
         if found is None or found.value.backend != self.backend:
             return 0
         with telemetry.continued(found.value.trace_parent, "sync share"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TypeVar
 
 import aetcd
@@ -100,17 +100,22 @@ async def _wait_predecessors(session: Session, queue: str, my_rev: int) -> None:
 
 
 async def _enqueue(
-    session: Session, key: str, value: bytes
-) -> tuple[int, rpc.KeyValue | None, bool]:
+    session: Session, key: str, value: bytes, reads: Sequence[rpc.RangeRequest] = ()
+) -> tuple[int, rpc.KeyValue | None, bool, list[rpc.RangeResponse]]:
     """Create our queue key (or reuse it if our lease already owns it).
 
-    Returns (our create revision, the queue's owner kv, whether we created the key)."""
+    Returns (our create revision, the queue's owner kv, whether we created the key,
+    and the answers to `reads`, read in the same transaction when we created it)."""
     client, lease = session.client, session.lease_id
     queue = key.rsplit("/", 1)[0] + "/"
     response = await _client.txn(
         client,
         [_client.Compare(_client.b(key), "create", "==", 0)],
-        success=[_client.op_put(key, value, lease), _client.op_range(_queue_range(queue))],
+        success=[
+            _client.op_put(key, value, lease),
+            _client.op_range(_queue_range(queue)),
+            *(_client.op_range(r) for r in reads),
+        ],
         failure=[
             _client.op_range(_client.range_request(key)),
             _client.op_range(_queue_range(queue)),
@@ -119,7 +124,8 @@ async def _enqueue(
     if response.succeeded:
         my_rev = response.header.revision
         owners = _direct(response.responses[1].response_range.kvs, queue)
-        return my_rev, (owners[0] if owners else None), True
+        read = [r.response_range for r in response.responses[2:]]
+        return my_rev, (owners[0] if owners else None), True, read
     existing = response.responses[0].response_range.kvs
     if not existing:  # deleted between compare and read cannot happen in one txn
         raise Aborted(f"queue key {key} vanished")
@@ -135,7 +141,7 @@ async def _enqueue(
         )
         if not update.succeeded:
             raise Aborted(f"queue key {key} changed while re-campaigning")
-    return kv.create_revision, (owners[0] if owners else None), False
+    return kv.create_revision, (owners[0] if owners else None), False, []
 
 
 async def _dequeue(session: Session, key: str, rev: int) -> None:
@@ -196,7 +202,7 @@ class Election:
         if self.session.done.is_set():
             raise Aborted("session lease lost")
         key = self.key
-        rev, owner, _created = await _enqueue(self.session, key, value)
+        rev, owner, _created, _ = await _enqueue(self.session, key, value)
         self._rev = rev
         try:
             if owner is None or owner.create_revision != rev:

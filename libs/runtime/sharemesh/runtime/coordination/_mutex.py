@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+
+from aetcd import rpc
 
 from sharemesh.runtime.errors import Aborted, FailedPrecondition, ShareBusy
 
@@ -55,6 +57,8 @@ class Mutex:
         self.queue = _queue_prefix(prefix)
         self._rev = 0
         self._local: asyncio.Lock | None = None
+        # The answers to `acquire`'s reads when they came with the lock (None else).
+        self.reads: list[rpc.RangeResponse] | None = None
 
     @property
     def key(self) -> str:
@@ -104,7 +108,7 @@ class Mutex:
         await self._take_local(wait=False)
         key = self.key
         try:
-            rev, owner, created = await _enqueue(self.session, key, b"")
+            rev, owner, created, _ = await _enqueue(self.session, key, b"")
         except BaseException:
             self._drop_local()
             raise
@@ -116,19 +120,26 @@ class Mutex:
         self._drop_local()
         raise ShareBusy("busy", metadata={"lock": self.prefix})
 
-    async def acquire(self) -> None:
-        """Wait for the lock (cancellable; a cancelled wait leaves the queue)."""
+    async def acquire(self, reads: Sequence[rpc.RangeRequest] = ()) -> None:
+        """Wait for the lock (cancellable; a cancelled wait leaves the queue).
+
+        `reads` are read in the transaction that queues for the lock: when that takes
+        it at once, `self.reads` has their answers, read as the lock was taken (one round
+        trip less than reading after); when it had to wait, None."""
         self._check_session()
         await self._take_local(wait=True)
         key = self.key
         rev = 0
+        self.reads = None
         try:
-            rev, owner, _created = await _enqueue(self.session, key, b"")
+            rev, owner, _created, read = await _enqueue(self.session, key, b"", reads)
             if owner is None or owner.create_revision != rev:
                 await _wait_predecessors(self.session, self.queue, rev)
                 mine, _ = await _client.get_kv(self.session.client, key)
                 if mine is None or mine.create_revision != rev:
                     raise Aborted(f"lock key {key} vanished while waiting (lease lost?)")
+            elif read:
+                self.reads = read
         except BaseException:
             if rev:
                 await asyncio.shield(_dequeue(self.session, key, rev))
@@ -156,8 +167,8 @@ class Mutex:
             self._drop_local()
 
     @contextlib.asynccontextmanager
-    async def lock(self) -> AsyncIterator[Mutex]:
-        await self.acquire()
+    async def lock(self, reads: Sequence[rpc.RangeRequest] = ()) -> AsyncIterator[Mutex]:
+        await self.acquire(reads)
         try:
             yield self
         finally:

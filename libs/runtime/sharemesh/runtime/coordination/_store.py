@@ -266,22 +266,38 @@ class Store:
         """A record and, for each (prefix, type) of `children`, the records directly under
         that prefix (a share, its rules, its snapshots), read at one revision in one round
         trip (a read-only transaction) instead of one range each."""
+        ranges = self.ranges_with(key, children)
+        response = await _client.txn(self.client, [], [_client.op_range(r) for r in ranges])
+        reads = [r.response_range for r in response.responses]
+        return await self.decode_with(reads, msg_type, children)
+
+    def ranges_with(
+        self, key: str, children: Sequence[tuple[str, type[Message]]]
+    ) -> builtins.list[rpc.RangeRequest]:
+        """The ranges `get_with` reads, to read them in another transaction (a lock's)."""
         ranges = [_client.range_request(self.check_key(key))]
         for prefix, _ in children:
             self.check_key(prefix)
             ranges.append(
                 _client.range_request(prefix, _client.prefix_end(prefix), limit=_CHILDREN)
             )
-        response = await _client.txn(self.client, [], [_client.op_range(r) for r in ranges])
-        kvs = [r.response_range.kvs for r in response.responses]
-        found = _versioned(kvs[0][0], msg_type) if kvs[0] else None
+        return ranges
+
+    async def decode_with(
+        self,
+        reads: Sequence[rpc.RangeResponse],
+        msg_type: type[M],
+        children: Sequence[tuple[str, type[Message]]],
+    ) -> tuple[Versioned[M] | None, builtins.list[builtins.list[Versioned[Any]]]]:
+        """`get_with`'s answer from the responses to the ranges of `ranges_with`."""
+        found = _versioned(reads[0].kvs[0], msg_type) if reads[0].kvs else None
         listed: builtins.list[builtins.list[Versioned[Any]]] = []
-        for (prefix, child_type), read in zip(children, response.responses[1:]):
-            if read.response_range.more:  # more than a share ever has: page through
+        for (prefix, child_type), read in zip(children, reads[1:]):
+            if read.more:  # more than a share ever has: page through
                 listed.append((await self.list_all(prefix, child_type))[0])
                 continue
             plen = len(prefix.encode())
-            kept = (kv for kv in read.response_range.kvs if b"/" not in kv.key[plen:])
+            kept = (kv for kv in read.kvs if b"/" not in kv.key[plen:])
             listed.append([_versioned(kv, child_type) for kv in kept])
         return found, listed
 
