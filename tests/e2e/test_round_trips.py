@@ -26,9 +26,12 @@ _HANDLED = re.compile(r'^grpc_server_handled_total\{[^}]*grpc_method="(\w+)"[^}]
 
 # One create and one delete of a flat share, before they were counted: 34 ranges and 13
 # transactions one at a time; 50 and 13.5 at 32 at once (deletes racing for the
-# counters). Now about 22 and 16 (a sync's reads are one read-only transaction).
-RANGES_PER_SHARE = 25
-REQUESTS_PER_SHARE = 42
+# counters). Then about 22 and 16 (a sync's reads are one read-only transaction). Now 15
+# and 8 one at a time, about 14.4 and 9.7 at 24 at once: one sync per change (not one
+# per nudge and one per watch event), its reads in the lock's transaction, nudges to
+# endpoints remembered, the scheduler's registrations watched.
+RANGES_PER_SHARE = 17
+REQUESTS_PER_SHARE = 28
 
 
 @pytest.fixture(scope="module")
