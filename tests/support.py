@@ -96,3 +96,15 @@ def guest_namespaces(*roles: str) -> Iterator[dict[str, str]]:
     finally:
         for netns in made.values():
             subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+def gluster_brick_address(volume: str) -> str:
+    """Where the development volume's brick is: its storage address, not the loopback."""
+    info = subprocess.run(
+        ["gluster", "--mode=script", "volume", "info", volume],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (brick,) = [line for line in info.splitlines() if line.startswith("Brick1:")]
+    return brick.split()[1].split(":")[0]

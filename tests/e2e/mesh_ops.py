@@ -3,7 +3,9 @@ through its export, and read what the mesh has allocated."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
@@ -16,7 +18,14 @@ from sharemesh.client import Client
 from sharemesh.launcher import LocalMesh
 from sharemesh.runtime.coordination import Store, connect, keys
 from sharemesh.state.v1 import records_pb2
-from sharemesh.v1 import access_rule_pb2, share_network_pb2, share_pb2, snapshot_pb2
+from sharemesh.v1 import (
+    access_rule_pb2,
+    pool_service_pb2,
+    pool_service_pb2_grpc,
+    share_network_pb2,
+    share_pb2,
+    snapshot_pb2,
+)
 from sharemesh.v1 import share_network_service_pb2 as sns
 from sharemesh.v1 import share_service_pb2 as ss
 
@@ -299,3 +308,19 @@ async def project_usage(mesh: LocalMesh, project: str) -> records_pb2.ProjectUsa
         store = Store(client)
         found = await store.get(keys.usage_key(store.root, project), records_pb2.ProjectUsage)
         return found.value if found else records_pb2.ProjectUsage()
+
+
+async def all_pools_registered(admin: Client, pools: set[str], timeout: float = 60) -> None:
+    """The mesh answers once each driver-host serves, but a driver-host registers its pool
+    only after its first report of the backend (a Ceph cluster's can take seconds); until
+    then the scheduler refuses a share only that backend could hold."""
+    stub = pool_service_pb2_grpc.PoolServiceStub(admin._channel)
+    deadline = time.monotonic() + timeout
+    while True:
+        view = await stub.ListPools(
+            pool_service_pb2.ListPoolsRequest(parent="backends/-"), metadata=admin.metadata
+        )
+        if {p.name for p in view.pools} >= pools:
+            return
+        assert time.monotonic() < deadline, f"pools registered: {[p.name for p in view.pools]}"
+        await asyncio.sleep(0.2)

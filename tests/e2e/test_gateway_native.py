@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from mesh_ops import (
     read_in,
     running_mesh,
 )
-from support import guest_namespaces, nfs_url, pid_alive
+from support import gluster_brick_address, guest_namespaces, nfs_url, pid_alive
 
 pytestmark = pytest.mark.e2e
 
@@ -66,18 +65,6 @@ mount_port = {mount_port}
 """
 
 
-def _brick_address(volume: str) -> str:
-    """Where the development volume's brick is: its storage address, not the loopback."""
-    info = subprocess.run(
-        ["gluster", "--mode=script", "volume", "info", volume],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    (brick,) = [line for line in info.splitlines() if line.startswith("Brick1:")]
-    return brick.split()[1].split(":")[0]
-
-
 @pytest.fixture(scope="module", params=["glusterfs", "cephfs"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -101,7 +88,7 @@ def backend(
     home = tmp_path_factory.mktemp(f"{kind}-backend")
     if kind == "glusterfs":
         volume = request.getfixturevalue("gluster_volume")
-        options = BACKENDS[kind].format(server=_brick_address(volume), volume=volume)
+        options = BACKENDS[kind].format(server=gluster_brick_address(volume), volume=volume)
     else:
         conf, keyring = request.getfixturevalue("ceph_cluster")
         options = BACKENDS[kind].format(conf=conf, keyring=keyring)

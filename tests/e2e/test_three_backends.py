@@ -6,9 +6,7 @@ NFS, and a clone of a CephFS snapshot lands on the CephFS pool."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from sharemesh.v1 import share_type_service_pb2 as sts
 from mesh_ops import (
     RW,
     Share,
+    all_pools_registered,
     delete_share,
     grant,
     pool_of,
@@ -89,24 +88,8 @@ async def mesh(
                     ),
                     metadata=admin.metadata,
                 )
-            await all_pools_registered(admin)
+            await all_pools_registered(admin, set(POOLS.values()))
         yield running
-
-
-async def all_pools_registered(admin: Client, timeout: float = 60) -> None:
-    """The mesh answers once each driver-host serves, but a driver-host registers its pool
-    only after its first report of the backend (a Ceph cluster's can take seconds); until
-    then the scheduler refuses a share only that backend could hold."""
-    pools = pool_service_pb2_grpc.PoolServiceStub(admin._channel)
-    deadline = time.monotonic() + timeout
-    while True:
-        view = await pools.ListPools(
-            pool_service_pb2.ListPoolsRequest(parent="backends/-"), metadata=admin.metadata
-        )
-        if {p.name for p in view.pools} >= set(POOLS.values()):
-            return
-        assert time.monotonic() < deadline, f"pools registered: {[p.name for p in view.pools]}"
-        await asyncio.sleep(0.2)
 
 
 async def create(client: Client, share_id: str, share_type: str = "", source: str = "") -> Share:

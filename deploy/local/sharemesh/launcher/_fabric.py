@@ -4,8 +4,12 @@ address on a management bridge, as hypervisors on a flat management network.
 Hosts route each other's storage blocks (`[gateway] storage_range`: where a host's
 gateways' storage legs are cut from), so a gateway on one host reaches a backend's
 NFS export on another. The bridge has an address too, for the launcher and the
-operator's tools on the machine itself. Everything is made idempotently and removed
-by `down`, processes left in a host's namespace included.
+operator's tools on the machine itself, and it is each host's default route: what the
+machine serves on its own addresses (a development Ceph or Gluster cluster) is the
+storage network every host reaches, and the machine routes each host's storage block
+back to it. The machine forwards nothing (its forwarding stays as it is). Everything
+is made idempotently and removed by `down`, processes left in a host's namespace
+included.
 """
 
 from __future__ import annotations
@@ -126,6 +130,10 @@ class Fabric:
                 if other is not host:
                     await _ip("-n", host.netns, "route", "replace", other.storage_range,
                               "via", other.address)  # fmt: skip
+            await _ip("-n", host.netns, "route", "replace", "default",
+                      "via", self.gateway_address)  # fmt: skip
+            # The machine's answers to a host's gateways (the routes go with the bridge).
+            await _ip("route", "replace", host.storage_range, "via", host.address)
         log.info(
             "management network %s on %s: %s",
             self.subnet,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -119,7 +121,23 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _spawn(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+_CLONE_NEWUTS = 0x04000000
+
+
+def _own_hostname(name: str) -> None:  # runs in the child between fork and exec
+    """A UTS namespace with `name` as its hostname: FSAL_CEPH names its cluster sessions
+    `ganesha-{hostname}-{export id}` and resets an older session of the same name, so
+    two Ganeshas of one host (a backend's and a gateway's) or of hosts that share a
+    hostname would take each other's sessions away."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    encoded = name.encode()
+    if libc.unshare(_CLONE_NEWUTS) != 0 or libc.sethostname(encoded, len(encoded)) != 0:
+        raise OSError(ctypes.get_errno(), "cannot give Ganesha a hostname of its own")
+
+
+def _spawn(
+    argv: list[str], env: dict[str, str] | None = None, hostname: str | None = None
+) -> subprocess.Popen[bytes]:
     # Not asyncio's subprocess: its transport kills a still-running child when garbage
     # collected or when the loop closes, and these must outlive both.
     proc = subprocess.Popen(
@@ -129,6 +147,7 @@ def _spawn(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Pop
         stderr=subprocess.DEVNULL,
         start_new_session=True,
         env=env,
+        preexec_fn=functools.partial(_own_hostname, hostname) if hostname else None,
     )
     _CHILDREN[proc.pid] = proc
     return proc
@@ -287,7 +306,9 @@ class GaneshaInstance:
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         started = time.monotonic()
-        proc = _spawn(argv, env)
+        # Stable per instance (its state directory), so a restart resets its own sessions.
+        node = "sm" + hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:12]
+        proc = _spawn(argv, env, hostname=node)
         if not await self._wait_ready(proc):
             return False
         log.info(
@@ -374,10 +395,18 @@ class GaneshaInstance:
         await self._terminate(proc.pid, "ganesha")
         raise self._failed_to_start(f"it did not serve within {self.start_timeout}s")
 
-    async def stop(self) -> None:
-        """Stop Ganesha and its bus (idempotent). Export files stay for the next start."""
+    async def stop(self, withdraw: bool = False) -> None:
+        """Stop Ganesha and its bus (idempotent). Export files stay for the next start.
+
+        `withdraw`, for a server going away for good: each export is withdrawn first, so
+        that its FSAL ends its session with a cluster in order (a killed FSAL_CEPH's
+        session outlives it for minutes, holding what it had open)."""
         async with self._lock:
             self._stopped = True
+            if withdraw and self.is_alive():
+                with contextlib.suppress(Exception):  # a best effort: the kill follows
+                    for export_id in sorted(await self._mgr.export_ids()):
+                        await self._mgr.remove(export_id)
             await self._terminate(self._ganesha_pid(), "ganesha")
             await self._terminate(self._bus_pid(), "dbus-daemon")
             self._mgr.close()

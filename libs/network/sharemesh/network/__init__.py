@@ -23,7 +23,14 @@ from ._netns import (
     storage_addresses,
     storage_range,
 )
-from ._servers import NetworkServers, Served, location, release_servers, tenant_rules
+from ._servers import (
+    NetworkServers,
+    Served,
+    location,
+    offered_across_hosts,
+    release_servers,
+    tenant_rules,
+)
 from ._storage import CephConf, read_ceph_conf
 
 __all__ = [
@@ -40,6 +47,7 @@ __all__ = [
     "release_servers",
     "bridges_of",
     "location",
+    "offered_across_hosts",
     "tenant_rules",
     "bridge_name",
     "ensure_bridge",

@@ -77,6 +77,16 @@ def tenant_rules(rules: Iterable[records_pb2.AccessRuleRecord]) -> tuple[tuple[s
     )
 
 
+def offered_across_hosts(access: records_pb2.GatewayAccess) -> bool:
+    """Whether gateways on other hosts than the backend's reach the share: through the
+    backend's NFS export on a routable address, or natively to a network file system's
+    cluster; a VFS path is its own host's alone."""
+    return (access.fsal == "PROXY_V4" and bool(access.server)) or access.fsal in (
+        "CEPH",
+        "GLUSTER",
+    )
+
+
 def location(server: records_pb2.NetworkServerRecord, uid: str) -> tuple[str, int, int]:
     """Where tenants mount a share the server exports: (`host:/pseudo`, nfs, mount port)."""
     address = server.address.split("/")[0]
@@ -396,7 +406,7 @@ class NetworkServers:
                 ganesha.supervise(), name=f"supervise {self.kind} {share_network}"
             )
 
-    async def _stop_instance(self, share_network: str) -> None:
+    async def _stop_instance(self, share_network: str, for_good: bool = False) -> None:
         task = self._supervisors.pop(share_network, None)
         if task is not None:
             task.cancel()
@@ -404,14 +414,14 @@ class NetworkServers:
                 await task
         ganesha = self._ganeshas.pop(share_network, None)
         if ganesha is not None:
-            await ganesha.stop()
+            await ganesha.stop(withdraw=for_good)
 
     async def _remove(
         self, share_network: str, found: Versioned[records_pb2.NetworkServerRecord]
     ) -> None:
         server = found.value
         self._instance(share_network, server)  # also one a crash left: it stops by pidfile
-        await self._stop_instance(share_network)
+        await self._stop_instance(share_network, for_good=True)
         await netns_plugin.leave(server.bridge, server.netns)
         await netns_plugin.remove_namespace(server.netns)
         # A later server of this network starts afresh, not from these export files.

@@ -167,7 +167,7 @@ class Networks:
             if share.share.share_network != name or not share.HasField("gateway_access"):
                 continue
             access = share.gateway_access
-            if share.host != self.host and not (access.fsal == "PROXY_V4" and access.server):
+            if share.host != self.host and not network.offered_across_hosts(access):
                 continue  # on another host, which alone can reach it
             if (
                 share.delete_requested

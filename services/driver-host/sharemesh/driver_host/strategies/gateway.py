@@ -102,7 +102,7 @@ class BehindGateway:
         whose gateway is down is passed over: it rebuilds from etcd before it registers."""
         store, share_network = self._backend.store, record.share.share_network
         await self._backend.peers.sync_share_network(record.host, share_network)
-        if not record.gateway_access.server:
+        if not network.offered_across_hosts(record.gateway_access):
             return  # reachable from its own host only
         attachments, _ = await store.list_all(
             store.prefix_of(share_network, "attachments"), records_pb2.AttachmentRecord
