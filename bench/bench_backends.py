@@ -47,10 +47,18 @@ sys.path[:0] = [str(HERE / "tests"), str(HERE / "tests" / "e2e")]
 from sharemesh.client import Client  # noqa: E402
 from sharemesh.launcher import LocalMesh  # noqa: E402
 from sharemesh.v1 import share_service_pb2 as ss  # noqa: E402
-from sharemesh.v1 import share_type_pb2, share_type_service_pb2_grpc, snapshot_pb2  # noqa: E402
-from sharemesh.v1 import share_type_service_pb2 as sts  # noqa: E402
+from sharemesh.v1 import snapshot_pb2  # noqa: E402
 
-from mesh_ops import RW, Share, delete_share, grant, read, three_backends, write  # noqa: E402
+from mesh_ops import (  # noqa: E402
+    RW,
+    Share,
+    create_share_types,
+    delete_share,
+    grant,
+    read,
+    three_backends,
+    write,
+)
 from support import ensure_rpcbind, loops_under, mounts_under, processes_mentioning  # noqa: E402
 
 BACKENDS = ("local", "ceph", "gluster")
@@ -159,15 +167,7 @@ async def measure(mesh: LocalMesh, figures: Figures, args: argparse.Namespace, t
     size = args.size_mib * MIB
     back = tmp / "back.bin"
     async with Client(mesh.api_address, mesh.admin_token) as admin:
-        types = share_type_service_pb2_grpc.ShareTypeServiceStub(admin._channel)
-        for backend in BACKENDS:
-            await types.CreateShareType(
-                sts.CreateShareTypeRequest(
-                    share_type_id=f"on-{backend}",
-                    share_type=share_type_pb2.ShareType(extra_specs={"backend_kind": backend}),
-                ),
-                metadata=admin.metadata,
-            )
+        await create_share_types(admin, {f"on-{b}": {"backend_kind": b} for b in BACKENDS})
     async with Client(mesh.api_address, "alpha-key") as alpha:
         shares: dict[str, list[Share]] = {b: [] for b in BACKENDS}
         # Interleaved, so a slow moment of the host does not fall on one backend alone.

@@ -24,10 +24,13 @@ from sharemesh.v1 import (
     pool_service_pb2_grpc,
     share_network_pb2,
     share_pb2,
+    share_type_pb2,
+    share_type_service_pb2_grpc,
     snapshot_pb2,
 )
 from sharemesh.v1 import share_network_service_pb2 as sns
 from sharemesh.v1 import share_service_pb2 as ss
+from sharemesh.v1 import share_type_service_pb2 as sts
 
 from support import assert_host_clean, ensure_rpcbind, nfs_read, nfs_url, nfs_write, run
 
@@ -324,3 +327,16 @@ async def all_pools_registered(admin: Client, pools: set[str], timeout: float = 
             return
         assert time.monotonic() < deadline, f"pools registered: {[p.name for p in view.pools]}"
         await asyncio.sleep(0.2)
+
+
+async def create_share_types(admin: Client, types: dict[str, dict[str, str]]) -> None:
+    """Share types by id, each with its extra specs."""
+    stub = share_type_service_pb2_grpc.ShareTypeServiceStub(admin._channel)
+    for type_id, extra_specs in types.items():
+        await stub.CreateShareType(
+            sts.CreateShareTypeRequest(
+                share_type_id=type_id,
+                share_type=share_type_pb2.ShareType(extra_specs=extra_specs),
+            ),
+            metadata=admin.metadata,
+        )

@@ -16,12 +16,20 @@ from hosts_ops import attach_on, client, running_hosts
 
 from sharemesh.client import Client
 from sharemesh.launcher import HostsMesh
-from sharemesh.v1 import share_network_pb2, share_type_pb2, share_type_service_pb2_grpc
+from sharemesh.v1 import share_network_pb2
 from sharemesh.v1 import share_network_service_pb2 as sns
 from sharemesh.v1 import share_service_pb2 as ss
-from sharemesh.v1 import share_type_service_pb2 as sts
 
-from mesh_ops import RW, TENANT_KEYS, Share, all_pools_registered, grant, nfs_in, nfs_location
+from mesh_ops import (
+    RW,
+    TENANT_KEYS,
+    Share,
+    all_pools_registered,
+    create_share_types,
+    grant,
+    nfs_in,
+    nfs_location,
+)
 from support import gluster_brick_address, guest_namespaces
 
 pytestmark = pytest.mark.e2e
@@ -67,15 +75,7 @@ async def mesh(
     )
     async with running_hosts(tmp_path_factory.mktemp("hosts-native"), config) as running:
         async with client(running, running.admin_token) as admin:
-            types = share_type_service_pb2_grpc.ShareTypeServiceStub(admin._channel)
-            for kind in KINDS:
-                await types.CreateShareType(
-                    sts.CreateShareTypeRequest(
-                        share_type_id=f"on-{kind}",
-                        share_type=share_type_pb2.ShareType(extra_specs={"backend_kind": kind}),
-                    ),
-                    metadata=admin.metadata,
-                )
+            await create_share_types(admin, {f"on-{k}": {"backend_kind": k} for k in KINDS})
             await all_pools_registered(
                 admin, {"backends/ceph/pools/cephfs", "backends/gluster/pools/default"}
             )

@@ -18,17 +18,15 @@ from sharemesh.launcher import LocalMesh
 from sharemesh.v1 import (
     pool_service_pb2,
     pool_service_pb2_grpc,
-    share_type_pb2,
-    share_type_service_pb2_grpc,
     snapshot_pb2,
 )
 from sharemesh.v1 import share_service_pb2 as ss
-from sharemesh.v1 import share_type_service_pb2 as sts
 
 from mesh_ops import (
     RW,
     Share,
     all_pools_registered,
+    create_share_types,
     delete_share,
     grant,
     pool_of,
@@ -78,16 +76,8 @@ async def mesh(
     config = three_backends(conf, keyring, gluster_volume, local_gib=8, group="mixed")
     async with running_mesh(tmp_path_factory, config) as running:
         async with Client(running.api_address, running.admin_token) as admin:
-            types = share_type_service_pb2_grpc.ShareTypeServiceStub(admin._channel)
             specs = {type_id: specs for type_id, (specs, _) in TYPES.items()}
-            for type_id, extra_specs in {**specs, "impossible": IMPOSSIBLE}.items():
-                await types.CreateShareType(
-                    sts.CreateShareTypeRequest(
-                        share_type_id=type_id,
-                        share_type=share_type_pb2.ShareType(extra_specs=extra_specs),
-                    ),
-                    metadata=admin.metadata,
-                )
+            await create_share_types(admin, {**specs, "impossible": IMPOSSIBLE})
             await all_pools_registered(admin, set(POOLS.values()))
         yield running
 

@@ -32,7 +32,7 @@ from sharemesh.runtime.health import wait_serving
 
 from ._children import Child
 from ._fabric import Fabric, Host
-from ._mesh import DEFAULT_API_PORT, ensure_admin_token
+from ._mesh import DEFAULT_API_PORT, Running, ensure_admin_token
 from .etcd_server import EtcdServer, EtcdTls, Membership
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ FIRST_PROBE_PORT, FIRST_METRICS_PORT = 8570, 9570
 _STOP_ORDER = ("api", "scheduler", "driver-host", "gateway")
 
 
-class HostsMesh:
+class HostsMesh(Running):
     """`async with HostsMesh(state_dir, hosts=3, ...) as mesh:` runs it until the block
     ends; `kill_host`, `start_host` and `restart_host` act on one host meanwhile."""
 
@@ -126,17 +126,6 @@ class HostsMesh:
         return None
 
     # ---- lifecycle -----------------------------------------------------------------
-
-    async def __aenter__(self) -> HostsMesh:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from sharemesh.runtime import certs, tls
 from sharemesh.runtime import config as mesh_config
@@ -47,7 +47,29 @@ def ensure_admin_token(state_dir: Path) -> None:
             f.write(secrets.token_urlsafe(32) + "\n")
 
 
-class LocalMesh:
+class Running:
+    """`async with mesh:` starts it, and stops it at the end of the block or if the
+    start fails half-way (`stop` must undo a partial start)."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class LocalMesh(Running):
     """`async with LocalMesh(...) as mesh:` runs the whole mesh until the block ends."""
 
     def __init__(
@@ -85,17 +107,6 @@ class LocalMesh:
     @property
     def admin_token(self) -> str:
         return (self.state_dir / "admin.token").read_text().strip()
-
-    async def __aenter__(self) -> "LocalMesh":
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         for sub in ("etcd", "logs", "pools"):
