@@ -71,6 +71,7 @@ class HostsMesh(Running):
         """Each child's plaintext health address, by `child@host`."""
         self._supervisors: dict[str, asyncio.Task[None]] = {}
         self._started = False
+        self._root = mesh_config.EtcdConfig.prefix
 
     # ---- what clients need ---------------------------------------------------------
 
@@ -106,9 +107,6 @@ class HostsMesh(Running):
     def identity(self, service: str, host: str) -> tls.Identity:
         """The TLS files of `service` on `host` (`api`, `gateway`, … on `host-2`)."""
         return self._identity(service, self.fabric.host(host))
-
-    def etcd_endpoints(self) -> list[str]:
-        return [e.endpoint for e in self.etcd.values()]
 
     async def scheduler_leader(self) -> str | None:
         """The host whose scheduler leads, read from a living etcd member."""
