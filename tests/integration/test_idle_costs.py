@@ -135,13 +135,13 @@ def _keepalive_streams(etcd: EtcdServer) -> int:
 async def test_a_lease_is_refreshed_on_one_stream(  # type: ignore[no-untyped-def]
     etcd_server: EtcdServer, etcd_client, etcd_root: str
 ) -> None:
-    """A session refreshes its lease every TTL/3 over one LeaseKeepAlive stream, not a
+    """A session refreshes its lease every TTL/2 over one LeaseKeepAlive stream, not a
     stream per refresh, and its keys outlive several TTLs."""
     key = f"{etcd_root}alive".encode()
     before = _keepalive_streams(etcd_server)
     async with Session(etcd_client, ttl=2) as session:
         await etcd_client.put(key, b"1", lease=session.lease_id)
-        await asyncio.sleep(4.5)  # over two TTLs: about six refreshes
+        await asyncio.sleep(4.5)  # over two TTLs: about four refreshes
         assert not session.lost
         assert await etcd_client.get(key) is not None, "the leased key expired"
         streams = _keepalive_streams(etcd_server) - before
