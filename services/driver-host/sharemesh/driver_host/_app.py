@@ -14,7 +14,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -96,6 +96,7 @@ class DriverHostApp:
         # queued to sync whatever the caches say (not a watched change: see `sync`).
         self._handled: dict[str, int] = {}
         self._forced: set[str] = set()
+        self._synced = asyncio.Event()  # a sync ran: the capacity may have moved
         self._shares = controllers.Informer(
             self._store,
             self._store.root + "shares/",
@@ -183,7 +184,10 @@ class DriverHostApp:
         if not forced and self._handled_already(name):
             return
         self._handled.pop(name, None)  # a sync that fails handled nothing for sure
-        handled = await self._sync.sync(name)
+        try:
+            handled = await self._sync.sync(name)
+        finally:
+            self._synced.set()
         if handled is not None:
             self._handled[name] = handled
 
@@ -328,7 +332,7 @@ class DriverHostApp:
             # The waiting work the informers listed was queued; now it runs.
             group.create_task(self._controller.run())
             group.create_task(self.driver.supervise(self._backend_server_restarted))
-            group.create_task(retry.every(self._refresh_interval(), "refresh", refresh))
+            group.create_task(self._keep_registered(refresh))
             group.create_task(retry.every(interval, "resync", self.resync))
 
     async def _register(self, key: str) -> None:
@@ -345,6 +349,26 @@ class DriverHostApp:
             return
         await self._store.put(key, record, lease=self._context.session.lease_id)
         self._published, self._published_at = content, time.monotonic()
+
+    async def _keep_registered(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        """Refreshes the registration TTL/2 after syncs (they move the capacity), and
+        once per reconcile interval otherwise (clients' data moves the free space too).
+        A check every TTL/2 woke an idle driver-host 12 times a minute, each reading the
+        size of every share image (the driver's stats)."""
+        while True:
+            try:
+                await asyncio.wait_for(
+                    self._synced.wait(), self._context.config.reconcile_interval_seconds
+                )
+            except TimeoutError:
+                pass
+            else:
+                await asyncio.sleep(self._refresh_interval())  # one check for a burst
+            self._synced.clear()
+            try:
+                await retry.persist("refreshing the registration", refresh)
+            except Exception:
+                log.exception("refreshing the registration failed; again next round")
 
     def _refresh_interval(self) -> float:
         return max(self._context.config.etcd.lease_ttl_seconds / 2, 1)
