@@ -20,7 +20,10 @@ from sharemesh.runtime.errors import Internal, ResourceExhausted
 log = logging.getLogger("sharemesh.driver_host.loopfs")
 
 GIB = 1 << 30
-DETACH_WAIT_SECONDS = 5.0
+DETACH_WAIT_SECONDS = 15.0
+"""How long a detach waits for the kernel to free the device: its last close after an
+unmount can come seconds later on a loaded host (seen past 5 s while tests ran beside
+benchmarks)."""
 
 
 async def run(*argv: str, timeout: float = 120.0) -> str:
@@ -160,6 +163,8 @@ async def detach(image: Path, device: str | None = None) -> None:
         deadline = time.monotonic() + DETACH_WAIT_SECONDS
         while backing_file(each) is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        if backing_file(each) is not None:
+            log.warning("%s of %s still in use; freed on its last close", each, image)
 
 
 # ---- mounts --------------------------------------------------------------------------------
