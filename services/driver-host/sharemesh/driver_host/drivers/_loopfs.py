@@ -20,10 +20,10 @@ from sharemesh.runtime.errors import Internal, ResourceExhausted
 log = logging.getLogger("sharemesh.driver_host.loopfs")
 
 GIB = 1 << 30
-DETACH_WAIT_SECONDS = 15.0
-"""How long a detach waits for the kernel to free the device: its last close after an
-unmount can come seconds later on a loaded host (seen past 5 s while tests ran beside
-benchmarks)."""
+DETACH_WAIT_SECONDS = 5.0
+"""How long a detach waits for the kernel to free the device (its last close can come
+after the unmount). Not longer: a stop detaches every share's, within the launcher's
+stop timeout (15 s waits broke the stop of a mesh whose etcd had died)."""
 
 
 async def run(*argv: str, timeout: float = 120.0) -> str:
