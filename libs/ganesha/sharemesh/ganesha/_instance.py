@@ -110,14 +110,16 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: Path, text: str, durable: bool = True) -> None:
     """Written whole or not at all, readable by root alone (an export may hold a
-    backend's key, e.g. FSAL_CEPH's cephx secret)."""
+    backend's key, e.g. FSAL_CEPH's cephx secret); on disk before it replaces the old
+    one unless not `durable`."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(text)
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -183,6 +185,9 @@ class GaneshaInstance:
         self.stop_timeout = stop_timeout
         self.start_timeout = start_timeout
         self.exports_dir = self.state_dir / "exports.d"
+        self._included: set[int] | None = None
+        """The export ids the main config includes, read from `exports_dir` at each
+        start, then kept here: an export's change costs no listing of the others."""
         self.config_file = self.state_dir / "ganesha.conf"
         self.pid_file = self.state_dir / "ganesha.pid"
         self.log_file = self.state_dir / "ganesha.log"
@@ -275,11 +280,13 @@ class GaneshaInstance:
                 raise self._failed_to_start("it exited at start even without exports")
         self._stopped = False
         refused = await self._load_missing()
+        self._included = None  # what was set aside is no longer included
         self._write_main_config()
         return refused
 
     async def _launch(self, include_exports: bool) -> bool:
         """Start Ganesha; False if it exited during its start."""
+        self._included = None  # from the files on disk, whatever happened before
         self._write_main_config(include_exports)
         self.pid_file.unlink(missing_ok=True)
         # BLKID_FILE: no libblkid cache. Ganesha tells filesystems apart by the UUID it
@@ -350,6 +357,8 @@ class GaneshaInstance:
         aside = self._refused_file(export_id)
         os.replace(file, aside)
         self._accepted.pop(export_id, None)
+        if self._included is not None:
+            self._included.discard(export_id)
         log.error(
             "ganesha %s refused export %s; its file is set aside as %s: %s",
             self.state_dir,
@@ -468,9 +477,15 @@ class GaneshaInstance:
             "EXPORT_DEFAULTS { Access_Type = None; Squash = No_Root_Squash; SecType = sys;"
             " Protocols = 3, 4; Transports = TCP; }\n"
         )
-        for f in self._export_files() if include_exports else ():
-            text += f'%include "{f}"\n'
-        _write_atomic(self.config_file, text)
+        for export_id in sorted(self._included_ids()) if include_exports else ():
+            text += f'%include "{self._export_file(export_id)}"\n'
+        # Not synced to disk: every start writes it again from the export files.
+        _write_atomic(self.config_file, text, durable=False)
+
+    def _included_ids(self) -> set[int]:
+        if self._included is None:
+            self._included = {int(f.stem) for f in self._export_files()}
+        return self._included
 
     def _export_files(self) -> list[Path]:
         if not self.exports_dir.is_dir():
@@ -554,7 +569,8 @@ class GaneshaInstance:
         finally:
             staged.unlink(missing_ok=True)
         self._refused_file(export_id).unlink(missing_ok=True)
-        if not included:  # an update keeps its %include line: no O(exports) rewrite
+        if not included:  # an update keeps its %include line
+            self._included_ids().add(export_id)
             self._write_main_config()
         self._accepted[export_id] = export
         log.info(
@@ -665,6 +681,7 @@ class GaneshaInstance:
         ):
             file.unlink(missing_ok=True)
         if self.state_dir.is_dir():
+            self._included_ids().discard(export_id)
             self._write_main_config()
         if self.is_alive():
             try:
