@@ -15,23 +15,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from sharemesh.runtime.namespaces import enter_netns
+
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
-_CLONE_NEWNET = 0x40000000
-
-
-def enter_netns(netns: str | None) -> None:
-    """Moves the calling process into the named network namespace (between fork and
-    exec): a simulated host's processes share the machine's files, not its network."""
-    if not netns:
-        return
-    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if ctypes.CDLL(None, use_errno=True).setns(fd, _CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {netns}")
-    finally:
-        os.close(fd)
 
 
 def _prepare_child(netns: str | None = None) -> None:

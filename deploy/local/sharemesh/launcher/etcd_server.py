@@ -17,9 +17,10 @@ from pathlib import Path
 
 from sharemesh.runtime import tls
 from sharemesh.runtime.errors import Unavailable
+from sharemesh.runtime.namespaces import enter_netns
 from sharemesh.runtime.ports import free_port
 
-from ._children import enter_netns, exited
+from ._children import exited
 
 log = logging.getLogger(__name__)
 

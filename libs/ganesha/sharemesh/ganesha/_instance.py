@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import hashlib
 import logging
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sharemesh.runtime import metrics
+from sharemesh.runtime import metrics, namespaces
 from sharemesh.runtime.errors import (
     Internal,
     InvalidArgument,
@@ -123,22 +122,23 @@ def _write_atomic(path: Path, text: str, durable: bool = True) -> None:
     os.replace(tmp, path)
 
 
-_CLONE_NEWUTS = 0x04000000
-
-
-def _own_hostname(name: str) -> None:  # runs in the child between fork and exec
-    """A UTS namespace with `name` as its hostname: FSAL_CEPH names its cluster sessions
-    `ganesha-{hostname}-{export id}` and resets an older session of the same name, so
-    two Ganeshas of one host (a backend's and a gateway's) or of hosts that share a
-    hostname would take each other's sessions away."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    encoded = name.encode()
-    if libc.unshare(_CLONE_NEWUTS) != 0 or libc.sethostname(encoded, len(encoded)) != 0:
-        raise OSError(ctypes.get_errno(), "cannot give Ganesha a hostname of its own")
+def _prepare(hostname: str | None, netns: str | None) -> None:
+    """Between fork and exec: Ganesha's network namespace, entered without a private
+    copy of the mount table (a copy held the shares it had seen mounted, so their
+    filesystems outlived their unmounts), and a hostname of its own: FSAL_CEPH names
+    its cluster sessions `ganesha-{hostname}-{export id}` and resets an older session
+    of the same name, so two Ganeshas of one host (a backend's and a gateway's) or of
+    hosts that share a hostname would take each other's sessions away."""
+    namespaces.enter_netns(netns)
+    if hostname:
+        namespaces.own_hostname(hostname)
 
 
 def _spawn(
-    argv: list[str], env: dict[str, str] | None = None, hostname: str | None = None
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    hostname: str | None = None,
+    netns: str | None = None,
 ) -> subprocess.Popen[bytes]:
     # Not asyncio's subprocess: its transport kills a still-running child when garbage
     # collected or when the loop closes, and these must outlive both.
@@ -149,7 +149,7 @@ def _spawn(
         stderr=subprocess.DEVNULL,
         start_new_session=True,
         env=env,
-        preexec_fn=functools.partial(_own_hostname, hostname) if hostname else None,
+        preexec_fn=functools.partial(_prepare, hostname, netns) if hostname or netns else None,
     )
     _CHILDREN[proc.pid] = proc
     return proc
@@ -310,12 +310,10 @@ class GaneshaInstance:
             "-N",
             "NIV_EVENT",
         ]
-        if self.netns:
-            argv = ["ip", "netns", "exec", self.netns, *argv]
         started = time.monotonic()
         # Stable per instance (its state directory), so a restart resets its own sessions.
         node = "sm" + hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:12]
-        proc = _spawn(argv, env, hostname=node)
+        proc = _spawn(argv, env, hostname=node, netns=self.netns)
         if not await self._wait_ready(proc):
             return False
         log.info(
