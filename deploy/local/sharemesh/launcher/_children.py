@@ -135,13 +135,17 @@ class Child:
             backoff = min(backoff * 2, 10.0)
             await self._spawn()
 
-    async def kill(self) -> None:
-        """SIGKILL, not restarted, nothing released: a host that dies (tests)."""
+    async def _stop_watching(self) -> None:
+        """No restart from here on."""
         self._stopping = True
         if self._watcher:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+
+    async def kill(self) -> None:
+        """SIGKILL, not restarted, nothing released: a host that dies (tests)."""
+        await self._stop_watching()
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.kill()
@@ -149,11 +153,7 @@ class Child:
 
     async def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM, then SIGKILL if it does not finish in time; idempotent."""
-        self._stopping = True
-        if self._watcher:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        await self._stop_watching()
         process, self._process = self._process, None  # a second stop has nothing to do
         if process is None:
             return

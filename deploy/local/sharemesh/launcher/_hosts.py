@@ -174,9 +174,7 @@ class HostsMesh(Running):
         Ganesha servers its gateway and driver-hosts run in namespaces of their own."""
         host = self.fabric.host(name)
         await asyncio.gather(*(child.kill() for child in self.children[name].values()))
-        task = self._supervisors.pop(name, None)
-        if task:
-            task.cancel()
+        self._unsupervise_etcd(name)
         await self.etcd[name].kill()
         for server_dir in self._server_dirs(host):
             await self.fabric.kill_processes(server_dir.name)
@@ -203,9 +201,7 @@ class HostsMesh(Running):
                     await child.stop()
                     await child.start()
                     await wait_serving(self.probes[f"{child_name}@{name}"], timeout=60)
-        task = self._supervisors.pop(name, None)
-        if task:
-            task.cancel()
+        self._unsupervise_etcd(name)
         await self.etcd[name].stop()
         await self.etcd[name].start()
         self._supervise_etcd(name)
@@ -247,6 +243,11 @@ class HostsMesh(Running):
         )
         etcd.metrics_port = ETCD_METRICS_PORT
         return etcd
+
+    def _unsupervise_etcd(self, name: str) -> None:
+        task = self._supervisors.pop(name, None)
+        if task:
+            task.cancel()
 
     def _supervise_etcd(self, name: str) -> None:
         self._supervisors[name] = asyncio.create_task(
