@@ -143,6 +143,37 @@ async def test_stats(backend: Backend, share: ShareSpec) -> None:
     assert not (backend.config.pool_dir / "images" / "too-big.img").exists()
 
 
+async def test_provisioned_follows_creates_grows_and_deletes(
+    backend: Backend, share: ShareSpec
+) -> None:
+    """The driver keeps the pool's provisioned bytes as images change (no stat of every
+    image per create); a driver started afresh counts the same from the images."""
+
+    async def provisioned() -> float:
+        (pool,) = (await backend.driver.stats()).pools
+        return pool.provisioned_gib
+
+    before = await provisioned()
+    other = replace(share, share_id=f"{share.share_id}-b", export_id=share.export_id + 500)
+    await backend.driver.create_share(other)
+    try:
+        assert await provisioned() == before + 1
+        await backend.driver.resize_share(other, 3)
+        assert await provisioned() == before + 3
+        assert LocalDriver(backend.config)._provisioned_bytes() == (before + 3) * (1 << 30)
+        too_big = replace(
+            share, share_id="too-big", size_gib=int(6 - before - 2), export_id=other.export_id + 1
+        )
+        with pytest.raises(ResourceExhausted):
+            await backend.driver.create_share(too_big)
+    finally:
+        await backend.driver.delete_share(other)
+    assert await provisioned() == before
+    await backend.driver.create_share(too_big)  # fits once the other is gone
+    await backend.driver.delete_share(too_big)
+    assert await provisioned() == before
+
+
 async def test_write_v3_read_v4_and_nospc(
     backend: Backend, share: ShareSpec, tmp_path: Path, payload: Path
 ) -> None:

@@ -1,4 +1,4 @@
-"""Running host tools (mkfs.xfs, losetup, mount, dbus-send…) without blocking the loop.
+"""Running host tools (mkfs.xfs, xfs_growfs, fsfreeze…) without blocking the loop.
 
 `subprocess.run` in a worker thread: CPython spawns with vfork/posix_spawn, which costs
 the service almost nothing, where the event loop's own spawn forks the whole service

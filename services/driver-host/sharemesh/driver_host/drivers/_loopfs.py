@@ -1,7 +1,8 @@
 """XFS filesystems in sparse image files on loop devices: the local driver's storage.
 
 Every operation is idempotent: it checks the kernel's state (loop backing files, mounts)
-and does only what is missing, so a repeat after a crash finishes the job.
+and does only what is missing, so a repeat after a crash finishes the job. Loop devices
+and mounts are system calls (`_loopdev`); mkfs.xfs and xfs_growfs are programs.
 """
 
 from __future__ import annotations
@@ -11,11 +12,16 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from sharemesh.runtime import commands
 from sharemesh.runtime.commands import CommandError
 from sharemesh.runtime.errors import Internal, ResourceExhausted
+
+from . import _loopdev
 
 log = logging.getLogger("sharemesh.driver_host.loopfs")
 
@@ -29,6 +35,21 @@ stop timeout (15 s waits broke the stop of a mesh whose etcd had died)."""
 async def run(*argv: str, timeout: float = 120.0) -> str:
     """Runs a tool; its stdout, or CommandError carrying its stderr."""
     return (await commands.run(*argv, timeout=timeout)).stdout
+
+
+_T = TypeVar("_T")
+# Mounts wait for the filesystem's reads, unmounts for its log writes: threads of their
+# own, as many as ran the tools these calls replace (`commands`).
+_CALLS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="loopfs")
+
+
+async def _call(what: str, function: Callable[..., _T], *args: object) -> _T:
+    """Runs a `_loopdev` call in a thread; its failure is a CommandError, as the tool's
+    was, with the errno as its return code and the kernel's reason as its stderr."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_CALLS, function, *args)
+    except OSError as error:
+        raise CommandError((what,), error.errno or -1, error.strerror or str(error)) from error
 
 
 # ---- image files -----------------------------------------------------------------------
@@ -141,24 +162,19 @@ async def attach(image: Path, fresh: bool = False, readonly: bool = False) -> st
     devices = [] if fresh else loop_devices(image)
     if devices:
         return devices[0]
-    flags = ("-r",) if readonly else ()
-    return (await run("losetup", *flags, "-f", "--show", str(image))).strip()
+    return await _call(f"attach {image}", _loopdev.attach, _real_path(image), readonly)
 
 
 async def refresh_size(device: str) -> None:
     """Make the loop device see the image's new size (`losetup -c`)."""
-    await run("losetup", "-c", device)
+    await _call(f"refresh size of {device}", _loopdev.refresh_size, device)
 
 
 async def detach(image: Path, device: str | None = None) -> None:
     """Frees the loop devices of `image`: `device` if the caller knows it, else any."""
     for each in [device] if device else loop_devices(image):
-        try:
-            await run("losetup", "-d", each)
-        except CommandError as error:
-            if "No such device" not in error.stderr:
-                raise
-        # The kernel may free a device just unmounted a moment after `-d` returns
+        await _call(f"detach {each}", _loopdev.detach, each)  # a free one is no error
+        # The kernel may free a device just unmounted a moment after the detach returns
         # (autoclear on its last close): done means free, so a stop leaves none behind.
         deadline = time.monotonic() + DETACH_WAIT_SECONDS
         while backing_file(each) is not None and time.monotonic() < deadline:
@@ -196,20 +212,22 @@ async def mount(image: Path, mountpoint: Path, fresh: bool = False, options: str
             raise Internal(f"{mountpoint} has {device} mounted, not a device of {image}")
         return device
     device = await attach(image, fresh, readonly="ro" in options.split(","))
-    flags = ("-o", options) if options else ()
-    await run("mount", "-t", "xfs", *flags, device, str(mountpoint))
+    what = f"mount {device} ({image.name}) at {mountpoint}"
+    what += f" with {options}" if options else ""
+    await _call(what, _loopdev.mount, device, str(mountpoint), "xfs", options)
     return device
 
 
-async def unmount(mountpoint: Path, attempts: int = 20) -> None:
+async def unmount(mountpoint: Path, attempts: int = 20, lazy: bool = False) -> None:
+    """Unmounts the filesystem at `mountpoint`, if one is; `lazy`: see `_loopdev.unmount`."""
     for attempt in range(attempts):
         if not os.path.ismount(mountpoint):
             return
         try:
-            await run("umount", str(mountpoint))
+            await _call(f"unmount {mountpoint}", _loopdev.unmount, str(mountpoint), lazy)
         except CommandError as error:
             # The NFS server may hold files open for a moment after its export went away.
-            if "busy" not in error.stderr or attempt == attempts - 1:
+            if error.returncode != errno.EBUSY or attempt == attempts - 1:
                 raise
             log.info("%s busy; retrying unmount", mountpoint)
             await asyncio.sleep(0.25)

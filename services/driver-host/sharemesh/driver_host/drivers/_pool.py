@@ -14,6 +14,7 @@ Snapshot images live in `images/snapshots/`, on the same filesystem as the share
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -116,12 +117,12 @@ class Pool:
         try:
             await _loopfs.unmount(self.images)
         except CommandError as error:
-            if "busy" not in error.stderr:
+            if error.returncode != errno.EBUSY:
                 raise
             # A server still stopping (a gateway's Ganesha reading a share) holds it for a
             # moment more: detach it now, and the kernel frees it once the last user goes.
             log.info("pool %s still busy; unmounting it lazily", self.dir)
-            await _loopfs.run("umount", "--lazy", str(self.images))
+            await _loopfs.unmount(self.images, lazy=True)
         await _loopfs.detach(self.image, device)
 
     def used_bytes(self) -> int:

@@ -8,7 +8,6 @@ a reflink copy of a frozen share's image (`_reflink`): instant, and sharing ever
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -74,11 +73,15 @@ class LocalDriver(ServedDriver):
         """Scratch mountpoints of copies being made."""
         # Each share's clients as last applied: a revert exports it again with them.
         self._clients: dict[str, tuple[ClientRule, ...]] = {}
+        self._sizes: dict[str, int] | None = None
+        """Each share's image size, kept as images are made, grown and deleted: a look
+        at what is provisioned is not a stat of every image (per create)."""
 
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.pool.open()  # the shares' images are on it
+        self._sizes = None  # counted again from the images
         self.mounts.mkdir(parents=True, exist_ok=True)
         # Mount every share, and every exported snapshot, before a fresh Ganesha reads
         # its export files: an export of an empty mountpoint would put clients' writes on
@@ -122,11 +125,20 @@ class LocalDriver(ServedDriver):
         return int(self.config.capacity_gib * self.config.max_over_subscription_ratio * GIB)
 
     def _provisioned_bytes(self) -> int:
-        total = 0
-        for image in self.images.glob("*.img") if self.images.is_dir() else ():
-            with contextlib.suppress(FileNotFoundError):  # a delete removed it meanwhile
-                total += _loopfs.image_size(image)
-        return total
+        if self._sizes is None:
+            self._sizes = {}
+            for image in self.images.glob("*.img") if self.images.is_dir() else ():
+                self._sized(image.stem)
+        return sum(self._sizes.values())
+
+    def _sized(self, share_id: str) -> None:
+        """Notes the size of the share's image (made, grown or deleted just now)."""
+        if self._sizes is None:
+            return  # not counted yet: the first look counts every image
+        try:
+            self._sizes[share_id] = _loopfs.image_size(self._image(share_id))
+        except FileNotFoundError:
+            self._sizes.pop(share_id, None)
 
     def capabilities(self) -> Capabilities:
         # Sparse images are thin; XFS cannot shrink; snapshots need a reflink pool.
@@ -197,11 +209,13 @@ class LocalDriver(ServedDriver):
             async with self._capacity:
                 self._admit(share)
                 fresh = await _loopfs.create_image(image, share.size_gib * GIB, reserve=share.thick)
+                self._sized(share.share_id)
         await self._mount(share.share_id, fresh)
 
     async def _remove(self, share: ShareSpec) -> None:
         await _loopfs.release(self._mountpoint(share), self._image(share))
         await _loopfs.delete_image(self._image(share))
+        self._sized(share.share_id)
         self._revert_intent(share).unlink(missing_ok=True)
         _loopfs.remove_mountpoint(self._mountpoint(share))
         self.pool.settle()
@@ -232,6 +246,7 @@ class LocalDriver(ServedDriver):
                         f"{share.name} at {new_size_gib} GiB",
                     )
                 await _loopfs.grow_image(image, new, reserve=share.thick)
+                self._sized(share.share_id)
             # Every step always, so a repeat after a crash between them completes the grow.
             await _loopfs.refresh_size(await self._mount(share.share_id))
             await _loopfs.grow_filesystem(self._mountpoint(share))
@@ -353,6 +368,7 @@ class LocalDriver(ServedDriver):
                     await _reflink.copy_image(source, tmp, self.work)
                     await _loopfs.grow_image(tmp, share.size_gib * GIB, reserve=share.thick)
                     os.replace(tmp, image)
+                    self._sized(share.share_id)
             await self._mount(share.share_id, fresh)
             # Always: a repeat after a crash before it still grows the filesystem.
             await _loopfs.grow_filesystem(self._mountpoint(share))
@@ -394,6 +410,7 @@ class LocalDriver(ServedDriver):
             await _loopfs.release(mountpoint, image)
             if tmp.exists():
                 os.replace(tmp, image)
+                self._sized(share.share_id)
             await self._mount(share.share_id)
             await _loopfs.grow_filesystem(mountpoint)
             await self._serve(share, clients)
