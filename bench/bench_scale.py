@@ -32,7 +32,7 @@ from typing import Any
 # The mesh's children are forked while the bench's gRPC threads run: that is fine here.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from sharemesh.runtime import page_tokens  # noqa: E402, I001 - the runtime first, as in the tests
+from sharemesh.runtime import lifecycle, page_tokens  # noqa: E402, I001 - the runtime first, as in the tests
 from sharemesh.client import Client  # noqa: E402
 from sharemesh.launcher import LocalMesh  # noqa: E402
 from sharemesh.runtime.coordination import Store, connect, keys  # noqa: E402
@@ -101,19 +101,20 @@ def spread(n: int) -> dict[str, int]:
 
 def share_record(project: str, index: int) -> tuple[str, records_pb2.ShareRecord]:
     name = f"projects/{project}/shares/s{index:07d}"
-    record = records_pb2.ShareRecord(
-        project=project,
+    record = records_pb2.ShareRecord(project=project)
+    share = record.spec.share
+    share.name, share.uid, share.size_gib = name, uuid.uuid4().hex, 1
+    share.protocol, share.share_type = share_pb2.Share.NFS, "shareTypes/default"
+    lifecycle.share.requested(record)
+    lifecycle.share.placed(
+        record,
         backend="backends/ghost",
         pool="backends/ghost/pools/p",
-        allocated_gib=1,
-        realized_size_gib=1,
+        export_id=0,
+        thick=False,
+        availability_zone="",
     )
-    share = record.share
-    share.name, share.uid, share.size_gib = name, uuid.uuid4().hex, 1
-    share.state, share.protocol = share_pb2.Share.ACTIVE, share_pb2.Share.NFS
-    share.share_type, share.pool = "shareTypes/default", record.pool
-    share.create_time.GetCurrentTime()
-    share.update_time.CopyFrom(share.create_time)
+    lifecycle.share.realized(record)
     return name, record
 
 

@@ -44,6 +44,7 @@ from hypothesis import strategies as st
 import sharemesh.v1
 from sharemesh.runtime.coordination import connect
 from sharemesh.runtime.coordination._client import prefix_end, range_, range_request
+from sharemesh.runtime.lifecycle.share import public
 
 CALL_DEADLINE_S = 10.0
 OPERATION_DEADLINE_S = 30.0
@@ -997,7 +998,7 @@ async def tidy(fuzzer: Fuzzer) -> list[str]:
 
     for name, value in (await _existing(fuzzer, "shares")).items():
         record = records_pb2.ShareRecord.FromString(value)
-        healthy = record.share.state == share_pb2.Share.ACTIVE and record.share.size_gib == 1
+        healthy = public(record).state == share_pb2.Share.ACTIVE and public(record).size_gib == 1
         if name not in SEED_SHARES or not healthy:
             await attempt("ShareService.DeleteShare", ss.DeleteShareRequest(name=name, force=True))
     for name in await _existing(fuzzer, "attachments"):

@@ -29,6 +29,7 @@ from sharemesh.runtime import quota
 from sharemesh.runtime.capacity import pool_allocations
 from sharemesh.runtime.coordination import Store, connect
 from sharemesh.runtime.health import wait_serving
+from sharemesh.runtime.lifecycle.share import public
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import access_rule_pb2, share_pb2
 from sharemesh.v1 import share_service_pb2 as ss
@@ -366,9 +367,9 @@ async def converge(mesh: LocalMesh, workers: list[Worker], stopped: float) -> fl
     while True:
         records = await share_records(mesh)
         moving = [
-            r.share.name
+            r.spec.share.name
             for r in records
-            if r.share.state not in (Share.ACTIVE, Share.ERROR) or r.pending_operations
+            if public(r).state not in (Share.ACTIVE, Share.ERROR) or r.pending_operations
         ]
         if not moving:
             break
@@ -499,12 +500,13 @@ async def check_accounting(mesh: LocalMesh, projects: list[str]) -> list[str]:
     by_pool: Counter[str] = Counter()
     by_project: Counter[str] = Counter()
     for r in records:
-        by_pool[r.pool] += r.share.size_gib
-        by_project[r.project] += r.share.size_gib
-        if not r.allocated_gib == r.realized_size_gib == r.share.size_gib:
+        size = public(r).size_gib
+        by_pool[r.placement.pool] += size
+        by_project[r.project] += size
+        if not r.allocated_gib == r.status.realized_size_gib == size:
             problems.append(
-                f"{r.share.name}: size {r.share.size_gib}, allocated {r.allocated_gib}, "
-                f"realized {r.realized_size_gib} GiB"
+                f"{r.spec.share.name}: size {size}, allocated {r.allocated_gib}, "
+                f"realized {r.status.realized_size_gib} GiB"
             )
     for pool in pools.keys() | by_pool.keys():
         if pools.get(pool, 0) != by_pool[pool]:
@@ -525,7 +527,7 @@ async def check_host(mesh: LocalMesh) -> list[str]:
     those of the live shares."""
     assert mesh.config is not None
     records = await share_records(mesh)
-    uids = {r.share.uid for r in records}
+    uids = {r.spec.share.uid for r in records}
     export_ids = {r.export_id for r in records}
     pool = mesh.state_dir / "pools" / BACKEND
     problems = []
@@ -533,11 +535,10 @@ async def check_host(mesh: LocalMesh) -> list[str]:
     if images.keys() != uids:
         problems.append(f"images {sorted(images.keys() ^ uids)} differ from the live shares")
     for r in records:
-        image = images.get(r.share.uid)
-        if image is not None and image.stat().st_size != r.share.size_gib * GIB:
+        image, size = images.get(r.spec.share.uid), public(r).size_gib
+        if image is not None and image.stat().st_size != size * GIB:
             problems.append(
-                f"{r.share.name}'s image is {image.stat().st_size} bytes, "
-                f"not {r.share.size_gib} GiB"
+                f"{r.spec.share.name}'s image is {image.stat().st_size} bytes, not {size} GiB"
             )
     mounted = {line.split()[1].rsplit("/", 1)[1] for line in mounts_under(pool / "mnt")}
     if mounted != uids:

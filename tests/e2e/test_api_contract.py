@@ -145,7 +145,9 @@ async def test_request_id_retry_returns_the_same_operation_and_acts_once(
     await alpha.wait(first)
     third = await alpha.call(alpha.shares.CreateShare, request)
     assert third.name == first.name and third.done
-    assert sum(s.share.name == "projects/alpha/shares/once" for s in await live_shares(mesh)) == 1
+    assert (
+        sum(s.spec.share.name == "projects/alpha/shares/once" for s in await live_shares(mesh)) == 1
+    )
     fetched = await alpha.call(
         alpha.operations.GetOperation, operations_pb2.GetOperationRequest(name=first.name)
     )

@@ -9,6 +9,7 @@ import pytest
 
 from sharemesh.client import Client, OperationFailed
 from sharemesh.launcher import LocalMesh
+from sharemesh.runtime.lifecycle.share import public
 from sharemesh.v1 import share_service_pb2 as ss
 
 from mesh_ops import Share, allocated_gib, create_share, delete_share, live_shares
@@ -57,8 +58,8 @@ async def test_concurrent_creates_never_over_allocate(mesh: LocalMesh, alpha: Cl
     assert await allocated_gib(mesh) == holding <= POOL_GIB
     # The pool is full to within the smallest share: what failed could not have fitted.
     assert POOL_GIB - holding < 2
-    assert sum(r.share.state == Share.ERROR for r in records) == len(failed)
+    assert sum(public(r).state == Share.ERROR for r in records) == len(failed)
 
-    await asyncio.gather(*(delete_share(alpha, r.share.name) for r in records))
+    await asyncio.gather(*(delete_share(alpha, r.spec.share.name) for r in records))
     assert await allocated_gib(mesh) == 0
     assert not await live_shares(mesh)

@@ -24,6 +24,7 @@ from google.protobuf import message
 from sharemesh.client import Client, OperationFailed
 from sharemesh.launcher import LocalMesh
 from sharemesh.runtime.coordination import Store, connect, keys
+from sharemesh.runtime.lifecycle.share import public
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_service_pb2 as ss
 
@@ -153,14 +154,14 @@ async def _nothing_stuck(mesh: LocalMesh) -> None:
         store = Store(client)
         shares = await store.scan(store.root + "shares/", records_pb2.ShareRecord)
         rules = await store.scan(store.root + "accessRules/", records_pb2.AccessRuleRecord)
-    assert [s.value.share.name for s in shares if s.value.share.state != Share.ACTIVE] == []
-    assert [s.value.share.name for s in shares if s.value.pending_operations] == []
+    assert [s.value.spec.share.name for s in shares if public(s.value).state != Share.ACTIVE] == []
+    assert [s.value.spec.share.name for s in shares if s.value.pending_operations] == []
     assert [r.value.rule.name for r in rules if r.value.rule.state != AccessRule.ACTIVE] == []
 
 
 async def _delete_all(client: Client, mesh: LocalMesh) -> None:
     for record in await live_shares(mesh):
-        name = record.share.name
+        name = record.spec.share.name
         await _persist(lambda name=name: delete_share(client, name))  # type: ignore[misc]
 
 

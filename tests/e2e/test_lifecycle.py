@@ -61,7 +61,7 @@ async def test_an_export_id_comes_back_only_after_its_quarantine(
     mesh: LocalMesh, alpha: Client, tmp_path: Path
 ) -> None:
     async def export_id(share: Share) -> int:
-        (record,) = [r for r in await live_shares(mesh) if r.share.name == share.name]
+        (record,) = [r for r in await live_shares(mesh) if r.spec.share.name == share.name]
         return record.export_id
 
     first = await create_share(alpha, "alpha", "ids-first")

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from share_records import share_in
 
 from sharemesh.client import Client
 from sharemesh.launcher import LocalMesh
 from sharemesh.runtime.coordination import Store, connect
-from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_network_service_pb2 as sns
 from sharemesh.v1 import share_service_pb2 as ss
 from sharemesh.v1 import share_type_pb2, share_type_service_pb2_grpc
@@ -44,10 +44,7 @@ async def _write_records(mesh: LocalMesh, project: str, ids: list[str], **share:
         store = Store(client)
         for share_id in ids:
             name = f"projects/{project}/shares/{share_id}"
-            record = records_pb2.ShareRecord(
-                project=project, backend="backends/ghost", pool="backends/ghost/pools/p"
-            )
-            record.share.CopyFrom(Share(name=name, size_gib=1, state=Share.ACTIVE, **share))
+            record = share_in(name, Share.ACTIVE, placed_on="backends/ghost/pools/p", **share)
             await store.create(store.key_of(name), record)
 
 

@@ -53,7 +53,7 @@ async def test_over_quota_is_refused_and_changes_nothing(
         await create_share(alpha, "alpha", "too-much", size_gib=2)
     assert over.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "quota" in over.value.details()
-    assert [r.share.name for r in await live_shares(mesh)] == [share.name]
+    assert [r.spec.share.name for r in await live_shares(mesh)] == [share.name]
     with pytest.raises(grpc.aio.AioRpcError) as grow:
         await alpha.call(
             alpha.shares.ResizeShare, ss.ResizeShareRequest(name=share.name, size_gib=4)
@@ -88,5 +88,5 @@ async def test_racing_creates_never_overshoot_the_quota(mesh: LocalMesh, alpha: 
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert await used(mesh, "alpha") == 3
     for record in await live_shares(mesh):
-        await delete_share(alpha, record.share.name)
+        await delete_share(alpha, record.spec.share.name)
     assert await used(mesh, "alpha") == 0

@@ -51,8 +51,8 @@ async def test_a_failed_create_lands_on_another_pool(mesh: LocalMesh, alpha: Cli
     share = await create_share(alpha, "alpha", "moved")
     assert share.state == share_pb2.Share.ACTIVE
     (record,) = await live_shares(mesh)
-    assert record.pool == "backends/roomy/pools/default"
-    assert list(record.tried_pools) == ["backends/cramped/pools/default"]
+    assert record.placement.pool == "backends/roomy/pools/default"
+    assert list(record.placement.tried_pools) == ["backends/cramped/pools/default"]
     await delete_share(alpha, share.name)
 
 

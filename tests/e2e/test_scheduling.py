@@ -157,7 +157,7 @@ async def test_shares_land_where_type_and_zone_demand(
         )
     assert in_use.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     for record in await live_shares(mesh):
-        await delete_share(alpha, record.share.name)
+        await delete_share(alpha, record.spec.share.name)
     await types.DeleteShareType(
         sts.DeleteShareTypeRequest(name="shareTypes/gold"), metadata=admin.metadata
     )
@@ -188,7 +188,7 @@ async def test_a_thin_pool_promises_its_ratio_and_thick_shares_own_their_blocks(
     assert full.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
     images = mesh.state_dir / "pools" / "small" / "images"
-    uids = {r.share.name.rsplit("/", 1)[-1]: r.share.uid for r in await live_shares(mesh)}
+    uids = {r.spec.share.name.rsplit("/", 1)[-1]: r.spec.share.uid for r in await live_shares(mesh)}
 
     def on_disk(share_id: str) -> tuple[int, int]:
         stat = (images / f"{uids[share_id]}.img").stat()
@@ -218,7 +218,7 @@ async def test_a_thin_pool_promises_its_ratio_and_thick_shares_own_their_blocks(
     )
     assert grown.size_gib == 3 and on_disk("thin-0")[1] < GIB // 8
     for record in await live_shares(mesh):
-        await delete_share(alpha, record.share.name)
+        await delete_share(alpha, record.spec.share.name)
     for type_id in ("thin-silver", "thick-silver"):
         await types.DeleteShareType(
             sts.DeleteShareTypeRequest(name=f"shareTypes/{type_id}"), metadata=admin.metadata
@@ -274,7 +274,7 @@ async def test_a_backend_that_stops_answering_leaves_placement_and_comes_back(
     back = await _create(alpha, "back", availability_zone="az2")
     assert back.state == Share.ACTIVE and await pool_of(admin, back) == remote
     for record in await live_shares(mesh):
-        await delete_share(alpha, record.share.name)
+        await delete_share(alpha, record.spec.share.name)
 
 
 async def test_a_killed_leader_is_replaced_and_every_create_completes(
@@ -334,7 +334,7 @@ async def test_two_hundred_racing_creates_never_overcommit(mesh: LocalMesh, alph
         )
     records = await live_shares(mesh)
     for pool in view.pools:
-        holding = sum(r.allocated_gib for r in records if r.pool == pool.name)
+        holding = sum(r.allocated_gib for r in records if r.placement.pool == pool.name)
         assert pool.allocated_gib == holding == capacity[pool.name], pool.name
-    await asyncio.gather(*(delete_share(alpha, r.share.name) for r in records))
+    await asyncio.gather(*(delete_share(alpha, r.spec.share.name) for r in records))
     assert not await live_shares(mesh)

@@ -219,7 +219,7 @@ async def test_another_projects_network_is_not_found_whether_or_not_it_exists(
         info = _detail(_status(error), error_details_pb2.ErrorInfo)
         answers.append((error.details().replace(network, "N"), info.reason if info else ""))
     assert answers[0] == answers[1]  # nothing tells the two apart
-    assert not [r for r in await live_shares(mesh) if r.share.name.endswith("/borrower")]
+    assert not [r for r in await live_shares(mesh) if r.spec.share.name.endswith("/borrower")]
     await alpha.wait(
         await alpha.call(
             alpha.networks.DeleteShareNetwork, sns.DeleteShareNetworkRequest(name=theirs)
@@ -279,7 +279,9 @@ def _quota_failure(error: grpc.aio.AioRpcError) -> error_details_pb2.QuotaFailur
 
 async def _gamma_shares(mesh: LocalMesh) -> list[str]:
     return sorted(
-        r.share.name for r in await live_shares(mesh) if r.share.name.startswith("projects/gamma/")
+        r.spec.share.name
+        for r in await live_shares(mesh)
+        if r.spec.share.name.startswith("projects/gamma/")
     )
 
 

@@ -31,6 +31,7 @@ from sharemesh.runtime import migrations
 from sharemesh.runtime.coordination import Store, connect, keys, leader
 from sharemesh.runtime.coordination import _client as etcd
 from sharemesh.runtime.errors import Unavailable
+from sharemesh.runtime.lifecycle.share import public
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_pb2
 from sharemesh.v1 import share_service_pb2 as ss
@@ -50,7 +51,7 @@ ROOT = "/sharemesh/"
 def _synthetic(i: int) -> tuple[str, bytes]:
     """A share placed, before versions and the index, on a backend since retired."""
     name = f"projects/bulk{i % 7}/shares/s{i:05d}"
-    record = records_pb2.ShareRecord(
+    record = records_pb2.LegacyShareRecord(
         share=share_pb2.Share(name=name, size_gib=1, state=share_pb2.Share.ACTIVE),
         project=f"bulk{i % 7}",
         backend="backends/retired",
@@ -175,26 +176,28 @@ async def test_the_migration_survives_its_leader_and_runs_exactly_once(
     assert halfway.version < 2 and 0 < halfway.migrated < SYNTHETIC + 3
 
     async def done() -> bool:
-        return await migrations.mesh_version(store) == migrations.SCHEMA == 3
+        return await migrations.mesh_version(store) == migrations.SCHEMA == 4
 
     await _until(done)
     schema = await _schema(store.client)
-    # Every share of the old mesh, once, then its two usage records: the count is kept
-    # in the pages' transactions.
-    assert (schema.migrated, schema.resume_after) == (SYNTHETIC + 3 + 2, "")
+    # Every share of the old mesh, once, then its two usage records, then every share
+    # again into the spec/status layout: the count is kept in the pages' transactions.
+    shares_then_usage = SYNTHETIC + 3 + 2
+    assert (schema.migrated, schema.resume_after) == (shares_then_usage + SYNTHETIC + 3, "")
     for project, shares in (("alpha", 2), ("beta", 1)):
         usage = await store.get(keys.usage_key(ROOT, project), records_pb2.ProjectUsage)
         assert usage is not None
         assert (usage.value.shares, usage.value.schema_version) == (shares, 3)
     shares = await store.scan(f"{ROOT}shares/", records_pb2.ShareRecord)
     assert len(shares) == SYNTHETIC + 3
-    assert {s.value.schema_version for s in shares} == {2}
+    assert {s.value.schema_version for s in shares} == {4}
+    assert {public(s.value).state for s in shares} == {share_pb2.Share.ACTIVE}
     response = await etcd.range_(
         store.client, etcd.range_request(f"{ROOT}shares/", etcd.prefix_end(f"{ROOT}shares/"))
     )
-    # etcd's version of a key counts its writes: the old mesh's last, then the migration.
+    # etcd's version of a key counts its writes: the old mesh's last, then each step.
     bulk = [kv for kv in response.kvs if b"/bulk" in kv.key]
-    assert len(bulk) == SYNTHETIC and {kv.version for kv in bulk} == {2}
+    assert len(bulk) == SYNTHETIC and {kv.version for kv in bulk} == {3}
     index = await store.scan(keys.backend_index_prefix(ROOT, "retired"), records_pb2.PoolAllocation)
     assert len(index) == SYNTHETIC
     # Two leaders took part: the killed one and the one that resumed after its last page.
@@ -203,6 +206,7 @@ async def test_the_migration_survives_its_leader_and_runs_exactly_once(
     assert resumed and killed["killed"] in logs
     finished = [line for text in logs.values() for line in text.splitlines()]
     assert sum("the mesh is at schema 2" in line for line in finished) == 1
+    assert sum("the mesh is at schema 4" in line for line in finished) == 1
 
 
 async def test_old_shares_are_indexed_listed_and_got(alpha: Client, store: Store) -> None:
@@ -274,11 +278,8 @@ async def test_a_record_newer_than_the_code_is_refused_and_left_alone(
     alpha: Client, store: Store
 ) -> None:
     name = "projects/alpha/shares/from-the-future"
-    record = records_pb2.ShareRecord(
-        share=share_pb2.Share(name=name, size_gib=1, state=share_pb2.Share.ACTIVE),
-        project="alpha",
-        schema_version=99,
-    )
+    record = records_pb2.ShareRecord(project="alpha", schema_version=99)
+    record.spec.share.name, record.spec.share.size_gib = name, 1
     key = store.key_of(name)
     await etcd.txn(store.client, [], [etcd.op_put(key, record.SerializeToString())])
     before, _ = await etcd.get_kv(store.client, key)

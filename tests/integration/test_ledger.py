@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
+from share_records import share_in
+
 from sharemesh.runtime import ledger, quota
 from sharemesh.runtime.config import QuotaConfig
 from sharemesh.runtime.coordination import Store, keys
@@ -82,12 +84,10 @@ async def test_racing_placements_never_overshoot_the_share_count(etcd_client, et
 
     async def place(i: int) -> tuple[bool, int]:
         """Retries on a lost race; (placed or refused, races lost)."""
-        record = records_pb2.ShareRecord(project="p", backend="backends/b", pool=POOL)
-        record.share.name = f"projects/p/shares/s{i}"
-        record.allocated_gib = 1
+        record = share_in(f"projects/p/shares/s{i}", placed_on=POOL)
         lost = 0
         while True:
-            txn = store.txn().create(store.key_of(record.share.name), record)
+            txn = store.txn().create(store.key_of(record.spec.share.name), record)
             try:
                 await quota.reserve_share(store, txn, quotas, "p", 1)
                 await txn.commit()

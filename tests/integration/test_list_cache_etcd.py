@@ -9,24 +9,19 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
+from share_records import share_in
 
 from sharemesh.api import _paging
 from sharemesh.api._cache import WatchCache
 from sharemesh.runtime.coordination import Store
 from sharemesh.runtime.errors import InvalidArgument
 from sharemesh.state.v1 import records_pb2
-from sharemesh.v1 import share_pb2
 
 R = records_pb2.ShareRecord
 
 
 def record(name: str, *, network: str = "", size: int = 1) -> R:
-    found = R(project="p")
-    found.share.name = name
-    found.share.share_network = network
-    found.share.size_gib = size
-    found.share.state = share_pb2.Share.CREATING
-    return found
+    return share_in(name, size_gib=size, share_network=network)
 
 
 @contextlib.asynccontextmanager
@@ -47,7 +42,7 @@ async def running(cache: WatchCache) -> AsyncIterator[asyncio.Task[None]]:
 
 def names_in(cache: WatchCache, prefix: str) -> list[str]:
     items, _ = cache.page(prefix, "", 1000, R)
-    return [i.value.share.name for i in items]
+    return [i.value.spec.share.name for i in items]
 
 
 async def test_lists_then_follows_every_change_and_reads_its_writes(etcd_client, etcd_root):  # type: ignore[no-untyped-def]
@@ -70,7 +65,7 @@ async def test_lists_then_follows_every_change_and_reads_its_writes(etcd_client,
         revision = await store.update(store.key_of(a), changed, found.mod_revision)
         assert await cache.consistent()
         items, _ = cache.page(prefix, "", 10, R)
-        assert (items[0].value.share.size_gib, items[0].mod_revision) == (9, revision)
+        assert (items[0].value.spec.share.size_gib, items[0].mod_revision) == (9, revision)
         await store.delete(store.key_of(b))
         assert await cache.consistent()
         assert names_in(cache, prefix) == [a]
@@ -109,7 +104,7 @@ async def test_a_token_from_a_compacted_revision_pages_on_from_the_cache(etcd_cl
     cache = WatchCache(store)
     async with running(cache):
         first, token = await _paging.page(store, prefix, R, "", 2, cache=cache)
-        assert [i.value.share.name for i in first] == [
+        assert [i.value.spec.share.name for i in first] == [
             "projects/p/shares/s0",
             "projects/p/shares/s1",
         ]
@@ -121,7 +116,7 @@ async def test_a_token_from_a_compacted_revision_pages_on_from_the_cache(etcd_cl
         await etcd_client.compact(current)
         # The cache serves the current state after the last id (AIP-158 allows it).
         rest, end = await _paging.page(store, prefix, R, token, 10, cache=cache)
-        assert [i.value.share.name for i in rest] == [
+        assert [i.value.spec.share.name for i in rest] == [
             "projects/p/shares/s2",
             "projects/p/shares/s3",
             "projects/p/shares/s4",
@@ -150,4 +145,4 @@ async def test_a_cache_that_is_not_listing_sends_reads_to_etcd(etcd_client, etcd
     items, _ = await _paging.page(
         store, store.prefix_of("projects/p", "shares"), R, "", 5, cache=cache
     )
-    assert [i.value.share.name for i in items] == [name]
+    assert [i.value.spec.share.name for i in items] == [name]

@@ -14,6 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
+from share_records import share_in
 from test_list_cache_etcd import running
 
 from sharemesh.api._cache import WatchCache
@@ -90,9 +91,7 @@ async def test_rpcs_are_counted_by_method_and_code(endpoint: str) -> None:
 
 
 def _share(name: str, state: int) -> records_pb2.ShareRecord:
-    record = records_pb2.ShareRecord(project="p")
-    record.share.name, record.share.state = name, state  # type: ignore[assignment]
-    return record
+    return share_in(name, state, placed_on="backends/b/pools/p")
 
 
 def _snapshot(name: str, state: int) -> records_pb2.SnapshotRecord:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import empty_pb2
+from google.protobuf.message import Message
+from share_records import share_in
 
 from sharemesh.runtime import migrations, quota
 from sharemesh.runtime.config import QuotaConfig
@@ -19,27 +21,32 @@ from sharemesh.runtime.coordination import Election, Session, Store, keys
 from sharemesh.runtime.coordination import _client as etcd
 from sharemesh.runtime.coordination._store import schema_version
 from sharemesh.runtime.errors import FailedPrecondition, FencedOut
+from sharemesh.runtime.lifecycle.share import public
 from sharemesh.runtime.migrations import _runner
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_pb2
 
 TTL = 2
 ShareRecord = records_pb2.ShareRecord
+LegacyShareRecord = records_pb2.LegacyShareRecord
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "upgrade-v1.json"
 
 
-def v1_share(name: str, backend: str = "", network: str = "", host: str = "") -> ShareRecord:
-    """A share as the code before schema versions wrote it (no version field)."""
-    return ShareRecord(
-        share=share_pb2.Share(name=name, size_gib=1, share_network=network),
+def v1_share(name: str, backend: str = "", network: str = "", host: str = "") -> LegacyShareRecord:
+    """A share as the code before schema versions wrote it (no version field): ACTIVE
+    if placed, else waiting for placement."""
+    state = share_pb2.Share.ACTIVE if backend else share_pb2.Share.CREATING
+    return LegacyShareRecord(
+        share=share_pb2.Share(name=name, size_gib=1, share_network=network, state=state),
         project=name.split("/")[1],
+        realized_size_gib=1 if backend else 0,
         backend=f"backends/{backend}" if backend else "",
         pool=f"backends/{backend}/pools/default" if backend else "",
         host=host,
     )
 
 
-async def put_raw(store: Store, key: str, record: ShareRecord) -> None:
+async def put_raw(store: Store, key: str, record: Message) -> None:
     """Written as old code writes: bytes straight to etcd, not through the Store."""
     await etcd.txn(store.client, [], [etcd.op_put(key, record.SerializeToString())])
 
@@ -59,8 +66,8 @@ async def stored(store: Store, key: str) -> tuple[bytes, int, int]:
 async def test_the_store_stamps_versions_and_refuses_newer_records(etcd_client, etcd_root):  # type: ignore[no-untyped-def]
     store = Store(etcd_client, etcd_root)
     new = store.key_of("projects/p/shares/new")
-    await store.create(new, v1_share("projects/p/shares/new"))
-    assert ShareRecord.FromString((await stored(store, new))[0]).schema_version == 2
+    await store.create(new, share_in("projects/p/shares/new"))
+    assert ShareRecord.FromString((await stored(store, new))[0]).schema_version == 4
     rule = store.key_of("projects/p/shares/new/accessRules/r")
     await store.create(rule, records_pb2.AccessRuleRecord())
     stored_rule = (await stored(store, rule))[0]
@@ -72,7 +79,14 @@ async def test_the_store_stamps_versions_and_refuses_newer_records(etcd_client, 
     await put_raw(store, old, v1_share("projects/p/shares/old", "local"))
     found = await store.get(old, ShareRecord)
     assert found is not None and found.value.schema_version == 1
-    found.value.share.size_gib = 2  # resized by today's api
+    # ...in today's layout, whatever its own (see test_share_layout_migration).
+    assert public(found.value).state == share_pb2.Share.ACTIVE
+    assert found.value.placement.pool == "backends/local/pools/default"
+    found.value.spec.share.labels["by"] = "today's api"
+    await store.update(old, found.value, found.mod_revision)
+    found = await store.get(old, ShareRecord)
+    assert found is not None and found.value.spec.share.labels["by"] == "today's api"
+    assert public(found.value).state == share_pb2.Share.ACTIVE
     await store.update(old, found.value, found.mod_revision)
     assert ShareRecord.FromString((await stored(store, old))[0]).schema_version == 1
 
@@ -110,7 +124,7 @@ async def test_v1_shares_get_their_index_keys_once_fenced_and_in_pages(etcd_clie
         leader = await Election(session, keys.election_prefix(etcd_root, "scheduler")).campaign(
             b"me"
         )
-        assert await migrations.run(store, leader) == migrations.SCHEMA == 3
+        assert await migrations.run(store, leader) == migrations.SCHEMA == 4
 
         for name in [*flat, indexed]:
             assert await raw(store, keys.backend_index_key(etcd_root, "local", name))
@@ -118,21 +132,28 @@ async def test_v1_shares_get_their_index_keys_once_fenced_and_in_pages(etcd_clie
         assert await raw(store, keys.host_index_key(etcd_root, "host-a", net, networked))
         every = await store.scan(store.root + "shares/", ShareRecord)
         assert len(every) == 98
-        assert {s.value.schema_version for s in every} == {2}
+        assert {s.value.schema_version for s in every} == {4}
         assert not await raw(store, keys.backend_index_key(etcd_root, "local", unplaced, ""))
-        # Each share was rewritten exactly once (etcd's per-key version: put, migration).
-        assert {(await stored(store, s.key))[2] for s in every} == {2}
+        # Each share was rewritten exactly once per step of its own (etcd's per-key
+        # version: put, index, layout).
+        assert {(await stored(store, s.key))[2] for s in every} == {3}
+        # ...and reads as it did, in the spec/status layout.
+        by_name = {s.value.spec.share.name: s.value for s in every}
+        assert public(by_name[networked]).state == share_pb2.Share.ACTIVE
+        assert by_name[networked].status.host == "host-a"
+        assert by_name[networked].placement.pool == "backends/local/pools/default"
+        assert public(by_name[unplaced]).state == share_pb2.Share.CREATING
         schema = await store.get(migrations.schema_key(store), records_pb2.SchemaRecord)
         assert schema is not None
         assert (schema.value.version, schema.value.resume_after, schema.value.migrated) == (
-            3,
+            4,
             "",
-            98,  # and no usage record to count
+            98 + 98,  # indexed, then laid out anew; and no usage record to count
         )
 
         # Again (a new leader, a restart): nothing left to do, nothing written.
         revision = (await etcd.get_kv(etcd_client, etcd_root))[1]
-        assert await migrations.run(store, leader) == 3
+        assert await migrations.run(store, leader) == 4
         assert (await etcd.get_kv(etcd_client, etcd_root))[1] == revision
 
 
@@ -165,7 +186,7 @@ async def test_usage_records_count_their_shares_once(etcd_client, etcd_root):  #
         leader = await Election(session, keys.election_prefix(etcd_root, "scheduler")).campaign(
             b"me"
         )
-        assert await migrations.run(store, leader) == 3
+        assert await migrations.run(store, leader) == 4
 
         for key, (shares, gib) in zip(usage_keys, [(2, 3), (1, 1)]):
             found = await store.get(key, records_pb2.ProjectUsage)
@@ -174,7 +195,8 @@ async def test_usage_records_count_their_shares_once(etcd_client, etcd_root):  #
             assert found.value.schema_version == 3
             assert (await stored(store, key))[2] == 2  # the old mesh's write, then this one
         schema = await store.get(migrations.schema_key(store), records_pb2.SchemaRecord)
-        assert schema is not None and schema.value.migrated == 5 + 2  # shares, then usage
+        # shares indexed, usage counted, shares laid out anew
+        assert schema is not None and schema.value.migrated == 5 + 2 + 5
 
         # From now on the record is the count: a share placed and one given back move
         # it in the transactions that move the GiB, and the shares are not read.
@@ -191,7 +213,7 @@ async def test_usage_records_count_their_shares_once(etcd_client, etcd_root):  #
 
         # Again: nothing left to do, nothing written.
         revision = (await etcd.get_kv(etcd_client, etcd_root))[1]
-        assert await migrations.run(store, leader) == 3
+        assert await migrations.run(store, leader) == 4
         assert (await etcd.get_kv(etcd_client, etcd_root))[1] == revision
 
 
@@ -224,8 +246,11 @@ async def test_a_mesh_newer_than_the_code_is_left_alone(etcd_client, etcd_root):
 
 
 def test_the_store_writes_the_version_the_last_migration_brings() -> None:
+    last: dict[type, int] = {}
     for step in migrations.STEPS:
-        assert schema_version(step.record_type) == step.version
+        last[step.record_type] = step.version
+    for record_type, version in last.items():
+        assert schema_version(record_type) == version
 
 
 def test_the_page_fits_in_one_etcd_transaction() -> None:

@@ -37,6 +37,7 @@ from sharemesh.runtime.errors import (
     ShareMeshError,
     Unavailable,
 )
+from sharemesh.runtime.lifecycle.share import public
 from sharemesh.runtime.peers import Peers
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import access_rule_pb2, share_pb2, snapshot_pb2
@@ -122,11 +123,11 @@ class Mesh:
             record = records_pb2.ShareRecord(
                 project=PROJECT, pending_operations=[op.operation.name]
             )
-            record.share.name = name
-            record.share.uid = f"uid{share_id}"
-            record.share.size_gib = size_gib
-            record.share.protocol = Share.NFS
-            record.share.share_type = "shareTypes/default"
+            record.spec.share.name = name
+            record.spec.share.uid = f"uid{share_id}"
+            record.spec.share.size_gib = size_gib
+            record.spec.share.protocol = Share.NFS
+            record.spec.share.share_type = "shareTypes/default"
             lifecycle.share.requested(record)
             operations.set_progress(op, "waiting for placement", 5)
             txn.create(self.store.key_of(name), record)
@@ -138,7 +139,7 @@ class Mesh:
         allocation reserved, an export id taken, the backend's index key written."""
         found = await self.share(name)
         record = found.value
-        size = record.share.size_gib
+        size = public(record).size_gib
         pool = f"backends/{backend}/pools/default"
         txn = self.store.txn()
         await quota.adjust(self.store, txn, PROJECT, size, shares=1)
@@ -163,9 +164,9 @@ class Mesh:
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
             found = await self.share(name)
             record = found.value
-            delta = size_gib - record.share.size_gib
+            delta = size_gib - public(record).size_gib
             await quota.adjust(self.store, txn, PROJECT, delta)
-            (await ledger.read_pool(self.store, record.pool)).add(txn, delta)
+            (await ledger.read_pool(self.store, record.placement.pool)).add(txn, delta)
             record.allocated_gib += lifecycle.share.resize_requested(record, size_gib)
             self._wait_on(txn, found, op, f"resizing to {size_gib} GiB")
 
@@ -235,7 +236,7 @@ class Mesh:
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
             found = await self.share(share)
-            size = found.value.share.size_gib
+            size = public(found.value).size_gib
             await quota.reserve_snapshot(self.store, txn, QuotaConfig(), PROJECT, size)
             record = records_pb2.SnapshotRecord(
                 project=PROJECT, pending_operations=[op.operation.name]
@@ -342,7 +343,7 @@ class Mesh:
         name, _ = await self.create_share(share_id, size_gib)
         await self.place(name, backend)
         await self.syncs[backend].sync(name)
-        assert (await self.share(name)).value.share.state == Share.ACTIVE
+        assert public((await self.share(name)).value).state == Share.ACTIVE
         return name
 
 
@@ -371,7 +372,7 @@ def states_seen(mesh: Mesh, name: str) -> Iterator[set[int]]:
         while True:
             found = await mesh.found(name)
             if found is not None:
-                seen.add(found.value.share.state)
+                seen.add(public(found.value).state)
             await asyncio.sleep(0.01)
 
     task = asyncio.ensure_future(watch())
@@ -393,14 +394,14 @@ async def test_a_placed_share_is_realized_active_with_its_locations(mesh: Mesh) 
 
     record = (await mesh.share(name)).value
     driver = mesh.drivers["a"]
-    assert record.share.state == Share.ACTIVE and record.share.state_message == ""
-    assert record.realized_size_gib == 2 and not record.pending_operations
-    assert [(e.path, e.nfs_port, e.mount_port) for e in record.share.export_locations] == [
+    assert public(record).state == Share.ACTIVE and public(record).state_message == ""
+    assert record.status.realized_size_gib == 2 and not record.pending_operations
+    assert [(e.path, e.nfs_port, e.mount_port) for e in public(record).export_locations] == [
         (f"127.0.0.1:{share_pseudo('uids1')}", 2049, 20048)
     ]
     response = await mesh.response(op, Share)
     assert response.state == Share.ACTIVE and list(response.export_locations) == list(
-        record.share.export_locations
+        public(record).export_locations
     )
     # Realizing moves no counter: placement reserved them.
     assert (await mesh.allocated("a"), await mesh.used()) == (2, 2)
@@ -440,12 +441,17 @@ async def test_a_create_the_backend_refuses_is_placed_elsewhere_then_fails(mesh:
 
     # Undone on `a`, its capacity and export id given back, waiting for another pool.
     record = (await mesh.share(name)).value
-    assert record.share.state == Share.CREATING
-    assert record.share.state_message.startswith("retrying on another pool: mkfs.xfs ")
-    assert HOST_PATH not in record.share.state_message
-    assert "backends/a" not in record.share.state_message  # the pool is for admins
-    assert (record.backend, record.pool, record.share.pool, record.export_id) == ("", "", "", 0)
-    assert list(record.tried_pools) == ["backends/a/pools/default"]
+    assert public(record).state == Share.CREATING
+    assert public(record).state_message.startswith("retrying on another pool: mkfs.xfs ")
+    assert HOST_PATH not in public(record).state_message
+    assert "backends/a" not in public(record).state_message  # the pool is for admins
+    assert (
+        record.placement.backend,
+        record.placement.pool,
+        public(record).pool,
+        record.export_id,
+    ) == ("", "", "", 0)
+    assert list(record.placement.tried_pools) == ["backends/a/pools/default"]
     assert record.allocated_gib == 0
     assert (await mesh.allocated("a"), await mesh.used(), await mesh.shares()) == (0, 0, 0)
     assert await mesh.released_ids("a") == [1]
@@ -459,12 +465,12 @@ async def test_a_create_the_backend_refuses_is_placed_elsewhere_then_fails(mesh:
     await mesh.syncs["b"].sync(name)
 
     record = (await mesh.share(name)).value
-    assert record.share.state == Share.ERROR
+    assert public(record).state == Share.ERROR
     # An unexpected failure reads as a generic line; the detail is in the service's log.
-    assert record.share.state_message.startswith("the backend failed unexpectedly")
-    assert HOST_PATH not in record.share.state_message
+    assert public(record).state_message.startswith("the backend failed unexpectedly")
+    assert HOST_PATH not in public(record).state_message
     error = await mesh.failed(op)
-    assert error.message == record.share.state_message
+    assert error.message == public(record).state_message
     assert isinstance(error, Internal)
     assert not record.pending_operations
     # Its create undone, it holds no place either: its project's count gave it back.
@@ -492,13 +498,13 @@ async def test_a_create_the_backend_refuses_is_placed_elsewhere_then_fails(mesh:
 async def test_a_grow_is_realized_at_the_new_size(mesh: Mesh) -> None:
     name = await mesh.active("s1", 2)
     op = await mesh.resize(name, 5)
-    assert (await mesh.share(name)).value.share.state == Share.UPDATING
+    assert public((await mesh.share(name)).value).state == Share.UPDATING
 
     await mesh.syncs["a"].sync(name)
 
     record = (await mesh.share(name)).value
-    assert record.share.state == Share.ACTIVE and record.share.size_gib == 5
-    assert record.realized_size_gib == 5 and record.allocated_gib == 5
+    assert public(record).state == Share.ACTIVE and public(record).size_gib == 5
+    assert record.status.realized_size_gib == 5 and record.allocated_gib == 5
     assert (await mesh.response(op, Share)).size_gib == 5
     assert (await mesh.allocated("a"), await mesh.used()) == (5, 5)
     assert mesh.drivers["a"].backend.shares["uids1"].size_bytes == 5 << 30
@@ -515,10 +521,14 @@ async def test_a_failed_grow_leaves_the_share_active_at_its_size(mesh: Mesh) -> 
     await mesh.syncs["a"].sync(name)
 
     record = (await mesh.share(name)).value
-    assert record.share.state == Share.ACTIVE
-    assert (record.share.size_gib, record.realized_size_gib, record.allocated_gib) == (2, 2, 2)
-    assert record.share.state_message.startswith("resize to 5 GiB failed: xfs_growfs ")
-    assert HOST_PATH not in record.share.state_message
+    assert public(record).state == Share.ACTIVE
+    assert (public(record).size_gib, record.status.realized_size_gib, record.allocated_gib) == (
+        2,
+        2,
+        2,
+    )
+    assert public(record).state_message.startswith("resize to 5 GiB failed: xfs_growfs ")
+    assert HOST_PATH not in public(record).state_message
     assert isinstance(await mesh.failed(op), FailedPrecondition)
     # The 3 GiB the resize reserved are given back.
     assert (await mesh.allocated("a"), await mesh.used()) == (2, 2)
@@ -539,9 +549,13 @@ async def test_a_grow_whose_export_then_fails_is_in_error_at_the_grown_size(mesh
 
     # XFS cannot shrink back: the share holds 5 GiB, in ERROR with the reason.
     record = (await mesh.share(name)).value
-    assert record.share.state == Share.ERROR
-    assert record.share.state_message == "export refused"
-    assert (record.share.size_gib, record.realized_size_gib, record.allocated_gib) == (5, 5, 5)
+    assert public(record).state == Share.ERROR
+    assert public(record).state_message == "export refused"
+    assert (public(record).size_gib, record.status.realized_size_gib, record.allocated_gib) == (
+        5,
+        5,
+        5,
+    )
     assert (await mesh.failed(op)).message == "export refused"
     assert (await mesh.allocated("a"), await mesh.used()) == (5, 5)
     assert mesh.drivers["a"].backend.shares["uids1"].size_bytes == 5 << 30
@@ -567,7 +581,7 @@ async def test_rules_are_applied_updated_and_deleted(mesh: Mesh) -> None:
     assert not found.value.pending_operations
     assert backend.access("uids1", CLIENT) == "READ_WRITE"
     assert backend.access("uids1", "10.0.1.7") == "READ_ONLY"
-    assert (await mesh.share(name)).value.share.state == Share.ACTIVE
+    assert public((await mesh.share(name)).value).state == Share.ACTIVE
 
     update = await mesh.update_rule(rule, AccessRule.READ_ONLY)
     await mesh.syncs["a"].sync(name)
@@ -581,7 +595,7 @@ async def test_rules_are_applied_updated_and_deleted(mesh: Mesh) -> None:
     assert backend.access("uids1", CLIENT) is None
     assert backend.access("uids1", "10.0.1.7") == "READ_ONLY"
     record = (await mesh.share(name)).value
-    assert record.share.state == Share.ACTIVE and not record.pending_operations
+    assert public(record).state == Share.ACTIVE and not record.pending_operations
 
 
 async def test_a_rule_change_the_backend_refuses_fails_the_rule(mesh: Mesh) -> None:
@@ -610,7 +624,7 @@ async def test_a_rule_change_the_backend_refuses_fails_the_rule(mesh: Mesh) -> N
     share = (await mesh.share(name)).value
     assert not share.pending_operations
     # A rule is not the share: the share keeps serving, and takes further rules.
-    assert share.share.state == Share.ACTIVE
+    assert public(share).state == Share.ACTIVE
     later = await mesh.add_rule(name, "r2", CLIENT, AccessRule.READ_WRITE)
     await mesh.syncs["a"].sync(name)
     await mesh.done(later)
@@ -628,7 +642,7 @@ async def test_a_delete_releases_everything_the_share_held(mesh: Mesh) -> None:
     assert await mesh.shares() == 1
     waiting = await mesh.add_rule(name, "r2", "10.0.1.0/24", AccessRule.READ_ONLY)
     op = await mesh.delete(name)
-    assert (await mesh.share(name)).value.share.state == Share.DELETING
+    assert public((await mesh.share(name)).value).state == Share.DELETING
 
     await mesh.syncs["a"].sync(name)
 
@@ -655,10 +669,10 @@ async def test_a_delete_the_backend_refuses_is_error_and_a_forced_one_drops_it(
     await mesh.syncs["a"].sync(name)
 
     record = (await mesh.share(name)).value
-    assert record.share.state == Share.ERROR
-    assert record.share.state_message.startswith("delete failed: ")
-    assert HOST_PATH not in record.share.state_message
-    assert not record.delete_requested and not record.pending_operations
+    assert public(record).state == Share.ERROR
+    assert public(record).state_message.startswith("delete failed: ")
+    assert HOST_PATH not in public(record).state_message
+    assert not record.pending_operations
     assert isinstance(await mesh.failed(op), FailedPrecondition)
     assert (await mesh.allocated("a"), await mesh.used()) == (2, 2)
     assert "uids1" in driver.backend.shares
@@ -683,16 +697,16 @@ async def test_a_share_reset_to_active_is_made_true_again(mesh: Mesh) -> None:
     driver.fail_next("delete_share", FailedPrecondition("busy"))
     await mesh.delete(name)
     await mesh.syncs["a"].sync(name)
-    assert (await mesh.share(name)).value.share.state == Share.ERROR
+    assert public((await mesh.share(name)).value).state == Share.ERROR
     driver.backend.crash()  # its server came back without the export
     assert driver.backend.access("uids1", CLIENT) is None
 
     op = await mesh.reset(name)
-    assert (await mesh.share(name)).value.share.state == Share.UPDATING
+    assert public((await mesh.share(name)).value).state == Share.UPDATING
     await mesh.syncs["a"].sync(name)
 
     record = (await mesh.share(name)).value
-    assert record.share.state == Share.ACTIVE and record.share.state_message == ""
+    assert public(record).state == Share.ACTIVE and public(record).state_message == ""
     assert (await mesh.response(op, Share)).state == Share.ACTIVE
     assert driver.backend.access("uids1", CLIENT) == "READ_WRITE"
     assert (await mesh.allocated("a"), await mesh.used()) == (2, 2)
@@ -738,10 +752,10 @@ async def test_a_transient_fault_past_the_deadline_fails_the_operation(mesh: Mes
     assert isinstance(error, Unavailable) and error.reason == "RETRY_DEADLINE_EXCEEDED"
     assert "the NFS server is restarting" in error.message
     record = (await mesh.share(name)).value
-    assert record.share.state == Share.ERROR and not record.pending_operations
-    assert record.share.state_message == error.message
+    assert public(record).state == Share.ERROR and not record.pending_operations
+    assert public(record).state_message == error.message
     # Not handed to another pool (another pool would not heal it); its capacity is back.
-    assert not record.tried_pools
+    assert not record.placement.tried_pools
     assert (await mesh.allocated("c"), await mesh.used()) == (0, 0)
     assert driver.backend.shares == {}
 
@@ -764,7 +778,7 @@ async def test_a_sync_with_nothing_waiting_gives_up_at_the_deadline_unchanged(
     # It is the reconciler's to try again later: the share is as it was, not in ERROR.
     after = await mesh.share(name)
     assert after.mod_revision == before.mod_revision
-    assert after.value.share.state == Share.ACTIVE
+    assert public(after.value).state == Share.ACTIVE
 
 
 # ---- races ---------------------------------------------------------------------------------
@@ -797,7 +811,7 @@ async def test_two_syncs_at_once_realize_the_share_once(mesh: Mesh) -> None:
     assert creates() == 1
     assert list(driver.backend.shares) == ["uids1"]
     record = (await mesh.share(name)).value
-    assert record.share.state == Share.ACTIVE and not record.pending_operations
+    assert public(record).state == Share.ACTIVE and not record.pending_operations
     assert (await mesh.response(op, Share)).state == Share.ACTIVE
     assert (await mesh.allocated("a"), await mesh.used()) == (2, 2)
 
@@ -818,7 +832,7 @@ async def test_a_rule_added_while_the_share_is_made_is_applied(mesh: Mesh) -> No
     assert driver.backend.access("uids1", CLIENT) == "READ_WRITE"
     assert list(driver.backend.shares) == ["uids1"]
     record = (await mesh.share(name)).value
-    assert record.share.state == Share.ACTIVE and not record.pending_operations
+    assert public(record).state == Share.ACTIVE and not record.pending_operations
 
 
 async def test_a_delete_while_the_share_is_made_wins(mesh: Mesh) -> None:
@@ -898,7 +912,7 @@ async def test_a_snapshot_the_backend_refuses_is_error_and_keeps_its_quota(mesh:
     assert record.export_id == 0, "its export id went back"
     assert await mesh.snapshot_usage() == (1, 2)
     # The share is untouched, and the failed snapshot can be deleted.
-    assert (await mesh.share(name)).value.share.state == Share.ACTIVE
+    assert public((await mesh.share(name)).value).state == Share.ACTIVE
     await mesh.delete_snapshot(snapshot)
     await mesh.syncs["a"].sync(name)
     assert await mesh.snapshot(snapshot) is None and await mesh.snapshot_usage() == (0, 0)
@@ -986,7 +1000,7 @@ async def test_a_revert_puts_the_snapshots_data_back(mesh: Mesh) -> None:
     assert driver.backend.shares["uids1"].files == {"a.txt": 10}
     assert driver.backend.access("uids1", CLIENT) == "READ_WRITE", "the rules stay"
     record = (await mesh.share(name)).value
-    assert record.revert_to == "" and not record.pending_operations
+    assert lifecycle.share.pending_revert(record) == "" and not record.pending_operations
     assert Share.ERROR not in seen
 
 
@@ -999,7 +1013,7 @@ async def test_a_revert_to_a_snapshot_gone_from_the_backend_is_error(mesh: Mesh)
     await mesh.syncs["a"].sync(name)
     assert isinstance(await mesh.failed(revert), NotFound)
     record = (await mesh.share(name)).value
-    assert record.share.state == Share.ERROR and record.revert_to == ""
+    assert public(record).state == Share.ERROR and lifecycle.share.pending_revert(record) == ""
 
 
 async def test_a_share_is_made_from_a_snapshot(mesh: Mesh) -> None:
@@ -1013,7 +1027,7 @@ async def test_a_share_is_made_from_a_snapshot(mesh: Mesh) -> None:
 
     name, create = await mesh.create_share("s2", 3)
     found = await mesh.share(name)
-    found.value.share.source_snapshot = snapshot
+    found.value.spec.share.source_snapshot = snapshot
     source = await mesh.snapshot(snapshot)
     assert source is not None
     source.value.clones.append(name)  # as the api's CreateShare holds the snapshot
@@ -1064,7 +1078,7 @@ async def test_a_shrink_is_realized_at_the_smaller_size(mesh: Mesh) -> None:
     assert (shrunk.state, shrunk.size_gib) == (Share.ACTIVE, 1)
     assert mesh.drivers["a"].backend.shares["uids1"].size_bytes == 1 << 30
     record = (await mesh.share(name)).value
-    assert record.realized_size_gib == record.allocated_gib == 1
+    assert record.status.realized_size_gib == record.allocated_gib == 1
     assert (await mesh.allocated("a"), await mesh.used()) == (1, 1)
 
 
@@ -1078,9 +1092,9 @@ async def test_a_shrink_that_would_lose_data_leaves_the_share_as_it_was(mesh: Me
 
     assert (await mesh.failed(resize)).reason == "SHRINK_WOULD_LOSE_DATA"
     record = (await mesh.share(name)).value
-    assert (record.share.state, record.share.size_gib) == (Share.ACTIVE, 3)
-    assert "resize to 1 GiB failed" in record.share.state_message
-    assert record.realized_size_gib == record.allocated_gib == 3
+    assert (public(record).state, public(record).size_gib) == (Share.ACTIVE, 3)
+    assert "resize to 1 GiB failed" in public(record).state_message
+    assert record.status.realized_size_gib == record.allocated_gib == 3
     assert (await mesh.allocated("a"), await mesh.used()) == (3, 3), "taken again"
     assert mesh.drivers["a"].backend.shares["uids1"].size_bytes == 3 << 30
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from share_records import share_in
 
 from sharemesh.api._cache import Entry, Snapshot, decode
 from sharemesh.runtime.errors import Internal
@@ -26,12 +27,15 @@ def share(
     allocated: int = 0,
     project: str = "p",
 ) -> Entry:
-    record = records_pb2.ShareRecord(project=project, allocated_gib=allocated)
-    record.share.name = f"projects/{project}/shares/{name}"
-    record.share.share_network = network
-    record.share.share_type = share_type
-    record.share.size_gib = size
-    record.share.state = state  # type: ignore[assignment]
+    record = share_in(
+        f"projects/{project}/shares/{name}",
+        state,
+        size_gib=size,
+        placed_on="backends/b/pools/p" if allocated else "",
+        share_network=network,
+        share_type=share_type,
+    )
+    assert record.allocated_gib == allocated
     return Entry(record.SerializeToString(), 7, 7)
 
 
@@ -91,7 +95,7 @@ def test_an_update_replaces_the_entry_in_place() -> None:
     snapshot.put(key("a"), Entry(share("a", size=5).value, 9, 7))
     (found,), _ = snapshot.page(PREFIX, "", 10)
     decoded = decode(found[0], found[1], records_pb2.ShareRecord)
-    assert (decoded.value.share.size_gib, decoded.mod_revision, decoded.create_revision) == (
+    assert (decoded.value.spec.share.size_gib, decoded.mod_revision, decoded.create_revision) == (
         5,
         9,
         7,

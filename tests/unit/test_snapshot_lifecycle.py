@@ -86,8 +86,8 @@ def test_only_a_deleting_snapshot_is_released() -> None:
 
 def _active_share() -> records_pb2.ShareRecord:
     record = records_pb2.ShareRecord(project="p")
-    record.share.name = "projects/p/shares/s"
-    record.share.size_gib = 2
+    record.spec.share.name = "projects/p/shares/s"
+    record.spec.share.size_gib = 2
     share.requested(record)
     share.placed(
         record,
@@ -104,21 +104,21 @@ def _active_share() -> records_pb2.ShareRecord:
 def test_a_revert_holds_the_share_updating_until_the_backend_has_the_data() -> None:
     record = _active_share()
     share.revert_requested(record, NAME)
-    assert record.share.state == Share.UPDATING and record.revert_to == NAME
+    assert share.public(record).state == Share.UPDATING and share.pending_revert(record) == NAME
     with pytest.raises(FailedPrecondition, match="UPDATING"):
         share.revert_requested(record, NAME)
     share.reverted(record)
-    assert record.revert_to == ""
+    assert share.pending_revert(record) == ""
     share.realized(record)
-    assert record.share.state == Share.ACTIVE
+    assert share.public(record).state == Share.ACTIVE
 
 
 def test_a_failed_or_reset_revert_asks_for_nothing_more() -> None:
     record = _active_share()
     share.revert_requested(record, NAME)
     share.failed(record, "the snapshot is gone")
-    assert record.share.state == Share.ERROR and record.revert_to == ""
+    assert share.public(record).state == Share.ERROR and share.pending_revert(record) == ""
     record = _active_share()
     share.revert_requested(record, NAME)
     share.reset(record, Share.ACTIVE)
-    assert record.revert_to == ""
+    assert share.pending_revert(record) == ""

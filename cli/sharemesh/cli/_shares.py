@@ -128,9 +128,7 @@ async def share_resize(c: Client, args: argparse.Namespace) -> None:
 async def share_reset_state(c: Client, args: argparse.Namespace) -> None:
     op = await c.call(
         c.shares.ResetShareState,
-        ss.ResetShareStateRequest(
-            name=share_name(args, args.name), state=Share.State.Value(args.state.upper())
-        ),
+        ss.ResetShareStateRequest(name=share_name(args, args.name), state=args.state.upper()),
     )
     await finish(c, args, op, Share, SHARE_COLUMNS)
 

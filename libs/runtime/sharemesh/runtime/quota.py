@@ -186,7 +186,7 @@ def holds_place(record: records_pb2.ShareRecord) -> bool:
     """Whether the share counts against its project's share limit: it is placed and
     holds its GiB. A create undone on its pool gave its GiB, and so its place, back;
     each change of this is written with the GiB's, so the usage record counts it."""
-    return bool(record.backend) and record.allocated_gib > 0
+    return record.allocated_gib > 0
 
 
 async def count_shares(store: Store, project: str) -> int:

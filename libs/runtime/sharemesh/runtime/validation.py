@@ -16,6 +16,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
 
 from google.api import field_behavior_pb2
 from google.protobuf import descriptor, field_mask_pb2, message
@@ -23,14 +24,20 @@ from google.protobuf import descriptor, field_mask_pb2, message
 from . import names
 from .errors import InvalidArgument
 
+if TYPE_CHECKING:  # the C (upb) descriptors stand for the Python ones at runtime
+    from google._upb import _message as _upb
+
+    FieldDescriptor: TypeAlias = descriptor.FieldDescriptor | _upb.FieldDescriptor
+    Descriptor: TypeAlias = descriptor.Descriptor | _upb.Descriptor
+
 FB = field_behavior_pb2.FieldBehavior
 
 
-def _behaviors(field: descriptor.FieldDescriptor) -> set[int]:
+def _behaviors(field: FieldDescriptor) -> set[int]:
     return set(field.GetOptions().Extensions[field_behavior_pb2.field_behavior])
 
 
-def _is_set(msg: message.Message, field: descriptor.FieldDescriptor) -> bool:
+def _is_set(msg: message.Message, field: FieldDescriptor) -> bool:
     if field.is_repeated:
         return len(getattr(msg, field.name)) > 0
     if field.message_type is not None or field.has_presence:
@@ -246,7 +253,7 @@ def check_request(
 
 
 def check_update_mask(
-    resource: descriptor.Descriptor, mask: field_mask_pb2.FieldMask, field: str = "update_mask"
+    resource: Descriptor, mask: field_mask_pb2.FieldMask, field: str = "update_mask"
 ) -> list[str]:
     """The mask's paths, refusing unknown, OUTPUT_ONLY and IMMUTABLE ones."""
     if not mask.paths:

@@ -40,7 +40,7 @@ class AccessRules(Base):
 
     async def _share_takes_changes(self, rule: str) -> None:
         share = await self.share_record(rule.rsplit("/accessRules/", 1)[0], "name")
-        if share.value.share.state == share_pb2.Share.ERROR:
+        if lifecycle.share.state(share.value) == share_pb2.Share.ERROR:
             raise FailedPrecondition(
                 "the share is in ERROR; delete the share instead", reason="SHARE_NOT_USABLE"
             )
@@ -90,9 +90,10 @@ class AccessRules(Base):
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
             share = await self.share_record(request.parent, "parent")
-            if share.value.share.state in (share_pb2.Share.DELETING, share_pb2.Share.ERROR):
+            state = lifecycle.share.state(share.value)
+            if state in (share_pb2.Share.DELETING, share_pb2.Share.ERROR):
                 raise FailedPrecondition(
-                    f"the share is {share_pb2.Share.State.Name(share.value.share.state)}",
+                    f"the share is {share_pb2.Share.State.Name(state)}",
                     reason="SHARE_NOT_USABLE",
                 )
             for other in await self.rule_records(request.parent):

@@ -146,9 +146,9 @@ class Base:
 
     async def pool_capacity(self, record: records_pb2.ShareRecord) -> records_pb2.PoolCapacity:
         """The share's pool as its backend registered it; UNAVAILABLE while it is away."""
-        backend = await self.peers.backend(record.backend)
+        backend = await self.peers.backend(record.placement.backend)
         for pool in backend.pools if backend else ():
-            if pool.name == record.pool:
+            if pool.name == record.placement.pool:
                 return pool
         # Which pool it is is for admins (Share.pool is theirs): the message names none.
         raise BackendUnavailable("the share's backend is not reachable now; retry later")
@@ -232,6 +232,6 @@ class Base:
             )
         else:
             found = await self.store.get(key, records_pb2.ShareRecord)
-        if found and found.value.backend:
-            backend = found.value.backend
+        if found and found.value.placement.backend:
+            backend = found.value.placement.backend
             self.peers.nudge(f"sync {share}", lambda: self.peers.sync_share(backend, share))

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from sharemesh.runtime import metrics, retry
+from sharemesh.runtime import lifecycle, metrics, retry
 from sharemesh.runtime.coordination import Store, Versioned, _store
 from sharemesh.runtime.coordination._client import (
     Compacted,
@@ -41,7 +41,7 @@ from sharemesh.runtime.coordination._client import (
     range_,
     range_request,
 )
-from sharemesh.runtime.errors import Unavailable
+from sharemesh.runtime.errors import ShareMeshError, Unavailable
 from sharemesh.state.v1 import records_pb2
 from sharemesh.v1 import share_pb2, snapshot_pb2
 
@@ -90,11 +90,9 @@ class ShareFacts:
 
     @staticmethod
     def of(record: records_pb2.ShareRecord) -> ShareFacts:
-        share = record.share
+        share = record.spec.share
         waiting = (
-            share.state == share_pb2.Share.CREATING
-            and not record.allocated_gib
-            and not record.delete_requested
+            lifecycle.share.state(record) == share_pb2.Share.CREATING and not record.allocated_gib
         )
         return ShareFacts(
             record.project,
@@ -203,13 +201,12 @@ class Snapshot:
         if not key.startswith(self.shares_prefix):
             self._count(key, _state(key[len(self.root) :].split("/", 1)[0], key, entry.value))
             return
-        record = records_pb2.ShareRecord()
-        try:
-            record.ParseFromString(entry.value)
-        except DecodeError:
-            log.warning("share record %s does not parse; not indexed", key)
+        try:  # decoded as the Store does: an older layout reads in today's
+            record = _store.decode(key, entry.value, records_pb2.ShareRecord)
+        except ShareMeshError as unreadable:  # not a record, or a newer sharemesh's
+            log.warning("share record %s not indexed: %s", key, unreadable.message)
             return
-        self._count(key, ("shares", share_pb2.Share.State.Name(record.share.state)))
+        self._count(key, ("shares", share_pb2.Share.State.Name(lifecycle.share.state(record))))
         facts = self._facts[key] = ShareFacts.of(record)
         for field, index in self._by_field.items():
             if value := getattr(facts, field):
@@ -385,7 +382,9 @@ class WatchCache:
         if await self.consistent():
             return self.snapshot.shares_using(field, value)
         scanned = await self.store.scan(self.snapshot.shares_prefix, records_pb2.ShareRecord)
-        return sorted(s.value.share.name for s in scanned if getattr(s.value.share, field) == value)
+        return sorted(
+            s.value.spec.share.name for s in scanned if getattr(s.value.spec.share, field) == value
+        )
 
     async def unplaced_gib(self, project: str) -> int:
         """What the project's shares that wait for placement will take from its quota."""

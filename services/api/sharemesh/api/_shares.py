@@ -45,10 +45,7 @@ _STATE_FILTER = re.compile(r"^\s*state\s*=\s*\"?([A-Z_]+)\"?\s*$")
 
 
 def share_view(caller: Caller, found: Versioned[records_pb2.ShareRecord]) -> Share:
-    share = Share()
-    share.CopyFrom(found.value.share)
-    share.pool = found.value.pool
-    return view(caller, share, found.mod_revision)
+    return view(caller, lifecycle.share.public(found.value), found.mod_revision)
 
 
 def _check_in_project(name: str, project: str, field: str) -> None:
@@ -105,7 +102,7 @@ class Shares(Base):
             shares=[
                 share_view(caller, i)
                 for i in items
-                if wanted is None or i.value.share.state == wanted
+                if wanted is None or lifecycle.share.state(i.value) == wanted
             ],
             next_page_token=token,
         )
@@ -141,11 +138,11 @@ class Shares(Base):
             record = records_pb2.ShareRecord(
                 project=project, pending_operations=[op.operation.name]
             )
-            record.share.CopyFrom(share)
-            record.share.name = name
-            record.share.uid = uuid.uuid4().hex
-            record.share.protocol = Share.NFS
-            record.share.share_type = share_type
+            record.spec.share.CopyFrom(share)
+            record.spec.share.name = name
+            record.spec.share.uid = uuid.uuid4().hex
+            record.spec.share.protocol = Share.NFS
+            record.spec.share.share_type = share_type
             lifecycle.share.requested(record)
             record.trace_parent = telemetry.traceparent()
             operations.set_progress(op, "waiting for placement", 5)
@@ -194,7 +191,7 @@ class Shares(Base):
             share.source_snapshot.rsplit("/snapshots/", 1)[0], "share.source_snapshot"
         )
         if not share.share_type:
-            share.share_type = source.value.share.share_type
+            share.share_type = source.value.spec.share.share_type
         await self.require_capability(
             source.value,
             "create_share_from_snapshot_support",
@@ -231,11 +228,11 @@ class Shares(Base):
             check_etag(request.share.etag, found, "share.etag")
             record = found.value
             if "labels" in paths:
-                record.share.labels.clear()
-                record.share.labels.update(request.share.labels)
-            record.share.update_time.CopyFrom(operations.now())
+                record.spec.share.labels.clear()
+                record.spec.share.labels.update(request.share.labels)
+            record.spec.share.update_time.CopyFrom(operations.now())
             txn.put(found.key, record, found.mod_revision)
-            operations.finish(op, response=record.share)
+            operations.finish(op, response=lifecycle.share.public(record))
 
         return await self.mutate(caller, name, "update", request, write)
 
@@ -260,7 +257,7 @@ class Shares(Base):
                 raise NotFound(f"{request.name} not found")
             check_etag(request.etag, found, "etag")
             record = found.value
-            unplaced = not record.backend
+            unplaced = not record.placement.backend
             if snapshots and not request.force:
                 shown = [s.value.snapshot.name for s in snapshots]
                 raise FailedPrecondition(
@@ -309,12 +306,11 @@ class Shares(Base):
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
             found = await self.share_record(request.name, "name")
             record = found.value
-            if record.share.state != Share.ACTIVE:
+            if (state := lifecycle.share.state(record)) != Share.ACTIVE:
                 raise ShareNotActive(
-                    f"the share is {Share.State.Name(record.share.state)}; only an ACTIVE "
-                    "share can be resized"
+                    f"the share is {Share.State.Name(state)}; only an ACTIVE share can be resized"
                 )
-            delta = request.size_gib - record.share.size_gib
+            delta = request.size_gib - lifecycle.share.size_of(record)
             taking = [
                 s.value.snapshot.name
                 for s in await self.snapshot_records(request.name)
@@ -328,23 +324,25 @@ class Shares(Base):
                 )
             if delta == 0:
                 # The share is not written, so the operation's revision is not its etag.
-                record.share.etag = str(found.mod_revision)
-                operations.finish(op, response=record.share)
+                share = lifecycle.share.public(record)
+                share.etag = str(found.mod_revision)
+                operations.finish(op, response=share)
                 return
             pool = await self.pool_capacity(record)
             if delta < 0 and pool.capabilities.get("shrink_support", "false") != "true":
                 raise CapabilityUnsupported(
                     "shrink_support",
-                    f"pool {record.pool} cannot shrink shares (capability shrink_support is false)",
+                    f"pool {record.placement.pool} cannot shrink shares "
+                    "(capability shrink_support is false)",
                 )
-            allocation = await ledger.read_pool(self.store, record.pool)
+            allocation = await ledger.read_pool(self.store, record.placement.pool)
             allocated = allocation.value
             limit = capacity.limit_gib(
-                pool.total_gib, pool.capabilities, thin=not record.thick_provisioned
+                pool.total_gib, pool.capabilities, thin=not record.placement.thick_provisioned
             )
             if delta > 0 and allocated + delta > limit:
                 raise PoolFull(
-                    f"pool {record.pool} may allocate {limit:g} GiB and has {allocated}; "
+                    f"pool {record.placement.pool} may allocate {limit:g} GiB and has {allocated}; "
                     f"growing by {delta} GiB does not fit"
                 )
             used = await quota.adjust(self.store, txn, record.project, delta)
@@ -392,7 +390,7 @@ class Shares(Base):
                         lifecycle.access_rule.failed(rule.value, stopped.message)
                     txn.put(rule.key, rule.value, rule.mod_revision)
             txn.put(found.key, record, found.mod_revision)
-            operations.finish(op, response=record.share)
+            operations.finish(op, response=lifecycle.share.public(record))
 
         op = await self.mutate(caller, request.name, "reset", request, write)
         if not op.done:

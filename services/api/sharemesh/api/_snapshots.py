@@ -63,9 +63,8 @@ async def cloning(base: Base, record: SnapshotRecord) -> list[str]:
     busy = []
     for name in record.clones:
         found = await base.store.get(base.store.key_of(name), records_pb2.ShareRecord)
-        if found is not None and found.value.realized_size_gib == 0:
-            if found.value.share.state == Share.CREATING:
-                busy.append(name)
+        if found is not None and lifecycle.share.state(found.value) == Share.CREATING:
+            busy.append(name)
     return busy
 
 
@@ -125,11 +124,11 @@ class Snapshots(Base):
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
             share = await self.share_record(request.parent, "parent")
-            if share.value.share.state != Share.ACTIVE or share.value.delete_requested:
-                state = Share.State.Name(share.value.share.state)
-                raise ShareNotActive(f"the share is {state}; only an ACTIVE share is snapshotted")
+            if (now := lifecycle.share.state(share.value)) != Share.ACTIVE:
+                shown = Share.State.Name(now)
+                raise ShareNotActive(f"the share is {shown}; only an ACTIVE share is snapshotted")
             await self.require_capability(share.value, "snapshot_support", "cannot snapshot")
-            size = share.value.share.size_gib
+            size = lifecycle.share.size_of(share.value)
             await quota.reserve_snapshot(self.store, txn, self.quotas, project, size)
             record = SnapshotRecord(
                 project=project,
@@ -163,9 +162,9 @@ class Snapshots(Base):
             found = await self.snapshot_record(request.name, "name")
             check_etag(request.etag, found, "etag")
             share = await self.share_record(share_of(request.name), "name")
-            if share.value.revert_to == request.name:
+            if lifecycle.share.pending_revert(share.value) == request.name:
                 raise FailedPrecondition(
-                    f"{share.value.share.name} is being reverted to it; delete it after",
+                    f"{share.value.spec.share.name} is being reverted to it; delete it after",
                     reason="SNAPSHOT_IN_USE",
                 )
             if busy := await cloning(self, found.value):
@@ -198,9 +197,9 @@ class Snapshots(Base):
             found = await self.share_record(request.name, "name")
             snapshot = await self.snapshot_record(request.snapshot, "snapshot")
             record = found.value
-            if record.share.state != Share.ACTIVE or record.delete_requested:
-                state = Share.State.Name(record.share.state)
-                raise ShareNotActive(f"the share is {state}; only an ACTIVE share is reverted")
+            if (now := lifecycle.share.state(record)) != Share.ACTIVE:
+                shown = Share.State.Name(now)
+                raise ShareNotActive(f"the share is {shown}; only an ACTIVE share is reverted")
             if snapshot.value.snapshot.state != Snapshot.READY:
                 state = Snapshot.State.Name(snapshot.value.snapshot.state)
                 raise FailedPrecondition(
@@ -215,7 +214,7 @@ class Snapshots(Base):
                     metadata={"newer": ",".join(newer)},
                 )
             await self.require_capability(record, "revert_to_snapshot_support", "cannot revert")
-            if record.share.share_network:
+            if record.spec.share.share_network:
                 # Its gateway or share server would keep serving the filesystem the
                 # revert replaces until their Ganesha restarts: refused until they follow.
                 raise FailedPrecondition(

@@ -24,7 +24,16 @@ from google.protobuf.message import Message
 
 from sharemesh import network
 from sharemesh.driver.v1 import driver_service_pb2, driver_service_pb2_grpc
-from sharemesh.runtime import controllers, ledger, metrics, migrations, names, operations, retry
+from sharemesh.runtime import (
+    controllers,
+    ledger,
+    lifecycle,
+    metrics,
+    migrations,
+    names,
+    operations,
+    retry,
+)
 from sharemesh.runtime.config import BackendConfig, MeshConfig
 from sharemesh.runtime.coordination import Versioned, _client, keys
 from sharemesh.runtime.peers import Peers
@@ -101,7 +110,7 @@ class DriverHostApp:
             self._store,
             self._store.root + "shares/",
             ShareRecord,
-            keep=lambda record: record.backend == self.backend,
+            keep=lambda record: record.placement.backend == self.backend,
             lister=self._list_own_shares,
             name=f"shares of {self.backend}",
         )
@@ -224,7 +233,9 @@ class DriverHostApp:
             self._store.get(self._store.key_of(keys.share_of_index_key(i.key)), ShareRecord)
             for i in indexed
         )
-        return [f for f in found if f is not None and f.value.backend == self.backend], revision
+        return [
+            f for f in found if f is not None and f.value.placement.backend == self.backend
+        ], revision
 
     def _rule_is_mine(self, rule: RuleRecord) -> bool:
         return self._is_mine(_share_of(rule.rule.name, "accessRules"))
@@ -250,7 +261,7 @@ class DriverHostApp:
         _, revision = await _client.get_kv(self._store.client, self._store.root)
         listed = await _bounded(
             self._store.list_all(
-                self._store.prefix_of(share.value.share.name, collection), record_type
+                self._store.prefix_of(share.value.spec.share.name, collection), record_type
             )
             for share in self._shares.items()
         )
@@ -260,7 +271,7 @@ class DriverHostApp:
         self, old: Versioned[ShareRecord] | None, new: Versioned[ShareRecord] | None
     ) -> None:
         if new is not None and _share_waits(new.value):
-            self._changed(new.value.share.name, resync=old is new)
+            self._changed(new.value.spec.share.name, resync=old is new)
 
     def _rule_changed(
         self, old: Versioned[RuleRecord] | None, new: Versioned[RuleRecord] | None
@@ -378,8 +389,8 @@ class DriverHostApp:
         and so do the gateways and share servers that serve its shares on networks."""
         mine = self._shares.items()
         for found in mine:
-            if found.value.share.state == Share.ACTIVE:
-                name = found.value.share.name
+            if lifecycle.share.state(found.value) == Share.ACTIVE:
+                name = found.value.spec.share.name
                 try:
                     # Rules and snapshots from the watches: no read per share.
                     await self._sync.ensure(
@@ -388,7 +399,7 @@ class DriverHostApp:
                 except Exception as error:
                     if retry.transient(error):
                         raise  # the whole re-export waits for etcd (retry.persist)
-                    log.exception("could not re-export %s", found.value.share.name)
+                    log.exception("could not re-export %s", found.value.spec.share.name)
         await self._sync.tell_gateways(mine)
         await self._sync.serve_networks(mine)
 
@@ -401,10 +412,12 @@ class DriverHostApp:
 
         for found in self._shares.items():
             share = found.value
-            if share.gateway_access.fsal == "PROXY_V4" or share.share.uid in refusals:
-                if share.share.uid in refusals:
-                    log.warning("the restarted Ganesha refused the export of %s", share.share.name)
-                self.sync(share.share.name)
+            if share.status.gateway_access.fsal == "PROXY_V4" or share.spec.share.uid in refusals:
+                if share.spec.share.uid in refusals:
+                    log.warning(
+                        "the restarted Ganesha refused the export of %s", share.spec.share.name
+                    )
+                self.sync(share.spec.share.name)
 
     async def resync(self) -> None:
         """The safety net, O(this backend's shares) and no etcd range: every cached
@@ -435,7 +448,7 @@ def _share_of(name: str, collection: str) -> str:
 
 
 def _share_waits(record: ShareRecord) -> bool:
-    return record.share.state in _WAITING or record.delete_requested
+    return lifecycle.share.state(record) in _WAITING
 
 
 def _rule_waits(record: RuleRecord) -> bool:

@@ -32,7 +32,7 @@ def snapshot_spec(share: records_pb2.ShareRecord, record: SnapshotRecord) -> Sna
     return SnapshotSpec(
         snapshot_id=record.snapshot.uid,
         name=record.snapshot.name,
-        share_id=share.share.uid,
+        share_id=share.spec.share.uid,
         size_gib=record.snapshot.size_gib,
         export_id=record.export_id,
     )
@@ -73,7 +73,7 @@ class SnapshotSync:
         """Whether the share's snapshots are exported read-only: its pool offers it, and
         the share is flat (a share on a share network is reached through its network,
         which the backend's own export is not on)."""
-        if share.share.share_network:
+        if share.spec.share.share_network:
             return False
         if spec.pool not in self._mountable:
             stats = await self._driver.stats()
@@ -90,14 +90,15 @@ class SnapshotSync:
         repeat would wipe what clients wrote since); the caller then realizes the share
         (its rules, its record ACTIVE). Returns the record as written."""
         record = found.value
-        snapshot = await self._store.get(self._store.key_of(record.revert_to), SnapshotRecord)
+        name = lifecycle.share.pending_revert(record)
+        snapshot = await self._store.get(self._store.key_of(name), SnapshotRecord)
         if snapshot is None:
-            raise NotFound(f"{record.revert_to} is gone; the share keeps its data")
+            raise NotFound(f"{name} is gone; the share keeps its data")
         await self._driver.revert_to_snapshot(spec, snapshot_spec(record, snapshot.value))
         lifecycle.share.reverted(record)
         txn = self._store.txn().fence(lock).put(found.key, record, found.mod_revision)
         revision = await txn.commit()
-        log.info("reverted %s to %s", record.share.name, snapshot.value.snapshot.name)
+        log.info("reverted %s to %s", record.spec.share.name, snapshot.value.snapshot.name)
         return Versioned(record, revision, found.create_revision, found.key)
 
     # ---- take, export, delete ----------------------------------------------------------
@@ -149,7 +150,7 @@ class SnapshotSync:
         """A share in ERROR: snapshots asked to go are deleted, and none waiting to be
         taken is taken from it; each of those fails, saying why."""
         in_error = FailedPrecondition(
-            f"{share.share.name} is in ERROR: no snapshot is taken of it",
+            f"{share.spec.share.name} is in ERROR: no snapshot is taken of it",
             reason="SHARE_NOT_USABLE",
         )
         for found in snapshots:
@@ -322,7 +323,7 @@ class SnapshotSync:
         share with snapshots only when forced, and marks them deleted with it). A
         refusal (not forced) is raised: the share stays, with the snapshot."""
         for found in snapshots:
-            forced = share.value.force_delete
+            forced = share.value.spec.force_delete
             if refused := await self.delete(
                 share.value, spec, found, lock, failure_of, forced=forced
             ):

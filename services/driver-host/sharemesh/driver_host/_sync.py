@@ -45,9 +45,8 @@ def _settled(
     ACTIVE share's message (why its last grow failed) stays until its next change: a
     sync that merely runs again (a nudge that arrived during the grow) must not wipe it."""
     return (
-        record.share.state == Share.ACTIVE
+        lifecycle.share.state(record) == Share.ACTIVE
         and not record.pending_operations
-        and record.realized_size_gib == record.share.size_gib
         and all(
             (r.value.rule.state == AccessRule.ACTIVE or not lifecycle.access_rule.in_force(r.value))
             and not r.value.pending_operations
@@ -91,7 +90,7 @@ class ShareSync:
         self._on_share_server = strategies.OnShareServer(self._backend, servers)
 
     def _strategy_of(self, record: records_pb2.ShareRecord) -> strategies.Strategy:
-        if not record.share.share_network:
+        if not record.spec.share.share_network:
             return self._flat
         return self._on_share_server or self._behind_gateway
 
@@ -192,7 +191,7 @@ class ShareSync:
         final: bool,
     ) -> int:
         found, (rules, snapshots) = read
-        if found is None or found.value.backend != self.backend:
+        if found is None or found.value.placement.backend != self.backend:
             return 0
         with telemetry.continued(found.value.trace_parent, "sync share"):
             await self._sync_found(found, rules, snapshots, lock, final)
@@ -208,13 +207,14 @@ class ShareSync:
     ) -> None:
         spec = spec_of(found.value)
         failure_of = lambda e: self._unless_final(e, final)  # noqa: E731
-        if found.value.share.state == Share.ERROR and not found.value.delete_requested:
+        state = lifecycle.share.state(found.value)
+        if state == Share.ERROR:
             # Only a delete (or an admin's reset) moves a share out of ERROR; its
             # snapshots still go when asked, and none is taken from it.
             await self._snapshots.settle_on_error(found.value, spec, snapshots, lock, failure_of)
             return
         strategy = self._strategy_of(found.value)
-        if found.value.delete_requested:
+        if state == Share.DELETING:
             try:
                 await self._snapshots.delete_all(found, snapshots, spec, lock, failure_of)
             except ShareMeshError as refused:
@@ -225,7 +225,7 @@ class ShareSync:
         rules_changed = any(r.value.pending_operations or r.value.delete_requested for r in rules)
         try:
             source = await self._source_of(found.value)
-            if found.value.revert_to:
+            if lifecycle.share.pending_revert(found.value):
                 found = await self._snapshots.revert(found, spec, lock)
             with progress_to(self._progress_of(found.value)):
                 found, locations = await strategy.realize(found, spec, rules, lock, source)
@@ -242,13 +242,14 @@ class ShareSync:
             for e in locations
         ]
         snapshots_to_sync = not settled(snapshots) or rules_changed  # else nothing to write
-        if not _settled(record, rules) or served not in ([], list(record.share.export_locations)):
+        recorded = list(record.status.export_locations)
+        if not _settled(record, rules) or served not in ([], recorded):
             txn = self._store.txn().fence(lock)
             if source is not None:
                 await self._release_source(txn, record)
             lifecycle.share.realized(record, served)
             await self._settle_rules(txn, rules)
-            await _records.finish(self._store, txn, found, response=record.share)
+            await _records.finish(self._store, txn, found, response=lifecycle.share.public(record))
             if snapshots_to_sync:
                 await txn.commit()
             else:  # the last write of this sync: the lock goes with it
@@ -278,17 +279,17 @@ class ShareSync:
         """A share made from a snapshot no longer holds it (the api refuses the
         snapshot's delete while a share is being made from it)."""
         found = await self._store.get(
-            self._store.key_of(record.share.source_snapshot), records_pb2.SnapshotRecord
+            self._store.key_of(record.spec.share.source_snapshot), records_pb2.SnapshotRecord
         )
-        if found is not None and record.share.name in found.value.clones:
-            found.value.clones.remove(record.share.name)
+        if found is not None and record.spec.share.name in found.value.clones:
+            found.value.clones.remove(record.spec.share.name)
             txn.put(found.key, found.value, found.mod_revision)
 
     async def _source_of(self, record: records_pb2.ShareRecord) -> SnapshotSpec | None:
         """The snapshot a share not made yet is to be made from, if any."""
-        if record.realized_size_gib or not record.share.source_snapshot:
+        if record.status.realized_size_gib or not record.spec.share.source_snapshot:
             return None
-        name = record.share.source_snapshot
+        name = record.spec.share.source_snapshot
         snapshot = await self._store.get(self._store.key_of(name), records_pb2.SnapshotRecord)
         share = await self._store.get(
             self._store.key_of(name.rsplit("/snapshots/", 1)[0]), records_pb2.ShareRecord
@@ -314,9 +315,9 @@ class ShareSync:
         # links): its tenants' rules apply at its gateway or share server.
         record = found.value
         spec = spec_of(record)
-        if not record.share.share_network:
+        if not record.spec.share.share_network:
             backend_rules = rules_of(rules)
-        elif record.HasField("gateway_access"):
+        elif record.status.HasField("gateway_access"):
             backend_rules = self._behind_gateway.backend_rules(spec)
         else:
             backend_rules = []
@@ -353,26 +354,27 @@ class ShareSync:
         resize that failed leaves the share ACTIVE at its size, and its capacity as it was;
         any other change that failed leaves the share in ERROR with the reason."""
         record = found.value
-        error = errors.for_tenant(error, record.share.name, log)
+        error = errors.for_tenant(error, record.spec.share.name, log)
         txn = self._store.txn().fence(lock)
-        if record.realized_size_gib == 0:
+        if record.status.realized_size_gib == 0:
             try:
                 await self._driver.delete_share(spec)
             except ShareMeshError as undo:  # it keeps its place until it is deleted
-                log.warning("%s could not be undone: %s", record.share.name, undo.message)
+                log.warning("%s could not be undone: %s", record.spec.share.name, undo.message)
             else:
                 await _records.release(self._store, txn, record)
                 # A create that ran out of time for a transient fault fails; any other
                 # failure may fare better on another pool.
-                if len(record.tried_pools) + 1 < self._max_attempts and not isinstance(
+                if len(record.placement.tried_pools) + 1 < self._max_attempts and not isinstance(
                     error, Unavailable
                 ):
                     await self._place_elsewhere(txn, found, error)
                     return
-        if record.realized_size_gib > 0 and record.share.size_gib != record.realized_size_gib:
+        realized = record.status.realized_size_gib
+        if realized > 0 and lifecycle.share.size_of(record) != realized:
             given_back = lifecycle.share.resize_failed(record, error.message)
             await _records.release(self._store, txn, record, given_back)
-        elif record.share.state != Share.ACTIVE or record.pending_operations:
+        elif lifecycle.share.state(record) != Share.ACTIVE or record.pending_operations:
             lifecycle.share.failed(record, error.message)
         # else only rule changes waited: they fail below, and the share keeps serving the
         # rule set in force (a refused export keeps its last accepted version).
@@ -398,6 +400,6 @@ class ShareSync:
         failed_pool = lifecycle.share.retried_elsewhere(record, error.message)
         txn.put(found.key, record, found.mod_revision)
         await txn.commit()
-        log.info("%s failed on %s; asked for another pool", record.share.name, failed_pool)
-        name = record.share.name
+        log.info("%s failed on %s; asked for another pool", record.spec.share.name, failed_pool)
+        name = record.spec.share.name
         self._peers.nudge(f"place {name}", lambda: self._peers.place_share(name))

@@ -22,7 +22,7 @@ from google.protobuf import empty_pb2
 
 from sharemesh import network
 from sharemesh.ganesha import CephFsal, Fsal, GlusterFsal
-from sharemesh.runtime import controllers, operations
+from sharemesh.runtime import controllers, lifecycle, operations
 from sharemesh.runtime.coordination import Store, Versioned, keys
 from sharemesh.runtime.errors import Aborted, ShareMeshError
 from sharemesh.state.v1 import records_pb2
@@ -164,26 +164,30 @@ class Networks:
         retained: list[str] = []
         for found in await self._shares_of(name):
             share = found.value
-            if share.share.share_network != name or not share.HasField("gateway_access"):
+            state = lifecycle.share.state(share)
+            if share.spec.share.share_network != name or not share.status.HasField(
+                "gateway_access"
+            ):
                 continue
-            access = share.gateway_access
-            if share.host != self.host and not network.offered_across_hosts(access):
+            access = share.status.gateway_access
+            if share.status.host != self.host and not network.offered_across_hosts(access):
                 continue  # on another host, which alone can reach it
             if (
-                share.delete_requested
-                or (share.share.state == Share.ERROR and not share.realized_size_gib)
+                state == Share.DELETING
+                or (state == Share.ERROR and not share.status.realized_size_gib)
                 # Not mounted (yet, or any more): an export would serve the empty
                 # directory beneath, and tenants' writes would land on the host.
                 or (access.fsal == "VFS" and not os.path.ismount(access.path))
             ):
-                retained.append(share.share.uid)
+                retained.append(share.spec.share.uid)
                 continue
             rules, _ = await self._store.list_all(
-                self._store.prefix_of(share.share.name, "accessRules"), records_pb2.AccessRuleRecord
+                self._store.prefix_of(share.spec.share.name, "accessRules"),
+                records_pb2.AccessRuleRecord,
             )
             served.append(
                 network.Served(
-                    share.share.uid,
+                    share.spec.share.uid,
                     access.path,
                     network.tenant_rules(r.value for r in rules),
                     proxy_port=access.nfs_port if access.fsal == "PROXY_V4" else 0,

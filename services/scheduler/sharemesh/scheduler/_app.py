@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from sharemesh.runtime import controllers, migrations, operations, retry
+from sharemesh.runtime import controllers, lifecycle, migrations, operations, retry
 from sharemesh.runtime.coordination import Election, Leadership, Versioned, keys
 from sharemesh.runtime.errors import Unavailable
 from sharemesh.runtime.peers import Peers
@@ -37,9 +37,7 @@ _WORKERS = 32
 
 def _unplaced(record: ShareRecord) -> bool:
     return (
-        record.share.state == share_pb2.Share.CREATING
-        and not record.backend
-        and not record.delete_requested
+        lifecycle.share.state(record) == share_pb2.Share.CREATING and not record.placement.backend
     )
 
 
@@ -141,7 +139,7 @@ class SchedulerApp:
         self, old: Versioned[ShareRecord] | None, new: Versioned[ShareRecord] | None
     ) -> None:
         if new is not None:
-            self.queue.add(new.value.share.name)
+            self.queue.add(new.value.spec.share.name)
 
     async def expire_operations(
         self, leadership: Leadership, finished: controllers.Informer[OperationRecord]

@@ -111,12 +111,12 @@ class Placer:
             return await self._place_found(found)
 
     async def _place_found(self, found: Versioned[records_pb2.ShareRecord]) -> str | None:
-        name, record = found.value.share.name, found.value
-        if record.backend:  # placed already (a nudge and the watch both asked): its
+        name, record = found.value.spec.share.name, found.value
+        if record.placement.backend:  # placed already (a nudge and the watch both asked): its
             return None  # backend was nudged then, and its own watch has the record
-        if record.share.state != Share.CREATING or record.delete_requested:
+        if lifecycle.share.state(record) != Share.CREATING:
             return None
-        size = record.share.size_gib
+        size = record.spec.share.size_gib
         txn = self._store.txn().fence(self._leadership)
         # Placements are one at a time: what they read, they read at once.
         over, (registered, allocations), request = await asyncio.gather(
@@ -126,10 +126,10 @@ class Placer:
             await self._fail(found, over)
             return None
         candidates = registered
-        if record.share.source_snapshot:
+        if record.spec.share.source_snapshot:
             # A share made from a snapshot is a copy the source's backend makes in place:
             # only the source share's pool can hold it.
-            source = await self._source_pool(record.share.source_snapshot)
+            source = await self._source_pool(record.spec.share.source_snapshot)
             candidates = [c for c in registered if c.pool == source]
         try:
             chosen = self._placement.choose(candidates, request)
@@ -153,7 +153,9 @@ class Placer:
         txn.put(found.key, record, found.mod_revision)
         # In the same transaction: the backend finds its shares through this key.
         backend = chosen.backend.split("/")[-1]
-        index = keys.backend_index_key(self._store.root, backend, name, record.share.share_network)
+        index = keys.backend_index_key(
+            self._store.root, backend, name, record.spec.share.share_network
+        )
         txn.put(index, empty_pb2.Empty())
         await txn.commit()
         log.info("placed %s on %s", name, chosen.pool)
@@ -175,7 +177,7 @@ class Placer:
     async def _source_pool(self, snapshot: str) -> str:
         share = snapshot.rsplit("/snapshots/", 1)[0]
         found = await self._store.get(self._store.key_of(share), records_pb2.ShareRecord)
-        return found.value.pool if found is not None else ""
+        return found.value.placement.pool if found is not None else ""
 
     async def _take_export_id(self, txn: Txn, backend: str) -> int:
         """Export ids are unique per backend Ganesha; they are taken at placement."""
@@ -204,18 +206,18 @@ class Placer:
     async def _request(self, record: records_pb2.ShareRecord) -> Request:
         specs: dict[str, str] = {}
         found = await self._store.get(
-            self._store.key_of(record.share.share_type), share_type_pb2.ShareType
+            self._store.key_of(record.spec.share.share_type), share_type_pb2.ShareType
         )
         if found is not None:
             specs = dict(found.value.extra_specs)
-        if not record.share.share_network:
+        if not record.spec.share.share_network:
             # A backend that handles share servers serves shares on share networks only.
             specs.setdefault("driver_handles_share_servers", "<is> False")
         return Request(
-            record.share.size_gib,
+            record.spec.share.size_gib,
             specs,
-            record.share.availability_zone,
-            frozenset(record.tried_pools),
+            record.spec.share.availability_zone,
+            frozenset(record.placement.tried_pools),
         )
 
     async def _no_valid_pool(
@@ -234,7 +236,7 @@ class Placer:
         registered = {candidate.backend for candidate in candidates}
         known = {pool.rsplit("/pools/", 1)[0] for pool in allocations} | self._expected_backends
         if candidates and known <= registered:
-            size = record.share.size_gib
+            size = record.spec.share.size_gib
             await self._fail(
                 found,
                 ResourceExhausted(f"no pool can hold {size} GiB: {reason}", reason="NO_VALID_POOL"),
@@ -242,7 +244,7 @@ class Placer:
             return
         since = await retry.waiting_since(self._store, record.pending_operations)
         if since is None:
-            since = record.share.create_time.ToMicroseconds() / 1e6
+            since = record.spec.share.create_time.ToMicroseconds() / 1e6
         if not retry.past_deadline(since, self._retry_deadline):
             raise _BackendsMissing(f"no registered pool takes it ({reason}); a backend is down")
         await self._fail(
@@ -256,8 +258,8 @@ class Placer:
 
     async def _fail(self, found: Versioned[records_pb2.ShareRecord], error: ShareMeshError) -> None:
         record = found.value
-        error = errors.for_tenant(error, record.share.name, log)
-        lifecycle.share.failed(record, error.message)
+        error = errors.for_tenant(error, record.spec.share.name, log)
+        lifecycle.share.placement_failed(record, error.message)
         pending = list(record.pending_operations)
         del record.pending_operations[:]
         txn = self._store.txn().fence(self._leadership).put(found.key, record, found.mod_revision)

@@ -24,7 +24,7 @@ from sharemesh.runtime.errors import (
     NotFound,
 )
 
-from . import _client, _keys
+from . import _client, _keys, _layouts
 from ._client import Compacted, Compare, FutureRevision
 
 M = TypeVar("M", bound=Message)
@@ -73,10 +73,11 @@ def _as_fence(fence: object) -> Compare:
 # by full proto name; a versioned type not named here is at 1. A type goes up only
 # with the migration that brings its older records to it (sharemesh.runtime.migrations).
 SCHEMA_VERSIONS: dict[str, int] = {
-    "sharemesh.state.v1.ShareRecord": 2,
+    "sharemesh.state.v1.ShareRecord": 4,
     "sharemesh.state.v1.ProjectUsage": 3,
 }
 SCHEMA_FIELD = "schema_version"
+_NEWEST = max(SCHEMA_VERSIONS.values())
 
 
 def schema_version(msg_type: type[Message]) -> int | None:
@@ -91,7 +92,8 @@ def schema_version(msg_type: type[Message]) -> int | None:
 def decode(key: bytes | str, data: bytes, msg_type: type[M]) -> M:
     """A record as stored, its schema version checked: one newer than this code knows is
     refused (never parsed into what it is not, so never written back); one without a
-    version (written before versions) reads as 1."""
+    version (written before versions) reads as 1; one of an older layout reads in
+    today's (`_layouts`)."""
     message = msg_type()
     try:
         message.ParseFromString(data)
@@ -109,6 +111,8 @@ def decode(key: bytes | str, data: bytes, msg_type: type[M]) -> M:
                 metadata={"key": raw},
             )
         setattr(message, SCHEMA_FIELD, version)
+        if version < _NEWEST:
+            return _layouts.upgrade_on_read(message, data)  # type: ignore[return-value]
     return message
 
 

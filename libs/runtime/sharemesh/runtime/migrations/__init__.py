@@ -10,7 +10,7 @@ from __future__ import annotations
 from sharemesh.runtime.coordination import Store
 from sharemesh.state.v1 import records_pb2
 
-from . import _v2_index, _v3_share_counts
+from . import _v2_index, _v3_share_counts, _v4_spec_status
 from ._runner import Step, mesh_version, schema_key, wait_for
 from ._runner import run as _run
 
@@ -20,7 +20,7 @@ STEPS: tuple[Step, ...] = (
         "index keys for the shares placed before the per-backend index",
         "shares/",
         records_pb2.ShareRecord,
-        _v2_index.index_placed_shares,  # type: ignore[arg-type]
+        _v2_index.index_placed_shares,
     ),
     Step(
         _v3_share_counts.VERSION,
@@ -28,6 +28,13 @@ STEPS: tuple[Step, ...] = (
         _v3_share_counts.PREFIX,
         records_pb2.ProjectUsage,
         _v3_share_counts.count_shares,
+    ),
+    Step(
+        _v4_spec_status.VERSION,
+        "share records keep what is asked (spec) and what is true (status) apart",
+        "shares/",
+        records_pb2.ShareRecord,
+        _v4_spec_status.split_share_records,
     ),
 )
 # The schema this code writes and needs.

@@ -21,13 +21,13 @@ VERSION = 2
 
 def index_keys(root: str, record: records_pb2.ShareRecord) -> list[str]:
     """The index keys a share needs, as placement and its driver-host write them."""
-    if not record.backend:
+    if not record.placement.backend:
         return []  # not placed: the scheduler writes them when it places it
-    share = record.share
-    backend = record.backend.split("/")[-1]
+    share, host = record.spec.share, record.status.host
+    backend = record.placement.backend.split("/")[-1]
     found = [keys.backend_index_key(root, backend, share.name, share.share_network)]
-    if record.host and share.share_network:
-        found.append(keys.host_index_key(root, record.host, share.share_network, share.name))
+    if host and share.share_network:
+        found.append(keys.host_index_key(root, host, share.share_network, share.name))
     return found
 
 
@@ -44,12 +44,11 @@ async def index_placed_shares(store: Store, txn: Txn, page: Sequence[Versioned[M
     """Writes the missing index keys of the page's placed shares and brings each share
     to schema 2, each compared with its revision as read. Idempotent: a share whose
     keys are there and that is at schema 2 is left alone."""
-    shares = [found for found in page if isinstance(found.value, records_pb2.ShareRecord)]
-    needed = {found.key: index_keys(store.root, found.value) for found in shares}
+    shares = [(f, f.value) for f in page if isinstance(f.value, records_pb2.ShareRecord)]
+    needed = {found.key: index_keys(store.root, record) for found, record in shares}
     present = await _present(store, [key for wanted in needed.values() for key in wanted])
     changed = 0
-    for found in shares:
-        record = found.value
+    for found, record in shares:
         missing = [key for key in needed[found.key] if key not in present]
         if not missing and record.schema_version >= VERSION:
             continue

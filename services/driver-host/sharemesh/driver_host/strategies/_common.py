@@ -56,12 +56,12 @@ class Strategy(Protocol):
 
 def spec_of(record: records_pb2.ShareRecord) -> ShareSpec:
     return ShareSpec(
-        share_id=record.share.uid,
-        name=record.share.name,
-        size_gib=record.share.size_gib,
-        pool=record.pool.rsplit("/", 1)[-1],
+        share_id=record.spec.share.uid,
+        name=record.spec.share.name,
+        size_gib=lifecycle.share.size_of(record),
+        pool=record.placement.pool.rsplit("/", 1)[-1],
         export_id=record.export_id,
-        thick=record.thick_provisioned,
+        thick=record.placement.thick_provisioned,
     )
 
 
@@ -69,11 +69,12 @@ def rules_of(rules: Rules) -> list[AccessRuleSpec]:
     """The rule set to apply: every rule but those being deleted or failed."""
     return [
         AccessRuleSpec(
-            r.value.rule.access_to, AccessRule.AccessLevel.Name(r.value.rule.access_level)
+            r.value.rule.access_to,
+            AccessRule.AccessLevel.Name(r.value.rule.access_level),  # type: ignore[arg-type]
         )
         for r in rules
         if lifecycle.access_rule.in_force(r.value)
-    ]  # type: ignore[arg-type]
+    ]
 
 
 async def create_or_resize(
@@ -84,12 +85,12 @@ async def create_or_resize(
 ) -> list[ExportLocation]:
     """Makes the share on the backend (a copy of `source`, if given), or grows or shrinks
     it to its recorded size; returns the backend's export locations when it made it."""
-    if record.realized_size_gib == 0:
+    if record.status.realized_size_gib == 0:
         if source is not None:
             return await driver.create_share_from_snapshot(spec, source)
         return await driver.create_share(spec)
-    if record.share.size_gib != record.realized_size_gib:
-        await driver.resize_share(spec, record.share.size_gib)
+    if spec.size_gib != record.status.realized_size_gib:
+        await driver.resize_share(spec, spec.size_gib)
         lifecycle.share.resized(record)  # for real: a later failure must not undo it
     return []
 

@@ -24,7 +24,7 @@ async def finish(
     record = found.value
     pending = list(record.pending_operations)
     del record.pending_operations[:]
-    record.share.update_time.CopyFrom(operations.now())
+    record.status.update_time.CopyFrom(operations.now())
     txn.put(found.key, record, found.mod_revision)
     await operations.finish_pending(store, txn, pending, response=response, error=error)
 
@@ -39,7 +39,7 @@ async def release(
     if not gib:
         return
     await quota.adjust(store, txn, record.project, -gib, -1 if gib == record.allocated_gib else 0)
-    allocation = await ledger.read_pool(store, record.pool)
+    allocation = await ledger.read_pool(store, record.placement.pool)
     if allocation.found is not None:
         allocation.add(txn, -gib)
     record.allocated_gib -= gib
@@ -52,17 +52,17 @@ def release_export_id(backend: Backend, txn: Txn, record: records_pb2.ShareRecor
 
 def host_index_key(store: Store, record: records_pb2.ShareRecord) -> str:
     return keys.host_index_key(
-        store.root, record.host, record.share.share_network, record.share.name
+        store.root, record.status.host, record.spec.share.share_network, record.spec.share.name
     )
 
 
 def unindex(backend: Backend, txn: Txn, record: records_pb2.ShareRecord) -> None:
     """The share leaves this backend (and its host's gateway): so do its index keys."""
-    share = record.share
+    share = record.spec.share
     txn.delete(
         keys.backend_index_key(
             backend.store.root, backend.short_name, share.name, share.share_network
         )
     )
-    if record.host and record.share.share_network:
+    if record.status.host and record.spec.share.share_network:
         txn.delete(host_index_key(backend.store, record))

@@ -43,23 +43,25 @@ class Deletion:
             await self._backend.driver.delete_share(spec)
         except ShareMeshError as failure:
             error = failure_of(failure)
-            if not record.force_delete:
+            if not record.spec.force_delete:
                 await self.refuse(found, error, lock)
                 return
             log.warning(
                 "force-deleting %s although the backend failed: %s",
-                record.share.name,
+                record.spec.share.name,
                 error.message,
             )
             export_gone = False
         await self._forget(found, rules, lock, export_gone)
-        log.info("deleted %s", record.share.name)
+        log.info("deleted %s", record.spec.share.name)
         try:
             # Once the record is gone, the share's server on its network puts its export
             # id into quarantine (while it was being deleted, the id stayed its own).
             await strategy.serve_network(record, gone=True)
         except ShareMeshError as error:  # the next sync of the network does it then
-            log.info("network %s not synced after a delete: %s", record.share.share_network, error)
+            log.info(
+                "network %s not synced after a delete: %s", record.spec.share.share_network, error
+            )
 
     async def _forget(
         self,
@@ -98,7 +100,7 @@ class Deletion:
 
         counters = (
             keys.usage_key(store.root, record.project),
-            keys.pool_allocation_key(store.root, record.pool),
+            keys.pool_allocation_key(store.root, record.placement.pool),
         )
         # The share's last write: the lock goes with it.
         await ledger.commit_counted(store, counters, build, count, lock.commit_releasing)
@@ -109,7 +111,7 @@ class Deletion:
         """The share stays, in ERROR with the reason, to be deleted again (with `force`
         to drop the record whatever the backend says)."""
         record = found.value
-        error = errors.for_tenant(error, f"delete of {record.share.name}", log)
+        error = errors.for_tenant(error, f"delete of {record.spec.share.name}", log)
         lifecycle.share.delete_refused(record, error.message)
         txn = self._backend.store.txn().fence(lock)
         await _records.finish(self._backend.store, txn, found, error=error)

@@ -22,7 +22,7 @@ class Flat:
         source: SnapshotSpec | None = None,
     ) -> tuple[Versioned[records_pb2.ShareRecord], list[ExportLocation]]:
         desired = rules_of(rules)
-        created = found.value.realized_size_gib == 0
+        created = found.value.status.realized_size_gib == 0
         locations = await create_or_resize(self._driver, found.value, spec, source)
         if not created or desired:  # a new export already admits nobody
             await self._driver.update_access(spec, desired)

@@ -37,7 +37,7 @@ class BehindGateway:
         """Done when the gateway has confirmed the export. How the gateway reaches the
         share is recorded (under `lock`) before it is asked, as it reads it from etcd."""
         store, driver, record = self._backend.store, self._backend.driver, found.value
-        created = record.realized_size_gib == 0
+        created = record.status.realized_size_gib == 0
         await create_or_resize(driver, record, spec, source)
         await export_on_backend(driver, spec, created, self.backend_rules(spec))
         # Asked again now that the backend has the share: where a native FSAL finds it
@@ -49,25 +49,25 @@ class BehindGateway:
             **{f.name: getattr(access, f.name) for f in dataclasses.fields(access)}
         )
         host = self._backend.host
-        if record.gateway_access != wanted or record.host != host:
+        if record.status.gateway_access != wanted or record.status.host != host:
             txn = store.txn().fence(lock)
-            if record.host and record.host != host:
+            if record.status.host and record.status.host != host:
                 txn.delete(_records.host_index_key(store, record))
-            record.gateway_access.CopyFrom(wanted)
-            record.host = host
+            record.status.gateway_access.CopyFrom(wanted)
+            record.status.host = host
             txn.put(_records.host_index_key(store, record), empty_pb2.Empty())
             txn.put(found.key, record, found.mod_revision)
             found = Versioned(record, await txn.commit(), found.create_revision, found.key)
         await self._sync_gateway(record)
         gateway = await store.get(
             keys.network_server_key(
-                store.root, "gateways", record.host, record.share.share_network
+                store.root, "gateways", record.status.host, record.spec.share.share_network
             ),
             records_pb2.NetworkServerRecord,
         )
         if gateway is None:
-            raise Unavailable(f"the gateway of {record.share.share_network} is not up")
-        return found, [ExportLocation(*network.location(gateway.value, record.share.uid))]
+            raise Unavailable(f"the gateway of {record.spec.share.share_network} is not up")
+        return found, [ExportLocation(*network.location(gateway.value, record.spec.share.uid))]
 
     def backend_rules(self, spec: ShareSpec) -> list[AccessRuleSpec]:
         """Who the backend itself exports the share to: the gateways' storage links when
@@ -78,7 +78,7 @@ class BehindGateway:
         return [AccessRuleSpec(str(network.STORAGE_RANGE), "READ_WRITE")]
 
     async def serve_network(self, record: records_pb2.ShareRecord, *, gone: bool = False) -> None:
-        if record.HasField("gateway_access"):  # else no gateway was ever told of it
+        if record.status.HasField("gateway_access"):  # else no gateway was ever told of it
             await self._sync_gateway(record)
 
     async def tell(self, shares: list[Versioned[records_pb2.ShareRecord]]) -> None:
@@ -87,27 +87,29 @@ class BehindGateway:
         told = set()
         for found in shares:
             record = found.value
-            network_of = (record.host, record.share.share_network)
-            if not record.HasField("gateway_access") or network_of in told:
+            network_of = (record.status.host, record.spec.share.share_network)
+            if not record.status.HasField("gateway_access") or network_of in told:
                 continue
             told.add(network_of)
             try:
                 await self._sync_gateway(record)
             except ShareMeshError as error:  # its own reconcile catches up
-                log.info("gateway of %s not told: %s", record.share.share_network, error.message)
+                log.info(
+                    "gateway of %s not told: %s", record.spec.share.share_network, error.message
+                )
 
     async def _sync_gateway(self, record: records_pb2.ShareRecord) -> None:
         """The gateway of the share's host, then those of the other hosts the network
         has guests on, which serve it too when it is offered across the network. A host
         whose gateway is down is passed over: it rebuilds from etcd before it registers."""
-        store, share_network = self._backend.store, record.share.share_network
-        await self._backend.peers.sync_share_network(record.host, share_network)
-        if not network.offered_across_hosts(record.gateway_access):
+        store, share_network = self._backend.store, record.spec.share.share_network
+        await self._backend.peers.sync_share_network(record.status.host, share_network)
+        if not network.offered_across_hosts(record.status.gateway_access):
             return  # reachable from its own host only
         attachments, _ = await store.list_all(
             store.prefix_of(share_network, "attachments"), records_pb2.AttachmentRecord
         )
-        others = {a.value.host for a in attachments} - {record.host}
+        others = {a.value.host for a in attachments} - {record.status.host}
         await asyncio.gather(*(self._sync_if_up(host, share_network) for host in sorted(others)))
 
     async def _sync_if_up(self, host: str, share_network: str) -> None:

@@ -10,7 +10,7 @@ import logging
 from google.protobuf import empty_pb2
 
 from sharemesh import network
-from sharemesh.runtime import controllers
+from sharemesh.runtime import controllers, lifecycle
 from sharemesh.runtime.coordination import Mutex, Versioned, keys
 from sharemesh.runtime.errors import ShareMeshError
 from sharemesh.state.v1 import records_pb2
@@ -39,21 +39,23 @@ class OnShareServer:
         source: SnapshotSpec | None = None,
     ) -> tuple[Versioned[records_pb2.ShareRecord], list[ExportLocation]]:
         record = found.value
-        created = record.realized_size_gib == 0
+        created = record.status.realized_size_gib == 0
         await create_or_resize(self._backend.driver, record, spec, source)
         await export_on_backend(self._backend.driver, spec, created, [])
-        server = await self._serve(record.share.share_network, record, making=True)
+        server = await self._serve(record.spec.share.share_network, record, making=True)
         assert server is not None
-        return found, [ExportLocation(*network.location(server, record.share.uid))]
+        return found, [ExportLocation(*network.location(server, record.spec.share.uid))]
 
     async def serve_network(self, record: records_pb2.ShareRecord, *, gone: bool = False) -> None:
-        await self._serve(record.share.share_network, None if gone else record)
+        await self._serve(record.spec.share.share_network, None if gone else record)
 
     async def serve_all(self, shares: list[Versioned[records_pb2.ShareRecord]]) -> None:
         """Every share server of this backend made true: after a restart (a server the
         mesh stopped is rebuilt, one that died unseen is restarted and supervised), and
         on each reconcile (a server no share needs any more goes)."""
-        networks = {s.value.share.share_network for s in shares if s.value.share.share_network}
+        networks = {
+            s.value.spec.share.share_network for s in shares if s.value.spec.share.share_network
+        }
         networks |= {server.share_network for server in await self._servers.owned()}
         for share_network in sorted(networks):
             try:
@@ -90,10 +92,10 @@ class OnShareServer:
         )
         for index in indexed:
             name = keys.share_of_index_key(index.key)
-            if including is not None and name == including.share.name:
+            if including is not None and name == including.spec.share.name:
                 continue
             found = await store.get(store.key_of(name), records_pb2.ShareRecord)
-            if found is not None and found.value.backend == backend.name:
+            if found is not None and found.value.placement.backend == backend.name:
                 shares.append(found.value)
         return shares
 
@@ -107,19 +109,24 @@ class OnShareServer:
         for share in await self._shares_on(share_network, current):
             if making and share is current:
                 pass
-            elif share.delete_requested or not (
+            elif lifecycle.share.state(share) == Share.DELETING or not (
                 # Realized, or being made by another sync that got here first (not one
                 # whose create failed: its filesystem is gone).
-                share.realized_size_gib
-                or (share.share.uid in exported and share.share.state == Share.CREATING)
+                share.status.realized_size_gib
+                or (
+                    share.spec.share.uid in exported
+                    and lifecycle.share.state(share) == Share.CREATING
+                )
             ):
-                retained.append(share.share.uid)  # not served now; its id stays its own
+                retained.append(share.spec.share.uid)  # not served now; its id stays its own
                 continue
             rules, _ = await store.list_all(
-                store.prefix_of(share.share.name, "accessRules"), records_pb2.AccessRuleRecord
+                store.prefix_of(share.spec.share.name, "accessRules"), records_pb2.AccessRuleRecord
             )
             path = self._backend.driver.gateway_access(spec_of(share)).path
             served.append(
-                network.Served(share.share.uid, path, network.tenant_rules(r.value for r in rules))
+                network.Served(
+                    share.spec.share.uid, path, network.tenant_rules(r.value for r in rules)
+                )
             )
         return await self._servers.serve(share_network, served, retained)
