@@ -174,6 +174,33 @@ async def test_provisioned_follows_creates_grows_and_deletes(
     assert await provisioned() == before
 
 
+async def test_concurrent_creates_never_provision_beyond_the_pool(
+    backend: Backend, share: ShareSpec
+) -> None:
+    """Creates check against each other while their images are made (no lock is held
+    over mkfs): of concurrent creates beyond the pool's room, exactly those that fit are
+    made, and the others refused."""
+    (pool,) = (await backend.driver.stats()).pools
+    room = int(backend.config.capacity_gib - pool.provisioned_gib)
+    specs = [
+        replace(share, share_id=f"{share.share_id}-c{i}", export_id=share.export_id + 600 + i)
+        for i in range(room + 3)
+    ]
+    results = await asyncio.gather(
+        *(backend.driver.create_share(spec) for spec in specs), return_exceptions=True
+    )
+    try:
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert len(refused) == 3, results
+        assert all(isinstance(r, ResourceExhausted) for r in refused), refused
+        (pool,) = (await backend.driver.stats()).pools
+        assert pool.provisioned_gib == backend.config.capacity_gib
+    finally:
+        await asyncio.gather(*(backend.driver.delete_share(spec) for spec in specs))
+    (pool,) = (await backend.driver.stats()).pools
+    assert pool.provisioned_gib == backend.config.capacity_gib - room
+
+
 async def test_write_v3_read_v4_and_nospc(
     backend: Backend, share: ShareSpec, tmp_path: Path, payload: Path
 ) -> None:

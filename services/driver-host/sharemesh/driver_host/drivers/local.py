@@ -8,11 +8,12 @@ a reflink copy of a frozen share's image (`_reflink`): instant, and sharing ever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,8 @@ class LocalDriver(ServedDriver):
         self._clients: dict[str, tuple[ClientRule, ...]] = {}
         self._sizes: dict[str, int] | None = None
         """Each share's image size, kept as images are made, grown and deleted: a look
-        at what is provisioned is not a stat of every image (per create)."""
+        at what is provisioned is not a stat of every image (per create). An image being
+        made or grown counts at the size it was admitted at (`_provisioning`)."""
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -140,6 +142,23 @@ class LocalDriver(ServedDriver):
         except FileNotFoundError:
             self._sizes.pop(share_id, None)
 
+    @contextlib.contextmanager
+    def _provisioning(self, share_id: str, size: int, what: str) -> Iterator[None]:
+        """Admits the share's image at `size` bytes, refusing more than the pool may
+        provision (`what` names it), and counts it at that size at once, in the same
+        step: creates and grows check against each other while their images are made,
+        with no lock held over mkfs. After, it counts as what the image is."""
+        provisioned = self._provisioned_bytes()
+        assert self._sizes is not None  # counted by the look above
+        held = self._sizes.get(share_id, 0)
+        if size > held:
+            self._check_room(self._limit_bytes(), provisioned - held, size, what)
+            self._sizes[share_id] = size
+        try:
+            yield
+        finally:
+            self._sized(share_id)
+
     def capabilities(self) -> Capabilities:
         # Sparse images are thin; XFS cannot shrink; snapshots need a reflink pool.
         reflink = self.pool.reflink
@@ -193,23 +212,17 @@ class LocalDriver(ServedDriver):
         """Mounts the share's image (through its loop device); returns the device."""
         return await _loopfs.mount(self._image(share_id), self._mountpoint(share_id), fresh)
 
-    def _admit(self, share: ShareSpec) -> None:
-        """Refuses a new share the pool may not provision (under `self._capacity`)."""
-        self._check_room(
-            self._limit_bytes(),
-            self._provisioned_bytes(),
-            share.size_gib * GIB,
-            f"{share.size_gib} GiB more",
-        )
+    def _new_share(self, share: ShareSpec) -> contextlib.AbstractContextManager[None]:
+        """Admits a new share's image while it is made (`_provisioning`)."""
+        size = share.size_gib * GIB
+        return self._provisioning(share.share_id, size, f"{share.size_gib} GiB more")
 
     async def _make(self, share: ShareSpec) -> None:
         image = self._image(share)
         fresh = False
         if not image.exists():
-            async with self._capacity:
-                self._admit(share)
+            with self._new_share(share):
                 fresh = await _loopfs.create_image(image, share.size_gib * GIB, reserve=share.thick)
-                self._sized(share.share_id)
         await self._mount(share.share_id, fresh)
 
     async def _remove(self, share: ShareSpec) -> None:
@@ -237,16 +250,8 @@ class LocalDriver(ServedDriver):
                     "shrink_support",
                     f"cannot shrink share {share.name} from {current // GIB} to {new_size_gib} GiB",
                 )
-            async with self._capacity:
-                if new > current:
-                    self._check_room(
-                        self._limit_bytes(),
-                        self._provisioned_bytes() - current,
-                        new,
-                        f"{share.name} at {new_size_gib} GiB",
-                    )
+            with self._provisioning(share.share_id, new, f"{share.name} at {new_size_gib} GiB"):
                 await _loopfs.grow_image(image, new, reserve=share.thick)
-                self._sized(share.share_id)
             # Every step always, so a repeat after a crash between them completes the grow.
             await _loopfs.refresh_size(await self._mount(share.share_id))
             await _loopfs.grow_filesystem(self._mountpoint(share))
@@ -362,13 +367,11 @@ class LocalDriver(ServedDriver):
                         "size_gib",
                         f"must be at least the snapshot's {_loopfs.image_size(source) // GIB} GiB",
                     )
-                async with self._capacity:
-                    self._admit(share)
+                with self._new_share(share):
                     tmp = _loopfs.temporary(image)
                     await _reflink.copy_image(source, tmp, self.work)
                     await _loopfs.grow_image(tmp, share.size_gib * GIB, reserve=share.thick)
                     os.replace(tmp, image)
-                    self._sized(share.share_id)
             await self._mount(share.share_id, fresh)
             # Always: a repeat after a crash before it still grows the filesystem.
             await _loopfs.grow_filesystem(self._mountpoint(share))
