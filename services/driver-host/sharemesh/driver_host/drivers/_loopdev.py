@@ -75,7 +75,8 @@ def attach(path: str, readonly: bool) -> str:
                         return device
                     except OSError as error:
                         if error.errno != errno.EBUSY:
-                            raise OSError(error.errno, f"{device}: {error.strerror}") from None
+                            why = f"{device}: LOOP_CONFIGURE (Linux 5.8): {error.strerror}"
+                            raise OSError(error.errno, why) from None
                     finally:
                         os.close(fd)
                 time.sleep(_RETRY_SECONDS)
