@@ -17,7 +17,7 @@ from share_records import share_in
 
 from sharemesh.runtime import migrations, quota
 from sharemesh.runtime.config import QuotaConfig
-from sharemesh.runtime.coordination import Election, Session, Store, keys
+from sharemesh.runtime.coordination import Election, Session, Store, Versioned, keys
 from sharemesh.runtime.coordination import _client as etcd
 from sharemesh.runtime.coordination._store import schema_version
 from sharemesh.runtime.errors import FailedPrecondition, FencedOut
@@ -44,6 +44,10 @@ def v1_share(name: str, backend: str = "", network: str = "", host: str = "") ->
         pool=f"backends/{backend}/pools/default" if backend else "",
         host=host,
     )
+
+
+def by_name_labels(found: list[Versioned[ShareRecord]]) -> dict[str, dict[str, str]]:
+    return {s.value.spec.share.name: dict(s.value.spec.share.labels) for s in found}
 
 
 async def put_raw(store: Store, key: str, record: Message) -> None:
@@ -73,22 +77,31 @@ async def test_the_store_stamps_versions_and_refuses_newer_records(etcd_client, 
     stored_rule = (await stored(store, rule))[0]
     assert records_pb2.AccessRuleRecord.FromString(stored_rule).schema_version == 1
 
-    # An old record reads as version 1 and keeps it when rewritten: only a migration
-    # raises it, so "version 2" always means "has what version 2 needs".
+    # An old record reads as version 1, in today's layout whatever its own (see
+    # test_share_layout_migration)...
     old = store.key_of("projects/p/shares/old")
     await put_raw(store, old, v1_share("projects/p/shares/old", "local"))
     found = await store.get(old, ShareRecord)
     assert found is not None and found.value.schema_version == 1
-    # ...in today's layout, whatever its own (see test_share_layout_migration).
     assert public(found.value).state == share_pb2.Share.ACTIVE
     assert found.value.placement.pool == "backends/local/pools/default"
     found.value.spec.share.labels["by"] = "today's api"
     await store.update(old, found.value, found.mod_revision)
     found = await store.get(old, ShareRecord)
     assert found is not None and found.value.spec.share.labels["by"] == "today's api"
-    assert public(found.value).state == share_pb2.Share.ACTIVE
-    await store.update(old, found.value, found.mod_revision)
-    assert ShareRecord.FromString((await stored(store, old))[0]).schema_version == 1
+    # ...and is written back at the version of that layout, 4: an older process refuses
+    # it rather than read it in the layout it knows. (What versions 2 and 3 would have
+    # added, the migration adds whatever the version: see the next test.)
+    assert ShareRecord.FromString((await stored(store, old))[0]).schema_version == 4
+    rule = store.key_of("projects/p/shares/old/accessRules/r")
+    await put_raw(store, rule, records_pb2.AccessRuleRecord())
+    found_rule = await store.get(rule, records_pb2.AccessRuleRecord)
+    assert found_rule is not None
+    await store.update(rule, found_rule.value, found_rule.mod_revision)
+    stored_rule = (await stored(store, rule))[0]
+    assert records_pb2.AccessRuleRecord.FromString(stored_rule).schema_version == 1, (
+        "a record keeps its version when rewritten: only a migration raises it"
+    )
 
     # A record from a newer sharemesh: refused on every read path, never rewritten.
     newer = store.key_of("projects/p/shares/newer")
@@ -119,6 +132,13 @@ async def test_v1_shares_get_their_index_keys_once_fenced_and_in_pages(etcd_clie
     indexed = "projects/p2/shares/indexed"
     await put_raw(store, store.key_of(indexed), v1_share(indexed, "local"))
     await store.put(keys.backend_index_key(etcd_root, "local", indexed), empty_pb2.Empty())
+    # Changed by today's api before the migration ran: written at 4, without its keys.
+    relabelled = "projects/p2/shares/relabelled"
+    await put_raw(store, store.key_of(relabelled), v1_share(relabelled, "local"))
+    found = await store.get(store.key_of(relabelled), ShareRecord)
+    assert found is not None
+    found.value.spec.share.labels["by"] = "today's api"
+    await store.update(found.key, found.value, found.mod_revision)
 
     async with Session(etcd_client, TTL) as session:
         leader = await Election(session, keys.election_prefix(etcd_root, "scheduler")).campaign(
@@ -126,17 +146,19 @@ async def test_v1_shares_get_their_index_keys_once_fenced_and_in_pages(etcd_clie
         )
         assert await migrations.run(store, leader) == migrations.SCHEMA == 4
 
-        for name in [*flat, indexed]:
+        for name in [*flat, indexed, relabelled]:
             assert await raw(store, keys.backend_index_key(etcd_root, "local", name))
         assert await raw(store, keys.backend_index_key(etcd_root, "local", networked, net))
         assert await raw(store, keys.host_index_key(etcd_root, "host-a", net, networked))
         every = await store.scan(store.root + "shares/", ShareRecord)
-        assert len(every) == 98
+        assert len(every) == 99
         assert {s.value.schema_version for s in every} == {4}
         assert not await raw(store, keys.backend_index_key(etcd_root, "local", unplaced, ""))
-        # Each share was rewritten exactly once per step of its own (etcd's per-key
-        # version: put, index, layout).
-        assert {(await stored(store, s.key))[2] for s in every} == {3}
+        # Each share was rewritten exactly once (etcd's per-key version: put, migration),
+        # in today's layout at once: the layout step had nothing left to do.
+        old = [s for s in every if s.value.spec.share.name != relabelled]
+        assert {(await stored(store, s.key))[2] for s in old} == {2}
+        assert by_name_labels(every)[relabelled] == {"by": "today's api"}
         # ...and reads as it did, in the spec/status layout.
         by_name = {s.value.spec.share.name: s.value for s in every}
         assert public(by_name[networked]).state == share_pb2.Share.ACTIVE
@@ -148,7 +170,7 @@ async def test_v1_shares_get_their_index_keys_once_fenced_and_in_pages(etcd_clie
         assert (schema.value.version, schema.value.resume_after, schema.value.migrated) == (
             4,
             "",
-            98 + 98,  # indexed, then laid out anew; and no usage record to count
+            99,  # indexed (and laid out anew); no usage record to count
         )
 
         # Again (a new leader, a restart): nothing left to do, nothing written.
@@ -195,8 +217,8 @@ async def test_usage_records_count_their_shares_once(etcd_client, etcd_root):  #
             assert found.value.schema_version == 3
             assert (await stored(store, key))[2] == 2  # the old mesh's write, then this one
         schema = await store.get(migrations.schema_key(store), records_pb2.SchemaRecord)
-        # shares indexed, usage counted, shares laid out anew
-        assert schema is not None and schema.value.migrated == 5 + 2 + 5
+        # shares indexed (and laid out anew), then usage counted
+        assert schema is not None and schema.value.migrated == 5 + 2
 
         # From now on the record is the count: a share placed and one given back move
         # it in the transactions that move the GiB, and the shares are not read.

@@ -4,6 +4,7 @@ refused with FAILED_PRECONDITION naming the state (records only, no I/O)."""
 from __future__ import annotations
 
 import pytest
+from google.protobuf import timestamp_pb2
 
 from sharemesh.runtime.errors import FailedPrecondition
 from sharemesh.runtime.lifecycle import access_rule, share
@@ -306,3 +307,17 @@ def test_an_access_rule_is_requested_applied_updated_failed_and_deleted() -> Non
         access_rule.update_requested(record, AccessRule.READ_WRITE)
     with pytest.raises(FailedPrecondition, match="is ERROR"):
         access_rule.requested(record)
+
+
+def test_the_shown_update_time_is_the_latest_of_the_three_writers() -> None:
+    def stamp(seconds: int) -> timestamp_pb2.Timestamp:
+        return timestamp_pb2.Timestamp(seconds=seconds)
+
+    record = records_pb2.ShareRecord(project="p")
+    record.spec.share.name = NAME
+    share.requested(record, at=stamp(100))
+    share.placement_failed(record, "no pool can hold 2 GiB", at=stamp(105))
+    assert (public(record).create_time.seconds, public(record).update_time.seconds) == (100, 105)
+    record = placed()
+    share.realized(record, at=stamp(2**40))
+    assert public(record).update_time.seconds == 2**40

@@ -1,8 +1,8 @@
 """Record layouts of older schemas, read into today's: a record written before its
 type's layout changed is brought to the current layout as it is read, whichever
 process reads it, so the mesh shows and acts on it the same before and after the
-migration step that rewrites it in etcd. Its schema version stays as read: only that
-step raises it."""
+migration step that rewrites it in etcd. Its schema version stays as read, and is
+raised when the record is written back (`version_written`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,17 @@ from sharemesh.v1 import share_pb2
 Share = share_pb2.Share
 SPEC_STATUS = 4  # the schema that split the share record into spec and status
 _DERIVED = ("state", "state_message", "export_locations", "pool")  # composed on read
+
+
+def version_written(message: Message) -> int:
+    """The schema version to write `message` at: its own, unless it is in a layout newer
+    than that version had. A record read at an older version and written back in
+    today's layout is at today's version: a process of that older code refuses it
+    rather than misread it."""
+    version: int = getattr(message, "schema_version", 0)
+    if isinstance(message, records_pb2.ShareRecord) and message.HasField("spec"):
+        return max(version, SPEC_STATUS)
+    return version
 
 
 def upgrade_on_read(message: Message, data: bytes) -> Message:

@@ -118,11 +118,14 @@ def decode(key: bytes | str, data: bytes, msg_type: type[M]) -> M:
 
 def encode(msg: Message) -> bytes:
     """A record to store: a new one (no version yet) gets this code's version of its
-    type; one read keeps its own, so only a migration raises it."""
+    type; one read keeps its own, so only a migration raises it, or its being written
+    in a newer layout than its version had (`_layouts.version_written`)."""
     if not getattr(msg, SCHEMA_FIELD, 1):
         version = schema_version(type(msg))
         if version is not None:
             setattr(msg, SCHEMA_FIELD, version)
+    elif (layout := _layouts.version_written(msg)) > getattr(msg, SCHEMA_FIELD, 0):
+        setattr(msg, SCHEMA_FIELD, layout)
     return msg.SerializeToString()
 
 

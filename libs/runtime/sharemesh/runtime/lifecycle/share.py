@@ -108,9 +108,12 @@ def public(record: ShareRecord) -> Share:
     if not share.availability_zone:
         share.availability_zone = record.placement.availability_zone
     share.export_locations.extend(record.status.export_locations)
-    updated = record.status.update_time
-    if (updated.seconds, updated.nanos) > (share.update_time.seconds, share.update_time.nanos):
-        share.update_time.CopyFrom(updated)
+    share.update_time.CopyFrom(
+        max(
+            (share.update_time, record.placement.update_time, record.status.update_time),
+            key=lambda t: (t.seconds, t.nanos),
+        )
+    )
     return share
 
 
@@ -205,6 +208,7 @@ def placed(
     export_id: int,
     thick: bool,
     availability_zone: str,
+    at: timestamp_pb2.Timestamp | None = None,
 ) -> None:
     """The scheduler chose a pool: the share holds its size there, under an export id.
     It stays CREATING (with any message of a pool that failed it) until it is realized."""
@@ -215,15 +219,19 @@ def placed(
     placement.backend, placement.pool = backend, pool
     placement.availability_zone = availability_zone
     placement.thick_provisioned = thick
+    placement.update_time.CopyFrom(at or _now())
     record.export_id = export_id
     record.allocated_gib = record.spec.share.size_gib
 
 
-def placement_failed(record: ShareRecord, message: str) -> None:
+def placement_failed(
+    record: ShareRecord, message: str, at: timestamp_pb2.Timestamp | None = None
+) -> None:
     """No pool can hold the share, for a reason no retry fixes: ERROR with `message`
     (tenant-safe), until a delete."""
     _check(record, (CREATING,), "failed")
     record.placement.failure = message
+    record.placement.update_time.CopyFrom(at or _now())
 
 
 # Made true by the driver-host: the status, marking the generation it acted on.
@@ -284,7 +292,7 @@ def retried_elsewhere(
     _check(record, (CREATING,), "placed again")
     failed_pool = record.placement.pool
     tried = [*record.placement.tried_pools, failed_pool]
-    record.placement.Clear()
+    record.placement.Clear()  # its time too: the status's is the newer
     record.placement.tried_pools.extend(tried)
     record.export_id = 0
     record.status.host = ""

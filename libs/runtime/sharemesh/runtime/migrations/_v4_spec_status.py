@@ -2,8 +2,9 @@
 and what is true (status) apart, each with one writer (records.proto).
 
 A record written before kept the public Share with its state, and the placement and
-progress beside it. Every process reads such a record in the new layout already
-(`coordination._layouts`); this step writes each back in it, at schema 4."""
+progress beside it. Every process reads such a record in the new layout already, and
+writes it back in it at schema 4 (`coordination._layouts`); this step rewrites those
+nobody wrote since (schema 2's step rewrites every share it indexes)."""
 
 from __future__ import annotations
 

@@ -20,11 +20,11 @@ async def finish(
     response: share_pb2.Share | None = None,
     error: Exception | None = None,
 ) -> None:
-    """Writes the record, compared with it as read, and finishes what waited on it."""
+    """Writes the record, compared with it as read, and finishes what waited on it
+    (the transition that changed it stamped it)."""
     record = found.value
     pending = list(record.pending_operations)
     del record.pending_operations[:]
-    record.status.update_time.CopyFrom(operations.now())
     txn.put(found.key, record, found.mod_revision)
     await operations.finish_pending(store, txn, pending, response=response, error=error)
 
