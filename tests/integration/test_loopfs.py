@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
@@ -106,6 +107,30 @@ async def test_a_detach_waits_for_a_device_still_open(host: Path) -> None:
     await _loopfs.detach(image, device)
     assert _loopfs.backing_file(device) is None and not _loopfs.loop_devices(image)
     await _loopfs.detach(image, device)  # a free device: done already
+
+
+async def test_a_detach_waits_for_its_image_not_for_the_next_one(
+    host: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Freed, a device may be bound to another image at once (the kernel offers the
+    lowest free one): the detach is done then, not waiting its 5 s for it."""
+    first, second = await _images(host, 2)
+    device = await _loopfs.attach(first, fresh=True)
+    held = os.open(device, os.O_RDONLY)
+    detaching = asyncio.create_task(_loopfs.detach(first, device))
+    autoclear = Path(f"/sys/block/{Path(device).name}/loop/autoclear")
+    while autoclear.read_text().strip() != "1":  # asked: freed at the last close
+        await asyncio.sleep(0.01)
+    # Blocking the loop: the detach looks again only once the device is bound again.
+    os.close(held)
+    subprocess.run(["losetup", device, str(second)], check=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="sharemesh.driver_host.loopfs"):
+            await detaching
+        assert "still in use" not in caplog.text
+        assert _loopfs.loop_devices(second) == [device] and not _loopfs.loop_devices(first)
+    finally:
+        await _loopfs.detach(second, device)
 
 
 async def test_failures_are_command_errors_with_the_kernels_reason(host: Path) -> None:

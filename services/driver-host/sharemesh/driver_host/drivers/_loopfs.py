@@ -174,15 +174,22 @@ async def refresh_size(device: str) -> None:
 
 async def detach(image: Path, device: str | None = None) -> None:
     """Frees the loop devices of `image`: `device` if the caller knows it, else any."""
+    target = _real_path(image)
     for each in [device] if device else loop_devices(image):
         await _call(f"detach {each}", _loopdev.detach, each)  # a free one is no error
         # The kernel may free a device just unmounted a moment after the detach returns
         # (autoclear on its last close): done means free, so a stop leaves none behind.
         deadline = time.monotonic() + DETACH_WAIT_SECONDS
-        while backing_file(each) is not None and time.monotonic() < deadline:
+        while _reads(each, target) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        if backing_file(each) is not None:
+        if _reads(each, target):
             log.warning("%s of %s still in use; freed on its last close", each, image)
+
+
+def _reads(device: str, image: str) -> bool:
+    """Whether `device` still reads `image` (a real path), deleted or not. Not merely
+    bound: once free, it may be bound at once to another image (by a create)."""
+    return backing_file(device) in (image, f"{image} (deleted)")
 
 
 # ---- mounts --------------------------------------------------------------------------------
