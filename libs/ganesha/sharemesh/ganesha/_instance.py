@@ -6,7 +6,9 @@ service leaves its shares served); the next incarnation adopts them by pidfile.
 `ganesha.conf` includes only export files Ganesha has accepted: a new version of an
 export is staged under another name, handed to Ganesha over D-Bus, and renamed into
 place only once Ganesha serves it. So one refused export never stops Ganesha's next start,
-and a start that fails anyway falls back to adding the files one by one.
+and a start that fails anyway falls back to adding the files one by one. Ganesha reads
+`ganesha.conf` only when it starts, so it is written then, from the export files: a
+change of one export writes that export's file alone.
 """
 
 from __future__ import annotations
@@ -185,9 +187,6 @@ class GaneshaInstance:
         self.stop_timeout = stop_timeout
         self.start_timeout = start_timeout
         self.exports_dir = self.state_dir / "exports.d"
-        self._included: set[int] | None = None
-        """The export ids the main config includes, read from `exports_dir` at each
-        start, then kept here: an export's change costs no listing of the others."""
         self.config_file = self.state_dir / "ganesha.conf"
         self.pid_file = self.state_dir / "ganesha.pid"
         self.log_file = self.state_dir / "ganesha.log"
@@ -280,13 +279,11 @@ class GaneshaInstance:
                 raise self._failed_to_start("it exited at start even without exports")
         self._stopped = False
         refused = await self._load_missing()
-        self._included = None  # what was set aside is no longer included
-        self._write_main_config()
+        self._write_main_config()  # what was set aside is no longer included
         return refused
 
     async def _launch(self, include_exports: bool) -> bool:
         """Start Ganesha; False if it exited during its start."""
-        self._included = None  # from the files on disk, whatever happened before
         self._write_main_config(include_exports)
         self.pid_file.unlink(missing_ok=True)
         # BLKID_FILE: no libblkid cache. Ganesha tells filesystems apart by the UUID it
@@ -355,8 +352,6 @@ class GaneshaInstance:
         aside = self._refused_file(export_id)
         os.replace(file, aside)
         self._accepted.pop(export_id, None)
-        if self._included is not None:
-            self._included.discard(export_id)
         log.error(
             "ganesha %s refused export %s; its file is set aside as %s: %s",
             self.state_dir,
@@ -475,15 +470,10 @@ class GaneshaInstance:
             "EXPORT_DEFAULTS { Access_Type = None; Squash = No_Root_Squash; SecType = sys;"
             " Protocols = 3, 4; Transports = TCP; }\n"
         )
-        for export_id in sorted(self._included_ids()) if include_exports else ():
-            text += f'%include "{self._export_file(export_id)}"\n'
+        for file in self._export_files() if include_exports else ():
+            text += f'%include "{file}"\n'
         # Not synced to disk: every start writes it again from the export files.
         _write_atomic(self.config_file, text, durable=False)
-
-    def _included_ids(self) -> set[int]:
-        if self._included is None:
-            self._included = {int(f.stem) for f in self._export_files()}
-        return self._included
 
     def _export_files(self) -> list[Path]:
         if not self.exports_dir.is_dir():
@@ -552,7 +542,6 @@ class GaneshaInstance:
         self.exports_dir.mkdir(parents=True, exist_ok=True)
         staged = self._staged_file(export_id)
         _write_atomic(staged, export.render())
-        included = self._export_file(export_id).exists()
         try:
             with self._reaching(f"export {export_id}"):
                 await self._load(export, staged)
@@ -567,9 +556,6 @@ class GaneshaInstance:
         finally:
             staged.unlink(missing_ok=True)
         self._refused_file(export_id).unlink(missing_ok=True)
-        if not included:  # an update keeps its %include line
-            self._included_ids().add(export_id)
-            self._write_main_config()
         self._accepted[export_id] = export
         log.info(
             "export %s %s -> %s clients %s applied in %.3fs",
@@ -678,9 +664,6 @@ class GaneshaInstance:
             self._refused_file(export_id),
         ):
             file.unlink(missing_ok=True)
-        if self.state_dir.is_dir():
-            self._included_ids().discard(export_id)
-            self._write_main_config()
         if self.is_alive():
             try:
                 with self._reaching(f"RemoveExport {export_id}"):
