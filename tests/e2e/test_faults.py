@@ -42,7 +42,7 @@ from mesh_ops import (
     running_mesh,
     write,
 )
-from support import assert_host_clean, ensure_rpcbind, mounts_under, pid_alive, processes_mentioning
+from support import assert_host_clean, ensure_rpcbind, mounts_under, pid_alive
 
 pytestmark = pytest.mark.e2e
 
@@ -315,14 +315,19 @@ async def _keep_killing_ganesha(mesh: LocalMesh, seconds: float) -> int:
     """Kills every Ganesha the driver-host starts, for `seconds`, as soon as it runs (found
     by its command line, before it writes a pidfile: a restarted Ganesha is ready, and
     takes an export, within tens of milliseconds); how many it killed."""
-    config = str(mesh.state_dir / "pools/local/ganesha/ganesha/ganesha.conf")
+    config = str(mesh.state_dir / "pools/local/ganesha/ganesha/ganesha.conf").encode()
     kills, until = 0, time.monotonic() + seconds
     while time.monotonic() < until:
-        for line in processes_mentioning(config):
-            pid = int(line.split()[0])
-            if "ganesha.nfsd" in line:
+        # Read /proc here rather than start a pgrep each round: on a loaded machine
+        # that took long enough for a restarted Ganesha to take its export.
+        for proc in Path("/proc").iterdir():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue  # not a process, or gone meanwhile
+            if b"ganesha.nfsd" in cmdline.split(b"\0", 1)[0] and config in cmdline:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(int(proc.name), signal.SIGKILL)
                     kills += 1
         await asyncio.sleep(0.01)
     return kills
