@@ -14,7 +14,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 from sharemesh import network
 from sharemesh.driver.v1 import driver_service_pb2, driver_service_pb2_grpc
 from sharemesh.runtime import (
+    concurrency,
     controllers,
     ledger,
     lifecycle,
@@ -229,9 +230,12 @@ class DriverHostApp:
         )
         # Each read at or after `revision`, as the informer needs; many at once, so a
         # restart with a thousand shares is not a thousand round trips in a row.
-        found = await _bounded(
-            self._store.get(self._store.key_of(keys.share_of_index_key(i.key)), ShareRecord)
-            for i in indexed
+        found = await concurrency.bounded(
+            (
+                self._store.get(self._store.key_of(keys.share_of_index_key(i.key)), ShareRecord)
+                for i in indexed
+            ),
+            _READS_IN_FLIGHT,
         )
         return [
             f for f in found if f is not None and f.value.placement.backend == self.backend
@@ -259,11 +263,14 @@ class DriverHostApp:
         share by share: O(own shares), never a range over the whole mesh."""
         # The revision first: every list below reads at or after it.
         _, revision = await _client.get_kv(self._store.client, self._store.root)
-        listed = await _bounded(
-            self._store.list_all(
-                self._store.prefix_of(share.value.spec.share.name, collection), record_type
-            )
-            for share in self._shares.items()
+        listed = await concurrency.bounded(
+            (
+                self._store.list_all(
+                    self._store.prefix_of(share.value.spec.share.name, collection), record_type
+                )
+                for share in self._shares.items()
+            ),
+            _READS_IN_FLIGHT,
         )
         return [item for items, _ in listed for item in items], revision
 
@@ -467,17 +474,6 @@ def _without_time(record: records_pb2.BackendRecord) -> bytes:
     copy.CopyFrom(record)
     copy.ClearField("update_time")
     return copy.SerializeToString(deterministic=True)
-
-
-async def _bounded(calls: Iterable[Awaitable[T]], limit: int = _READS_IN_FLIGHT) -> list[T]:
-    """The results of `calls`, in order, with at most `limit` of them in flight."""
-    gate = asyncio.Semaphore(limit)
-
-    async def one(call: Awaitable[T]) -> T:
-        async with gate:
-            return await call
-
-    return list(await asyncio.gather(*(one(call) for call in calls)))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sharemesh.ganesha import ClientRule, Export, snapshot_pseudo
 from sharemesh.ganesha._export import parse_clients
+from sharemesh.runtime import concurrency
 from sharemesh.runtime.errors import InvalidArgument, NotFound
 
 from . import _loopfs, _reflink, _revert
@@ -39,6 +40,7 @@ from .base import (
 )
 
 log = logging.getLogger("sharemesh.driver_host.local")
+_RELEASES_AT_ONCE = 32  # shares unmounted and detached at once when the mesh stops
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,11 +109,16 @@ class LocalDriver(ServedDriver):
         await super().stop(stop_servers)
         if stop_servers:
             # The whole mesh is going down: release the host too. Images stay in the
-            # pool, and the next start mounts them again.
-            for image in sorted(self.images.glob("*.img")):
-                await _loopfs.release(self._mountpoint(image.stem), image)
-            for mountpoint in self._exported_snapshots():
-                await _loopfs.release(mountpoint, self._exported_image(mountpoint.name))
+            # pool, and the next start mounts them again. Many at once: each detach
+            # waits for the kernel to free its device, and a stop has a deadline.
+            released = [
+                *((self._mountpoint(i.stem), i) for i in sorted(self.images.glob("*.img"))),
+                *((m, self._exported_image(m.name)) for m in self._exported_snapshots()),
+            ]
+            await concurrency.bounded(
+                (_loopfs.release(mountpoint, image) for mountpoint, image in released),
+                _RELEASES_AT_ONCE,
+            )
             await self.pool.close()
 
     def _exported_snapshots(self) -> list[Path]:
