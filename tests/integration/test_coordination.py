@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
 import time
+import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -507,6 +510,60 @@ async def test_compacted_page_token_is_invalid_argument(etcd_client, etcd_root):
     await etcd_client.compact(current)
     with pytest.raises(InvalidArgument, match="page_token"):
         await store.list(prefix, S, start_after=items[-1].key, limit=1, revision=revision)
+
+
+def _etcd_requests(server) -> Counter[str]:  # type: ignore[no-untyped-def]
+    """The requests etcd has answered, by gRPC method (its own count)."""
+    with urllib.request.urlopen(f"{server.metrics_url}/metrics", timeout=10) as response:  # noqa: S310
+        text = response.read().decode()
+    counts: Counter[str] = Counter()
+    for method, count in re.findall(
+        r'^grpc_server_handled_total\{[^}]*grpc_method="(\w+)"[^}]*\} (\d+)', text, re.M
+    ):
+        counts[method] += int(count)
+    return counts
+
+
+async def test_reads_asked_together_go_to_etcd_as_one_request(etcd_server, etcd_client, etcd_root):  # type: ignore[no-untyped-def]
+    store = Store(etcd_client, etcd_root)
+    for i in range(5):
+        await store.put(store.key_of(f"things/k{i}"), S(value=f"v{i}"))
+    await store.create(store.key_of("projects/p1/shares/a"), S(value="a"))
+    prefix = store.prefix_of("projects/p1", "shares")
+
+    before = _etcd_requests(etcd_server)
+    *found, missing, (page, _, more) = await asyncio.gather(
+        *(store.get(store.key_of(f"things/k{i}"), S) for i in range(5)),
+        store.get(store.key_of("things/nothing-here"), S),
+        store.list(prefix, S, limit=10),
+    )
+    spent = _etcd_requests(etcd_server) - before
+    # Each reader has its own answer...
+    assert [f.value.value for f in found] == [f"v{i}" for i in range(5)]
+    assert missing is None
+    assert [i.value.value for i in page] == ["a"] and not more
+    # ...from one read-only transaction, where each was a request of its own.
+    assert spent == Counter({"Txn": 1}), spent
+
+    # One read alone is a plain range.
+    before = _etcd_requests(etcd_server)
+    assert (await store.get(store.key_of("things/k0"), S)).value.value == "v0"  # type: ignore[union-attr]
+    assert _etcd_requests(etcd_server) - before == Counter({"Range": 1})
+
+
+async def test_a_read_that_fails_fails_alone(etcd_client, etcd_root):  # type: ignore[no-untyped-def]
+    store = Store(etcd_client, etcd_root)
+    await store.put(store.key_of("things/k"), S(value="v"))
+    prefix = store.prefix_of("projects/p1", "shares")
+    future_revision = 1 << 40
+    stale, found = await asyncio.gather(
+        store.list(prefix, S, limit=1, revision=future_revision),
+        store.get(store.key_of("things/k"), S),
+        return_exceptions=True,
+    )
+    assert isinstance(stale, InvalidArgument) and "page_token" in str(stale)
+    assert not isinstance(found, BaseException) and found is not None
+    assert found.value.value == "v"
 
 
 async def test_watch_prefix_from_revision(etcd_client, etcd_root):  # type: ignore[no-untyped-def]

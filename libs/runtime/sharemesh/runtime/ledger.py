@@ -154,9 +154,13 @@ async def take_export_id(store: Store, txn: Txn, backend: str, quarantine_second
     """Adds to `txn` the taking of an Export_Id on the backend's Ganesha (`backend` is its
     short name): the oldest released id past its quarantine, else the next new one. A
     racing taker fails the txn, as for every counter."""
-    ids = await read_export_ids(store, backend)
-    oldest, _, _ = await store.list(
-        keys.released_export_ids_prefix(store.root, backend), records_pb2.ReleasedExportId, limit=1
+    ids, (oldest, _, _) = await asyncio.gather(  # one read (coordination batches them)
+        read_export_ids(store, backend),
+        store.list(
+            keys.released_export_ids_prefix(store.root, backend),
+            records_pb2.ReleasedExportId,
+            limit=1,
+        ),
     )
     choice = export_ids.choose(
         ids.value,

@@ -10,6 +10,7 @@ transaction's own round; the api's first looks read a watch-fed copy (`LiveLimit
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator, Mapping
 
@@ -226,8 +227,9 @@ async def reserve_share(
     raises RESOURCE_EXHAUSTED naming the quota it would exceed. Its GiB and the count of
     shares are both compared with the usage record as read, so racing placements cannot
     together overshoot either."""
-    limit = await limits(store, quotas, project)
-    usage = await ledger.read_usage(store, project)
+    limit, usage = await asyncio.gather(  # one read (coordination batches them)
+        limits(store, quotas, project), ledger.read_usage(store, project)
+    )
     check_amount(project, "share_gib", usage.value, size_gib, limit.share_gib)
     if limit.shares:
         held = await shares_held(store, project, usage.found)
@@ -261,8 +263,9 @@ async def reserve_snapshot(
     """Adds to `txn` one more snapshot of `size_gib` for the project, or raises
     RESOURCE_EXHAUSTED naming the quota it would exceed; compared with the usage read,
     so racing snapshots cannot together overshoot it."""
-    limit = await limits(store, quotas, project)
-    usage = await ledger.read_usage(store, project, "snapshots")
+    limit, usage = await asyncio.gather(
+        limits(store, quotas, project), ledger.read_usage(store, project, "snapshots")
+    )
     held = usage.found.value if usage.found else None
     count, gib = (held.snapshots, held.snapshot_gib) if held else (0, 0)
     wanted = f"a snapshot of {size_gib} GiB"

@@ -3,6 +3,7 @@ with its Operation, and nudge the service that acts (DESIGN §2)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 
@@ -127,12 +128,16 @@ class Shares(Base):
             await self._from_snapshot(share, project)
         _check_size(share.size_gib, "share.size_gib")
         share_type = share.share_type or DEFAULT_SHARE_TYPE
-        await _share_types.share_type(self.store, share_type, "share.share_type")
         name = names.SHARE.format(project=project, share=request.share_id)
         # A first look, for a clear answer now; the scheduler reserves the quota for real.
         # Usage counts placed shares only, so shares still waiting for placement are added.
-        used = await quota.used_gib(self.store, project) + await self.cache.unplaced_gib(project)
-        quota.check(self.quotas, project, used, share.size_gib)
+        # Asked together, the reads go to etcd as one.
+        _, used, unplaced = await asyncio.gather(
+            _share_types.share_type(self.store, share_type, "share.share_type"),
+            quota.used_gib(self.store, project),
+            self.cache.unplaced_gib(project),
+        )
+        quota.check(self.quotas, project, used + unplaced, share.size_gib)
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
             record = records_pb2.ShareRecord(

@@ -83,17 +83,6 @@ class SchedulerApp:
         # a leader that dies meanwhile leaves the rest to the next one.
         await migrations.run(self._store, leadership)
         log.info("leading; placing shares")
-        self.placer = Placer(
-            self._store,
-            self._peers,
-            leadership,
-            placement(self._context.config.scheduler),
-            self._context.config.quotas,
-            self._context.config.export_id_quarantine_seconds,
-            self._context.config.retry_deadline_seconds,
-            expected_backends=[f"backends/{b.name}" for b in self._context.config.backends],
-        )
-        controller = controllers.Controller("placement", self._place, _WORKERS, self.queue)
         shares = controllers.Informer(
             self._store,
             self._store.root + "shares/",
@@ -101,6 +90,18 @@ class SchedulerApp:
             keep=_unplaced,
             name="shares waiting for placement",
         )
+        self.placer = Placer(
+            self._store,
+            self._peers,
+            leadership,
+            placement(self._context.config.scheduler),
+            self._context.config.quotas,
+            self._context.config.export_id_quarantine_seconds,
+            lambda name: shares.get(self._store.key_of(name)),
+            self._context.config.retry_deadline_seconds,
+            expected_backends=[f"backends/{b.name}" for b in self._context.config.backends],
+        )
+        controller = controllers.Controller("placement", self._place, _WORKERS, self.queue)
         shares.add_handler(self._share_changed)
         finished = controllers.Informer(
             self._store,
@@ -140,6 +141,8 @@ class SchedulerApp:
     ) -> None:
         if new is not None:
             self.queue.add(new.value.spec.share.name)
+        elif old is not None and self.placer is not None:
+            self.placer.forget(old.value.spec.share.name)
 
     async def expire_operations(
         self, leadership: Leadership, finished: controllers.Informer[OperationRecord]

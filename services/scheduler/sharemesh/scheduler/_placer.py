@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from google.protobuf import empty_pb2
 
@@ -50,10 +50,16 @@ class Placer:
         placement: Placement,
         quotas: QuotaConfig,
         export_id_quarantine_seconds: float,
+        unplaced: Callable[[str], Versioned[records_pb2.ShareRecord] | None],
         retry_deadline_seconds: float = 600.0,
         expected_backends: Iterable[str] = (),
     ) -> None:
         self._store = store
+        # The watch's record of a share waiting for placement (None once it is placed).
+        self._unplaced = unplaced
+        # Per share, the revision this leader placed it at, until the watch shows that:
+        # a nudge or watch event that queued it meanwhile then finds nothing to do.
+        self._placed: dict[str, int] = {}
         # Backends the config names: one that is not registered (starting, or its lease
         # lapsed for a moment) may come back, so a share waits for it rather than fail.
         self._expected_backends = frozenset(expected_backends)
@@ -92,21 +98,39 @@ class Placer:
         finally:
             self._waiting.discard(name)
 
+    def forget(self, name: str) -> None:
+        """The watch no longer holds the share as waiting: its placement (if this leader
+        made it) is seen, and no older event of it can follow."""
+        self._placed.pop(name, None)
+
     async def _place_racing(self, name: str) -> str | None:
-        for _ in range(_ATTEMPTS):
+        for attempt in range(_ATTEMPTS):
             try:
                 async with self._lock:
-                    return await self._place_once(name)
+                    return await self._place_once(name, fresh=attempt > 0)
             except Aborted as race:  # the share or an allocation changed: decide again
                 log.debug("placement of %s raced (%s); retrying", name, race)
         return None
 
-    async def _place_once(self, name: str) -> str | None:
+    async def _place_once(self, name: str, fresh: bool) -> str | None:
         """Places the share if it waits for placement; returns its backend to nudge
-        (None when it was placed already, or is not to be)."""
-        found = await self._store.get(self._store.key_of(name), records_pb2.ShareRecord)
-        if found is None:
+        (None when it was placed already, or is not to be).
+
+        What waits is what the watch holds: a nudge that comes before the watch's event
+        finds nothing, and the event queues it. The first attempt places the watch's
+        copy, which is current unless a write raced it; the transaction's compare then
+        refuses it, and the next attempt reads etcd."""
+        waiting = self._unplaced(name)
+        if waiting is None or waiting.mod_revision <= self._placed.get(name, 0):
             return None
+        if fresh:
+            found = await self._store.get(self._store.key_of(name), records_pb2.ShareRecord)
+            if found is None:
+                return None
+        else:
+            record = records_pb2.ShareRecord()
+            record.CopyFrom(waiting.value)  # the watch's copy is shared: never change it
+            found = Versioned(record, waiting.mod_revision, waiting.create_revision, waiting.key)
         with telemetry.continued(found.value.trace_parent, "place share"):
             return await self._place_found(found)
 
@@ -157,7 +181,7 @@ class Placer:
             self._store.root, backend, name, record.spec.share.share_network
         )
         txn.put(index, empty_pb2.Empty())
-        await txn.commit()
+        self._placed[name] = await txn.commit()
         log.info("placed %s on %s", name, chosen.pool)
         return chosen.backend
 
