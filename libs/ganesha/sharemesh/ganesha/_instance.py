@@ -509,6 +509,12 @@ class GaneshaInstance:
             log.warning("ganesha %s unreachable during %s: %s", self.state_dir, what, error)
             raise NfsServerRestarting("the NFS server is restarting; retry shortly") from error
 
+    def accepted(self, export_id: int) -> bool:
+        """Whether a version of the export was ever accepted (its file is there): one
+        that was not is served by no Ganesha of this instance, but for a crash between
+        its add and its file."""
+        return self._export_file(export_id).exists()
+
     async def serves(self, export: Export) -> bool:
         """Whether Ganesha serves this export (its id, on its path and pseudo path) right
         now, whatever its clients; one DisplayExport, not a list."""
@@ -592,20 +598,17 @@ class GaneshaInstance:
         """Hand Ganesha the staged file and check that it serves what was asked."""
         export_id = export.export_id
         try:
-            live = await self._mgr.display(export_id)
-            if live is not None and (live.path, live.pseudo) != (export.path, export.pseudo):
-                # UpdateExport keeps an export's identity; a new path is a new export.
-                await self._mgr.remove(export_id)
-                live = None
-            if live is None:
+            if self._export_file(export_id).exists():
+                await self._replace(export, staged)
+            else:
+                # Never accepted: a new export, added without a look first (it served
+                # only if a crash came between its add and its file: then replaced).
                 try:
                     await self._mgr.add(str(staged), export_id)
                 except DBusError as error:
                     if "already active" not in error.message:
                         raise
-                    await self._mgr.update(str(staged), export_id)
-            else:
-                await self._mgr.update(str(staged), export_id)
+                    await self._replace(export, staged)
             confirmed = await self._mgr.display(export_id)
         except DBusError as error:
             if error.transient:
@@ -628,6 +631,18 @@ class GaneshaInstance:
             )
             await self._restore(export_id)
             raise ExportRefused(export)
+
+    async def _replace(self, export: Export, staged: Path) -> None:
+        """Ganesha's version of the export (if any) replaced by the staged file."""
+        live = await self._mgr.display(export.export_id)
+        if live is not None and (live.path, live.pseudo) != (export.path, export.pseudo):
+            # UpdateExport keeps an export's identity; a new path is a new export.
+            await self._mgr.remove(export.export_id)
+            live = None
+        if live is None:
+            await self._mgr.add(str(staged), export.export_id)
+        else:
+            await self._mgr.update(str(staged), export.export_id)
 
     async def _restore(self, export_id: int) -> None:
         """After a refusal, Ganesha serves the last accepted file again, or nothing."""

@@ -267,7 +267,9 @@ class ServedDriver:
     async def _serve_to_nobody(self, share: ShareSpec) -> None:
         """A new share's export; a repeat keeps the clients `update_access` set since."""
         export = await self._export(share, ())
-        if not await self.ganesha.serves(export):
+        # Asked only of an export accepted before: a look per create was a third of the
+        # NFS server's calls for it.
+        if not self.ganesha.accepted(export.export_id) or not await self.ganesha.serves(export):
             await self._apply(share, export)
 
     async def create_share(self, share: ShareSpec) -> list[ExportLocation]:
