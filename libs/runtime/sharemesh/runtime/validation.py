@@ -12,6 +12,7 @@ appears. Rules that need state (does the share type exist?) or one method's cont
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable
@@ -33,8 +34,9 @@ if TYPE_CHECKING:  # the C (upb) descriptors stand for the Python ones at runtim
 FB = field_behavior_pb2.FieldBehavior
 
 
-def _behaviors(field: FieldDescriptor) -> set[int]:
-    return set(field.GetOptions().Extensions[field_behavior_pb2.field_behavior])
+@functools.cache  # descriptors live as long as the process: read their options once
+def _behaviors(field: FieldDescriptor) -> frozenset[int]:
+    return frozenset(field.GetOptions().Extensions[field_behavior_pb2.field_behavior])
 
 
 def _is_set(msg: message.Message, field: FieldDescriptor) -> bool:

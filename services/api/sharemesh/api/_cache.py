@@ -23,20 +23,21 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from aetcd import rpc
 from google.protobuf.message import DecodeError, Message
 
 from sharemesh.runtime import lifecycle, metrics, retry
 from sharemesh.runtime.coordination import Store, Versioned, _store
 from sharemesh.runtime.coordination._client import (
     Compacted,
-    is_closed,
-    map_rpc_error,
+    WatchStream,
     prefix_end,
     range_,
     range_request,
@@ -64,7 +65,6 @@ CATCH_UP_SECONDS = 1.0
 # Records per range while listing: few ranges (each costs O(N) in etcd 3.4), each well
 # under gRPC's 4 MiB message limit.
 LIST_PAGE = 2000
-CANCEL_SECONDS = 1.0
 # The collections counted by state (shares are parsed for their facts anyway).
 COUNTED = ("shares", "snapshots", "operations")
 
@@ -268,7 +268,7 @@ class WatchCache:
         self.ready = False
         self._catch_up = catch_up_seconds
         self._applied = asyncio.Event()
-        self._watch_stream: Any = None
+        self._watch_stream: WatchStream | None = None
         # Readers waiting for a change of one key (WaitOperation), woken by that key
         # alone rather than by every revision.
         self._key_waiters: dict[str, set[asyncio.Future[None]]] = {}
@@ -353,7 +353,7 @@ class WatchCache:
         """Lists again: stop the watch; `run` then finds the cache not ready."""
         self.ready = False
         if self._watch_stream is not None:
-            asyncio.ensure_future(self._watch_stream.cancel())
+            self._watch_stream.cancel()
 
     async def caught_up(self, revision: int) -> bool:
         """Waits (bounded) until the cache has applied `revision`."""
@@ -447,34 +447,23 @@ class WatchCache:
         """Applies every change of etcd after the cached revision, in order. Events of
         one revision arrive in one response and are applied without yielding to the
         readers, so a reader never sees half a transaction."""
-        if is_closed(self.store.client):
-            raise Unavailable("etcd client is closed")
+        stream = WatchStream(self.store.client, b"\0", b"\0", self.revision + 1)
+        self._watch_stream = stream
         try:
-            watch = await self.store.client.watch(
-                b"\0", range_end=b"\0", start_revision=self.revision + 1
-            )
-        except Exception as error:
-            raise map_rpc_error(error) from error
-        self._watch_stream = watch
-        try:
-            async for event in watch:
-                kv = event.kv
-                key = kv.key.decode()
-                if self.snapshot.cached(key):
-                    if str(event.kind) == "PUT":
-                        self.snapshot.put(key, Entry(kv.value, kv.mod_revision, kv.create_revision))
-                    else:
-                        self.snapshot.delete(key)
-                    self._wake((key,))
-                self.snapshot.advance(kv.mod_revision)
-                self._signal()
-        except Exception as error:
-            raise map_rpc_error(error) from error
+            async with contextlib.aclosing(stream.batches()) as batches:
+                async for batch in batches:
+                    for event in batch:
+                        kv = event.kv
+                        key = kv.key.decode()
+                        if self.snapshot.cached(key):
+                            if event.type == rpc.Event.PUT:
+                                entry = Entry(kv.value, kv.mod_revision, kv.create_revision)
+                                self.snapshot.put(key, entry)
+                            else:
+                                self.snapshot.delete(key)
+                            self._wake((key,))
+                        self.snapshot.advance(kv.mod_revision)
+                    self._signal()
         finally:
             self._watch_stream = None
-            # Bounded: on a dead etcd aetcd's cancel can wait forever, holding up exit.
-            try:
-                await asyncio.wait_for(watch.cancel(), CANCEL_SECONDS)
-            except Exception:  # noqa: BLE001 - the stream may already be gone
-                pass
         raise Unavailable("etcd watch ended")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
 import logging
@@ -32,7 +31,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "/sharemesh/"
 _CHILDREN = 1000  # records under one parent read in one go by `get_with`
-WATCH_CANCEL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -448,37 +446,27 @@ class Store:
         Unavailable; resume from the last event's mod_revision + 1."""
         self.check_key(prefix)
         try:
-            _client._ready(self.client)  # noqa: SLF001
-            watch = await self.client.watch(
-                prefix.encode(), range_end=_client.prefix_end(prefix), start_revision=start_revision
+            stream = _client.WatchStream(
+                self.client, prefix.encode(), _client.prefix_end(prefix), start_revision or 0
             )
-        except Exception as error:
-            mapped = _client.map_rpc_error(error)
-            if isinstance(mapped, Compacted):
-                raise InvalidArgument("start_revision", "compacted; list again") from error
-            raise mapped from error
-        try:
-            async for event in watch:
-                kv = event.kv
-                kind = str(event.kind)
-                value: object = None
-                if kind == "PUT" and msg_type is not None:
-                    try:
-                        value = decode(kv.key, kv.value, msg_type)
-                    except FailedPrecondition as newer:
-                        # Written by a newer sharemesh (a rolling upgrade): invisible to
-                        # this process, rather than stopping its whole watch.
-                        log.warning("skipping %s: %s", kv.key.decode(), newer.message)
-                        continue
-                elif kind == "PUT":
-                    value = kv.value
-                yield WatchEvent(kind, kv.key.decode(), value, kv.mod_revision, kv.create_revision)
-        except Exception as error:
-            mapped = _client.map_rpc_error(error)
-            if isinstance(mapped, Compacted):
-                raise InvalidArgument("start_revision", "compacted; list again") from error
-            raise mapped from error
-        finally:
-            # Cancelling talks to etcd, which may be the very thing that is gone.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(watch.cancel(), WATCH_CANCEL_SECONDS)
+            async with contextlib.aclosing(stream.batches()) as batches:
+                async for batch in batches:
+                    for event in batch:
+                        kv = event.kv
+                        kind = "PUT" if event.type == rpc.Event.PUT else "DELETE"
+                        value: object = None
+                        if kind == "PUT" and msg_type is not None:
+                            try:
+                                value = decode(kv.key, kv.value, msg_type)
+                            except FailedPrecondition as newer:
+                                # Written by a newer sharemesh (a rolling upgrade): invisible
+                                # to this process, rather than stopping its whole watch.
+                                log.warning("skipping %s: %s", kv.key.decode(), newer.message)
+                                continue
+                        elif kind == "PUT":
+                            value = kv.value
+                        yield WatchEvent(
+                            kind, kv.key.decode(), value, kv.mod_revision, kv.create_revision
+                        )
+        except Compacted as error:
+            raise InvalidArgument("start_revision", "compacted; list again") from error
