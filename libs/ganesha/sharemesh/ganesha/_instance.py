@@ -265,7 +265,7 @@ class GaneshaInstance:
         if self._bus_pid() is None:
             await self._start_bus()
         if not await self._launch(include_exports=True):
-            if not self._export_files():
+            if not self._export_files() or self._host_cause():
                 raise self._failed_to_start("it exited at start")
             # An export file it cannot parse (a bug, an old version, a damaged disk) must
             # not keep every other export down.
@@ -324,10 +324,24 @@ class GaneshaInstance:
         return True
 
     def _failed_to_start(self, why: str) -> NfsServerDown:
+        cause = self._host_cause()
         log.error(
-            "ganesha %s did not start: %s. Log tail:\n%s", self.state_dir, why, self._log_tail()
+            "ganesha %s did not start: %s%s. Log tail:\n%s",
+            self.state_dir,
+            why,
+            f"; {cause}" if cause else "",
+            self._log_tail(),
         )
         return NfsServerDown("the NFS server did not start; it is retried")
+
+    def _host_cause(self) -> str:
+        """What the host lacks, if Ganesha's log says so (no export is to blame then)."""
+        if "Cannot register NFS" in self._log_tail(40):
+            return (
+                "it could not register NFSv3 with rpcbind: is rpcbind running on this host "
+                "(`rpcbind -w`; scripts/install starts it)?"
+            )
+        return ""
 
     async def _load_missing(self) -> list[RefusedExport]:
         """Hand Ganesha every included export it does not serve (it skips an export it
