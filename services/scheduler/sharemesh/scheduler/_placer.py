@@ -181,7 +181,9 @@ class Placer:
             self._store.root, backend, name, record.spec.share.share_network
         )
         txn.put(index, empty_pb2.Empty())
-        self._placed[name] = await txn.commit()
+        revision = await txn.commit()
+        if self._unplaced(name) is not None:  # until the watch shows the placement
+            self._placed[name] = revision
         log.info("placed %s on %s", name, chosen.pool)
         return chosen.backend
 
