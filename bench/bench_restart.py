@@ -202,6 +202,7 @@ async def restart(
     finally:
         done.set()
         await watcher
+        ganesha.disconnect()
     new_pid = child.pid
     assert new_pid and new_pid != old_pid
     return Recovery(

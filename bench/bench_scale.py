@@ -12,6 +12,9 @@ Ganesha), writes N share records straight into etcd for a backend that does not 
 - a baseline from the same run: a range read of one etcd key, and the ratio of each N's
   first page to the first N's.
 
+Every N's mesh is up at once: their samples take turns and their idle period is one, so
+a change in this machine's speed (it shares its cores) falls on every N alike.
+
     .venv/bin/python bench/bench_scale.py [--n 1000 10000 100000] [--idle 60] [--samples 200]
 """
 
@@ -19,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,66 +142,85 @@ async def write_records(store: Store, n: int) -> None:
     await asyncio.gather(*(commit(b) for b in batches))
 
 
-async def timed(samples: int, call: Callable[[], Coroutine[Any, Any, object]]) -> list[float]:
-    took = []
-    for _ in range(samples):
-        started = time.perf_counter()
-        await call()
-        took.append(time.perf_counter() - started)
-    return took
+@dataclass
+class Subject:
+    """One mesh holding N records, up for the whole run, and the calls timed on it."""
+
+    result: Result
+    mesh: LocalMesh
+    client: Client
+    etcd: Any
+    store: Store
+    first: ss.ListSharesRequest
+    deep: ss.ListSharesRequest
 
 
-async def measure(n: int, args: argparse.Namespace, tmp: Path) -> Result:
+async def bring_up(n: int, index: int, tmp: Path, stack: contextlib.AsyncExitStack) -> Subject:
+    """A mesh with N records written, its api's cache warm."""
     result = Result(n)
     config = tmp / f"mesh-{n}.toml"
-    config.write_text('[[backends]]\nname = "local"\n[backends.options]\ncapacity_gib = 8\n')
-    async with LocalMesh(tmp / f"state-{n}", config, api_port=0) as mesh:
-        assert mesh.etcd is not None
-        async with (
-            connect(mesh.etcd.endpoint) as etcd,
-            Client(mesh.api_address, mesh.admin_token) as client,
-        ):
-            store = Store(etcd)
-            started = time.perf_counter()
-            await write_records(store, n)
-            result.write_seconds = time.perf_counter() - started
-            parent = "projects/big"
-            first = ss.ListSharesRequest(parent=parent, page_size=PAGE)
-            await client.call(client.shares.ListShares, first)  # makes the token secret
-            # A token for the middle of the big project, sealed as the api seals its own.
-            prefix = store.prefix_of(parent, "shares")
-            middle = f"s{spread(n)['big'] // 2:07d}"
-            _, revision = await get_kv(etcd, keys.page_token_secret_key(store.root))
-            tokens = await page_tokens.load(store)
-            token = tokens.issue(
-                page_tokens.binding(prefix, ""), page_tokens.Position(middle, revision)
-            )
-            deep = ss.ListSharesRequest(parent=parent, page_size=PAGE, page_token=token)
-            for request in (first, deep):  # warm: the api's cache has caught up
-                page = await client.call(client.shares.ListShares, request, timeout=120)
-                assert len(page.shares) == PAGE, len(page.shares)
-            result.first = await timed(
-                args.samples, lambda: client.call(client.shares.ListShares, first)
-            )
-            result.deep = await timed(
-                args.samples, lambda: client.call(client.shares.ListShares, deep)
-            )
-            result.etcd_get = await timed(
-                args.samples, lambda: get_kv(etcd, keys.page_token_secret_key(store.root))
-            )
-        # Idle: let the writes' after-effects settle, then count.
-        await asyncio.sleep(args.settle)
-        running = pids(mesh)
-        before = {name: cpu_seconds(pid) for name, pid in running.items()}
-        requests = etcd_requests(mesh.etcd.metrics_url)
-        started = time.perf_counter()
-        await asyncio.sleep(args.idle)
-        result.idle = time.perf_counter() - started
-        result.cpu = {name: cpu_seconds(pid) - before[name] for name, pid in running.items()}
-        requests = etcd_requests(mesh.etcd.metrics_url) - requests
-        result.idle_requests = {m: n * 60 / result.idle for m, n in sorted(requests.items())}
-        result.rss = {name: rss_mb(pid) for name, pid in running.items()}
-    return result
+    # Meshes side by side: each gateway gets storage addresses of its own.
+    config.write_text(
+        '[[backends]]\nname = "local"\n[backends.options]\ncapacity_gib = 8\n'
+        f'[gateway]\nstorage_range = "169.254.{70 + index}.0/24"\n'
+    )
+    mesh = await stack.enter_async_context(LocalMesh(tmp / f"state-{n}", config, api_port=0))
+    assert mesh.etcd is not None
+    etcd = await stack.enter_async_context(connect(mesh.etcd.endpoint))
+    client = await stack.enter_async_context(Client(mesh.api_address, mesh.admin_token))
+    store = Store(etcd)
+    started = time.perf_counter()
+    await write_records(store, n)
+    result.write_seconds = time.perf_counter() - started
+    parent = "projects/big"
+    first = ss.ListSharesRequest(parent=parent, page_size=PAGE)
+    await client.call(client.shares.ListShares, first)  # makes the token secret
+    # A token for the middle of the big project, sealed as the api seals its own.
+    prefix = store.prefix_of(parent, "shares")
+    middle = f"s{spread(n)['big'] // 2:07d}"
+    _, revision = await get_kv(etcd, keys.page_token_secret_key(store.root))
+    tokens = await page_tokens.load(store)
+    token = tokens.issue(page_tokens.binding(prefix, ""), page_tokens.Position(middle, revision))
+    deep = ss.ListSharesRequest(parent=parent, page_size=PAGE, page_token=token)
+    for request in (first, deep):  # warm: the api's cache has caught up
+        page = await client.call(client.shares.ListShares, request, timeout=120)
+        assert len(page.shares) == PAGE, len(page.shares)
+    return Subject(result, mesh, client, etcd, store, first, deep)
+
+
+async def timed(took: list[float], call: Coroutine[Any, Any, object]) -> None:
+    started = time.perf_counter()
+    await call
+    took.append(time.perf_counter() - started)
+
+
+async def sample(subjects: list[Subject], samples: int) -> None:
+    """Every N's calls in turn, sample after sample: a change in the machine's speed
+    (it shares its cores) falls on every N alike, rather than on whichever ran then."""
+    for _ in range(samples):
+        for s in subjects:
+            r, secret = s.result, keys.page_token_secret_key(s.store.root)
+            await timed(r.first, s.client.call(s.client.shares.ListShares, s.first))
+            await timed(r.deep, s.client.call(s.client.shares.ListShares, s.deep))
+            await timed(r.etcd_get, get_kv(s.etcd, secret))
+
+
+async def idle(subjects: list[Subject], args: argparse.Namespace) -> None:
+    """Every mesh's processes over one idle period, after the writes have settled."""
+    await asyncio.sleep(args.settle)
+    running = [pids(s.mesh) for s in subjects]
+    before = [{name: cpu_seconds(pid) for name, pid in p.items()} for p in running]
+    requests = [etcd_requests(s.mesh.etcd.metrics_url) for s in subjects]  # type: ignore[union-attr]
+    started = time.perf_counter()
+    await asyncio.sleep(args.idle)
+    took = time.perf_counter() - started
+    for s, p, b, asked in zip(subjects, running, before, requests, strict=True):
+        r = s.result
+        r.idle = took
+        r.cpu = {name: cpu_seconds(pid) - b[name] for name, pid in p.items()}
+        spent = etcd_requests(s.mesh.etcd.metrics_url) - asked  # type: ignore[union-attr]
+        r.idle_requests = {m: n * 60 / took for m, n in sorted(spent.items())}
+        r.rss = {name: rss_mb(pid) for name, pid in p.items()}
 
 
 def report(results: list[Result]) -> None:
@@ -229,12 +252,17 @@ def report(results: list[Result]) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    results = []
     with tempfile.TemporaryDirectory(prefix="sharemesh-scale-") as tmp:
-        for n in args.n:
-            print(f"N = {n}: writing records, then measuring ...", flush=True)
-            results.append(await measure(n, args, Path(tmp)))
-            report(results)
+        async with contextlib.AsyncExitStack() as stack:
+            subjects = []
+            for index, n in enumerate(args.n):
+                print(f"N = {n}: starting a mesh and writing its records ...", flush=True)
+                subjects.append(await bring_up(n, index, Path(tmp), stack))
+            print(f"timing {args.samples} samples of each call, the meshes in turn ...")
+            await sample(subjects, args.samples)
+            print(f"measuring {args.idle:.0f} idle seconds of every mesh at once ...")
+            await idle(subjects, args)
+        report([s.result for s in subjects])
 
 
 if __name__ == "__main__":

@@ -523,6 +523,11 @@ class GaneshaInstance:
             log.warning("ganesha %s unreachable during %s: %s", self.state_dir, what, error)
             raise NfsServerRestarting("the NFS server is restarting; retry shortly") from error
 
+    def disconnect(self) -> None:
+        """Drops this object's bus connection; Ganesha and its bus run on (an observer's,
+        say, that looked at what Ganesha serves)."""
+        self._mgr.close()
+
     def accepted(self, export_id: int) -> bool:
         """Whether a version of the export was ever accepted (its file is there): one
         that was not is served by no Ganesha of this instance, but for a crash between
