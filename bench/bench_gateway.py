@@ -25,8 +25,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# isort: off
+# First, before anything imports grpc: children the in-process launcher forks crash
+# unless the runtime turned off gRPC's fork handlers (see tests/conftest.py).
+import sharemesh.runtime  # noqa: F401
 import grpc
-
 from sharemesh.client import Client, OperationFailed
 from sharemesh.launcher import LocalMesh
 from sharemesh.v1 import access_rule_pb2, share_network_pb2, share_pb2
