@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 from xdist.scheduler import LoadScopeScheduling
 
-from sharemesh.launcher import LocalMesh
+from sharemesh.launcher import STORAGE_RANGE_ENV
 from sharemesh.launcher.etcd_server import EtcdServer
 from sharemesh.runtime import ports
 from sharemesh.runtime.coordination import connect
@@ -91,17 +91,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # 169.254.64.0/22 is what single-host meshes use (hosts take the /22s after it);
     # its first /24 holds the default block's legs, which `sharemesh up` takes.
     assert count <= 3, "three workers at most: each takes a /24 of 169.254.65.0-67.255"
-    every = ports._candidates
-    ports._candidates = lambda: every()[index::count]  # type: ignore[assignment]
-    block = f"169.254.{65 + index}.0/24"
-    resolve = LocalMesh._resolve
-
-    def _resolve(self: LocalMesh) -> dict[str, Any]:
-        raw = resolve(self)
-        raw["gateway"].setdefault("storage_range", block)
-        return raw
-
-    LocalMesh._resolve = _resolve  # type: ignore[method-assign]
+    # Environment settings: the meshes' own processes (a driver-host picking Ganesha's
+    # ports, say) inherit them too.
+    os.environ[ports.SHARE_ENV] = f"{index}/{count}"
+    os.environ[STORAGE_RANGE_ENV] = f"169.254.{65 + index}.0/24"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

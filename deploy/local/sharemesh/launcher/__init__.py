@@ -2,6 +2,6 @@
 as one host (`LocalMesh`) or as several, each a network namespace (`HostsMesh`)."""
 
 from ._hosts import HostsMesh
-from ._mesh import DEFAULT_API_PORT, LocalMesh
+from ._mesh import DEFAULT_API_PORT, STORAGE_RANGE_ENV, LocalMesh
 
-__all__ = ["DEFAULT_API_PORT", "HostsMesh", "LocalMesh"]
+__all__ = ["DEFAULT_API_PORT", "STORAGE_RANGE_ENV", "HostsMesh", "LocalMesh"]

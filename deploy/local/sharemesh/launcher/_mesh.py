@@ -33,6 +33,9 @@ from ._children import Child
 from .etcd_server import EtcdServer, EtcdTls
 
 log = logging.getLogger(__name__)
+# A gateway storage range for the meshes this process starts whose config names none:
+# parallel test workers on one machine each take a block of their own.
+STORAGE_RANGE_ENV = "SHAREMESH_STORAGE_RANGE"
 
 DEFAULT_API_PORT = 8470
 DEFAULT_CAPACITY_GIB = 50
@@ -269,6 +272,8 @@ class LocalMesh(Running):
         raw.setdefault("scheduler", {})["listen"] = f"127.0.0.1:{free_port()}"
         raw.setdefault("gateway", {})["listen"] = f"127.0.0.1:{free_port()}"
         raw["gateway"].setdefault("state_dir", str(self.state_dir / "gateway"))
+        if block := os.environ.get(STORAGE_RANGE_ENV):
+            raw["gateway"].setdefault("storage_range", block)
         backends = raw.setdefault("backends", [])
         if not backends:
             backends.append(

@@ -6,12 +6,17 @@ ephemeral range) and another pick. So ports come from below the ephemeral range,
 and a process never hands out the same port twice.
 """
 
+import os
 import random
 import socket
 from pathlib import Path
 
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _LOWEST = 10000
+# "INDEX/COUNT": this process and its children pick from the INDEX-th of COUNT
+# interleaved shares of the range, so that parallel test workers on one machine never
+# pick the same port.
+SHARE_ENV = "SHAREMESH_PORT_SHARE"
 _handed_out: set[int] = set()
 
 
@@ -20,7 +25,12 @@ def _candidates() -> range:
         first_ephemeral = int(_EPHEMERAL_RANGE.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         first_ephemeral = 32768
-    return range(_LOWEST, max(first_ephemeral, _LOWEST + 1000))
+    every = range(_LOWEST, max(first_ephemeral, _LOWEST + 1000))
+    share = os.environ.get(SHARE_ENV, "")
+    if not share:
+        return every
+    index, _, count = share.partition("/")
+    return every[int(index) :: int(count)]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
