@@ -30,3 +30,10 @@ def test_without_a_share_the_whole_range_is_used(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv(ports.SHARE_ENV, raising=False)
     found = {free_port() for _ in range(60)}
     assert len({(port - 10000) % 3 for port in found}) == 3
+
+
+@pytest.mark.parametrize("share", ["1", "a/3", "3/3", "-1/3", "1/0"])
+def test_a_malformed_share_is_named(monkeypatch: pytest.MonkeyPatch, share: str) -> None:
+    monkeypatch.setenv(ports.SHARE_ENV, share)
+    with pytest.raises(ValueError, match="SHAREMESH_PORT_SHARE"):
+        free_port()

@@ -29,8 +29,14 @@ def _candidates() -> range:
     share = os.environ.get(SHARE_ENV, "")
     if not share:
         return every
-    index, _, count = share.partition("/")
-    return every[int(index) :: int(count)]
+    try:
+        index, count = (int(part) for part in share.split("/"))
+        if not 0 <= index < count:
+            raise ValueError
+    except ValueError:
+        wanted = "INDEX/COUNT with 0 <= INDEX < COUNT"
+        raise ValueError(f"{SHARE_ENV}={share!r}: expected {wanted}") from None
+    return every[index::count]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
