@@ -1,11 +1,14 @@
 """The api's watch cache against a real etcd: it lists, then follows creates, updates and
-deletes through its watch; a read waits until it has applied what etcd acknowledged; it
-lists again after a compaction; pages from it honour the page token contract."""
+deletes through its watch; a read waits until it has applied what etcd acknowledged (its
+own process's writes without asking etcd); it lists again after a compaction; pages from
+it honour the page token contract."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import urllib.request
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,11 +16,13 @@ from share_records import share_in
 
 from sharemesh.api import _paging
 from sharemesh.api._cache import WatchCache
+from sharemesh.launcher.etcd_server import EtcdServer
 from sharemesh.runtime.coordination import Store
 from sharemesh.runtime.errors import InvalidArgument
 from sharemesh.state.v1 import records_pb2
 
 R = records_pb2.ShareRecord
+_RANGES = re.compile(r'^grpc_server_handled_total\{[^}]*grpc_method="Range"[^}]*\} (\d+)', re.M)
 
 
 def record(name: str, *, network: str = "", size: int = 1) -> R:
@@ -72,6 +77,38 @@ async def test_lists_then_follows_every_change_and_reads_its_writes(etcd_client,
         assert cache.snapshot.shares_using("share_network", net) == []
         assert await cache.shares_using("share_network", net) == []
         assert await cache.unplaced_gib("p") == 9
+
+
+def ranges_served(server: EtcdServer) -> int:
+    """The Range requests etcd has answered so far (its own count)."""
+    with urllib.request.urlopen(f"{server.metrics_url}/metrics", timeout=10) as response:  # noqa: S310
+        text = response.read().decode()
+    return sum(int(n) for n in _RANGES.findall(text))
+
+
+async def test_it_shows_its_own_process_writes_without_asking_etcd(  # type: ignore[no-untyped-def]
+    etcd_server, etcd_client, etcd_root
+):
+    store = Store(etcd_client, etcd_root)
+    prefix = store.prefix_of("projects/p", "shares")
+    a, b = "projects/p/shares/a", "projects/p/shares/b"
+    cache = WatchCache(store)
+    async with running(cache):
+        revision = await store.create(store.key_of(a), record(a, size=2))
+        assert store.written_revision == revision
+        before = ranges_served(etcd_server)
+        # Seen once the watch brings it: no read of etcd's revision.
+        assert await cache.has_own_writes()
+        assert names_in(cache, prefix) == [a]
+        assert await cache.unplaced_gib("p") == 2
+        assert ranges_served(etcd_server) == before
+        # Another process's write is not its own: a consistent read catches it.
+        other = Store(etcd_client, etcd_root)
+        await other.create(other.key_of(b), record(b))
+        assert store.written_revision == revision
+        assert await cache.consistent()
+        assert names_in(cache, prefix) == [a, b]
+        assert ranges_served(etcd_server) == before + 1
 
 
 async def test_lists_again_after_the_revision_it_would_resume_from_was_compacted(

@@ -349,6 +349,12 @@ class WatchCache:
             return False
         return await self.caught_up(target)
 
+    async def has_own_writes(self) -> bool:
+        """Whether the cache has applied every write of this process; waits up to
+        `catch_up_seconds` for it. Enough where another process's write may show a moment
+        late; False: read etcd instead."""
+        return self.ready and await self.caught_up(self.store.written_revision)
+
     def _forget(self) -> None:
         """Lists again: stop the watch; `run` then finds the cache not ready."""
         self.ready = False
@@ -387,8 +393,11 @@ class WatchCache:
         )
 
     async def unplaced_gib(self, project: str) -> int:
-        """What the project's shares that wait for placement will take from its quota."""
-        if await self.consistent():
+        """What the project's shares that wait for placement will take from its quota,
+        for a first look at a create (the scheduler reserves the quota for real): every
+        share this process recorded is counted, one another api process recorded a moment
+        ago maybe not yet. No read of etcd's revision per create."""
+        if await self.has_own_writes():
             return self.snapshot.unplaced_gib(project)
         found, _ = await self.store.list_all(
             self.store.prefix_of(f"projects/{project}", "shares"), records_pb2.ShareRecord

@@ -119,10 +119,15 @@ class Operations(operations_pb2_grpc.OperationsServicer):
         operation; None when the cache cannot say (listing), to read etcd instead."""
         cache, loop = self._cache, asyncio.get_running_loop()
         key = self._store.key_of(name)
-        # Just made by another api process, the operation may not be here yet: catch up
-        # with etcd's revision now (one read of one key), then its absence is the truth.
-        if cache.ready and cache.snapshot.get(key) is None and not await cache.consistent():
-            return None
+        if cache.ready and cache.snapshot.get(key) is None:
+            # Just made, the operation may not be here yet. Made here (a client usually
+            # waits where it created), it is once the cache has this process's writes;
+            # made by another api process, catch up with etcd's revision (one read of one
+            # key). Then its absence is the truth.
+            if not await cache.has_own_writes():
+                return None
+            if cache.snapshot.get(key) is None and not await cache.consistent():
+                return None
         last: Entry | None = None
         found: Versioned[records_pb2.OperationRecord] | None = None
         while cache.ready:

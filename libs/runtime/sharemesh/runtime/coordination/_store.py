@@ -207,7 +207,10 @@ class Txn:
         ops = [build() for build in self._ops]
         response = await _client.txn(self._store.client, compares, ops, failure)
         if response.succeeded:
-            return response.header.revision
+            revision = int(response.header.revision)
+            if ops:
+                self._store.written_revision = max(self._store.written_revision, revision)
+            return revision
         read: dict[bytes, rpc.KeyValue | None] = {}
         for key, resp in zip(compared_keys, response.responses):
             kvs = resp.response_range.kvs
@@ -245,6 +248,9 @@ class Store:
         _keys._check_root(root)  # noqa: SLF001
         self.client = client
         self.root = root
+        # The newest revision a transaction of this Store wrote: a watch of this process
+        # shows the process's own writes once it has applied it.
+        self.written_revision = 0
 
     # key helpers bound to this root
     def key_of(self, name: str) -> str:
