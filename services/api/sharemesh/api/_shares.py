@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Awaitable
 
 import grpc
 from google.longrunning import operations_pb2
@@ -129,15 +130,14 @@ class Shares(Base):
         _check_size(share.size_gib, "share.size_gib")
         share_type = share.share_type or DEFAULT_SHARE_TYPE
         name = names.SHARE.format(project=project, share=request.share_id)
-        # A first look, for a clear answer now; the scheduler reserves the quota for real.
-        # Usage counts placed shares only, so shares still waiting for placement are added.
-        # Asked together, the reads go to etcd as one.
-        _, used, unplaced = await asyncio.gather(
-            _share_types.share_type(self.store, share_type, "share.share_type"),
-            quota.used_gib(self.store, project),
-            self.cache.unplaced_gib(project),
-        )
-        quota.check(self.quotas, project, used + unplaced, share.size_gib)
+        # Asked together, the reads go to etcd as one. The default type always exists,
+        # and a project without a limit has no quota to look at: no reads for those.
+        checks: list[Awaitable[object]] = []
+        if share_type != DEFAULT_SHARE_TYPE:
+            checks.append(_share_types.share_type(self.store, share_type, "share.share_type"))
+        if self.quotas.limit_gib(project):
+            checks.append(self._first_look_at_quota(project, share.size_gib))
+        await asyncio.gather(*checks)
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
             record = records_pb2.ShareRecord(
@@ -167,6 +167,14 @@ class Shares(Base):
         op = await self.mutate(caller, name, "create", request, write)
         self.peers.nudge(f"place {name}", lambda: self.peers.place_share(name))
         return op
+
+    async def _first_look_at_quota(self, project: str, size_gib: int) -> None:
+        """A first look, for a clear answer now; the scheduler reserves the quota for
+        real. Usage counts placed shares only, so shares waiting for placement are added."""
+        used, unplaced = await asyncio.gather(
+            quota.used_gib(self.store, project), self.cache.unplaced_gib(project)
+        )
+        quota.check(self.quotas, project, used + unplaced, size_gib)
 
     async def _usable_snapshot(self, name: str) -> Versioned[records_pb2.SnapshotRecord]:
         found = await self.snapshot_record(name, "share.source_snapshot")
