@@ -111,6 +111,29 @@ async def test_it_shows_its_own_process_writes_without_asking_etcd(  # type: ign
         assert ranges_served(etcd_server) == before + 1
 
 
+async def test_it_reads_a_record_with_its_children_as_the_store_does(etcd_client, etcd_root):  # type: ignore[no-untyped-def]
+    store = Store(etcd_client, etcd_root)
+    a = "projects/p/shares/a"
+    snapshots = store.prefix_of(a, "snapshots")
+    children = [(snapshots, records_pb2.SnapshotRecord)]
+    cache = WatchCache(store)
+    async with running(cache):
+        await store.create(store.key_of(a), record(a))
+        for s in ("s1", "s2"):
+            snapshot = records_pb2.SnapshotRecord()
+            snapshot.snapshot.name = f"{a}/snapshots/{s}"
+            await store.create(store.key_of(snapshot.snapshot.name), snapshot)
+        cached = await cache.get_with(store.key_of(a), R, children)
+        assert cached is not None
+        assert cached == await store.get_with(store.key_of(a), R, children)
+        b = "projects/p/shares/b"
+        b_children = [(store.prefix_of(b, "snapshots"), records_pb2.SnapshotRecord)]
+        assert await cache.get_with(store.key_of(b), R, b_children) == (None, [[]])
+        # What the cache does not follow, it cannot say.
+        usage = f"{etcd_root}usage/p"
+        assert await cache.get_with(usage, records_pb2.ProjectUsage, []) is None
+
+
 async def test_lists_again_after_the_revision_it_would_resume_from_was_compacted(
     etcd_client, etcd_root
 ):  # type: ignore[no-untyped-def]

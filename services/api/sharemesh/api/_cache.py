@@ -26,9 +26,9 @@ import bisect
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aetcd import rpc
 from google.protobuf.message import DecodeError, Message
@@ -354,6 +354,26 @@ class WatchCache:
         `catch_up_seconds` for it. Enough where another process's write may show a moment
         late; False: read etcd instead."""
         return self.ready and await self.caught_up(self.store.written_revision)
+
+    async def get_with(
+        self, key: str, record_type: type[M], children: Sequence[tuple[str, type[Message]]]
+    ) -> tuple[Versioned[M] | None, list[list[Versioned[Any]]]] | None:
+        """What `Store.get_with` reads (a record and the records directly under each
+        prefix of `children`), from the cache at one revision once it has this process's
+        own writes; None when it cannot say. For a first try of a write that compares what
+        it read: a change another process made a moment ago fails the compare, and the
+        retry reads etcd."""
+        if not all(self.snapshot.cached(k) for k in (key, *(p for p, _ in children))):
+            return None
+        if not await self.has_own_writes():
+            return None
+        entry = self.snapshot.get(key)
+        found = decode(key, entry, record_type) if entry is not None else None
+        listed: list[list[Versioned[Any]]] = []
+        for prefix, child_type in children:
+            entries, _ = self.snapshot.page(prefix, "", _store.CHILDREN)
+            listed.append([decode(k, e, child_type) for k, e in entries])
+        return found, listed
 
     def _forget(self) -> None:
         """Lists again: stop the watch; `run` then finds the cache not ready."""

@@ -7,6 +7,7 @@ import asyncio
 import re
 import uuid
 from collections.abc import Awaitable
+from typing import Any
 
 import grpc
 from google.longrunning import operations_pb2
@@ -48,6 +49,15 @@ _STATE_FILTER = re.compile(r"^\s*state\s*=\s*\"?([A-Z_]+)\"?\s*$")
 
 def share_view(caller: Caller, found: Versioned[records_pb2.ShareRecord]) -> Share:
     return view(caller, lifecycle.share.public(found.value), found.mod_revision)
+
+
+def _plainly_deletable(
+    read: tuple[Versioned[records_pb2.ShareRecord] | None, list[list[Versioned[Any]]]],
+    etag: str,
+) -> bool:
+    """The share is there, without snapshots, and at the etag if one is given."""
+    found, (snapshots,) = read
+    return found is not None and not snapshots and etag in ("", str(found.mod_revision))
 
 
 def _check_in_project(name: str, project: str, field: str) -> None:
@@ -257,15 +267,21 @@ class Shares(Base):
         caller = self.caller(context)
         caller.check_resource(request.name)
         unplaced = False
+        key, record_type = self.store.key_of(request.name), records_pb2.ShareRecord
+        children = [(self.store.prefix_of(request.name, "snapshots"), records_pb2.SnapshotRecord)]
+        cached = True  # the first try reads the watch cache; a lost race reads etcd
 
         async def write(txn: Txn, op: records_pb2.OperationRecord) -> None:
-            nonlocal unplaced
-            # The share and its snapshots in one round trip.
-            found, (snapshots,) = await self.store.get_with(
-                self.store.key_of(request.name),
-                records_pb2.ShareRecord,
-                [(self.store.prefix_of(request.name, "snapshots"), records_pb2.SnapshotRecord)],
-            )
+            nonlocal unplaced, cached
+            # The share and its snapshots at one revision. The first try takes the watch
+            # cache's when it shows the share plainly deletable: the write compares the
+            # share as read, and a snapshot made meanwhile changed it. A refusal, or a
+            # lost race, is decided on etcd's.
+            read = await self.cache.get_with(key, record_type, children) if cached else None
+            cached = False
+            if read is None or not _plainly_deletable(read, request.etag):
+                read = await self.store.get_with(key, record_type, children)
+            found, (snapshots,) = read
             if found is None:
                 raise NotFound(f"{request.name} not found")
             check_etag(request.etag, found, "etag")

@@ -30,7 +30,7 @@ M = TypeVar("M", bound=Message)
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "/sharemesh/"
-_CHILDREN = 1000  # records under one parent read in one go by `get_with`
+CHILDREN = 1000  # records under one parent read in one go by `get_with`
 
 
 @dataclass(frozen=True)
@@ -289,9 +289,7 @@ class Store:
         ranges = [_client.range_request(self.check_key(key))]
         for prefix, _ in children:
             self.check_key(prefix)
-            ranges.append(
-                _client.range_request(prefix, _client.prefix_end(prefix), limit=_CHILDREN)
-            )
+            ranges.append(_client.range_request(prefix, _client.prefix_end(prefix), limit=CHILDREN))
         return ranges
 
     async def decode_with(
