@@ -628,6 +628,11 @@ class GaneshaInstance:
                     if "already active" not in error.message:
                         raise
                     await self._replace(export, staged)
+                else:
+                    if not export.expected_clients():
+                        # Added means made from this file, and a harmless config error
+                        # can only drop clients: with none to drop, nothing to confirm.
+                        return
             confirmed = await self._mgr.display(export_id)
         except DBusError as error:
             if error.transient:
