@@ -32,12 +32,13 @@ _HANDLED = re.compile(r'^grpc_server_handled_total\{[^}]*grpc_method="(\w+)"[^}]
 # endpoints remembered, the scheduler's registrations watched. Now 5 and 11 one at a
 # time, 3.5 and 11.2 at 24 at once: reads asked together are one read-only transaction,
 # and the scheduler places the watch's copy of a share instead of reading it again.
-# Now 2 and 10 one at a time, 1.3 and 10.1 at 24 at once: the api's first look at the
+# Now 1 and 10 one at a time, 0.4 and 10.1 at 24 at once: the api's first look at the
 # quota and WaitOperation wait for the cache to show the process's own writes instead
 # of reading etcd's revision, a create of the default type in a project without a limit
-# reads nothing, and a delete's first try reads the share from the cache.
-RANGES_PER_SHARE = 3
-REQUESTS_PER_SHARE = 14
+# reads nothing, a delete's first try reads the share from the cache, and a sync reads
+# the operations it finishes with the lock.
+RANGES_PER_SHARE = 2
+REQUESTS_PER_SHARE = 13
 
 
 @pytest.fixture(scope="module")

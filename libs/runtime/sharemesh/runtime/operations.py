@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, empty_pb2, message, timestamp_pb2
@@ -86,6 +86,10 @@ def finish(
         record.operation.response.CopyFrom(packed)
 
 
+Read = Mapping[str, "Versioned[records_pb2.OperationRecord] | None"]
+"""Operation records read beforehand (with a share's lock), by key; None: absent."""
+
+
 async def finish_pending(
     store: Store,
     txn: Txn,
@@ -93,11 +97,17 @@ async def finish_pending(
     *,
     response: message.Message | None = None,
     error: BaseException | None = None,
+    read: Read | None = None,
 ) -> None:
     """Adds to `txn` the completion of each pending operation, so operations finish in
-    the same transaction as the change they report."""
+    the same transaction as the change they report. One in `read` is not read again:
+    the write compares it as read."""
     for name in pending:
-        found = await store.get(store.key_of(name), records_pb2.OperationRecord)
+        key = store.key_of(name)
+        if read is not None and key in read:
+            found = read[key]
+        else:
+            found = await store.get(key, records_pb2.OperationRecord)
         if found is not None and not found.value.operation.done:
             finish(found.value, response=response, error=error)
             txn.put(found.key, found.value, found.mod_revision)

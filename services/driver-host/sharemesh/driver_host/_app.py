@@ -195,7 +195,9 @@ class DriverHostApp:
             return
         self._handled.pop(name, None)  # a sync that fails handled nothing for sure
         try:
-            handled = await self._sync.sync(name)
+            share = self._shares.get(self._store.key_of(name))
+            waiting = share.value.pending_operations if share is not None else ()
+            handled = await self._sync.sync(name, waiting)
         finally:
             self._synced.set()
         if handled is not None:

@@ -98,12 +98,13 @@ class ShareSync:
         """Syncs waiting to retry give up (the process is stopping)."""
         self._stopping.set()
 
-    async def sync(self, name: str) -> int | None:
+    async def sync(self, name: str, waiting: Sequence[str] = ()) -> int | None:
         """Makes the share true to its record. A transient fault (a Ganesha that is
         restarting, a peer or etcd down for now) is retried with backoff; once the oldest
         operation waiting on the share has waited the retry deadline, one last try fails
         the waiting operations with UNAVAILABLE instead. With nothing waiting, the sync
-        gives up at the deadline and leaves the share to the reconciler.
+        gives up at the deadline and leaves the share to the reconciler. `waiting`: the
+        operations the watch shows the share waiting on, read with the lock.
 
         Returns the newest revision among the share, rules and snapshots it acted on
         (every change up to it was handled), or None if it left work to the reconciler."""
@@ -112,7 +113,7 @@ class ShareSync:
         final = False
         while True:
             try:
-                return await self._sync_locked(name, final)
+                return await self._sync_locked(name, final, waiting)
             except Unavailable as error:
                 retry.unless_cancelled(error)
                 if self._stopping.is_set():
@@ -153,27 +154,37 @@ class ShareSync:
             reason="RETRY_DEADLINE_EXCEEDED",
         )
 
-    async def _sync_locked(self, name: str, final: bool) -> int | None:
+    async def _sync_locked(self, name: str, final: bool, waiting: Sequence[str]) -> int | None:
         key = self._store.key_of(name)
         children = [
             (self._store.prefix_of(name, "accessRules"), records_pb2.AccessRuleRecord),
             (self._store.prefix_of(name, "snapshots"), records_pb2.SnapshotRecord),
         ]
         mutex = Mutex(self._session, keys.lock_prefix(self._store.root, name))
-        # The share, its rules and its snapshots at one revision: read in the transaction
-        # that takes the lock when it is free, else in one of their own.
-        async with mutex.lock(self._store.ranges_with(key, children)) as lock:
+        # The share, its rules, its snapshots and the operations it waits on at one
+        # revision: read in the transaction that takes the lock when it is free, else the
+        # first three in one of their own and the operations when they are finished.
+        ranges = self._store.ranges_with(key, children)
+        waits = [self._store.key_of(op) for op in waiting]
+        async with mutex.lock([*ranges, *map(self._store.key_range, waits)]) as lock:
             reads = lock.reads
             for _ in range(_ATTEMPTS):
                 try:
+                    read_ops: dict[str, Versioned[records_pb2.OperationRecord] | None] = {}
                     if reads is not None:
                         read = await self._store.decode_with(
-                            reads, records_pb2.ShareRecord, children
+                            reads[: len(ranges)], records_pb2.ShareRecord, children
                         )
+                        for op, op_read in zip(waits, reads[len(ranges) :], strict=True):
+                            read_ops[op] = (
+                                await self._store.decode_with(
+                                    [op_read], records_pb2.OperationRecord, []
+                                )
+                            )[0]
                     else:
                         read = await self._store.get_with(key, records_pb2.ShareRecord, children)
                     reads = None  # a race reads afresh
-                    return await self._sync_once(read, lock, final)
+                    return await self._sync_once(read, lock, final, read_ops)
                 except FencedOut:
                     raise  # the lock is lost (so is the lease): the next holder finishes
                 except Aborted as race:  # a rule or the share changed meanwhile: again
@@ -189,12 +200,13 @@ class ShareSync:
         ],
         lock: Mutex,
         final: bool,
+        read_ops: operations.Read,
     ) -> int:
         found, (rules, snapshots) = read
         if found is None or found.value.placement.backend != self.backend:
             return 0
         with telemetry.continued(found.value.trace_parent, "sync share"):
-            await self._sync_found(found, rules, snapshots, lock, final)
+            await self._sync_found(found, rules, snapshots, lock, final, read_ops)
         return max(item.mod_revision for item in (found, *rules, *snapshots))
 
     async def _sync_found(
@@ -204,6 +216,7 @@ class ShareSync:
         snapshots: list[Versioned[records_pb2.SnapshotRecord]],
         lock: Mutex,
         final: bool,
+        read_ops: operations.Read,
     ) -> None:
         spec = spec_of(found.value)
         failure_of = lambda e: self._unless_final(e, final)  # noqa: E731
@@ -249,7 +262,9 @@ class ShareSync:
                 await self._release_source(txn, record)
             lifecycle.share.realized(record, served)
             await self._settle_rules(txn, rules)
-            await _records.finish(self._store, txn, found, response=lifecycle.share.public(record))
+            await _records.finish(
+                self._store, txn, found, response=lifecycle.share.public(record), read=read_ops
+            )
             if snapshots_to_sync:
                 await txn.commit()
             else:  # the last write of this sync: the lock goes with it

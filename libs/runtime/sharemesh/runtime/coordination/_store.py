@@ -282,11 +282,15 @@ class Store:
         reads = [r.response_range for r in response.responses]
         return await self.decode_with(reads, msg_type, children)
 
+    def key_range(self, key: str) -> rpc.RangeRequest:
+        """The read of one record, to read it in another transaction (a lock's)."""
+        return _client.range_request(self.check_key(key))
+
     def ranges_with(
         self, key: str, children: Sequence[tuple[str, type[Message]]]
     ) -> builtins.list[rpc.RangeRequest]:
         """The ranges `get_with` reads, to read them in another transaction (a lock's)."""
-        ranges = [_client.range_request(self.check_key(key))]
+        ranges = [self.key_range(key)]
         for prefix, _ in children:
             self.check_key(prefix)
             ranges.append(_client.range_request(prefix, _client.prefix_end(prefix), limit=CHILDREN))

@@ -21,14 +21,15 @@ async def finish(
     *,
     response: share_pb2.Share | None = None,
     error: Exception | None = None,
+    read: operations.Read | None = None,
 ) -> None:
     """Writes the record, compared with it as read, and finishes what waited on it
-    (the transition that changed it stamped it)."""
+    (the transition that changed it stamped it); `read`: those operations if read."""
     record = found.value
     pending = list(record.pending_operations)
     del record.pending_operations[:]
     txn.put(found.key, record, found.mod_revision)
-    await operations.finish_pending(store, txn, pending, response=response, error=error)
+    await operations.finish_pending(store, txn, pending, response=response, error=error, read=read)
 
 
 async def release(
