@@ -1,16 +1,18 @@
 """Server bootstrap shared by every service: grpc.aio on uvloop, health, reflection,
 one interceptor that authenticates public calls (bearer keys) or authorizes internal
 ones (the caller's mesh certificate) and maps errors, and a graceful stop that lets
-in-flight calls finish."""
+in-flight calls finish (one that outlasts it answers UNAVAILABLE)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import inspect
 import ipaddress
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,7 @@ from .config import split_host_port
 from .errors import (
     FailedPrecondition,
     ShareMeshError,
+    Unavailable,
     Unimplemented,
     public_status,
     status_code_of,
@@ -52,6 +55,31 @@ class Binding:
     authenticate: Authenticate | None = None
 
 
+class _Calls:
+    """The calls a server is running. A stop interrupts those that outlast its grace so
+    that they answer UNAVAILABLE (try again), where gRPC's own cancel would answer
+    CANCELLED and leave the caller unsure whether a retry is safe."""
+
+    def __init__(self) -> None:
+        self._running: set[asyncio.Task[Any]] = set()
+        self.stopping = False
+
+    @contextlib.contextmanager
+    def tracked(self) -> Iterator[None]:
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
+        try:
+            yield
+        finally:
+            self._running.discard(task)
+
+    def interrupt(self) -> None:
+        self.stopping = True
+        for task in list(self._running):
+            task.cancel()
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates each call to a public service, or authorizes each call to an
     internal one, before anything else runs (even for a method that is not implemented),
@@ -62,9 +90,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self,
         authenticators: dict[str, Authenticate] | None = None,
         authorize: Authorize | None = None,
+        calls: _Calls | None = None,
     ) -> None:
         self._authenticators = authenticators or {}
         self._authorize = authorize
+        self._calls = calls or _Calls()
 
     async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = await continuation(details)
@@ -76,13 +106,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             authenticate = functools.partial(_authorized, self._authorize, details.method)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _guard_unary(handler.unary_unary, details.method, authenticate),
+                _guard_unary(handler.unary_unary, details.method, authenticate, self._calls),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _guard_stream(handler.unary_stream, details.method, authenticate),
+                _guard_stream(handler.unary_stream, details.method, authenticate, self._calls),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -112,33 +142,50 @@ async def _abort(
     await context.abort(status_code_of(error), status.message)
 
 
-def _guard_unary(behavior, method, authenticate):  # type: ignore[no-untyped-def]
+_STOPPING = "the service is stopping; try again"
+
+
+def _guard_unary(behavior, method, authenticate, calls):  # type: ignore[no-untyped-def]
     async def guarded(request, context):  # type: ignore[no-untyped-def]
         detailed = authenticate is None
-        try:
-            if authenticate is not None:
-                detailed = authenticate(context)
-            return await behavior(request, context)
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
-        except Exception as error:
-            await _abort(context, error, method, detailed)
+        with calls.tracked():
+            try:
+                if authenticate is not None:
+                    detailed = authenticate(context)
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except asyncio.CancelledError:
+                if not calls.stopping:
+                    raise
+                await _abort(context, Unavailable(_STOPPING), method, detailed)
+            except Exception as error:
+                await _abort(context, error, method, detailed)
 
     return guarded
 
 
-def _guard_stream(behavior, method, authenticate):  # type: ignore[no-untyped-def]
+def _guard_stream(behavior, method, authenticate, calls):  # type: ignore[no-untyped-def]
     async def guarded(request, context):  # type: ignore[no-untyped-def]
         detailed = authenticate is None
-        try:
-            if authenticate is not None:
-                detailed = authenticate(context)
-            async for response in behavior(request, context):
-                yield response
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
-        except Exception as error:
-            await _abort(context, error, method, detailed)
+        with calls.tracked():
+            try:
+                if authenticate is not None:
+                    detailed = authenticate(context)
+                responses = behavior(request, context)
+                if inspect.isasyncgen(responses):
+                    async for response in responses:
+                        yield response
+                else:  # it writes with `context.write` (grpc's health Watch does)
+                    await responses
+            except grpc.aio.AbortError:
+                raise
+            except asyncio.CancelledError:
+                if not calls.stopping:
+                    raise
+                await _abort(context, Unavailable(_STOPPING), method, detailed)
+            except Exception as error:
+                await _abort(context, error, method, detailed)
 
     return guarded
 
@@ -181,6 +228,7 @@ class GrpcServer:
         self._credentials = credentials
         self._probe_listen = probe_listen
         self.health = HealthServicer()
+        self._calls = _Calls()
         self._server = grpc.aio.server(
             interceptors=[
                 *telemetry.server_interceptors(),
@@ -188,6 +236,7 @@ class GrpcServer:
                 ErrorInterceptor(
                     {b.name: b.authenticate for b in bindings if b.authenticate},
                     tls.authorize if identity is not None else None,
+                    self._calls,
                 ),
             ],
             # gRPC shares ports by default: a second server on a taken port would
@@ -230,9 +279,14 @@ class GrpcServer:
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Answers NOT_SERVING, refuses new calls, and lets in-flight ones finish."""
+        """Answers NOT_SERVING, refuses new calls, and lets in-flight ones finish; those
+        still running near the end of `grace` answer UNAVAILABLE."""
         await self.health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        stopped = asyncio.ensure_future(self._server.stop(grace))
+        done, _ = await asyncio.wait({stopped}, timeout=grace * 0.8)
+        if not done:
+            self._calls.interrupt()
+        await stopped
         if self._probe is not None:
             await self._probe.stop(0)
 
