@@ -145,47 +145,43 @@ async def _abort(
 _STOPPING = "the service is stopping; try again"
 
 
+@contextlib.asynccontextmanager
+async def _answering(context, method, authenticate, calls):  # type: ignore[no-untyped-def]
+    """Runs a call: authenticated first, then any exception answered through the one
+    error table; a cancel by this server's stop answers UNAVAILABLE."""
+    detailed = authenticate is None
+    with calls.tracked():
+        try:
+            if authenticate is not None:
+                detailed = authenticate(context)
+            yield
+        except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            if not calls.stopping:
+                raise
+            await _abort(context, Unavailable(_STOPPING), method, detailed)
+        except Exception as error:
+            await _abort(context, error, method, detailed)
+
+
 def _guard_unary(behavior, method, authenticate, calls):  # type: ignore[no-untyped-def]
     async def guarded(request, context):  # type: ignore[no-untyped-def]
-        detailed = authenticate is None
-        with calls.tracked():
-            try:
-                if authenticate is not None:
-                    detailed = authenticate(context)
-                return await behavior(request, context)
-            except grpc.aio.AbortError:
-                raise
-            except asyncio.CancelledError:
-                if not calls.stopping:
-                    raise
-                await _abort(context, Unavailable(_STOPPING), method, detailed)
-            except Exception as error:
-                await _abort(context, error, method, detailed)
+        async with _answering(context, method, authenticate, calls):
+            return await behavior(request, context)
 
     return guarded
 
 
 def _guard_stream(behavior, method, authenticate, calls):  # type: ignore[no-untyped-def]
     async def guarded(request, context):  # type: ignore[no-untyped-def]
-        detailed = authenticate is None
-        with calls.tracked():
-            try:
-                if authenticate is not None:
-                    detailed = authenticate(context)
-                responses = behavior(request, context)
-                if inspect.isasyncgen(responses):
-                    async for response in responses:
-                        yield response
-                else:  # it writes with `context.write` (grpc's health Watch does)
-                    await responses
-            except grpc.aio.AbortError:
-                raise
-            except asyncio.CancelledError:
-                if not calls.stopping:
-                    raise
-                await _abort(context, Unavailable(_STOPPING), method, detailed)
-            except Exception as error:
-                await _abort(context, error, method, detailed)
+        async with _answering(context, method, authenticate, calls):
+            responses = behavior(request, context)
+            if inspect.isasyncgen(responses):
+                async for response in responses:
+                    yield response
+            else:  # it writes with `context.write` (grpc's health Watch does)
+                await responses
 
     return guarded
 
