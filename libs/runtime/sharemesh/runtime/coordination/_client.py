@@ -135,6 +135,11 @@ class FutureRevision(Exception):
     """The requested revision is newer than the store's (internal; callers map it)."""
 
 
+# What gRPC itself reports, as INTERNAL or UNKNOWN, when the connection to a member
+# breaks mid-call (a member that restarts): transient, not etcd's answer.
+_BROKEN_CALL = ("No status received", "Stream removed", "RST_STREAM", "Socket closed")
+
+
 def map_rpc_error(error: BaseException) -> BaseException:
     """The project error for a gRPC/aetcd failure."""
     if isinstance(error, grpc.aio.AioRpcError):
@@ -147,6 +152,9 @@ def map_rpc_error(error: BaseException) -> BaseException:
             grpc.StatusCode.UNAVAILABLE,
             grpc.StatusCode.DEADLINE_EXCEEDED,
             grpc.StatusCode.CANCELLED,
+        ) or (
+            code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+            and any(sign in details for sign in _BROKEN_CALL)
         ):
             return Unavailable(f"etcd: {details or code.name}")
         return Internal(f"etcd: {code.name}: {details}")
